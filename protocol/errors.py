@@ -1,0 +1,83 @@
+"""The lpnode exception tree.
+
+Every error the project raises on purpose derives from :class:`LpnodeError`;
+boundaries (the RPC API, the CLI, stream handlers) map these to status codes,
+exit codes or wire errors in one place each.
+
+    LpnodeError
+    ├── ProtocolError                 a peer sent something we cannot accept
+    │   ├── MalformedMessage          not msgpack, wrong shape, wrong field types
+    │   ├── OversizedMessage          longer than the bound for its type
+    │   ├── UnknownMessageType        type tag we do not know
+    │   ├── UnsupportedVersion        protocol version we do not speak
+    │   └── InvalidSignature          signature does not verify, or signer is not who it claims
+    ├── AdvertRejected                a well-formed advert that must not enter the directory
+    ├── ConfigError                   invalid configuration (file, environment or flags)
+    ├── IdentityError                 the node key cannot be read or created
+    └── NetworkError                  transport-level failure
+        ├── PeerUnreachable           dialing a peer failed
+        └── StreamClosed              the remote closed or reset a stream mid-message
+"""
+
+from __future__ import annotations
+
+
+class LpnodeError(Exception):
+    """Root of every error lpnode raises on purpose."""
+
+
+class ProtocolError(LpnodeError):
+    """A peer sent bytes we cannot accept."""
+
+
+class MalformedMessage(ProtocolError):
+    """Not decodable, or decodable into the wrong shape."""
+
+
+class OversizedMessage(ProtocolError):
+    """Longer than the bound for its message type."""
+
+
+class UnknownMessageType(ProtocolError):
+    """A type tag this version does not know."""
+
+
+class UnsupportedVersion(ProtocolError):
+    """A protocol version this node does not speak."""
+
+
+class InvalidSignature(ProtocolError):
+    """The signature does not verify, or the signer is not the claimed peer."""
+
+
+class AdvertRejected(LpnodeError):
+    """A decodable advert that must not enter the peer directory.
+
+    ``reason`` is a short machine-readable word (``expired``, ``replayed``,
+    ``clock_skew``, ``forged_origin``, ...) used as a counter key.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ConfigError(LpnodeError):
+    """Invalid configuration; the message names the setting and the source."""
+
+
+class IdentityError(LpnodeError):
+    """The node identity key cannot be loaded or created."""
+
+
+class NetworkError(LpnodeError):
+    """Transport-level failure."""
+
+
+class PeerUnreachable(NetworkError):
+    """Dialing a peer, or opening a stream to it, failed."""
+
+
+class StreamClosed(NetworkError):
+    """The remote closed or reset a stream before a whole message arrived."""
