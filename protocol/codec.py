@@ -34,17 +34,18 @@ DEFAULT_MAX_ITEMS = 64  # elements, for tuple fields without an explicit bound
 MAX_INT = 2**63 - 1
 
 T = TypeVar("T")
+ClassT = TypeVar("ClassT", bound=type[Any])
 
 _REGISTRY: dict[str, type[Any]] = {}
 _MAX_FRAME: dict[type[Any], int] = {}
 _TAGS: dict[type[Any], str] = {}
 
 
-def message(tag: str, *, max_bytes: int) -> Callable[[type[T]], type[T]]:
+def message(tag: str, *, max_bytes: int) -> Callable[[ClassT], ClassT]:
     """Register a frozen dataclass as a wire message with a type tag and a size bound."""
 
-    def register(cls: type[T]) -> type[T]:
-        if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+    def register(cls: ClassT) -> ClassT:
+        if not dataclasses.is_dataclass(cls) or not vars(cls)["__dataclass_params__"].frozen:
             raise TypeError(f"{cls.__name__} must be a frozen dataclass")
         if tag in _REGISTRY:
             raise TypeError(f"message tag {tag!r} registered twice")

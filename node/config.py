@@ -1,0 +1,211 @@
+"""NodeConfig: one validated configuration from defaults, a TOML file, the environment and flags.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config``),
+``LPNODE_*`` environment variables, command-line flags. Every value is
+checked in :meth:`NodeConfig.validate`; a bad one raises :class:`ConfigError`
+naming the setting and where it came from.
+
+TOML keys are the field names below (``listen``, ``bootstrap``, ``rpc``, ...);
+environment variables are ``LPNODE_`` + the upper-case name
+(``LPNODE_RPC=127.0.0.1:9480``); lists in the environment are comma-separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from lpnode.protocol.errors import ConfigError
+
+DEFAULT_P2P_PORT = 9471
+DEFAULT_RPC_PORT = 9470
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("lpnode", appauthor=False))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen: tuple[str, ...] = (f"/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}",)  # libp2p multiaddrs to listen on
+    bootstrap: tuple[str, ...] = ()  # multiaddrs (ending in /p2p/<id>) dialed at start and kept connected
+    mdns: bool = True  # find peers on the local network
+    rpc: str = f"127.0.0.1:{DEFAULT_RPC_PORT}"  # HOST:PORT of the local RPC API; port 0 picks a free one
+    rpc_allow_remote: bool = False  # required to bind the RPC API to a non-loopback address
+    log_level: str = "info"
+    serve: tuple[str, ...] = ()  # model presets to serve; empty = the built-in defaults for this machine
+    price_per_mpx_step: int = 100  # micro-credits per megapixel-step, for every served model
+    queue_capacity: int = 4  # jobs held at once (running + waiting)
+    advert_interval_s: float = 5.0  # publish our advert at least this often
+    advert_ttl_s: float = 30.0  # adverts expire this long after issue
+    advert_min_gap_s: float = 0.5  # never publish more often than this (changes are coalesced)
+    max_clock_skew_s: float = 30.0  # reject adverts issued further than this in the future
+    peer_disconnect_grace_s: float = 5.0  # drop a directly connected peer this long after it disconnects
+    max_peers: int = 4096  # peer directory capacity
+    max_connections: int = 64  # peers we dial from the directory, at most
+
+    def validate(self) -> NodeConfig:
+        """Return self if every value is sane; raise ConfigError otherwise."""
+        for addr in (*self.listen, *self.bootstrap):
+            if not addr.startswith("/"):
+                raise ConfigError(f"{addr!r} is not a multiaddr (expected e.g. /ip4/127.0.0.1/tcp/9471)")
+        for addr in self.bootstrap:
+            if "/p2p/" not in addr:
+                raise ConfigError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
+        if not self.listen:
+            raise ConfigError("listen: at least one address is needed")
+        host = self.rpc_host
+        if not self.rpc_allow_remote and not _is_loopback(host):
+            raise ConfigError(
+                f"rpc: {host} is not a loopback address; the RPC API controls this node and spends its "
+                "credit, so binding it elsewhere needs --rpc-allow-remote"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        _check_range("price_per_mpx_step", self.price_per_mpx_step, 0, 10**12)
+        _check_range("queue_capacity", self.queue_capacity, 1, 10_000)
+        _check_range("advert_interval_s", self.advert_interval_s, 0.1, 3600)
+        _check_range("advert_ttl_s", self.advert_ttl_s, 1, 600)
+        _check_range("advert_min_gap_s", self.advert_min_gap_s, 0, 60)
+        _check_range("max_clock_skew_s", self.max_clock_skew_s, 0, 3600)
+        _check_range("peer_disconnect_grace_s", self.peer_disconnect_grace_s, 0, 3600)
+        _check_range("max_peers", self.max_peers, 1, 1_000_000)
+        _check_range("max_connections", self.max_connections, 0, 10_000)
+        if self.advert_ttl_s <= self.advert_interval_s:
+            raise ConfigError(
+                f"advert_ttl_s ({self.advert_ttl_s}) must exceed advert_interval_s ({self.advert_interval_s}), "
+                "or peers would expire between adverts"
+            )
+        return self
+
+    @property
+    def rpc_host(self) -> str:
+        return parse_host_port(self.rpc, "rpc")[0]
+
+    @property
+    def rpc_port(self) -> int:
+        return parse_host_port(self.rpc, "rpc")[1]
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_host_port(text: str, name: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{name}: {text!r} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_RPC_PORT})")
+    return host, int(port_text)
+
+
+# ---------------------------------------------------------------- merging sources
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+_HINTS = typing.get_type_hints(NodeConfig)
+
+
+def load_config(
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> NodeConfig:
+    """Merge defaults < file < environment < flags and validate.
+
+    ``flags`` maps field names to values already parsed by the CLI; ``None``
+    values mean "not given" and are skipped.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_from_toml(config_file))
+    values.update(_from_env(env or {}))
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, value, "command line")
+    return NodeConfig(**values).validate()
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    out = {}
+    for name, value in raw.items():
+        if name not in _FIELDS:
+            raise ConfigError(f"{path}: unknown setting {name!r} (known: {', '.join(sorted(_FIELDS))})")
+        out[name] = _coerce(name, value, str(path))
+    if "data_dir" in out and not out["data_dir"].is_absolute():
+        out["data_dir"] = (path.parent / out["data_dir"]).resolve()
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name in _FIELDS:
+        key = f"LPNODE_{name.upper()}"
+        if key in env:
+            out[name] = _coerce(name, env[key], f"${key}")
+    return out
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a TOML value, an environment string or a flag into the field's type."""
+    hint = _HINTS[name]
+    try:
+        if hint is Path:
+            return Path(value).expanduser()
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{value!r} is not a boolean")
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"{value!r} is not an integer")
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(f"{value!r} is not a number")
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not a string")
+            return value
+        if typing.get_origin(hint) is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"{value!r} is not a list of strings")
+            return tuple(i.strip() for i in items if i.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name} (from {source}): {exc}") from None
+    raise AssertionError(f"no coercion for {name}: {hint!r}")

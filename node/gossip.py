@@ -1,0 +1,216 @@
+"""Capability gossip: publish our advert, admit others' into the directory.
+
+``serve_gossip`` runs four small loops in one nursery:
+
+- publish our signed advert at start, every ``advert_interval_s``, and soon
+  after any change (coalesced: never more often than ``advert_min_gap_s``,
+  since gossipsub silently drops floods);
+- receive adverts the validator already admitted and enter them in the directory;
+- track direct connections (the directory uses them to notice dead peers fast)
+  and re-advertise when a new neighbour joins the topic, so it learns of us at once;
+- expire peers exactly when their advert or disconnect grace runs out.
+
+The validator runs inside the network before delivery *and* before
+forwarding, so a bad advert is counted, dropped, and never passed on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+from lpnode.node.config import NodeConfig
+from lpnode.node.directory import PeerDirectory
+from lpnode.node.network.base import ConnectionEvent, ConnectionEventKind, GossipMessage, Network
+from lpnode.protocol.advert import CapabilityAdvert, GpuInfo, ModelOffer, sign_advert, verify_advert
+from lpnode.protocol.codec import PROTOCOL_VERSION
+from lpnode.protocol.errors import AdvertRejected
+from lpnode.protocol.names import ADVERT_TOPIC, SOFTWARE_VERSION
+from lpnode.protocol.signing import NodeKey
+
+log = logging.getLogger(__name__)
+
+WallClock = Callable[[], float]  # unix seconds; injected so simulations can run in virtual time
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the node offers right now (the changing part of its advert)."""
+
+    gpus: tuple[GpuInfo, ...]
+    models: tuple[ModelOffer, ...]
+    queue_depth: int
+    queue_capacity: int
+
+
+@dataclass
+class GossipStats:
+    published: int = 0
+    accepted: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> count
+    expired_peers: int = 0
+
+
+class AdvertPublisher:
+    """Builds and signs our adverts; ``poke()`` asks for an early one."""
+
+    def __init__(
+        self,
+        *,
+        key: NodeKey,
+        network: Network,
+        offer: Callable[[], Offer],
+        config: NodeConfig,
+        wall_clock: WallClock,
+    ) -> None:
+        self._key = key
+        self._network = network
+        self._offer = offer
+        self._config = config
+        self._wall_clock = wall_clock
+        self._seq = 0
+        self._poked = trio.Event()
+        self.last: CapabilityAdvert | None = None
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    def build(self) -> CapabilityAdvert:
+        now_ms = int(self._wall_clock() * 1000)
+        # seeded from the clock so a restarted node's adverts still beat its old ones
+        self._seq = max(self._seq + 1, now_ms)
+        offer = self._offer()
+        return CapabilityAdvert(
+            peer_id=self._key.peer_id,
+            seq=self._seq,
+            issued_at_ms=now_ms,
+            expires_at_ms=now_ms + int(self._config.advert_ttl_s * 1000),
+            listen_addrs=tuple(self._network.listen_addrs()[:16]),
+            software_version=SOFTWARE_VERSION,
+            protocol_version=PROTOCOL_VERSION,
+            gpus=offer.gpus,
+            models=offer.models,
+            queue_depth=offer.queue_depth,
+            queue_capacity=offer.queue_capacity,
+        )
+
+    async def run(self, stats: GossipStats) -> None:
+        last_publish = -float("inf")
+        while True:
+            wait_gap = last_publish + self._config.advert_min_gap_s - trio.current_time()
+            if wait_gap > 0:
+                await trio.sleep(wait_gap)
+            self._poked = trio.Event()  # pokes from here on ask for the *next* advert
+            advert = self.build()
+            await self._network.publish(ADVERT_TOPIC, sign_advert(self._key, advert))
+            self.last = advert
+            stats.published += 1
+            last_publish = trio.current_time()
+            with trio.move_on_after(self._config.advert_interval_s):
+                await self._poked.wait()
+
+
+class AdvertGate:
+    """The topic validator: full admission check, counting every drop by reason."""
+
+    def __init__(
+        self, *, directory: PeerDirectory, stats: GossipStats, config: NodeConfig, wall_clock: WallClock
+    ) -> None:
+        self._directory = directory
+        self._stats = stats
+        self._max_skew_ms = int(config.max_clock_skew_s * 1000)
+        self._wall_clock = wall_clock
+
+    def admit(self, msg: GossipMessage) -> CapabilityAdvert:
+        """Verify ``msg`` against the signature, clocks and directory; raise AdvertRejected."""
+        advert = verify_advert(msg.data, origin=msg.origin, now_ms=self.now_ms(), max_clock_skew_ms=self._max_skew_ms)
+        self._directory.check(advert)
+        return advert
+
+    def __call__(self, msg: GossipMessage) -> bool:
+        try:
+            self.admit(msg)
+        except AdvertRejected as exc:
+            self._stats.dropped[exc.reason] += 1
+            log.debug("dropped advert from %s: %s", msg.origin, exc)
+            return False
+        return True
+
+    def now_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
+
+
+async def serve_gossip(
+    *,
+    network: Network,
+    directory: PeerDirectory,
+    publisher: AdvertPublisher,
+    stats: GossipStats,
+    config: NodeConfig,
+    wall_clock: WallClock,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    gate = AdvertGate(directory=directory, stats=stats, config=config, wall_clock=wall_clock)
+    async with (
+        network.connection_events() as events,
+        network.subscribe(ADVERT_TOPIC, gate) as adverts,
+        trio.open_nursery() as nursery,
+    ):
+        for peer in network.connected_peers():
+            directory.mark_connected(peer)
+        nursery.start_soon(_receive_adverts, adverts, gate, directory, stats)
+        nursery.start_soon(_track_connections, events, directory, publisher, gate)
+        nursery.start_soon(_expire_peers, directory, stats, gate)
+        nursery.start_soon(publisher.run, stats)
+        task_status.started()
+
+
+async def _receive_adverts(
+    adverts: trio.MemoryReceiveChannel[GossipMessage],
+    gate: AdvertGate,
+    directory: PeerDirectory,
+    stats: GossipStats,
+) -> None:
+    async for msg in adverts:
+        try:
+            # checked again: the directory may have moved on since the validator ran
+            advert = gate.admit(msg)
+        except AdvertRejected as exc:
+            stats.dropped[exc.reason] += 1
+            continue
+        is_new = directory.get(advert.peer_id) is None
+        directory.admit(advert, now_ms=gate.now_ms(), received_from=msg.received_from)
+        stats.accepted += 1
+        if is_new:
+            log.info("peer %s joined (%d models, %d devices)", advert.peer_id, len(advert.models), len(advert.gpus))
+
+
+async def _track_connections(
+    events: trio.MemoryReceiveChannel[ConnectionEvent],
+    directory: PeerDirectory,
+    publisher: AdvertPublisher,
+    gate: AdvertGate,
+) -> None:
+    async for event in events:
+        if event.kind is ConnectionEventKind.CONNECTED:
+            directory.mark_connected(event.peer)
+        elif event.kind is ConnectionEventKind.DISCONNECTED:
+            directory.mark_disconnected(event.peer, now_ms=gate.now_ms())
+        elif event.kind is ConnectionEventKind.SUBSCRIBED and event.topic == ADVERT_TOPIC:
+            publisher.poke()
+
+
+async def _expire_peers(directory: PeerDirectory, stats: GossipStats, gate: AdvertGate) -> None:
+    while True:
+        for peer_id in directory.expire(now_ms=gate.now_ms()):
+            stats.expired_peers += 1
+            log.info("peer %s left (advert expired or disconnected)", peer_id)
+        deadline_ms = directory.next_deadline_ms()
+        with trio.move_on_after(
+            # +1 ms: the deadline itself is inclusive, and wall and trio clocks may round apart
+            max(0.0, (deadline_ms - gate.now_ms() + 1) / 1000) if deadline_ms is not None else float("inf")
+        ):
+            await directory.wait_changed()

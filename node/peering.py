@@ -1,0 +1,118 @@
+"""Keeping connected: bootstrap peers always, directory peers up to a bound.
+
+Gossip only reaches us over connections, and a direct connection is also how
+we notice a dead peer within seconds (instead of at advert expiry). So:
+
+- every ``--bootstrap`` address is dialed at start and redialed with capped
+  exponential backoff whenever it is not connected;
+- peers learned from adverts are dialed (a few at a time, with backoff per
+  peer after failures) until ``max_connections`` direct connections are open.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+from lpnode.node.directory import PeerDirectory
+from lpnode.node.network.base import Network
+from lpnode.protocol.errors import PeerUnreachable
+
+log = logging.getLogger(__name__)
+
+MIN_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+PARALLEL_DIALS = 4
+
+
+@dataclass
+class _Backoff:
+    delay_s: float = MIN_BACKOFF_S
+    retry_at: float = 0.0  # trio time
+
+    def failed(self, now: float) -> None:
+        self.retry_at = now + self.delay_s
+        self.delay_s = min(self.delay_s * 2, MAX_BACKOFF_S)
+
+
+async def serve_bootstrap(
+    network: Network, addrs: tuple[str, ...], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    async with trio.open_nursery() as nursery:
+        for addr in addrs:
+            nursery.start_soon(_keep_connected, network, addr)
+        task_status.started()
+
+
+async def _keep_connected(network: Network, addr: str) -> None:
+    backoff = _Backoff()
+    peer = addr.rsplit("/p2p/", 1)[-1]
+    async with network.connection_events() as events:
+        while True:
+            if peer not in network.connected_peers():
+                try:
+                    await network.connect(addr)
+                    log.info("connected to bootstrap peer %s", addr)
+                    backoff = _Backoff()
+                except PeerUnreachable as exc:
+                    log.warning("bootstrap peer %s unreachable (%s); retrying in %.0f s", addr, exc, backoff.delay_s)
+                    backoff.failed(trio.current_time())
+                    await trio.sleep_until(backoff.retry_at)
+                    continue
+            # wait until this peer disconnects
+            async for event in events:
+                if event.peer == peer and peer not in network.connected_peers():
+                    break
+
+
+async def serve_dialer(
+    network: Network,
+    directory: PeerDirectory,
+    max_connections: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    backoffs: dict[str, _Backoff] = {}
+    dialing: set[str] = set()
+    limiter = trio.CapacityLimiter(PARALLEL_DIALS)
+
+    async def dial(peer: str, addrs: tuple[str, ...]) -> None:
+        async with limiter:
+            try:
+                for addr in addrs:
+                    try:
+                        await network.connect(addr)
+                        backoffs.pop(peer, None)
+                        return
+                    except PeerUnreachable:
+                        continue
+                backoffs.setdefault(peer, _Backoff()).failed(trio.current_time())
+                log.debug("could not dial %s at any of %d addresses", peer, len(addrs))
+            finally:
+                dialing.discard(peer)
+
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            connected = network.connected_peers()
+            now = trio.current_time()
+            budget = max_connections - len(connected) - len(dialing)
+            next_retry = float("inf")
+            for record in directory:
+                if budget <= 0:
+                    break
+                peer = record.peer_id
+                if peer in connected or peer in dialing or not record.advert.listen_addrs:
+                    continue
+                backoff = backoffs.get(peer)
+                if backoff is not None and backoff.retry_at > now:
+                    next_retry = min(next_retry, backoff.retry_at)
+                    continue
+                dialing.add(peer)
+                budget -= 1
+                nursery.start_soon(dial, peer, record.advert.listen_addrs)
+            for gone in set(backoffs) - directory.peer_ids():
+                del backoffs[gone]
+            with trio.move_on_at(next_retry):
+                await directory.wait_changed()
