@@ -209,7 +209,7 @@ async def test_connect_to_dead_address_fails_cleanly(open_group: GroupOpener, ba
             else:
                 from .conftest import deterministic_key
 
-                dead = f"/memory/{deterministic_key(50).peer_id}/p2p/{deterministic_key(50).peer_id}"
+                dead = f"/memory/424242/p2p/{deterministic_key(50).peer_id}"  # well-formed, nobody there
             with pytest.raises(PeerUnreachable):
                 await a.connect(dead)
             with pytest.raises(PeerUnreachable):
