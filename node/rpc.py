@@ -1,0 +1,256 @@
+"""The node's local RPC API: FastAPI on Hypercorn's trio worker, beside libp2p in one nursery.
+
+``create_app(node, token)`` builds the app; ``serve_rpc`` serves it and
+publishes its bound address in ``<data-dir>/rpc.json`` for clients. OpenAPI
+lives at ``/docs``. Every endpoint but ``/health`` needs
+``Authorization: Bearer <data-dir/rpc.token>``.
+
+Errors have one body shape (:class:`ErrorBody`) and one mapping from the
+``LpnodeError`` tree to status codes (:data:`ERROR_STATUS`). Handlers run in
+the node's trio loop (Hypercorn's trio worker, or httpx's ASGITransport under
+trio in tests), so they may await trio primitives such as the directory's
+``wait_changed()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Protocol, runtime_checkable
+
+import hypercorn.trio
+import trio
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from hypercorn.config import Config as HypercornConfig
+from lpnode.node.daemon import Node
+from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
+from lpnode.node.rpc_models import ErrorBody, Health, NodeInfo, Peer, PeerList, directory_version, peer_list
+from lpnode.protocol.errors import (
+    AdvertRejected,
+    ConfigError,
+    IdentityError,
+    LpnodeError,
+    NetworkError,
+    PeerUnreachable,
+    ProtocolError,
+)
+from lpnode.protocol.names import SOFTWARE_VERSION
+from starlette.exceptions import HTTPException
+from starlette.status import HTTP_401_UNAUTHORIZED, HTTP_404_NOT_FOUND
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 60.0  # longest long-poll on /v1/peers; keeps a forgotten client from holding a task forever
+_PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as libp2p prints peer ids
+_SHUTDOWN_GRACE_S = 1.0  # in-flight requests get this long once the node stops
+
+# The one place LpnodeError kinds become HTTP statuses; the most derived class listed wins.
+ERROR_STATUS: dict[type[LpnodeError], int] = {
+    LpnodeError: 500,
+    ConfigError: 400,
+    IdentityError: 500,
+    AdvertRejected: 422,
+    ProtocolError: 502,  # a peer answered with something we cannot accept
+    NetworkError: 503,
+    PeerUnreachable: 504,
+}
+_HTTP_ERROR_NAMES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+
+@runtime_checkable
+class _CountingNetwork(Protocol):
+    def stats(self) -> dict[str, int]: ...
+
+
+def create_app(node: Node, token: str) -> FastAPI:
+    """The RPC app for ``node``; requests must carry ``token`` (except ``/health``)."""
+    app = FastAPI(
+        title="lpnode",
+        version=SOFTWARE_VERSION,
+        summary="Local control API of one lpnode node",
+        description="Authenticate with `Authorization: Bearer <contents of <data-dir>/rpc.token>`.",
+        responses={422: {"model": ErrorBody, "description": "invalid request"}},
+    )
+    _install_error_handlers(app)
+    require_token = _TokenCheck(token)
+
+    @app.get("/health", response_model=Health, tags=["node"])
+    async def health() -> Health:
+        """Liveness probe; needs no token."""
+        return Health(software_version=SOFTWARE_VERSION)
+
+    api = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(require_token)],
+        responses={401: {"model": ErrorBody, "description": "missing or wrong bearer token"}},
+    )
+
+    @api.get("/node", response_model=NodeInfo, tags=["node"])
+    async def node_info() -> NodeInfo:
+        """This node: identity, addresses, offer, gossip counters and configuration."""
+        counters = node.network.stats() if isinstance(node.network, _CountingNetwork) else {}
+        return NodeInfo.of(node, {k: v for k, v in counters.items() if isinstance(v, int)})
+
+    @api.get("/peers", response_model=PeerList, tags=["peers"])
+    async def peers(
+        changed_since: Annotated[
+            str | None, Query(max_length=64, description="a `version` from an earlier answer: wait for a change")
+        ] = None,
+        wait_s: Annotated[
+            float, Query(ge=0, le=MAX_WAIT_S, description="how long to wait for a change (with `changed_since`)")
+        ] = 0.0,
+    ) -> PeerList:
+        """Every peer in the directory, sorted by peer id.
+
+        Long-poll: with `changed_since=<version>&wait_s=N` the answer comes as
+        soon as the list differs from that version, or after N seconds.
+        """
+        if changed_since is not None:
+            with trio.move_on_after(wait_s):
+                while directory_version(node.directory) == changed_since:
+                    await node.directory.wait_changed()
+        return peer_list(node.directory, node.now_ms())
+
+    @api.get(
+        "/peers/{peer_id}",
+        response_model=Peer,
+        tags=["peers"],
+        responses={404: {"model": ErrorBody, "description": "peer not in the directory"}},
+    )
+    async def peer(peer_id: Annotated[str, PathParam(pattern=_PEER_ID_PATTERN)]) -> Peer:
+        """One peer of the directory."""
+        record = node.directory.get(peer_id)
+        if record is None:
+            raise HTTPException(
+                HTTP_404_NOT_FOUND,
+                f"peer {peer_id} is not in this node's directory (never seen, or its advert expired); "
+                "GET /v1/peers lists the known peers",
+            )
+        return Peer.of(record, node.now_ms())
+
+    app.include_router(api)
+    return app
+
+
+# Module level: FastAPI resolves the (string) annotations below in module globals.
+_BEARER = HTTPBearer(auto_error=False, description="the contents of `<data-dir>/rpc.token`")
+
+
+class _TokenCheck:
+    """The dependency guarding /v1: a bearer token equal to the node's."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = token.encode()
+
+    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        # compare_digest: the time taken must not reveal how much of a guess was right
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self._expected):
+            raise _Unauthorized(presented=credentials is not None)
+
+
+class _Unauthorized(HTTPException):
+    def __init__(self, *, presented: bool) -> None:
+        # RFC 6750 §3: name the scheme, and say "invalid_token" when a token was sent
+        challenge = 'Bearer realm="lpnode"' + (', error="invalid_token"' if presented else "")
+        message = (
+            "wrong bearer token: use the contents of <data-dir>/rpc.token"
+            if presented
+            else "missing bearer token: send 'Authorization: Bearer <contents of <data-dir>/rpc.token>'"
+        )
+        super().__init__(HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": challenge})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def lpnode_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LpnodeError)
+        status = status_for(exc)
+        if status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+        return _error(status, _snake(type(exc).__name__), str(exc))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        name = _HTTP_ERROR_NAMES.get(exc.status_code, f"http_{exc.status_code}")
+        return _error(exc.status_code, name, str(exc.detail), exc.headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _error(422, "invalid_request", "; ".join(_describe(e) for e in exc.errors()))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # the root of one request: log what was lost, answer 500, keep serving
+        log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal", f"internal error ({type(exc).__name__}); see the node's log")
+
+    app.add_exception_handler(LpnodeError, lpnode_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def status_for(exc: LpnodeError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
+    return 500
+
+
+def _error(status: int, name: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=name, message=message)
+    return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers) if headers else None)
+
+
+def _describe(error: object) -> str:
+    """One pydantic error as 'query parameter wait_s: Input should be ...'."""
+    if not isinstance(error, dict):
+        return str(error)
+    loc = [str(part) for part in error.get("loc", ())]
+    where = {"query": "query parameter", "path": "path parameter", "body": "body field", "header": "header"}
+    if len(loc) >= 2 and loc[0] in where:
+        return f"{where[loc[0]]} {'.'.join(loc[1:])}: {error.get('msg', 'invalid')}"
+    return f"{'.'.join(loc) or 'request'}: {error.get('msg', 'invalid')}"
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+# ---------------------------------------------------------------- serving
+
+
+async def serve_rpc(
+    app: FastAPI,
+    host: str,
+    port: int,
+    data_dir: Path,
+    *,
+    task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``host:port`` until cancelled (port 0 picks a free one).
+
+    ``task_status.started`` hands back the bound URLs; the first one is
+    written to ``<data-dir>/rpc.json`` and the file is removed on exit.
+    """
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("lpnode.rpc.server")
+    config.graceful_timeout = _SHUTDOWN_GRACE_S
+    pid = os.getpid()
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(functools.partial(hypercorn.trio.serve, app, config))  # type: ignore[arg-type]
+        try:
+            write_info(data_dir, RpcInfo(url=urls[0], pid=pid))
+            task_status.started(urls)
+            await trio.sleep_forever()
+        finally:
+            remove_info(data_dir, pid)
