@@ -111,10 +111,10 @@ class Libp2pConfig:
                 raise ValueError(
                     f"Libp2pConfig.mdns_interface_addr must be an IP address, got {self.mdns_interface_addr!r}"
                 ) from None
-        if self.mdns_network_tag is not None and not self.mdns_network_tag.replace("-", "").isalnum():
-            raise ValueError(
-                f"Libp2pConfig.mdns_network_tag must be letters, digits and '-', got {self.mdns_network_tag!r}"
-            )
+        tag = self.mdns_network_tag
+        # DNS-SD service names ("p2p-<tag>") are at most 15 bytes (RFC 6763 §7.2).
+        if tag is not None and not (0 < len(tag) <= 11 and tag.isascii() and tag.replace("-", "").isalnum()):
+            raise ValueError(f"Libp2pConfig.mdns_network_tag must be 1-11 ASCII letters, digits or '-', got {tag!r}")
 
 
 def _check_listen_addr(addr: str) -> None:

@@ -1,0 +1,286 @@
+"""What only the libp2p backend has to get right: transport security, gossip
+authentication against raw py-libp2p peers, stream bounds, addresses, failure detection.
+
+All on 127.0.0.1; every test waits on events under ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.tools.anyio_service import background_trio_service
+from lpnode.node.network.base import ByteStream, ConnectionEventKind, GossipMessage
+from lpnode.node.network.libp2p import Libp2pConfig, Libp2pNetwork, open_libp2p_network
+from lpnode.protocol.errors import PeerUnreachable, StreamClosed
+
+from .conftest import deterministic_key, wait_subscribed
+
+TOPIC = "lpnode/test/1"
+DEADLINE = 20  # seconds
+LOOPBACK = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)
+
+
+@asynccontextmanager
+async def _nodes(*configs: Libp2pConfig, first_key: int = 0) -> AsyncIterator[list[Libp2pNetwork]]:
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(open_libp2p_network(deterministic_key(first_key + i), config))
+            for i, config in enumerate(configs)
+        ]
+
+
+@asynccontextmanager
+async def _raw_host(host: IHost) -> AsyncIterator[IHost]:
+    """A bare py-libp2p host on loopback, playing a peer that does not run lpnode."""
+    try:
+        async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            yield host
+    finally:
+        await host.close()
+
+
+async def test_plaintext_dialer_is_refused() -> None:
+    key_pair = create_new_key_pair(deterministic_key(40).seed)
+    plaintext_only = new_host(
+        key_pair=key_pair, sec_opt={TProtocol(PLAINTEXT_PROTOCOL_ID): InsecureTransport(key_pair)}
+    )
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK) as (node,), _raw_host(plaintext_only) as raw:
+            target = info_from_p2p_addr(multiaddr.Multiaddr(node.listen_addrs()[0]))
+            with pytest.raises(Exception) as refused:
+                await raw.connect(target)
+            assert not isinstance(refused.value, trio.TooSlowError)
+            assert node.connected_peers() == frozenset()
+            assert not raw.get_network().connections
+
+
+async def test_unsigned_gossip_is_neither_delivered_nor_forwarded() -> None:
+    """A raw gossipsub peer without strict signing cannot inject messages."""
+    relay_saw: list[bytes] = []
+
+    def relay_validator(msg: GossipMessage) -> bool:
+        relay_saw.append(msg.data)
+        return True
+
+    attacker_key = create_new_key_pair(deterministic_key(41).seed)
+    attacker = new_host(key_pair=attacker_key)
+    router = GossipSub(protocols=[PROTOCOL_ID_V12], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1)
+    attacker_pubsub = Pubsub(attacker, router, strict_signing=False)
+    with trio.fail_after(DEADLINE):
+        async with (
+            _nodes(LOOPBACK, LOOPBACK) as (relay, sink),
+            _raw_host(attacker),
+            background_trio_service(attacker_pubsub),
+            background_trio_service(router),
+        ):
+            await attacker_pubsub.wait_until_ready()
+            await sink.connect(relay.listen_addrs()[0])
+            await attacker.connect(info_from_p2p_addr(multiaddr.Multiaddr(relay.listen_addrs()[0])))
+            async with relay.subscribe(TOPIC, relay_validator), sink.subscribe(TOPIC) as at_sink:
+                await wait_subscribed(relay, TOPIC, {sink.local_peer})
+                await wait_subscribed(sink, TOPIC, {relay.local_peer})
+                await attacker_pubsub.wait_for_subscription(ID.from_base58(relay.local_peer), TOPIC, timeout=DEADLINE)
+
+                await attacker_pubsub.publish(TOPIC, b"unsigned")
+                # Now sign, as an honest py-libp2p peer would, and send a marker behind it.
+                attacker_pubsub.strict_signing = True
+                attacker_pubsub.sign_key = attacker_key.private_key
+                await attacker_pubsub.publish(TOPIC, b"signed")
+
+                msg = await at_sink.receive()
+                # The relay drops an unsigned message synchronously, on the first
+                # scheduling of its task, long before the marker crosses two hops.
+                assert msg.data == b"signed"
+                assert msg.origin == str(attacker.get_id())
+                assert msg.received_from == relay.local_peer
+                assert relay_saw == [b"signed"]
+
+
+async def test_rejected_gossip_is_not_forwarded_and_is_counted() -> None:
+    rejected = trio.Event()
+
+    def relay_validator(msg: GossipMessage) -> bool:
+        if msg.data.startswith(b"forged"):
+            rejected.set()
+            return False
+        return True
+
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK, LOOPBACK, LOOPBACK) as (source, relay, sink):
+            await source.connect(relay.listen_addrs()[0])
+            await sink.connect(relay.listen_addrs()[0])
+            async with (
+                source.subscribe(TOPIC),
+                relay.subscribe(TOPIC, relay_validator) as at_relay,
+                sink.subscribe(TOPIC) as at_sink,
+            ):
+                await wait_subscribed(relay, TOPIC, {source.local_peer, sink.local_peer})
+                await wait_subscribed(source, TOPIC, {relay.local_peer})
+                await wait_subscribed(sink, TOPIC, {relay.local_peer})
+                await source.publish(TOPIC, b"forged advert")
+                await rejected.wait()  # rejection is final: validation precedes forwarding
+                await source.publish(TOPIC, b"honest advert")
+                at_relay_msg, at_sink_msg = await at_relay.receive(), await at_sink.receive()
+                for msg in (at_relay_msg, at_sink_msg):
+                    assert (msg.data, msg.origin) == (b"honest advert", source.local_peer)
+                assert at_relay_msg.received_from == source.local_peer
+                assert at_sink_msg.received_from == relay.local_peer
+                assert relay.stats()["gossip_rejected"] == 1
+
+
+async def test_inbound_streams_beyond_the_bound_are_reset() -> None:
+    release = trio.Event()
+    running = 0
+    two_running = trio.Event()
+
+    async def hold(stream: ByteStream) -> None:
+        nonlocal running
+        await stream.receive_some(1)
+        running += 1
+        if running == 2:
+            two_running.set()
+        await release.wait()
+        await stream.send_all(b"done")
+
+    bounded = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False, max_inbound_streams=2)
+    with trio.fail_after(DEADLINE):
+        async with _nodes(bounded, LOOPBACK) as (server, client):
+            server.set_stream_handler("/lpnode/hold/1", hold)
+            await client.connect(server.listen_addrs()[0])
+            held = [await client.open_stream(server.local_peer, "/lpnode/hold/1") for _ in range(2)]
+            for stream in held:
+                await stream.send_all(b"x")
+            await two_running.wait()
+            await _assert_refused(client, server.local_peer, "/lpnode/hold/1")
+            assert server.stats()["inbound_streams_refused"] == 1
+            release.set()
+            for stream in held:
+                assert await stream.receive_some(10) == b"done"
+
+
+async def _assert_refused(client: Libp2pNetwork, peer: str, protocol_id: str) -> None:
+    """The server resets the stream right after negotiating it; depending on whether
+    the reset overtakes the negotiation reply, the client sees a failed open or a
+    stream that ends at once. Either way nothing is served."""
+    try:
+        stream = await client.open_stream(peer, protocol_id)
+    except PeerUnreachable:
+        return
+    try:
+        await stream.send_all(b"x")
+    except StreamClosed:
+        return
+    assert await stream.receive_some(10) == b""
+
+
+async def test_listen_addrs_name_interfaces_not_the_unspecified_address() -> None:
+    wildcard = Libp2pConfig(listen_addrs=("/ip4/0.0.0.0/tcp/0",), enable_mdns=False)
+    with trio.fail_after(DEADLINE):
+        async with _nodes(wildcard, LOOPBACK) as (server, client):
+            addrs = server.listen_addrs()
+            assert addrs[0].startswith("/ip4/127.0.0.1/tcp/")
+            assert not any("/0.0.0.0/" in a or a.split("/")[4] == "0" for a in addrs)
+            assert all(a.endswith(f"/p2p/{server.local_peer}") for a in addrs)
+            assert await client.connect(addrs[0]) == server.local_peer
+
+
+async def test_connect_refuses_bad_addresses_with_a_clear_message() -> None:
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK) as (node,):
+            with pytest.raises(PeerUnreachable, match="not a multiaddr"):
+                await node.connect("/ip4/127.0.0.1/tcp/1")  # no /p2p part
+            with pytest.raises(PeerUnreachable, match="own address"):
+                await node.connect(node.listen_addrs()[0])
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="listen_addrs"):
+        Libp2pConfig(listen_addrs=())
+    with pytest.raises(ValueError, match="listen_addrs"):
+        Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/udp/1",))
+    with pytest.raises(ValueError, match="ping_timeout_s"):
+        Libp2pConfig(ping_timeout_s=0)
+    with pytest.raises(ValueError, match="max_inbound_streams"):
+        Libp2pConfig(max_inbound_streams=0)
+    with pytest.raises(ValueError, match="mdns_interface_addr"):
+        Libp2pConfig(mdns_interface_addr="lo")
+    with pytest.raises(ValueError, match="mdns_network_tag"):
+        Libp2pConfig(mdns_network_tag="a-tag-too-long")
+
+
+async def test_mdns_on_loopback_finds_and_dials_peers() -> None:
+    tag = secrets.token_hex(5)  # a private namespace: other test runs on this machine stay invisible
+    mdns = Libp2pConfig(
+        listen_addrs=("/ip4/127.0.0.1/tcp/0",),
+        enable_mdns=True,
+        mdns_interface_addr="127.0.0.1",
+        mdns_network_tag=tag,
+    )
+    with trio.fail_after(DEADLINE):
+        async with _nodes(mdns) as (first,), first.connection_events() as events:
+            async with _nodes(mdns, first_key=1) as (second,):
+                async for event in events:
+                    if event.kind is ConnectionEventKind.CONNECTED and event.peer == second.local_peer:
+                        break
+
+
+_FROZEN_PEER_SCRIPT = """
+import sys, trio
+from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
+from lpnode.protocol.signing import NodeKey
+
+async def main():
+    config = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)
+    async with open_libp2p_network(NodeKey(bytes([77]) * 32), config) as net:
+        print(net.listen_addrs()[0], flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+@pytest.mark.slow
+async def test_frozen_peer_is_dropped_by_health_checks() -> None:
+    fast = Libp2pConfig(
+        listen_addrs=("/ip4/127.0.0.1/tcp/0",),
+        enable_mdns=False,
+        health_check_interval_s=1.0,
+        ping_timeout_s=1.0,
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_PEER_SCRIPT], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        assert child.stdout is not None
+        with trio.fail_after(DEADLINE):
+            addr = (await trio.to_thread.run_sync(child.stdout.readline)).strip()
+            async with _nodes(fast) as (node,), node.connection_events() as events:
+                peer = await node.connect(addr)
+                child.send_signal(signal.SIGSTOP)  # alive to the kernel, silent to us
+                frozen_at = trio.current_time()
+                async for event in events:
+                    if event.kind is ConnectionEventKind.DISCONNECTED and event.peer == peer:
+                        break
+                assert peer not in node.connected_peers()
+                assert trio.current_time() - frozen_at < 10
+    finally:
+        child.kill()
+        child.wait()
