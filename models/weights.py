@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from .base import ModelSpec
+from .errors import WeightsMissing
+
 SIDECAR_NAME = ".lpnode-weights-sha256.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json", ".txt", ".model")
 _CHUNK = 8 * 1024 * 1024
@@ -117,3 +120,65 @@ def _write_sidecar(path: Path, data: dict[str, dict[str, object]]) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def diffusers_component_dirs(folder: Path) -> list[str]:
+    """Component folders named in a diffusers ``model_index.json`` (``unet``, ``vae``, ...)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    return sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None)
+
+
+def file_variant(path: Path) -> str | None:
+    """``fp16`` for ``diffusion_pytorch_model.fp16.safetensors``, None without a variant."""
+    parts = path.name.split(".")
+    if len(parts) < 3 or parts[-1] not in ("safetensors", "bin"):
+        return None
+    return parts[-2].split("-")[0]  # sharded: "fp16-00001-of-00002"
+
+
+def diffusers_weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The files ``from_pretrained(folder, variant=variant)`` reads.
+
+    Repositories also carry single-file checkpoints at the top level and other
+    variants beside the chosen one; hashing those would make the hash depend on
+    what else happens to sit in the folder, so only loaded files count.
+    """
+    chosen = [folder / "model_index.json"]
+    for component in diffusers_component_dirs(folder):
+        for path in weight_files(folder / component):
+            is_weights = path.suffix in (".safetensors", ".bin")
+            if not is_weights or file_variant(path) == variant:
+                chosen.append(path)
+    return sorted(chosen, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def locate_diffusers_weights(
+    spec: ModelSpec, weights_dir: Path | None, required: Sequence[str]
+) -> tuple[Path, str | None]:
+    """The preset's folder and the variant to load, or WeightsMissing listing what is absent.
+
+    ``required`` are paths relative to the folder; a component folder entry
+    (ending in ``/``) needs at least one weights file of some variant. The
+    full-precision files win when both are present: fp16 ones are only a
+    smaller download of the same model, and the hash must not flip between them.
+    """
+    # Without a configured directory, still name every file, under a placeholder root.
+    root = weights_dir if weights_dir is not None else Path("<weights_dir>")
+    folder = root / (spec.weights_subdir or spec.name)
+    missing: list[str] = []
+    for rel in required:
+        path = folder / rel
+        if rel.endswith("/"):
+            has_weights = path.is_dir() and any(
+                p.suffix in (".safetensors", ".bin") for p in path.iterdir() if p.is_file()
+            )
+            if not has_weights:
+                missing.append(rel + "*.safetensors (weights; .bin also accepted)")
+        elif not path.is_file():
+            missing.append(rel)
+    if missing:
+        raise WeightsMissing(spec.name, folder, tuple(missing), spec.source)
+    unet_like = [p for c in diffusers_component_dirs(folder) for p in weight_files(folder / c)]
+    variants = {file_variant(p) for p in unet_like if p.suffix in (".safetensors", ".bin")}
+    variant = None if None in variants or not variants else sorted(v for v in variants if v)[0]
+    return folder, variant
