@@ -232,11 +232,7 @@ class FrameInterpolationRequest:
 
 
 Request: TypeAlias = (
-    TextToImageRequest
-    | ImageToImageRequest
-    | ImageToVideoRequest
-    | UpscaleRequest
-    | FrameInterpolationRequest
+    TextToImageRequest | ImageToImageRequest | ImageToVideoRequest | UpscaleRequest | FrameInterpolationRequest
 )
 Output: TypeAlias = ImageOutput | VideoOutput
 
@@ -291,9 +287,7 @@ class ModelSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         for key in params:
             if key not in names:
-                raise ParameterError(
-                    key, params[key], f"one of the {kind} fields: {', '.join(sorted(names))}"
-                )
+                raise ParameterError(key, params[key], f"one of the {kind} fields: {', '.join(sorted(names))}")
         merged = {k: v for k, v in self.defaults.items() if k in names} | params
         try:
             return cls(**merged)
@@ -540,9 +534,7 @@ class ModelAdapter(ABC):
         """See ``lpnode.models.weights``: file hash for real presets, state-dict hash for tiny ones."""
 
     @abstractmethod
-    def _generate(
-        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
-    ) -> list[Output]:
+    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
         """The numbered stages. Inputs are checked, the model is loaded, inference_mode is on."""
 
 

@@ -23,8 +23,7 @@ from pathlib import Path
 from lpnode.protocol.errors import LpnodeError
 
 
-# The editable install's import hook is invisible to mypy, so LpnodeError reads as Any here.
-class ModelError(LpnodeError):  # type: ignore[misc]
+class ModelError(LpnodeError):
     """Root of every error a model adapter raises on purpose."""
 
 
