@@ -6,7 +6,6 @@ All on 127.0.0.1; every test waits on events under ``trio.fail_after``.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
@@ -235,11 +234,14 @@ async def test_mdns_on_loopback_finds_and_dials_peers() -> None:
         mdns_network_tag=tag,
     )
     with trio.fail_after(DEADLINE):
-        async with _nodes(mdns) as (first,), first.connection_events() as events:
-            async with _nodes(mdns, first_key=1) as (second,):
-                async for event in events:
-                    if event.kind is ConnectionEventKind.CONNECTED and event.peer == second.local_peer:
-                        break
+        async with (
+            _nodes(mdns) as (first,),
+            first.connection_events() as events,
+            _nodes(mdns, first_key=1) as (second,),
+        ):
+            async for event in events:
+                if event.kind is ConnectionEventKind.CONNECTED and event.peer == second.local_peer:
+                    break
 
 
 _FROZEN_PEER_SCRIPT = """
@@ -265,13 +267,10 @@ async def test_frozen_peer_is_dropped_by_health_checks() -> None:
         health_check_interval_s=1.0,
         ping_timeout_s=1.0,
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", _FROZEN_PEER_SCRIPT], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
-    )
+    child = await trio.lowlevel.open_process([sys.executable, "-c", _FROZEN_PEER_SCRIPT], stdout=subprocess.PIPE)
     try:
-        assert child.stdout is not None
         with trio.fail_after(DEADLINE):
-            addr = (await trio.to_thread.run_sync(child.stdout.readline)).strip()
+            addr = (await _read_line(child)).strip()
             async with _nodes(fast) as (node,), node.connection_events() as events:
                 peer = await node.connect(addr)
                 child.send_signal(signal.SIGSTOP)  # alive to the kernel, silent to us
@@ -283,4 +282,16 @@ async def test_frozen_peer_is_dropped_by_health_checks() -> None:
                 assert trio.current_time() - frozen_at < 10
     finally:
         child.kill()
-        child.wait()
+        with trio.CancelScope(shield=True):
+            await child.wait()
+
+
+async def _read_line(process: trio.Process) -> str:
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await process.stdout.receive_some(1)
+        if not chunk:
+            raise AssertionError(f"child exited before printing its address (got {line!r})")
+        line += chunk
+    return line.decode()
