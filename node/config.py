@@ -27,6 +27,7 @@ from lpnode.protocol.errors import ConfigError
 DEFAULT_P2P_PORT = 9471
 DEFAULT_RPC_PORT = 9470
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SERVE_NONE = "none"  # serve = ["none"]: a requester-only node that offers no models
 
 
 def default_data_dir() -> Path:
@@ -42,7 +43,7 @@ class NodeConfig:
     rpc: str = f"127.0.0.1:{DEFAULT_RPC_PORT}"  # HOST:PORT of the local RPC API; port 0 picks a free one
     rpc_allow_remote: bool = False  # required to bind the RPC API to a non-loopback address
     log_level: str = "info"
-    serve: tuple[str, ...] = ()  # model presets to serve; empty = the built-in defaults for this machine
+    serve: tuple[str, ...] = ()  # model presets to serve; empty = this machine's defaults; ("none",) = no models
     price_per_mpx_step: int = 100  # micro-credits per megapixel-step, for every served model
     queue_capacity: int = 4  # jobs held at once (running + waiting)
     advert_interval_s: float = 5.0  # publish our advert at least this often
@@ -69,6 +70,8 @@ class NodeConfig:
                 f"rpc: {host} is not a loopback address; the RPC API controls this node and spends its "
                 "credit, so binding it elsewhere needs --rpc-allow-remote"
             )
+        if SERVE_NONE in self.serve and len(self.serve) > 1:
+            raise ConfigError(f"serve: {SERVE_NONE!r} (requester only) cannot be combined with models")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         _check_range("price_per_mpx_step", self.price_per_mpx_step, 0, 10**12)

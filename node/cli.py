@@ -1,0 +1,155 @@
+"""The ``lpnode`` command: ``run`` a node, or ask a running one (``peers``, ``node``, ``id``).
+
+Every command takes ``--data-dir`` (and ``--config``): the data directory
+holds the node's identity key, its RPC token and ``rpc.json`` (where its API
+listens), so several nodes on one machine are told apart by it alone.
+
+Errors the user can fix are one line on stderr, never a traceback: exit code
+2 for configuration errors (as argparse does for bad flags), 1 for the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from lpnode.node.config import LOG_LEVELS, SERVE_NONE, NodeConfig, load_config
+from lpnode.protocol.errors import ConfigError, LpnodeError
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lpnode", description="A peer-to-peer network of home GPUs selling AI inference."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="node data directory (identity key, RPC token, rpc.json)")
+    common.add_argument("--config", type=Path, help="TOML config file (keys as in NodeConfig)")
+
+    run = commands.add_parser("run", parents=[common], help="run a node until Ctrl-C / SIGTERM")
+    run.add_argument("--listen", action="append", metavar="MULTIADDR", help="libp2p listen address (repeatable)")
+    run.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial at start (repeatable)")
+    run.add_argument("--no-mdns", action="store_true", help="do not look for peers on the local network")
+    run.add_argument("--rpc", metavar="HOST:PORT", help="where the local RPC API listens (port 0: any free port)")
+    run.add_argument("--rpc-allow-remote", action="store_true", help="allow a non-loopback --rpc address")
+    run.add_argument("--log-level", choices=LOG_LEVELS)
+    run.add_argument("--serve", metavar="MODEL[,MODEL...]", help=f"models to serve; '{SERVE_NONE}': requester only")
+
+    commands.add_parser("id", parents=[common], help="print this node's peer id (creating its key if needed)")
+    for name, what in (("peers", "the peers a running node knows"), ("node", "a running node's own state")):
+        sub = commands.add_parser(name, parents=[common], help=f"show {what}")
+        sub.add_argument("--json", action="store_true", help="print the RPC API's JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        error = _only_lpnode_error(group)
+        if error is None:
+            raise
+        return _report(error)
+    except LpnodeError as error:
+        return _report(error)
+
+
+def _report(error: LpnodeError) -> int:
+    print(f"lpnode: {error}", file=sys.stderr)
+    return EXIT_CONFIG if isinstance(error, ConfigError) else EXIT_ERROR
+
+
+def _only_lpnode_error(group: BaseExceptionGroup[Any]) -> LpnodeError | None:
+    """The first LpnodeError of a (nested) group from a nursery, if that is all it holds."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    errors = [e for e in leaves if isinstance(e, LpnodeError)]
+    return errors[0] if errors and len(errors) == len(leaves) else None
+
+
+def _config(args: argparse.Namespace, **flags: Any) -> NodeConfig:
+    return load_config(config_file=args.config, env=os.environ, flags={"data_dir": args.data_dir, **flags})
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _config(
+        args,
+        listen=tuple(args.listen) if args.listen else None,
+        bootstrap=tuple(args.bootstrap) if args.bootstrap else None,
+        mdns=False if args.no_mdns else None,
+        rpc=args.rpc,
+        rpc_allow_remote=True if args.rpc_allow_remote else None,
+        log_level=args.log_level,
+        serve=args.serve,  # comma-separated; checked by NodeConfig.validate
+    )
+    from lpnode.node.run import run_node  # libp2p, FastAPI and torch load only for `run`
+
+    trio.run(run_node, config)
+    return 0
+
+
+def _cmd_id(args: argparse.Namespace) -> int:
+    from lpnode.node.identity import load_or_create_key
+
+    print(load_or_create_key(_config(args).data_dir).peer_id)
+    return 0
+
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    from lpnode.node.cli_format import peers_table
+
+    answer = _ask(_config(args).data_dir, lambda client: client.peers())
+    print(json.dumps(answer, indent=2) if args.json else peers_table(answer["peers"]))
+    return 0
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from lpnode.node.cli_format import node_table
+
+    data_dir = _config(args).data_dir
+    answer = _ask(data_dir, lambda client: client.node())
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        from lpnode.node.rpc_info import read_info
+
+        print(node_table(answer, read_info(data_dir).url))
+    return 0
+
+
+def _ask(data_dir: Path, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    from lpnode.node.client import LpnodeClient
+
+    async def ask() -> dict[str, Any]:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
+            return await call(client)
+
+    return trio.run(ask)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "id": _cmd_id,
+    "peers": _cmd_peers,
+    "node": _cmd_node,
+}

@@ -1,0 +1,118 @@
+"""Human-readable output of the client commands: aligned tables from the RPC API's JSON.
+
+A cell may hold several lines (one per address, device or model); a row is as
+tall as its tallest cell, so related values stay on one line across columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+GIB = 1024**3
+PRICE_UNIT = "micro-credits per megapixel-step"
+
+Cell = Sequence[str]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Cell]], *, gap: int = 2) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], *(len(line) for line in cell), 0)
+    out = [_line(headers, widths, gap)]
+    for row in rows:
+        height = max((len(cell) for cell in row), default=1) or 1
+        for k in range(height):
+            out.append(_line([cell[k] if k < len(cell) else "" for cell in row], widths, gap))
+    return "\n".join(out)
+
+
+def _line(values: Sequence[str], widths: Sequence[int], gap: int) -> str:
+    return (" " * gap).join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+
+def short_peer_id(peer_id: str) -> str:
+    """``12D3KooW…a1b2c3``: enough to tell peers apart, short enough for a table."""
+    return peer_id if len(peer_id) <= 16 else f"{peer_id[:8]}…{peer_id[-6:]}"
+
+
+def strip_p2p(addr: str) -> str:
+    return addr.split("/p2p/", 1)[0]
+
+
+def device_text(device: Mapping[str, Any]) -> str:
+    if device.get("kind") == "cpu":
+        return str(device["name"])
+    return f"{device['name']} ({device['vram_total_bytes'] / GIB:.1f} GiB)"
+
+
+def model_text(model: Mapping[str, Any]) -> str:
+    return f"{model['model_id']} ({'warm' if model['warm'] else 'cold'})"
+
+
+def age_text(ms: int) -> str:
+    seconds = ms / 1000
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def peers_table(peers: Sequence[Mapping[str, Any]]) -> str:
+    if not peers:
+        return "no peers known yet"
+    rows = [
+        [
+            [short_peer_id(p["peer_id"])],
+            [strip_p2p(a) for a in p["listen_addrs"]] or ["-"],
+            [device_text(d) for d in p["gpus"]] or ["-"],
+            [model_text(m) for m in p["models"]] or ["-"],
+            [str(m["price_per_mpx_step"]) for m in p["models"]] or ["-"],
+            [f"{p['queue_depth']}/{p['queue_capacity']}"],
+            [age_text(p["advert_age_ms"])],
+        ]
+        for p in peers
+    ]
+    headers = ["PEER", "ADDRESSES", "GPUS", "MODELS", "PRICE", "QUEUE", "AGE"]
+    return f"{table(headers, rows)}\n\n{len(peers)} peer(s); price in {PRICE_UNIT}"
+
+
+def node_table(node: Mapping[str, Any], rpc_url: str) -> str:
+    gossip = node["gossip"]
+    dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(gossip["adverts_dropped_by_reason"].items()))
+    models = [f"{model_text(m)} at {m['price_per_mpx_step']}" for m in node["models"]]
+    config = node["config"]
+    rows: list[tuple[str, Sequence[str]]] = [
+        ("peer id", [node["peer_id"]]),
+        ("version", [f"{node['software_version']} (protocol {node['protocol_version']})"]),
+        ("uptime", [age_text(int(node["uptime_s"] * 1000))]),
+        ("listening", node["listen_addrs"] or ["(none)"]),
+        ("rpc", [rpc_url]),
+        ("devices", [device_text(d) for d in node["devices"]] or ["(none yet)"]),
+        ("models", models or ["none (requester only, or models not loaded yet)"]),
+        ("queue", [f"{node['queue_depth']}/{node['queue_capacity']} jobs"]),
+        ("peers", [f"{node['known_peers']} known, {node['connected_peers']} connected"]),
+        (
+            "adverts",
+            [
+                f"{gossip['adverts_published']} published, {gossip['adverts_accepted']} accepted, "
+                f"{gossip['adverts_dropped']} dropped" + (f" ({dropped})" if dropped else ""),
+                f"{gossip['peers_expired']} peers expired",
+            ],
+        ),
+        ("bootstrap", config["bootstrap"] or ["(none)"]),
+        ("mdns", ["on" if config["mdns"] else "off"]),
+        ("data dir", [config["data_dir"]]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = []
+    for name, values in rows:
+        for k, value in enumerate(values):
+            lines.append(f"{name if k == 0 else '':<{width}}  {value}")
+    if node["models"]:
+        lines.append(f"\nprice in {PRICE_UNIT}")
+    return "\n".join(lines)
