@@ -14,18 +14,22 @@ its logic:
   messages cannot see each other's forwarder;
 - ``notify_subscriptions`` (the message passed validation) turns it into a
   :class:`GossipMessage` and offers it to our own bounded channel, counting drops.
+
+:class:`LpnodeGossipSub` likewise extends two router methods so that a message
+sent while the mesh is still forming is not lost (see its docstring).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
 import trio
 from libp2p.abc import IHost
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -42,9 +46,47 @@ _forwarder: ContextVar[ID | None] = ContextVar("lpnode_gossip_forwarder", defaul
 _DEGREE, _DEGREE_LOW, _DEGREE_HIGH = 6, 4, 12
 
 
-def make_router(heartbeat_s: float) -> GossipSub:
+class LpnodeGossipSub(GossipSub):
+    """py-libp2p's gossipsub router with two fixes for a young mesh.
+
+    Right after peers subscribe, py-libp2p's mesh can be empty for up to a
+    heartbeat: the event-driven GRAFT runs in a task spawned after the
+    subscription is processed, and is skipped altogether when the
+    subscription arrives before the peer's pubsub stream is registered. A
+    message published or forwarded into that gap goes to nobody, and is never
+    gossiped either, because by the next heartbeat the peer is in the mesh and
+    IHAVE only goes to peers outside it. Seen here as a lost first message
+    about one run in twenty.
+    """
+
+    def _get_peers_to_send(
+        self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID, msg_id: bytes | None = None
+    ) -> Iterable[ID]:
+        peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
+        pubsub = self.pubsub
+        if pubsub is not None and msg_forwarder == origin == pubsub.my_id:
+            # Flood publishing, go-libp2p's default: our own messages go to every
+            # known subscriber, not only the mesh (peers not yet identified are
+            # queued by the router and flushed when their stream opens).
+            for topic in topic_ids:
+                peers.update(p for p in pubsub.peer_topics.get(topic, ()) if self._is_gossipsub_peer(p))
+            peers.discard(pubsub.my_id)
+        return peers
+
+    def add_peer(self, peer_id: ID, protocol_id: TProtocol | None) -> None:
+        super().add_peer(peer_id, protocol_id)
+        pubsub = self.pubsub
+        if pubsub is None or not pubsub.manager.is_running:
+            return
+        # The GRAFT that py-libp2p skipped because the subscription came first.
+        for topic, subscribers in pubsub.peer_topics.items():
+            if peer_id in subscribers and topic in self.mesh:
+                pubsub.manager.run_task(self.on_peer_subscribed, peer_id, topic)
+
+
+def make_router(heartbeat_s: float) -> LpnodeGossipSub:
     """A gossipsub router speaking the versions js-libp2p interop was verified on."""
-    return GossipSub(
+    return LpnodeGossipSub(
         protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
         degree=_DEGREE,
         degree_low=_DEGREE_LOW,
@@ -63,7 +105,7 @@ class LpnodePubsub(Pubsub):
     def __init__(
         self,
         host: IHost,
-        router: GossipSub,
+        router: LpnodeGossipSub,
         *,
         on_subscribed: Callable[[ID, str], None],
         stats: Counter[str],

@@ -70,6 +70,7 @@ log = logging.getLogger("lpnode.network.libp2p")
 MAX_GOSSIP_BYTES = 1024 * 1024 - 4096
 _ADDR_HINT_TTL_S = 600  # how long a dial hint from open_stream() stays in the peerstore
 _UNSUBSCRIBE_GRACE_S = 2.0  # bound on announcing an unsubscription while leaving a topic
+_CLOSE_GRACE_S = 5.0  # bound on closing connections politely before the host's tasks are cancelled
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,14 @@ class Libp2pConfig:
             raise ValueError(f"Libp2pConfig.max_inbound_streams must be >= 1, got {self.max_inbound_streams}")
         if self.mdns_interface_addr is not None:
             try:
-                ipaddress.ip_address(self.mdns_interface_addr)
+                unspecified = ipaddress.ip_address(self.mdns_interface_addr).is_unspecified
             except ValueError:
+                unspecified = True
+            if unspecified:
                 raise ValueError(
-                    f"Libp2pConfig.mdns_interface_addr must be an IP address, got {self.mdns_interface_addr!r}"
-                ) from None
+                    "Libp2pConfig.mdns_interface_addr must be one interface's IP address (None for all),"
+                    f" got {self.mdns_interface_addr!r}"
+                )
         tag = self.mdns_network_tag
         # DNS-SD service names ("p2p-<tag>") are at most 15 bytes (RFC 6763 §7.2).
         if tag is not None and not (0 < len(tag) <= 11 and tag.isascii() and tag.replace("-", "").isalnum()):
@@ -254,7 +258,14 @@ class Libp2pNetwork:
     # -- beyond the interface ---------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters: gossip delivered/dropped/rejected, streams, events dropped, ..."""
+        """Counters since start, by name; a counter that never moved is absent.
+
+        ``gossip_published``, ``gossip_delivered``, ``gossip_rejected`` (by a
+        validator), ``gossip_dropped_slow_subscriber`` (subscription buffer full),
+        ``inbound_streams``, ``inbound_streams_refused`` (over
+        ``max_inbound_streams``), ``inbound_handler_crashes``, ``outbound_streams``,
+        ``connection_events_dropped``, ``mdns_discoveries``, ...
+        """
         return dict(self._counters)
 
     async def aclose(self) -> None:
@@ -358,7 +369,8 @@ class Libp2pNetwork:
                 await self._close_requested.wait()
                 tasks.cancel_scope.cancel()
                 # Explicit: leaving host.run() alone leaves connections open.
-                await host.close()
+                with trio.move_on_after(_CLOSE_GRACE_S):
+                    await host.close()
         finally:
             self._close_requested.set()
             with trio.CancelScope(shield=True):
