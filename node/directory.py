@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -50,6 +51,11 @@ class PeerDirectory:
         self._tombstones: dict[str, _Tombstone] = {}
         self._connected: set[str] = set()
         self._changed = trio.Event()
+        # (deadline_ms, peer_id) at which a peer *may* have to go; stale entries (the peer
+        # re-advertised or reconnected since) are skipped when popped. Keeps expiry O(log n)
+        # per advert instead of a scan of the whole directory on every change.
+        self._deadlines: list[tuple[int, str]] = []
+        self._earlier_deadline = trio.Event()
 
     # ------------------------------------------------------------ queries
 
@@ -91,6 +97,7 @@ class PeerDirectory:
         record = PeerRecord(advert=advert, received_at_ms=now_ms, received_from=received_from, connected=connected)
         self._records[advert.peer_id] = record
         self._tombstones.pop(advert.peer_id, None)
+        self._push_deadline(advert.expires_at_ms, advert.peer_id)
         self._notify()
         return record
 
@@ -108,6 +115,7 @@ class PeerDirectory:
         record = self._records.get(peer_id)
         if record is not None:
             self._records[peer_id] = replace(record, connected=False, disconnected_at_ms=now_ms)
+            self._push_deadline(now_ms + self._grace_ms, peer_id)
             self._notify()
 
     # ------------------------------------------------------------ expiry
@@ -115,36 +123,59 @@ class PeerDirectory:
     def expire(self, *, now_ms: int) -> list[str]:
         """Drop peers whose advert expired or whose disconnect grace ran out; return their ids."""
         gone = []
-        for peer_id, record in list(self._records.items()):
-            expired = record.advert.expires_at_ms <= now_ms
-            silent_since_disconnect = (
-                record.disconnected_at_ms is not None
-                and record.received_at_ms <= record.disconnected_at_ms
-                and now_ms - record.disconnected_at_ms >= self._grace_ms
-            )
-            if expired or silent_since_disconnect:
-                del self._records[peer_id]
-                self._tombstones[peer_id] = _Tombstone(record.advert.seq, record.advert.expires_at_ms)
-                gone.append(peer_id)
-        while len(self._tombstones) > self._max_peers:  # bounded: forget the oldest first
-            del self._tombstones[next(iter(self._tombstones))]
-        for peer_id, tomb in list(self._tombstones.items()):
-            if tomb.until_ms <= now_ms:
-                del self._tombstones[peer_id]
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            _, peer_id = heapq.heappop(self._deadlines)
+            record = self._records.get(peer_id)
+            if record is None or not self._must_go(record, now_ms):
+                continue
+            del self._records[peer_id]
+            self._tombstones[peer_id] = _Tombstone(record.advert.seq, record.advert.expires_at_ms)
+            gone.append(peer_id)
         if gone:
+            for peer_id, tomb in list(self._tombstones.items()):
+                if tomb.until_ms <= now_ms:
+                    del self._tombstones[peer_id]
+            while len(self._tombstones) > self._max_peers:  # bounded: forget the oldest first
+                del self._tombstones[next(iter(self._tombstones))]
             self._notify()
         return gone
 
+    def _must_go(self, record: PeerRecord, now_ms: int) -> bool:
+        if record.advert.expires_at_ms <= now_ms:
+            return True
+        return (
+            record.disconnected_at_ms is not None
+            and record.received_at_ms <= record.disconnected_at_ms  # silent since it disconnected
+            and now_ms - record.disconnected_at_ms >= self._grace_ms
+        )
+
     def next_deadline_ms(self) -> int | None:
-        """The earliest time at which :meth:`expire` could remove someone."""
-        deadlines = [r.advert.expires_at_ms for r in self._records.values()]
-        deadlines += [
-            r.disconnected_at_ms + self._grace_ms
-            for r in self._records.values()
-            if r.disconnected_at_ms is not None and r.received_at_ms <= r.disconnected_at_ms
-        ]
-        deadlines += [t.until_ms for t in self._tombstones.values()]
-        return min(deadlines, default=None)
+        """The earliest time at which :meth:`expire` may remove someone (may be early, never late)."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    async def wait_earlier_deadline(self) -> None:
+        """Return when a deadline earlier than every known one appears."""
+        await self._earlier_deadline.wait()
+
+    def _push_deadline(self, deadline_ms: int, peer_id: str) -> None:
+        earlier = not self._deadlines or deadline_ms < self._deadlines[0][0]
+        heapq.heappush(self._deadlines, (deadline_ms, peer_id))
+        if len(self._deadlines) > 8 * self._max_peers + 64:
+            self._compact_deadlines()
+        if earlier:
+            self._earlier_deadline.set()
+            self._earlier_deadline = trio.Event()
+
+    def _compact_deadlines(self) -> None:
+        """Keep one live deadline per peer: the heap stays bounded however often peers re-advertise."""
+        live = {}
+        for record in self._records.values():
+            deadline = record.advert.expires_at_ms
+            if record.disconnected_at_ms is not None and record.received_at_ms <= record.disconnected_at_ms:
+                deadline = min(deadline, record.disconnected_at_ms + self._grace_ms)
+            live[record.peer_id] = deadline
+        self._deadlines = [(deadline, peer) for peer, deadline in live.items()]
+        heapq.heapify(self._deadlines)
 
     def _notify(self) -> None:
         self._changed.set()

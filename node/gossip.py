@@ -17,6 +17,7 @@ forwarding, so a bad advert is counted, dropped, and never passed on.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from lpnode.protocol.names import ADVERT_TOPIC, SOFTWARE_VERSION
 from lpnode.protocol.signing import NodeKey
 
 log = logging.getLogger(__name__)
+
+_VERIFIED_CACHE = 1024  # entries; more than a subscription's buffer, so delivered ones are found
 
 WallClock = Callable[[], float]  # unix seconds; injected so simulations can run in virtual time
 
@@ -117,12 +120,21 @@ class AdvertGate:
     """The topic validator: full admission check, counting every drop by reason."""
 
     def __init__(
-        self, *, directory: PeerDirectory, stats: GossipStats, config: NodeConfig, wall_clock: WallClock
+        self,
+        *,
+        local_peer: str,
+        directory: PeerDirectory,
+        stats: GossipStats,
+        config: NodeConfig,
+        wall_clock: WallClock,
     ) -> None:
         self._directory = directory
+        self._local_peer = local_peer
         self._stats = stats
         self._max_skew_ms = int(config.max_clock_skew_s * 1000)
         self._wall_clock = wall_clock
+        # adverts the validator verified, awaiting delivery: saves a second signature check
+        self._verified: dict[bytes, CapabilityAdvert] = {}
 
     def admit(self, msg: GossipMessage) -> CapabilityAdvert:
         """Verify ``msg`` against the signature, clocks and directory; raise AdvertRejected."""
@@ -131,13 +143,28 @@ class AdvertGate:
         return advert
 
     def __call__(self, msg: GossipMessage) -> bool:
+        if msg.origin == self._local_peer:
+            # pubsub validates our own publications too (as libp2p does); ours are fine
+            return True
         try:
-            self.admit(msg)
+            advert = self.admit(msg)
         except AdvertRejected as exc:
             self._stats.dropped[exc.reason] += 1
             log.debug("dropped advert from %s: %s", msg.origin, exc)
             return False
+        self._verified[msg.data] = advert
+        if len(self._verified) > _VERIFIED_CACHE:
+            del self._verified[next(iter(self._verified))]
         return True
+
+    def admit_delivered(self, msg: GossipMessage) -> CapabilityAdvert:
+        """Admission for a message the validator passed: skip the signature check done there."""
+        advert = self._verified.pop(msg.data, None)
+        if advert is None:
+            return self.admit(msg)
+        # the directory may have moved on since the validator ran (a newer advert came first)
+        self._directory.check(advert)
+        return advert
 
     def now_ms(self) -> int:
         return int(self._wall_clock() * 1000)
@@ -153,7 +180,9 @@ async def serve_gossip(
     wall_clock: WallClock,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    gate = AdvertGate(directory=directory, stats=stats, config=config, wall_clock=wall_clock)
+    gate = AdvertGate(
+        local_peer=network.local_peer, directory=directory, stats=stats, config=config, wall_clock=wall_clock
+    )
     async with (
         network.connection_events() as events,
         network.subscribe(ADVERT_TOPIC, gate) as adverts,
@@ -176,8 +205,7 @@ async def _receive_adverts(
 ) -> None:
     async for msg in adverts:
         try:
-            # checked again: the directory may have moved on since the validator ran
-            advert = gate.admit(msg)
+            advert = gate.admit_delivered(msg)
         except AdvertRejected as exc:
             stats.dropped[exc.reason] += 1
             continue
@@ -209,8 +237,7 @@ async def _expire_peers(directory: PeerDirectory, stats: GossipStats, gate: Adve
             stats.expired_peers += 1
             log.info("peer %s left (advert expired or disconnected)", peer_id)
         deadline_ms = directory.next_deadline_ms()
-        with trio.move_on_after(
-            # +1 ms: the deadline itself is inclusive, and wall and trio clocks may round apart
-            max(0.0, (deadline_ms - gate.now_ms() + 1) / 1000) if deadline_ms is not None else float("inf")
-        ):
-            await directory.wait_changed()
+        # +1 ms: a deadline is inclusive, and the wall and trio clocks may round apart
+        delay_s = (deadline_ms - gate.now_ms() + 1) / 1000 if deadline_ms is not None else math.inf
+        with trio.move_on_after(max(0.0, delay_s)):
+            await directory.wait_earlier_deadline()

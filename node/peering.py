@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 MIN_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
 PARALLEL_DIALS = 4
+# A dial pass looks at the whole directory; adverts change it many times a second in
+# a big network, so passes are spaced out rather than run on every change.
+DIAL_PASS_MIN_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -116,3 +119,4 @@ async def serve_dialer(
                 del backoffs[gone]
             with trio.move_on_at(next_retry):
                 await directory.wait_changed()
+            await trio.sleep(DIAL_PASS_MIN_INTERVAL_S)

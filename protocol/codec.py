@@ -167,91 +167,175 @@ def _unpack_frame(data: bytes) -> tuple[int, str, Any]:
     return version, tag, body
 
 
-_HINTS_CACHE: dict[type[Any], dict[str, Any]] = {}
-
-
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    if cls not in _HINTS_CACHE:
-        _HINTS_CACHE[cls] = typing.get_type_hints(cls, include_extras=True)
-    return _HINTS_CACHE[cls]
-
-
-def _from_wire(value: Any, cls: type[T], path: str) -> T:
-    if not isinstance(value, dict):
-        raise MalformedMessage(f"{path}: expected a map")
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name not in value:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise MalformedMessage(f"{path}.{f.name}: missing")
-            continue
-        kwargs[f.name] = _convert(value[f.name], hints[f.name], _NO_BOUND, f"{path}.{f.name}")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # __post_init__ checks of the message itself
-        raise MalformedMessage(f"{path}: {exc}") from None
-
-
+Converter = Callable[[Any], Any]
 _NO_BOUND = Bound()
+_CONVERTERS: dict[tuple[Any, Bound], Converter] = {}
 
 
-def _convert(value: Any, hint: Any, bound: Bound, path: str) -> Any:
+class _FieldError(Exception):
+    """A conversion failure below the top level; the path is prefixed on the way up."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}" if path else reason)
+        self.path = path
+        self.reason = reason
+
+    def under(self, name: str) -> _FieldError:
+        return _FieldError(f"{name}.{self.path}" if self.path else name, self.reason)
+
+
+def _from_wire(value: Any, cls: type[T], tag: str) -> T:
+    try:
+        result: T = _converter(cls, _NO_BOUND)(value)
+    except _FieldError as exc:
+        raise MalformedMessage(f"{tag}.{exc}") from None
+    return result
+
+
+def _converter(hint: Any, bound: Bound) -> Converter:
+    """A checking converter for ``hint``, built once per (type, bound) and cached.
+
+    Decoding is on the gossip hot path (every advert, on every node), so the
+    type hints are interpreted here, once, not per message.
+    """
+    key = (hint, bound)
+    if key not in _CONVERTERS:
+        _CONVERTERS[key] = _build_converter(hint, bound)
+    return _CONVERTERS[key]
+
+
+def _fail(reason: str) -> typing.NoReturn:
+    raise _FieldError("", reason)
+
+
+def _build_converter(hint: Any, bound: Bound) -> Converter:
     origin = typing.get_origin(hint)
     if origin is typing.Annotated:
         base, *extras = typing.get_args(hint)
         found = [e for e in extras if isinstance(e, Bound)]
-        return _convert(value, base, found[0] if found else bound, path)
+        return _converter(base, found[0] if found else bound)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [o for o in options if o is not type(None)]
-        return _convert(value, inner, bound, path)
+        (inner_hint,) = [o for o in options if o is not type(None)]
+        inner_optional = _converter(inner_hint, bound)
+        return lambda v: None if v is None else inner_optional(v)
     if origin is tuple:
-        inner, ellipsis = typing.get_args(hint)
+        inner_hint, ellipsis = typing.get_args(hint)
         assert ellipsis is Ellipsis, "only tuple[X, ...] fields are supported"
-        if not isinstance(value, list):
-            raise MalformedMessage(f"{path}: expected a list")
-        limit = bound.max_items or DEFAULT_MAX_ITEMS
-        if len(value) > limit:
-            raise MalformedMessage(f"{path}: {len(value)} items, limit {limit}")
-        return tuple(_convert(v, inner, _NO_BOUND, f"{path}[{i}]") for i, v in enumerate(value))
+        inner = _converter(inner_hint, _NO_BOUND)
+        max_items = bound.max_items or DEFAULT_MAX_ITEMS
+
+        def convert_tuple(v: Any) -> tuple[Any, ...]:
+            if not isinstance(v, list):
+                _fail("expected a list")
+            if len(v) > max_items:
+                _fail(f"{len(v)} items, limit {max_items}")
+            out = []
+            for i, item in enumerate(v):
+                try:
+                    out.append(inner(item))
+                except _FieldError as exc:
+                    raise exc.under(f"[{i}]") from None
+            return tuple(out)
+
+        return convert_tuple
     if dataclasses.is_dataclass(hint):
-        return _from_wire(value, hint, path)  # type: ignore[arg-type]
+        return _dataclass_converter(hint)  # type: ignore[arg-type]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            raise MalformedMessage(f"{path}: {value!r} is not one of {[m.value for m in hint]}") from None
+        enum_type = hint
+
+        def convert_enum(v: Any) -> Any:
+            try:
+                return enum_type(v)
+            except ValueError:
+                _fail(f"{v!r} is not one of {[m.value for m in enum_type]}")
+
+        return convert_enum
     if hint is bool:
-        if not isinstance(value, bool):
-            raise MalformedMessage(f"{path}: expected a boolean")
-        return value
+
+        def convert_bool(v: Any) -> bool:
+            if not isinstance(v, bool):
+                _fail("expected a boolean")
+            return v
+
+        return convert_bool
     if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise MalformedMessage(f"{path}: expected an integer")
-        if not -MAX_INT <= value <= MAX_INT:
-            raise MalformedMessage(f"{path}: integer out of range")
-        return value
+
+        def convert_int(v: Any) -> int:
+            if type(v) is not int:
+                _fail("expected an integer")
+            if not -MAX_INT <= v <= MAX_INT:
+                _fail("integer out of range")
+            return v
+
+        return convert_int
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MalformedMessage(f"{path}: expected a number")
-        if not math.isfinite(value):
-            raise MalformedMessage(f"{path}: must be finite")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise MalformedMessage(f"{path}: expected a string")
-        limit = bound.max_len or DEFAULT_MAX_STR
-        if len(value) > limit:
-            raise MalformedMessage(f"{path}: {len(value)} characters, limit {limit}")
-        return value
-    if hint is bytes:
-        if not isinstance(value, bytes):
-            raise MalformedMessage(f"{path}: expected bytes")
-        limit = bound.max_len or DEFAULT_MAX_BYTES
-        if len(value) > limit:
-            raise MalformedMessage(f"{path}: {len(value)} bytes, limit {limit}")
-        return value
-    raise TypeError(f"{path}: unsupported field type {hint!r}")
+
+        def convert_float(v: Any) -> float:
+            if type(v) is not float and type(v) is not int:
+                _fail("expected a number")
+            if not math.isfinite(v):
+                _fail("must be finite")
+            return float(v)
+
+        return convert_float
+    if hint is str or hint is bytes:
+        wire_type = hint
+        max_len = bound.max_len or (DEFAULT_MAX_STR if hint is str else DEFAULT_MAX_BYTES)
+        unit = "characters" if hint is str else "bytes"
+
+        def convert_text(v: Any) -> Any:
+            if type(v) is not wire_type:
+                _fail(f"expected {'a string' if wire_type is str else 'bytes'}")
+            if len(v) > max_len:
+                _fail(f"{len(v)} {unit}, limit {max_len}")
+            return v
+
+        return convert_text
+    raise TypeError(f"unsupported field type {hint!r}")
+
+
+def _dataclass_converter(cls: type[Any]) -> Converter:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [
+        (
+            f.name,
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            _LazyConverter(hints[f.name]),
+        )
+        for f in dataclasses.fields(cls)
+    ]
+
+    def convert_dataclass(v: Any) -> Any:
+        if not isinstance(v, dict):
+            _fail("expected a map")
+        kwargs = {}
+        for name, required, convert in fields:
+            if name in v:
+                try:
+                    kwargs[name] = convert(v[name])
+                except _FieldError as exc:
+                    raise exc.under(name) from None
+            elif required:
+                raise _FieldError(name, "missing")
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:  # __post_init__ checks of the message itself
+            _fail(str(exc))
+
+    return convert_dataclass
+
+
+class _LazyConverter:
+    """Resolves a field's converter on first use, so self-referencing types cannot recurse at build time."""
+
+    __slots__ = ("_convert", "_hint")
+
+    def __init__(self, hint: Any) -> None:
+        self._hint = hint
+        self._convert: Converter | None = None
+
+    def __call__(self, v: Any) -> Any:
+        if self._convert is None:
+            self._convert = _converter(self._hint, _NO_BOUND)
+        return self._convert(v)
