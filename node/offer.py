@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-
 from lpnode.node.gossip import Offer
 from lpnode.node.gpu import detect_devices
 from lpnode.protocol.advert import GpuInfo, ModelOffer
