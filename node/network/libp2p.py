@@ -360,14 +360,15 @@ class Libp2pNetwork:
                 host.run(listen_addrs=listen),
                 background_trio_service(self._pubsub),
                 background_trio_service(self._pubsub.router),  # type: ignore[arg-type]
-                trio.open_nursery() as tasks,
             ):
                 await self._pubsub.wait_until_ready()
-                if self._config.enable_mdns:
-                    await tasks.start(self._serve_mdns)
-                task_status.started()
-                await self._close_requested.wait()
-                tasks.cancel_scope.cancel()
+                async with trio.open_nursery() as tasks:
+                    if self._config.enable_mdns:
+                        await tasks.start(self._serve_mdns)
+                    task_status.started()
+                    await self._close_requested.wait()
+                    tasks.cancel_scope.cancel()
+                # Outside the nursery, whose cancellation would also cancel this.
                 # Explicit: leaving host.run() alone leaves connections open.
                 with trio.move_on_after(_CLOSE_GRACE_S):
                     await host.close()

@@ -145,6 +145,20 @@ async def test_rejected_gossip_is_not_forwarded_and_is_counted() -> None:
                 assert relay.stats()["gossip_rejected"] == 1
 
 
+async def test_aclose_closes_connections_at_once() -> None:
+    """Leaving must close connections, not leave them for the peer's health checks."""
+    no_pings = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False, health_check_interval_s=600)
+    with trio.fail_after(DEADLINE):
+        async with _nodes(no_pings, no_pings) as (stays, leaves), stays.connection_events() as events:
+            await leaves.connect(stays.listen_addrs()[0])
+            await leaves.aclose()
+            await leaves.aclose()  # idempotent
+            async for event in events:
+                if event.kind is ConnectionEventKind.DISCONNECTED and event.peer == leaves.local_peer:
+                    break
+            assert stays.connected_peers() == frozenset()
+
+
 async def test_inbound_streams_beyond_the_bound_are_reset() -> None:
     release = trio.Event()
     running = 0
