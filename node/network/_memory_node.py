@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from lpnode.protocol.errors import PeerUnreachable
@@ -28,12 +28,25 @@ logger = logging.getLogger("lpnode.node.network.memory")
 
 
 class _Neighbour:
-    __slots__ = ("conn", "node", "topics")
+    __slots__ = ("conn", "deliver", "node", "topics")
 
     def __init__(self, conn: Connection, node: MemoryNetwork) -> None:
         self.conn = conn
         self.node = node
+        self.deliver = node._on_gossip  # bound once, not once per hop
         self.topics: dict[str, None] = {}  # what it told us it subscribes to
+
+
+class _Message:
+    """One published message; every hop of it shares this object."""
+
+    __slots__ = ("data", "msg_id", "origin", "topic")
+
+    def __init__(self, msg_id: int, topic: str, origin: PeerId, data: bytes) -> None:
+        self.msg_id = msg_id
+        self.topic = topic
+        self.origin = origin
+        self.data = data
 
 
 class _Subscription:
@@ -95,9 +108,9 @@ class MemoryNetwork:
         if sub is not None and not self._validate(sub, GossipMessage(topic, self._peer, self._peer, data)):
             return
         hub._stats.published += 1
-        payload = (msg_id, topic, self._peer, data)
+        message = _Message(msg_id, topic, self._peer, data)
         for nb in self._topic_peers.get(topic, {}).values():
-            hub._gossip(nb.conn, self, nb.node, now, payload)
+            hub._gossip(nb.conn, self._peer, nb.deliver, now, message)
 
     def subscribe(
         self, topic: str, validator: GossipValidator | None = None, *, buffer: int = 256
@@ -191,22 +204,24 @@ class MemoryNetwork:
 
     # -- called by the hub's scheduler (synchronously, never blocking) -----------
 
-    def _on_gossip(self, due: float, arg: tuple[Any, ...]) -> None:
-        conn, src, msg_id, topic, origin, data = arg
+    def _on_gossip(self, due: float, arg: tuple[Connection, PeerId, _Message]) -> None:
+        conn, src, message = arg
         hub = self._hub
+        hub._in_flight -= 1
         stats = hub._stats
         if conn.closed:
             stats.dropped_disconnected += 1
             return
-        if msg_id in self._seen:
+        if message.msg_id in self._seen:
             stats.duplicates += 1
             return
-        self._remember(msg_id, due)
+        self._remember(message.msg_id, due)
+        topic, origin = message.topic, message.origin
         sub = self._subs.get(topic)
         if sub is None:
             stats.dropped_unsubscribed += 1
             return
-        if not self._validate(sub, msg := GossipMessage(topic, origin, src, data)):
+        if not self._validate(sub, msg := GossipMessage(topic, origin, src, message.data)):
             return
         try:
             sub.send.send_nowait(msg)
@@ -215,13 +230,14 @@ class MemoryNetwork:
             stats.dropped_full += 1  # the subscriber fell behind; forwarding goes on regardless
         except trio.BrokenResourceError:
             stats.dropped_unsubscribed += 1  # the consumer closed its end but is still subscribed
-        payload = (msg_id, topic, origin, data)
+        me = self._peer
         for peer, nb in self._topic_peers.get(topic, {}).items():
             if peer != src and peer != origin:
-                hub._gossip(nb.conn, self, nb.node, due, payload)
+                hub._gossip(nb.conn, me, nb.deliver, due, message)
 
     def _on_control(self, due: float, arg: tuple[Connection, PeerId, tuple[tuple[str, bool], ...]]) -> None:
         conn, src, changes = arg
+        self._hub._in_flight -= 1
         nb = self._neighbours.get(src)
         if conn.closed or nb is None or nb.conn is not conn:
             return

@@ -82,6 +82,7 @@ class MemoryHub:
         self.config = config
         self._seed = seed
         self._rng = random.Random(seed)
+        self._quantum = config.time_quantum_s
         self._loss = 0.0
         self.set_loss(loss)
         self._stats = HubStats()
@@ -93,6 +94,7 @@ class MemoryHub:
         self._link_delay_overrides: dict[tuple[str, str], float] = {}
         self._deferred: list[tuple[_Callback, Any]] = []  # control messages held by a partition
         self._next_message_id = 0
+        self._in_flight = 0  # gossip and announcements on the heap (not timers): what wait_idle waits out
         self._heap: list[tuple[float, int, _Callback, Any]] = []
         self._seq = 0
         self._wake: trio.CancelScope | None = None
@@ -162,6 +164,7 @@ class MemoryHub:
         now = trio.current_time()
         deferred, self._deferred = self._deferred, []
         for callback, arg in deferred:
+            self._in_flight += 1
             self._at(now, callback, arg)
 
     async def wait_idle(self) -> None:
@@ -170,7 +173,7 @@ class MemoryHub:
         Lets a test assert that something did *not* arrive without sleeping.
         """
         await trio.lowlevel.checkpoint()
-        while self._heap:
+        while self._in_flight:
             await self._idle.park()
 
     def open_network(self, key: NodeKey) -> AbstractAsyncContextManager[MemoryNetwork]:
@@ -180,6 +183,9 @@ class MemoryHub:
     # -- scheduler --------------------------------------------------------
 
     def _at(self, due: float, callback: _Callback, arg: Any) -> None:
+        if quantum := self._quantum:
+            # the small slack keeps times already on the grid (up to float error) where they are
+            due = math.ceil(due / quantum - 1e-6) * quantum
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, callback, arg))
         wake = self._wake
@@ -201,7 +207,7 @@ class MemoryHub:
                 due, _seq, callback, arg = heapq.heappop(heap)
                 # the entry's own due time, not `now`: hops sum exactly even on a real clock
                 callback(due, arg)
-            if not heap:
+            if not self._in_flight:
                 self._idle.unpark_all()
 
     # -- what nodes call ----------------------------------------------------
@@ -210,21 +216,20 @@ class MemoryHub:
         self._next_message_id += 1
         return self._next_message_id
 
-    def _gossip(
-        self, conn: Connection, src: MemoryNetwork, dst: MemoryNetwork, now: float, payload: tuple[Any, ...]
-    ) -> None:
-        """Put one gossip copy on a link; ``payload`` is (msg id, topic, origin, data)."""
-        stats = self._stats
+    def _gossip(self, conn: Connection, src: str, deliver: _Callback, now: float, message: Any) -> None:
+        """Put one gossip copy on a link. The hot path of a big run: keep it flat."""
         if self._partitions.group_of is not None and conn.blocked():
-            stats.dropped_partition += 1
+            self._stats.dropped_partition += 1
             return
         if self._loss and self._rng.random() < self._loss:
-            stats.dropped_loss += 1
+            self._stats.dropped_loss += 1
             return
-        stats.sent += 1
-        self._at(now + conn.one_way_delay(), dst._on_gossip, (conn, src.local_peer, *payload))
+        self._stats.sent += 1
+        self._in_flight += 1
+        self._at(now + conn.one_way_delay(), deliver, (conn, src, message))
 
     def _announce(self, conn: Connection, src: MemoryNetwork, dst: MemoryNetwork, now: float, changes: Any) -> None:
+        self._in_flight += 1
         self._at(now + conn.one_way_delay(), dst._on_control, (conn, src.local_peer, changes))
 
     def _defer(self, callback: _Callback, arg: Any) -> None:
@@ -297,8 +302,11 @@ class MemoryHub:
         if peer in self._nodes:
             raise ValueError(f"{peer} is already on this hub")
         async with trio.open_nursery() as nursery:
+            # handlers live in a nursery of their own: aclose() cancels it, and
+            # must not cancel the caller's code inside this context
+            handlers: trio.Nursery = await nursery.start(_host_handlers)
             self._next_port += 1
-            net = MemoryNetwork(self, peer, format_address(self._next_port, peer), nursery)
+            net = MemoryNetwork(self, peer, format_address(self._next_port, peer), handlers)
             self._nodes[peer] = net
             self._by_port[self._next_port] = net
             try:
@@ -312,6 +320,12 @@ class MemoryHub:
             del self._nodes[peer]
         if self._by_port.get(port) is net:
             del self._by_port[port]
+
+
+async def _host_handlers(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 def _pair_key(a: str, b: str) -> tuple[str, str]:
