@@ -18,6 +18,8 @@ What travels, and how:
 * Every gossip hop and every subscription announcement is one entry in the
   hub's heap of timed deliveries, run by one scheduler task: a million hops
   are a million tuples, not a million tasks. Ties break by insertion order.
+  With a jittery latency model those deliveries land on a 1 ms grid
+  (``MemoryHubConfig.time_quantum_s``) so that they share scheduler wake-ups.
 * Injected loss drops gossip copies per hop. Subscription announcements and
   stream bytes are never lost: they ride a reliable stream in libp2p too.
 * ``partition(*groups)`` cuts links between groups: gossip across is dropped
@@ -82,7 +84,7 @@ class MemoryHub:
         self.config = config
         self._seed = seed
         self._rng = random.Random(seed)
-        self._quantum = config.time_quantum_s
+        self._quantum = config.quantum_for(latency)
         self._loss = 0.0
         self.set_loss(loss)
         self._stats = HubStats()

@@ -6,6 +6,7 @@ virtual and exact: a 50 ms link shows up as exactly 50 ms.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,8 +24,9 @@ from lpnode.node.network.memory import (
     open_memory_hub,
 )
 from lpnode.protocol.errors import PeerUnreachable, StreamClosed
+from lpnode.protocol.signing import NodeKey
 
-from .conftest import deterministic_key, wait_subscribed
+from .conftest import wait_subscribed
 
 TOPIC = "lpnode/test/1"
 ECHO = "/lpnode/test-echo/1"
@@ -35,10 +37,15 @@ async def _echo(stream: ByteStream) -> None:
         await stream.send_all(data)
 
 
+def _key(index: int) -> NodeKey:
+    # conftest's deterministic_key stops at 255 nodes
+    return NodeKey(hashlib.sha256(b"memory-node-%d" % index).digest())
+
+
 @asynccontextmanager
 async def _nodes(hub: MemoryHub, n: int, links: Sequence[tuple[int, int]]) -> AsyncIterator[list[MemoryNetwork]]:
     async with AsyncExitStack() as stack:
-        nets = [await stack.enter_async_context(hub.open_network(deterministic_key(i))) for i in range(n)]
+        nets = [await stack.enter_async_context(hub.open_network(_key(i))) for i in range(n)]
         for a, b in links:
             await nets[a].connect(nets[b].listen_addrs()[0])
         yield nets
