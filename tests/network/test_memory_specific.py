@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 import trio
 import trio.testing
-from lpnode.node.network.base import ByteStream, ConnectionEventKind
+from lpnode.node.network.base import ByteStream, ConnectionEventKind, Network
 from lpnode.node.network.memory import (
     LatencyModel,
     MemoryHub,
@@ -75,12 +75,14 @@ async def test_gossip_arrives_after_the_link_delay(autojump_clock: trio.testing.
 
 async def test_dial_and_stream_take_round_trips(autojump_clock: trio.testing.MockClock) -> None:
     async with open_memory_hub(latency=LatencyModel.constant(0.050)) as hub, _nodes(hub, 2, []) as (a, b):
+        assert isinstance(a, Network)
         b.set_stream_handler(ECHO, _echo)
         start = trio.current_time()
         await a.connect(b.listen_addrs()[0])
         assert trio.current_time() - start == pytest.approx(0.2)  # two round trips to dial
         start = trio.current_time()
         stream = await a.open_stream(b.local_peer, ECHO)
+        assert isinstance(stream, ByteStream)
         assert trio.current_time() - start == pytest.approx(0.1)  # one round trip to negotiate
         start = trio.current_time()
         await stream.send_all(b"ping")
