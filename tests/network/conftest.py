@@ -13,7 +13,6 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 import pytest
 import trio
-
 from lpnode.node.network.base import ConnectionEventKind, Network
 from lpnode.protocol.signing import NodeKey
 
@@ -49,8 +48,7 @@ async def _libp2p_group(n: int, links: Links | None) -> AsyncIterator[list[Netwo
     config = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)
     async with AsyncExitStack() as stack:
         nets: list[Network] = [
-            await stack.enter_async_context(open_libp2p_network(deterministic_key(i), config))
-            for i in range(n)
+            await stack.enter_async_context(open_libp2p_network(deterministic_key(i), config)) for i in range(n)
         ]
         for a, b in links if links is not None else star(n):
             await nets[a].connect(nets[b].listen_addrs()[0])

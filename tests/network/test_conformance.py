@@ -10,7 +10,6 @@ import hashlib
 
 import pytest
 import trio
-
 from lpnode.node.network.base import ByteStream, ConnectionEventKind, GossipMessage
 from lpnode.protocol.errors import PeerUnreachable, StreamClosed
 
@@ -83,20 +82,20 @@ async def test_validator_stops_delivery_and_forwarding(open_group: GroupOpener) 
 
     with trio.fail_after(DEADLINE):
         # a line: source - relay - sink; everything the sink gets went through the relay
-        async with open_group(3, [(0, 1), (2, 1)]) as (source, relay, sink):
-            async with (
-                source.subscribe(TOPIC),
-                relay.subscribe(TOPIC, relay_validator) as at_relay,
-                sink.subscribe(TOPIC) as at_sink,
-            ):
-                await wait_subscribed(relay, TOPIC, {source.local_peer, sink.local_peer})
-                await wait_subscribed(source, TOPIC, {relay.local_peer})
-                await wait_subscribed(sink, TOPIC, {relay.local_peer})
-                await source.publish(TOPIC, b"bad")
-                await source.publish(TOPIC, b"good")
-                assert (await at_relay.receive()).data == b"good"
-                assert (await at_sink.receive()).data == b"good"
-                assert b"bad" in seen_at_relay
+        async with (
+            open_group(3, [(0, 1), (2, 1)]) as (source, relay, sink),
+            source.subscribe(TOPIC),
+            relay.subscribe(TOPIC, relay_validator) as at_relay,
+            sink.subscribe(TOPIC) as at_sink,
+        ):
+            await wait_subscribed(relay, TOPIC, {source.local_peer, sink.local_peer})
+            await wait_subscribed(source, TOPIC, {relay.local_peer})
+            await wait_subscribed(sink, TOPIC, {relay.local_peer})
+            await source.publish(TOPIC, b"bad")
+            await source.publish(TOPIC, b"good")
+            assert (await at_relay.receive()).data == b"good"
+            assert (await at_sink.receive()).data == b"good"
+            assert b"bad" in seen_at_relay
 
 
 async def test_stream_round_trip_and_bulk_transfer(open_group: GroupOpener) -> None:
