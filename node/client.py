@@ -33,12 +33,24 @@ class RpcError(LpnodeError):
 
 
 class LpnodeClient:
-    def __init__(self, url: str, token: str, *, data_dir: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        data_dir: Path,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests hand in an ASGITransport
+    ) -> None:
         self.url = url
         self.data_dir = data_dir
         self._timeout_s = timeout_s
         self._http = httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s, trust_env=False
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+            trust_env=False,  # a proxy from the environment must never see the token
+            transport=transport,
         )
 
     @classmethod
