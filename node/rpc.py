@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Protocol, runtime_checkable
 
-import hypercorn.trio
 import trio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -31,6 +30,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 from lpnode.node.daemon import Node
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
 from lpnode.node.rpc_models import ErrorBody, Health, NodeInfo, Peer, PeerList, directory_version, peer_list
@@ -245,9 +246,19 @@ async def serve_rpc(
     config.accesslog = None
     config.errorlog = logging.getLogger("lpnode.rpc.server")
     config.graceful_timeout = _SHUTDOWN_GRACE_S
+    # Bind here rather than inside hypercorn.trio.serve (which does just this plus the
+    # two lines below): a taken port is then a plain NetworkError, not an OSError
+    # four exception groups deep.
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        raise NetworkError(f"cannot serve the RPC API on {host}:{port}: {exc.strerror or exc}") from exc
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     pid = os.getpid()
     async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(functools.partial(hypercorn.trio.serve, app, config))  # type: ignore[arg-type]
+        urls: list[str] = await nursery.start(functools.partial(worker_serve, asgi, config, sockets=sockets))
         try:
             write_info(data_dir, RpcInfo(url=urls[0], pid=pid))
             task_status.started(urls)
