@@ -142,9 +142,7 @@ class Network(Protocol):
         """Yields a channel of connect/disconnect events from now on."""
         ...
 
-    async def open_stream(
-        self, peer: PeerId, protocol_id: str, addrs: Sequence[str] = ()
-    ) -> ByteStream:
+    async def open_stream(self, peer: PeerId, protocol_id: str, addrs: Sequence[str] = ()) -> ByteStream:
         """Open a stream to ``peer`` speaking ``protocol_id``, dialing if needed.
 
         ``addrs`` are hints for reaching a peer we are not connected to.
