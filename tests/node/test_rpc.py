@@ -78,6 +78,17 @@ async def two_nodes() -> AsyncIterator[tuple[Node, Node]]:
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def lone_node() -> AsyncIterator[Node]:
+    """A node with no peers: its directory never changes."""
+    key = NodeKey(b"\x09" * 32)
+    offer = Offer(gpus=(), models=(), queue_depth=0, queue_capacity=4)
+    async with open_memory_hub(seed=0) as hub, hub.open_network(key) as net, trio.open_nursery() as nursery:
+        start = functools.partial(serve_node, node_config(), key, net, functools.partial(_same, offer))
+        yield await nursery.start(functools.partial(start, wall_clock=wall_clock))
+        nursery.cancel_scope.cancel()
+
+
 def _same(offer: Offer) -> Offer:
     return offer
 
@@ -188,23 +199,29 @@ async def test_validation_errors_are_422_with_a_clear_message(autojump_clock: tr
     }
 
 
-async def test_long_poll_answers_at_the_next_change_or_timeout(autojump_clock: trio.testing.MockClock) -> None:
-    async with two_nodes() as (a, _), client_for(create_app(a, TOKEN)) as client:
+async def test_long_poll_times_out_with_the_same_version(autojump_clock: trio.testing.MockClock) -> None:
+    async with lone_node() as node, client_for(create_app(node, TOKEN)) as client:
         first = (await client.get("/v1/peers")).json()
-        # unchanged: the answer comes after wait_s, or at the peer's next advert (every 5 s), whichever is first
         started = trio.current_time()
         second = (await client.get("/v1/peers", params={"changed_since": first["version"], "wait_s": 2})).json()
-        assert trio.current_time() - started == pytest.approx(2, abs=0.1)
-        assert second["version"] == first["version"]
-        # the peer's next advert bumps its seq: the poll returns then, well before 60 s
-        third = (await client.get("/v1/peers", params={"changed_since": first["version"], "wait_s": 60})).json()
-        assert trio.current_time() - started < 6
-        assert third["version"] != first["version"]
-        assert third["peers"][0]["seq"] > first["peers"][0]["seq"]
-        # a stale version answers at once
+        assert trio.current_time() - started == pytest.approx(2)
+        assert second == first == {"version": first["version"], "peers": []}
+
+
+async def test_long_poll_answers_at_the_next_change(autojump_clock: trio.testing.MockClock) -> None:
+    async with two_nodes() as (a, _), client_for(create_app(a, TOKEN)) as client:
+        first = (await client.get("/v1/peers")).json()
+        # the peer's next advert (every 5 s) bumps its seq: the poll answers then, well before 60 s
+        started = trio.current_time()
+        second = (await client.get("/v1/peers", params={"changed_since": first["version"], "wait_s": 60})).json()
+        assert trio.current_time() - started <= 5.5
+        assert second["version"] != first["version"]
+        assert second["peers"][0]["seq"] > first["peers"][0]["seq"]
+        # a version that is already stale answers at once
         before = trio.current_time()
-        await client.get("/v1/peers", params={"changed_since": first["version"], "wait_s": 60})
+        third = (await client.get("/v1/peers", params={"changed_since": first["version"], "wait_s": 60})).json()
         assert trio.current_time() == before
+        assert third["version"] != first["version"]
 
 
 def test_lpnode_errors_map_to_statuses_in_one_place() -> None:
