@@ -152,7 +152,8 @@ class _TokenCheck:
     def __init__(self, token: str) -> None:
         self._expected = token.encode()
 
-    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    # async: FastAPI would run a sync dependency in a worker thread, a needless hop per request
+    async def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
         # compare_digest: the time taken must not reveal how much of a guess was right
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self._expected):
             raise _Unauthorized(presented=credentials is not None)
