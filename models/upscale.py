@@ -1,0 +1,306 @@
+"""Image upscaling with Real-ESRGAN's RRDBNet: PNG in, PNG at ×2 or ×4 out.
+
+Stages: (1) decode the image, (2) run the network tile by tile, (3) encode.
+
+Tiling is part of the *model definition* here, not a node setting: a tile's
+output depends (slightly) on how much context it saw, so every honest node
+must cut the same tiles to produce the same pixels. Each preset therefore fixes
+``tile`` (input pixels per tile side) and ``tile_pad`` (input pixels of context
+read around each tile and thrown away after). Peak memory is bounded by one
+tile's activations plus the uint8 output image.
+
+A ×2 request on a ×4 network averages each 2×2 block of the ×4 output (the role
+of Real-ESRGAN's ``--outscale``, which resizes with Lanczos; the box filter is
+exact, needs no resampling library and aligns with tile seams).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .base import (
+    CancelToken,
+    Limits,
+    ModelAdapter,
+    ModelSpec,
+    Output,
+    PipelineKind,
+    Preset,
+    ProgressCallback,
+    Request,
+    StageTimer,
+    StepProgress,
+    UpscaleRequest,
+    check_output_size,
+)
+from .errors import ModelLoadError, NotLoaded, ParameterError
+from .outputs import ImageOutput, decode_image_bytes
+from .rrdbnet import RRDBNet, RRDBNetConfig, infer_rrdbnet_config, unwrap_esrgan_state
+from .statedict import StateDictError, file_sha256, load_published, locate_weight_file, read_published
+from .weights import hash_modules, tiny_init
+
+__all__ = ["PRESETS", "UpscaleAdapter", "UpscalerSetup", "tile_grid", "upscale_array"]
+
+TINY_SEED = 0
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class UpscalerSetup:
+    """What a preset fixes beyond its ModelSpec: the network, its file, the tiling."""
+
+    config: RRDBNetConfig
+    weight_file: str | None  # under weights_dir / spec.weights_subdir; None: tiny random weights
+    source: str  # where the file is published, for WeightsMissing
+    tile: int  # input pixels per tile side
+    tile_pad: int  # input pixels of context around each tile
+
+    def __post_init__(self) -> None:
+        # Keeping tile and pad multiples of 4 keeps every crop aligned with the
+        # pixel unshuffle of ×2/×1 networks and with the 2×2 averaging of ×2-from-×4.
+        if self.tile < 4 or self.tile % 4 or self.tile_pad < 0 or self.tile_pad % 4:
+            raise ValueError(f"tile ({self.tile}) and tile_pad ({self.tile_pad}) must be multiples of 4")
+
+
+def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(y0, y1, x0, x1)`` covering an image row by row; edge tiles are smaller."""
+    return [
+        (y0, min(y0 + tile, height), x0, min(x0 + tile, width))
+        for y0 in range(0, height, tile)
+        for x0 in range(0, width, tile)
+    ]
+
+
+def upscale_array(
+    net: RRDBNet,
+    rgb: npt.NDArray[np.uint8],
+    out_scale: int,
+    tile: int | None,
+    tile_pad: int,
+    cancel: CancelToken | None = None,
+    progress: ProgressCallback | None = None,
+) -> npt.NDArray[np.uint8]:
+    """Upscale an H × W × 3 uint8 image by ``out_scale`` (the net's scale, or half of it).
+
+    ``tile=None`` runs the whole image at once (for tests and small inputs).
+    """
+    net_scale = net.config.scale
+    if out_scale not in (net_scale, net_scale // 2) or out_scale < 1:
+        raise ValueError(f"a ×{net_scale} network cannot produce ×{out_scale}")
+    pool = net_scale // out_scale
+    height, width = rgb.shape[:2]
+    param = next(net.parameters())
+    # A copy: decoded images are often read-only views, which torch will not wrap.
+    image = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+    image = image.to(device=param.device, dtype=param.dtype) / 255.0
+    # ×2/×1 networks fold 2×2/4×4 pixel blocks into channels: replicate the last
+    # row/column up to a whole block and crop the output afterwards.
+    multiple = net.config.input_multiple
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+    full_h, full_w = image.shape[2], image.shape[3]
+    out = np.empty((full_h * out_scale, full_w * out_scale, 3), dtype=np.uint8)
+    tiles = tile_grid(full_h, full_w, tile if tile is not None else max(full_h, full_w))
+    for index, (y0, y1, x0, x1) in enumerate(tiles, start=1):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        cy0, cy1 = max(0, y0 - tile_pad), min(full_h, y1 + tile_pad)
+        cx0, cx1 = max(0, x0 - tile_pad), min(full_w, x1 + tile_pad)
+        result = net(image[:, :, cy0:cy1, cx0:cx1])
+        s = net_scale
+        result = result[:, :, (y0 - cy0) * s : (y1 - cy0) * s, (x0 - cx0) * s : (x1 - cx0) * s]
+        # Clamp before the box filter, as Real-ESRGAN clamps before resizing.
+        result = result.float().clamp(0.0, 1.0)
+        if pool > 1:
+            result = F.avg_pool2d(result, pool)
+        # Round half up: the same quantisation on every device.
+        quantised = (result * 255.0 + 0.5).floor().to(torch.uint8)
+        o = out_scale
+        out[y0 * o : y1 * o, x0 * o : x1 * o] = quantised[0].permute(1, 2, 0).cpu().numpy()
+        if progress is not None:
+            progress(StepProgress("tile", index, len(tiles)))
+    return out[: height * out_scale, : width * out_scale]
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the header only, so oversized inputs fail before decoding."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ParameterError("image", f"<{len(data)} bytes>", f"a PNG or JPEG image ({exc})") from exc
+    return int(width), int(height)
+
+
+class UpscaleAdapter(ModelAdapter):
+    """Serves ``upscale`` with one RRDBNet; see the module docstring for tiling."""
+
+    def __init__(self, spec: ModelSpec, weights_dir: Path | None, setup: UpscalerSetup) -> None:
+        super().__init__(spec, weights_dir)
+        self.setup = setup
+        self._net: RRDBNet | None = None
+
+    @property
+    def network(self) -> RRDBNet:
+        """The loaded network, for callers that work on arrays instead of requests."""
+        if self._net is None:
+            raise NotLoaded(f"{self.spec.name} is not loaded; call load() first")
+        return self._net
+
+    def _weight_path(self) -> Path:
+        assert self.setup.weight_file is not None and self.spec.weights_subdir is not None
+        return locate_weight_file(
+            self.spec.name, self.weights_dir, self.spec.weights_subdir, self.setup.weight_file, self.setup.source
+        )
+
+    def _build_tiny(self) -> RRDBNet:
+        with tiny_init(TINY_SEED):
+            return RRDBNet(self.setup.config)
+
+    def _read_real(self) -> RRDBNet:
+        path = self._weight_path()
+        try:
+            state = unwrap_esrgan_state(read_published(path), str(path))
+            found = infer_rrdbnet_config(state, str(path))
+        except StateDictError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if found != self.setup.config:
+            raise ModelLoadError(
+                f"{path} holds an RRDBNet with {found}; preset {self.spec.name} needs {self.setup.config}"
+            )
+        net = RRDBNet(self.setup.config)
+        load_published(net, state, path)
+        return net
+
+    def _load(self, device: torch.device, dtype: torch.dtype) -> None:
+        net = self._build_tiny() if self.setup.weight_file is None else self._read_real()
+        self._net = net.eval().to(device=device, dtype=dtype)
+
+    def _unload(self) -> None:
+        self._net = None
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        if self._net is not None:
+            return {"generator": self._net}
+        return {"generator": self._build_tiny()} if self.setup.weight_file is None else {}
+
+    def _compute_weights_sha256(self) -> str:
+        if self.setup.weight_file is None:
+            # Always the fp32 CPU weights, whatever device and dtype they are loaded at.
+            return hash_modules({"generator": self._build_tiny()})
+        return file_sha256(self._weight_path())
+
+    def check_inputs(self, request: Request) -> None:
+        super().check_inputs(request)
+        if isinstance(request, UpscaleRequest):
+            width, height = _image_size(request.image)
+            check_output_size(self.spec.limits, width * request.scale, height * request.scale)
+
+    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+        assert self._net is not None
+        outputs: list[Output] = []
+        for request in requests:
+            assert isinstance(request, UpscaleRequest)
+            timer = StageTimer()
+            with timer.stage("decode"):
+                rgb = np.asarray(decode_image_bytes(request.image), dtype=np.uint8)
+            with timer.stage("upscale"):
+                out = upscale_array(
+                    self._net, rgb, request.scale, self.setup.tile, self.setup.tile_pad, cancel, progress
+                )
+            with timer.stage("encode"):
+                image = ImageOutput.from_array(out)
+            outputs.append(dataclasses.replace(image, timings_ms=timer.ms))
+        return outputs
+
+
+# --- presets -------------------------------------------------------------------------------
+
+_TINY = UpscalerSetup(
+    RRDBNetConfig(scale=4, num_feat=8, num_block=1, num_grow_ch=4),
+    weight_file=None,
+    source="",
+    tile=32,
+    tile_pad=8,
+)
+_X4 = UpscalerSetup(
+    RRDBNetConfig(scale=4),
+    weight_file="RealESRGAN_x4plus.pth",
+    source="Real-ESRGAN release v0.1.0, github.com/xinntao/Real-ESRGAN/releases",
+    tile=256,
+    tile_pad=16,
+)
+_X2 = UpscalerSetup(
+    RRDBNetConfig(scale=2),
+    weight_file="RealESRGAN_x2plus.pth",
+    source="Real-ESRGAN release v0.2.1, github.com/xinntao/Real-ESRGAN/releases",
+    tile=256,
+    tile_pad=16,
+)
+
+
+def _factory(setup: UpscalerSetup) -> Callable[[ModelSpec, Path | None], ModelAdapter]:
+    def make(spec: ModelSpec, weights_dir: Path | None) -> ModelAdapter:
+        return UpscaleAdapter(spec, weights_dir, setup)
+
+    return make
+
+
+_UPSCALE = frozenset({PipelineKind.UPSCALE})
+
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        ModelSpec(
+            name="tiny-realesrgan",
+            model_id="lpnode/tiny-realesrgan",
+            family="rrdbnet",
+            pipelines=_UPSCALE,
+            limits=Limits(max_pixels=512 * 512, max_side=512, size_multiple=2, scales=(2, 4)),
+            vram_bytes=64 * _MIB,
+            tiny=True,
+        ),
+        _factory(_TINY),
+    ),
+    Preset(
+        ModelSpec(
+            name="realesrgan-x4",
+            model_id="xinntao/RealESRGAN_x4plus",
+            family="rrdbnet",
+            pipelines=_UPSCALE,
+            limits=Limits(max_pixels=4096 * 4096, max_side=8192, size_multiple=2, scales=(2, 4)),
+            # fp16 weights (33 MB) plus one 288×288-input tile's activations, the
+            # largest being a few 64-channel maps at 1152×1152.
+            vram_bytes=1536 * _MIB,
+            tiny=False,
+            weights_subdir="realesrgan",
+            source=_X4.source,
+        ),
+        _factory(_X4),
+    ),
+    Preset(
+        ModelSpec(
+            name="realesrgan-x2",
+            model_id="xinntao/RealESRGAN_x2plus",
+            family="rrdbnet",
+            pipelines=_UPSCALE,
+            limits=Limits(max_pixels=4096 * 4096, max_side=8192, size_multiple=2, scales=(2,)),
+            vram_bytes=1024 * _MIB,
+            tiny=False,
+            weights_subdir="realesrgan",
+            source=_X2.source,
+            defaults={"scale": 2},
+        ),
+        _factory(_X2),
+    ),
+)
