@@ -24,7 +24,7 @@ from lpnode.node.daemon import Node, serve_node
 from lpnode.node.gossip import WallClock
 from lpnode.node.identity import load_or_create_key
 from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
-from lpnode.node.offer import OfferSource
+from lpnode.node.offer import OfferSource, serve_device_monitor
 from lpnode.node.rpc import create_app, serve_rpc
 from lpnode.node.rpc_info import check_not_running
 from lpnode.node.rpc_token import TOKEN_FILE, load_or_create_token
@@ -91,6 +91,7 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
         if not network.listen_addrs():
             # py-libp2p logs a listener that failed to bind (port taken) and carries on deaf
             raise NetworkError(f"cannot listen on {', '.join(config.listen)} (address in use?); see the log above")
+        await nursery.start(serve_device_monitor, offer)
         node: Node = await nursery.start(
             functools.partial(serve_node, config, key, network, offer, wall_clock=wall_clock)
         )
