@@ -156,9 +156,7 @@ def test_advert_relayed_under_another_origin_is_rejected() -> None:
 
 def test_signature_from_another_domain_does_not_verify() -> None:
     payload = encode(make_advert())
-    wrong_domain = SignedEnvelope(
-        signer=KEY.peer_id, payload=payload, signature=KEY.sign("lpnode/quote/1", payload)
-    )
+    wrong_domain = SignedEnvelope(signer=KEY.peer_id, payload=payload, signature=KEY.sign("lpnode/quote/1", payload))
     assert reason(encode(wrong_domain)) == "bad_signature"
 
 
@@ -180,9 +178,7 @@ def test_absurd_fields_are_malformed() -> None:
         body.update(body_changes)
         payload = msgpack.packb([PROTOCOL_VERSION, "advert", body])
         return encode(
-            SignedEnvelope(
-                signer=KEY.peer_id, payload=payload, signature=KEY.sign("lpnode/advert/1", payload)
-            )
+            SignedEnvelope(signer=KEY.peer_id, payload=payload, signature=KEY.sign("lpnode/advert/1", payload))
         )
 
     assert reason(raw_advert(seq="five")) == "malformed"
@@ -190,9 +186,9 @@ def test_absurd_fields_are_malformed() -> None:
     assert reason(raw_advert(software_version="v" * 1000)) == "malformed"
     assert reason(raw_advert(expires_at_ms=NOW_MS + 3_600_000)) == "malformed"  # lifetime cap
     assert reason(raw_advert(queue_depth=-1)) == "malformed"
-    assert reason(
-        raw_advert(gpus=[{"name": "x", "kind": "cuda", "vram_total_bytes": 1, "vram_free_bytes": 2}])
-    ) == ("malformed")
+    assert reason(raw_advert(gpus=[{"name": "x", "kind": "cuda", "vram_total_bytes": 1, "vram_free_bytes": 2}])) == (
+        "malformed"
+    )
     del_body = msgpack.unpackb(encode(make_advert()))[2]
     del del_body["seq"]
     payload = msgpack.packb([PROTOCOL_VERSION, "advert", del_body])
@@ -211,9 +207,7 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 def test_unknown_type_and_version_are_rejected() -> None:
     for frame in ([PROTOCOL_VERSION, "no-such-type", {}], [PROTOCOL_VERSION + 1, "advert", {}]):
         payload = msgpack.packb(frame)
-        env = SignedEnvelope(
-            signer=KEY.peer_id, payload=payload, signature=KEY.sign("lpnode/advert/1", payload)
-        )
+        env = SignedEnvelope(signer=KEY.peer_id, payload=payload, signature=KEY.sign("lpnode/advert/1", payload))
         assert reason(encode(env)) == "malformed"
 
 
