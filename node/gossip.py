@@ -49,12 +49,18 @@ class Offer:
     queue_capacity: int
 
 
+AdvertObserver = Callable[[CapabilityAdvert], None]
+
+
 @dataclass
 class GossipStats:
     published: int = 0
     accepted: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> count
     expired_peers: int = 0
+    # called with every advert admitted into the directory, as it is admitted; for
+    # measurements (bench/gossip.py, simnet) that need the moment of arrival
+    observers: list[AdvertObserver] = field(default_factory=list)
 
 
 class AdvertPublisher:
@@ -212,6 +218,8 @@ async def _receive_adverts(
         is_new = directory.get(advert.peer_id) is None
         directory.admit(advert, now_ms=gate.now_ms(), received_from=msg.received_from)
         stats.accepted += 1
+        for observe in stats.observers:
+            observe(advert)
         if is_new:
             log.info("peer %s joined (%d models, %d devices)", advert.peer_id, len(advert.models), len(advert.gpus))
 
