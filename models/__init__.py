@@ -9,6 +9,8 @@ What the rest of lpnode uses:
   ``adapter.run(request, cancel=..., progress=...)`` → :class:`ImageOutput` or :class:`VideoOutput`;
   ``batch_key`` + ``run_batch`` for compatible requests.
 * The error tree rooted at :class:`ModelError` (``lpnode.models.errors``).
+* ``open_model_pool(PoolConfig(...))`` → the warm pool (``lpnode.models.pool``):
+  ``await pool.run(model, request, progress=...)``, ``pool.status()``, ``model_offers(...)``.
 
 Pipeline modules (``sd``, ``svd``, ``upscale``, ``interpolate``) import diffusers
 and are loaded only when the registry first needs them.
@@ -32,16 +34,22 @@ from .base import (
 )
 from .errors import (
     Cancelled,
+    InferenceFailed,
+    InsufficientVram,
     ModelError,
     ModelLoadError,
     NotLoaded,
     OutOfMemory,
     ParameterError,
+    PoolBusy,
+    PoolClosed,
+    PoolError,
     UnknownModel,
     UnsupportedPipeline,
     WeightsMissing,
 )
 from .outputs import ImageOutput, VideoOutput
+from .pool import ModelPool, ModelStatus, PoolConfig, model_offers, open_model_pool
 
 __all__ = [
     "CancelToken",
@@ -50,16 +58,24 @@ __all__ = [
     "ImageOutput",
     "ImageToImageRequest",
     "ImageToVideoRequest",
+    "InferenceFailed",
+    "InsufficientVram",
     "Limits",
     "ModelAdapter",
     "ModelError",
     "ModelLoadError",
+    "ModelPool",
     "ModelSpec",
+    "ModelStatus",
     "NotLoaded",
     "OutOfMemory",
     "Output",
     "ParameterError",
     "PipelineKind",
+    "PoolBusy",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolError",
     "Preset",
     "Request",
     "StepProgress",
@@ -69,4 +85,6 @@ __all__ = [
     "UpscaleRequest",
     "VideoOutput",
     "WeightsMissing",
+    "model_offers",
+    "open_model_pool",
 ]

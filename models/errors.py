@@ -13,7 +13,12 @@ wire errors and RPC status codes in one place.
         ├── ModelLoadError            the weights exist but cannot be loaded
         ├── NotLoaded                 run() before load(), or after unload()
         ├── OutOfMemory               the device ran out of memory mid-run
-        └── Cancelled                 the cancel token fired; raised between steps
+        ├── Cancelled                 the cancel token fired; raised between steps
+        └── PoolError                 the warm pool (``lpnode.models.pool``) cannot take the job
+            ├── InsufficientVram      the model can never fit this node's memory budget
+            ├── PoolBusy              it would fit, but busy or pinned models hold the memory now
+            ├── InferenceFailed       the adapter failed in an unexpected way (a bug); the pool stays up
+            └── PoolClosed            the pool is shutting down
 """
 
 from __future__ import annotations
@@ -89,3 +94,31 @@ class OutOfMemory(ModelError):
 
 class Cancelled(ModelError):
     """The cancel token fired; raised between denoising steps (or frames)."""
+
+
+class PoolError(ModelError):
+    """The warm pool cannot take or finish a job (raised by ``lpnode.models.pool``)."""
+
+
+class InsufficientVram(PoolError):
+    """The model's memory need exceeds the pool's whole budget: this node can never serve it."""
+
+    def __init__(self, model: str, need_bytes: int, budget_bytes: int) -> None:
+        super().__init__(
+            f"{model} needs ~{need_bytes / 2**30:.2f} GiB but the pool's budget is {budget_bytes / 2**30:.2f} GiB"
+        )
+        self.model = model
+        self.need_bytes = need_bytes
+        self.budget_bytes = budget_bytes
+
+
+class PoolBusy(PoolError):
+    """The model would fit, but pinned or busy models hold the memory now; retry later."""
+
+
+class InferenceFailed(PoolError):
+    """An adapter raised something outside the ModelError tree (a bug); the job is lost, the pool is not."""
+
+
+class PoolClosed(PoolError):
+    """The pool is closing or closed; no new jobs."""

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -31,10 +32,18 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json", ".tx
 _CHUNK = 8 * 1024 * 1024
 
 
+_TINY_INIT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def tiny_init(seed: int) -> Iterator[None]:
-    """Seeded module construction that leaves the caller's global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
+    """Seeded module construction that leaves the caller's global RNG untouched.
+
+    The global RNG is process-wide, so two threads building tiny modules at once
+    (the pool loads one model while hashing another) would interleave draws and
+    change the weights; the lock makes each build see only its own seed.
+    """
+    with _TINY_INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
