@@ -45,11 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rpc-allow-remote", action="store_true", help="allow a non-loopback --rpc address")
     run.add_argument("--log-level", choices=LOG_LEVELS)
     run.add_argument("--serve", metavar="MODEL[,MODEL...]", help=f"models to serve; '{SERVE_NONE}': requester only")
+    run.add_argument("--warm", metavar="MODEL[,MODEL...]", help="served models to load at start and keep loaded")
+    run.add_argument("--weights-dir", type=Path, help="where real presets' weights are (default: <data-dir>/weights)")
+    run.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
 
     commands.add_parser("id", parents=[common], help="print this node's peer id (creating its key if needed)")
     for name, what in (("peers", "the peers a running node knows"), ("node", "a running node's own state")):
         sub = commands.add_parser(name, parents=[common], help=f"show {what}")
         sub.add_argument("--json", action="store_true", help="print the RPC API's JSON instead of a table")
+    models = commands.add_parser("models", parents=[common], help="show the models a running node serves")
+    models.add_argument("--json", action="store_true", help="print the RPC API's JSON instead of a table")
+    models.add_argument(
+        "--available",
+        action="store_true",
+        help="list every preset this installation knows and whether its weights are present (no node needed)",
+    )
+    models.add_argument("--weights-dir", type=Path, help="with --available: where to look for weights")
     return parser
 
 
@@ -101,6 +112,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rpc_allow_remote=True if args.rpc_allow_remote else None,
         log_level=args.log_level,
         serve=args.serve,  # comma-separated; checked by NodeConfig.validate
+        warm=args.warm,
+        weights_dir=args.weights_dir,
+        device=args.device,
     )
     from lpnode.node.run import run_node  # libp2p, FastAPI and torch load only for `run`
 
@@ -137,6 +151,37 @@ def _cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from lpnode.node.cli_format import available_table, models_table
+
+    if args.available:
+        config = _config(args, weights_dir=args.weights_dir)
+        from lpnode.models import registry
+
+        rows = registry.list_models(config.resolved_weights_dir)
+        if args.json:
+            print(json.dumps([_listing_json(row) for row in rows], indent=2))
+        else:
+            print(available_table([_listing_json(row) for row in rows], config.resolved_weights_dir))
+        return 0
+    answer = _ask(_config(args).data_dir, lambda client: client.models())
+    print(json.dumps(answer, indent=2) if args.json else models_table(answer))
+    return 0
+
+
+def _listing_json(row: Any) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "model_id": row.model_id,
+        "family": row.family,
+        "pipelines": [str(kind) for kind in row.pipelines],
+        "weights_sha256": row.weights_sha256,
+        "vram_bytes": row.vram_bytes,
+        "tiny": row.tiny,
+        "problem": row.problem,
+    }
+
+
 def _ask(data_dir: Path, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
     from lpnode.node.client import LpnodeClient
 
@@ -152,4 +197,5 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "id": _cmd_id,
     "peers": _cmd_peers,
     "node": _cmd_node,
+    "models": _cmd_models,
 }

@@ -48,7 +48,7 @@ def device_text(device: Mapping[str, Any]) -> str:
 
 
 def model_text(model: Mapping[str, Any]) -> str:
-    return f"{model['model_id']} ({'warm' if model['warm'] else 'cold'})"
+    return f"{model['model_id']} {model['pipeline']} ({'warm' if model['warm'] else 'cold'})"
 
 
 def age_text(ms: int) -> str:
@@ -116,3 +116,50 @@ def node_table(node: Mapping[str, Any], rpc_url: str) -> str:
     if node["models"]:
         lines.append(f"\nprice in {PRICE_UNIT}")
     return "\n".join(lines)
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def models_table(answer: Mapping[str, Any]) -> str:
+    """``lpnode models``: the models a running node serves."""
+    if answer.get("requester_only"):
+        return "this node serves no models (requester only: started with --serve none)"
+    rows = [
+        (
+            [m["name"]],
+            list(m["pipelines"]),
+            ["loading" if m["loading"] else ("warm" if m["warm"] else "cold") + (" (pinned)" if m["pinned"] else "")],
+            [
+                _gib(m["vram_measured_bytes"] if m["vram_measured_bytes"] is not None else m["vram_estimate_bytes"])
+                + ("" if m["vram_measured_bytes"] is not None else " est.")
+            ],
+            [f"{m['speed_mpx_steps_per_s']:.2f}" if m["speed_mpx_steps_per_s"] else "-"],
+            [f"{m['queued']}+{m['running']}"],
+            [(m["weights_sha256"][:12] + "…") if m["weights_sha256"] else "-"],
+            [m["problem"][:60] or ("compiled" if m["compiled"] else "")],
+        )
+        for m in answer["models"]
+    ]
+    headers = ("MODEL", "PIPELINES", "STATE", "VRAM", "MPX-STEPS/S", "QUEUE", "WEIGHTS", "NOTE")
+    return table(headers, rows) + f"\n\n{len(rows)} model(s); queue = waiting+running"
+
+
+def available_table(rows: Sequence[Mapping[str, Any]], weights_dir: Any) -> str:
+    """``lpnode models --available``: every preset, and whether its weights are here."""
+    lines = [
+        (
+            [r["name"]],
+            list(r["pipelines"]),
+            ["built in (tiny)" if r["tiny"] else ("present" if r["weights_sha256"] else "missing")],
+            [_gib(r["vram_bytes"]) + " est."],
+            [(r["weights_sha256"][:12] + "…") if r["weights_sha256"] else "-"],
+        )
+        for r in rows
+    ]
+    text = table(("PRESET", "PIPELINES", "WEIGHTS", "VRAM", "SHA256"), lines)
+    missing = [r for r in rows if not r["tiny"] and not r["weights_sha256"]]
+    if missing:
+        text += f"\n\nreal presets look for weights under {weights_dir}; for example:\n  " + missing[0]["problem"]
+    return text

@@ -85,6 +85,10 @@ class LpnodeClient:
             params = {"changed_since": changed_since, "wait_s": wait_s}
         return await self._get("/v1/peers", params=params, extra_timeout_s=wait_s)
 
+    async def models(self) -> dict[str, Any]:
+        """``GET /v1/models``: the models this node serves, warm or cold, with speed and queue."""
+        return await self._get("/v1/models")
+
     async def peer(self, peer_id: str) -> dict[str, Any]:
         """``GET /v1/peers/{peer_id}``; :class:`RpcError` with status 404 if unknown."""
         return await self._get(f"/v1/peers/{peer_id}")

@@ -44,6 +44,12 @@ class NodeConfig:
     rpc_allow_remote: bool = False  # required to bind the RPC API to a non-loopback address
     log_level: str = "info"
     serve: tuple[str, ...] = ()  # model presets to serve; empty = this machine's defaults; ("none",) = no models
+    warm: tuple[str, ...] = ()  # served presets loaded at start and never evicted; empty = the defaults
+    weights_dir: Path | None = None  # real presets' weights (<weights_dir>/<preset folder>); None = <data_dir>/weights
+    device: str = "auto"  # "auto" (first CUDA device, else the CPU), "cpu", "cuda:1", ...
+    vram_budget_bytes: int = 0  # memory the model pool may fill; 0 = 90% of what is free at start
+    compile: str = "auto"  # "auto": compile warm models' hot path on CUDA; "off": always eager
+    batch_window_ms: float = 10.0  # how long a batchable job waits for companions; 0 disables batching waits
     price_per_mpx_step: int = 100  # micro-credits per megapixel-step, for every served model
     queue_capacity: int = 4  # jobs held at once (running + waiting)
     advert_interval_s: float = 5.0  # publish our advert at least this often
@@ -75,6 +81,14 @@ class NodeConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         _check_range("price_per_mpx_step", self.price_per_mpx_step, 0, 10**12)
+        if self.serve and (extra := set(self.warm) - set(self.serve)):
+            raise ConfigError(f"warm: {sorted(extra)} must also be in serve ({list(self.serve)})")
+        if self.compile not in ("auto", "off"):
+            raise ConfigError(f"compile: {self.compile!r} is not 'auto' or 'off'")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
+            raise ConfigError(f"device: {self.device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        _check_range("vram_budget_bytes", self.vram_budget_bytes, 0, 2**50)
+        _check_range("batch_window_ms", self.batch_window_ms, 0, 1000)
         _check_range("queue_capacity", self.queue_capacity, 1, 10_000)
         _check_range("advert_interval_s", self.advert_interval_s, 0.1, 3600)
         _check_range("advert_ttl_s", self.advert_ttl_s, 1, 600)
@@ -89,6 +103,14 @@ class NodeConfig:
                 "or peers would expire between adverts"
             )
         return self
+
+    @property
+    def requester_only(self) -> bool:
+        return self.serve == (SERVE_NONE,)
+
+    @property
+    def resolved_weights_dir(self) -> Path:
+        return self.weights_dir if self.weights_dir is not None else self.data_dir / "weights"
 
     @property
     def rpc_host(self) -> str:
@@ -180,6 +202,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Turn a TOML value, an environment string or a flag into the field's type."""
     hint = _HINTS[name]
+    if hint == Path | None:
+        hint = Path
     try:
         if hint is Path:
             return Path(value).expanduser()

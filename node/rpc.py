@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
 
 import trio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -34,7 +34,17 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from lpnode.node.daemon import Node
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
-from lpnode.node.rpc_models import ErrorBody, Health, NodeInfo, Peer, PeerList, directory_version, peer_list
+from lpnode.node.rpc_models import (
+    ErrorBody,
+    Health,
+    LocalModel,
+    ModelList,
+    NodeInfo,
+    Peer,
+    PeerList,
+    directory_version,
+    peer_list,
+)
 from lpnode.protocol.errors import (
     AdvertRejected,
     ConfigError,
@@ -55,6 +65,9 @@ _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as libp2p prints p
 _SHUTDOWN_GRACE_S = 1.0  # in-flight requests get this long once the node stops
 
 # The one place LpnodeError kinds become HTTP statuses; the most derived class listed wins.
+if TYPE_CHECKING:
+    from lpnode.models.pool import ModelPool
+
 ERROR_STATUS: dict[type[LpnodeError], int] = {
     LpnodeError: 500,
     ConfigError: 400,
@@ -72,8 +85,11 @@ class _CountingNetwork(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-def create_app(node: Node, token: str) -> FastAPI:
-    """The RPC app for ``node``; requests must carry ``token`` (except ``/health``)."""
+def create_app(node: Node, token: str, *, pool: ModelPool | None = None) -> FastAPI:
+    """The RPC app for ``node``; requests must carry ``token`` (except ``/health``).
+
+    ``pool`` is the node's model pool; None for a requester-only node.
+    """
     app = FastAPI(
         title="lpnode",
         version=SOFTWARE_VERSION,
@@ -137,6 +153,34 @@ def create_app(node: Node, token: str) -> FastAPI:
                 "GET /v1/peers lists the known peers",
             )
         return Peer.of(record, node.now_ms())
+
+    @api.get("/models", response_model=ModelList, tags=["models"])
+    async def models() -> ModelList:
+        """The models this node serves: warm or cold, footprint, measured speed, queue."""
+        if pool is None:
+            return ModelList(models=[], requester_only=True)
+        return ModelList(
+            models=[
+                LocalModel(
+                    name=row.name,
+                    model_id=row.model_id,
+                    pipelines=[str(kind) for kind in row.pipelines],
+                    weights_sha256=row.weights_sha256,
+                    warm=row.warm,
+                    pinned=row.pinned,
+                    loading=row.loading,
+                    compiled=list(row.compiled),
+                    vram_estimate_bytes=row.vram_estimate_bytes,
+                    vram_measured_bytes=row.vram_measured_bytes,
+                    speed_mpx_steps_per_s=row.speed_mpx_steps_per_s,
+                    queued=row.queued,
+                    running=row.running,
+                    problem=row.problem,
+                )
+                for row in pool.status()
+            ],
+            requester_only=False,
+        )
 
     app.include_router(api)
     return app

@@ -205,3 +205,27 @@ def directory_version(records: Iterable[PeerRecord]) -> str:
     for record in sorted(records, key=lambda r: r.peer_id):
         digest.update(f"{record.peer_id}:{record.advert.seq}:{int(record.connected)};".encode())
     return digest.hexdigest()[:16]
+
+
+class LocalModel(BaseModel):
+    """One model this node serves, as its model pool sees it."""
+
+    name: str = Field(description="preset name, as in `serve`")
+    model_id: str
+    pipelines: list[str]
+    weights_sha256: str = Field(description="hex sha256 of the weights; empty until hashed or when missing")
+    warm: bool = Field(description="loaded on the device now")
+    pinned: bool = Field(description="loaded at start and never evicted")
+    loading: bool
+    compiled: list[str] = Field(description="components running compiled; empty = eager")
+    vram_estimate_bytes: int
+    vram_measured_bytes: int | None = Field(description="charged to the budget after a load; null = never loaded")
+    speed_mpx_steps_per_s: float = Field(description="median over recent runs; 0 = not measured yet")
+    queued: int
+    running: int
+    problem: str = Field(description="last load error; empty if none")
+
+
+class ModelList(BaseModel):
+    models: list[LocalModel]
+    requester_only: bool = Field(description="this node serves no models")

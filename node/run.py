@@ -10,13 +10,15 @@ the libp2p host in that order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TextIO
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 from lpnode.node.config import NodeConfig
@@ -28,9 +30,11 @@ from lpnode.node.offer import OfferSource, serve_device_monitor
 from lpnode.node.rpc import create_app, serve_rpc
 from lpnode.node.rpc_info import check_not_running
 from lpnode.node.rpc_token import TOKEN_FILE, load_or_create_token
-from lpnode.protocol.advert import ModelOffer
 from lpnode.protocol.errors import ConfigError, NetworkError
 from lpnode.protocol.names import SOFTWARE_VERSION
+
+if TYPE_CHECKING:
+    from lpnode.models.pool import ModelPool
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,10 @@ def setup_logging(level: str) -> None:
     if level != "debug":
         # py-libp2p logs every dial retry and stream reset at INFO; that is its business, not the user's
         logging.getLogger("libp2p").setLevel(logging.WARNING)
+        # diffusers/transformers warn about optional backends (torchvision) and dtype casts
+        # on every model load; harmless for our presets and alarming to an operator
+        for noisy in ("diffusers", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def libp2p_config(config: NodeConfig) -> Libp2pConfig:
@@ -52,17 +60,6 @@ def libp2p_config(config: NodeConfig) -> Libp2pConfig:
         return Libp2pConfig(listen_addrs=config.listen, enable_mdns=config.mdns)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def advertised_models(config: NodeConfig) -> tuple[ModelOffer, ...]:
-    """The models this node offers at start.
-
-    Seam for the model pool: it will resolve ``config.serve`` (empty = the
-    defaults for this machine, ``none`` = requester-only) to presets, load
-    them, and keep ``OfferSource.models`` current as they warm and cool. Until
-    then a node advertises no models.
-    """
-    return ()
 
 
 async def run_node(config: NodeConfig, *, out: TextIO = sys.stdout, wall_clock: WallClock = time.time) -> None:
@@ -86,28 +83,58 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
     check_not_running(config.data_dir)
     key = load_or_create_key(config.data_dir)
     token = load_or_create_token(config.data_dir)
-    offer = OfferSource(queue_capacity=config.queue_capacity, models=advertised_models(config))
-    async with open_libp2p_network(key, libp2p_config(config)) as network, trio.open_nursery() as nursery:
+    offer = OfferSource(queue_capacity=config.queue_capacity)
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(serve_device_monitor, offer)
+        pool = None if config.requester_only else await stack.enter_async_context(_open_pool(config, offer))
+        network = await stack.enter_async_context(open_libp2p_network(key, libp2p_config(config)))
         if not network.listen_addrs():
             # py-libp2p logs a listener that failed to bind (port taken) and carries on deaf
             raise NetworkError(f"cannot listen on {', '.join(config.listen)} (address in use?); see the log above")
-        await nursery.start(serve_device_monitor, offer)
-        node: Node = await nursery.start(
+        # the node runs in its own nursery, inside the network's context: it stops before the host closes
+        node_nursery = await stack.enter_async_context(trio.open_nursery())
+        node: Node = await node_nursery.start(
             functools.partial(serve_node, config, key, network, offer, wall_clock=wall_clock)
         )
-        app = create_app(node, token)
-        urls = await nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
-        _print_banner(out, node, urls, config)
+        if pool is not None:
+            from lpnode.node.serving import serve_model_offers
+
+            await node_nursery.start(serve_model_offers, pool, offer, config.price_per_mpx_step, node.publisher.poke)
+        app = create_app(node, token, pool=pool)
+        urls = await node_nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
+        _print_banner(out, node, urls, config, pool)
+        await trio.sleep_forever()
 
 
-def _print_banner(out: TextIO, node: Node, urls: Sequence[str], config: NodeConfig) -> None:
+@contextlib.asynccontextmanager
+async def _open_pool(config: NodeConfig, offer: OfferSource) -> AsyncIterator[ModelPool]:
+    """The model pool for ``config.serve``, with its warm set loaded."""
+    # imported here: a requester-only node never loads torch models or diffusers
+    from lpnode.models.pool import open_model_pool
+    from lpnode.node.serving import choose_models, pool_config, sync_offer
+
+    # importing every pipeline module (diffusers) takes seconds: not on the event loop
+    choice = await trio.to_thread.run_sync(choose_models, config, offer.devices)
+    log.info("serving %s (%s); warm: %s", ", ".join(choice.serve), choice.reason, ", ".join(choice.warm) or "none")
+    async with open_model_pool(pool_config(config, choice)) as pool:
+        sync_offer(pool, offer, config.price_per_mpx_step)
+        yield pool
+
+
+def _print_banner(out: TextIO, node: Node, urls: Sequence[str], config: NodeConfig, pool: ModelPool | None) -> None:
     addrs = node.network.listen_addrs() or ["(none)"]
+    if pool is None:
+        models = "none (requester only)"
+    else:
+        models = ", ".join(f"{row.name} ({'warm' if row.warm else 'cold'})" for row in pool.status()) or "none"
     lines = [
         f"lpnode {SOFTWARE_VERSION} running",
         f"  peer id    {node.peer_id}",
         f"  listening  {addrs[0]}",
         *(f"             {addr}" for addr in addrs[1:]),
         f"  rpc        {urls[0]}  (API docs: {urls[0]}/docs, token: {config.data_dir / TOKEN_FILE})",
+        f"  models     {models}",
         f"  data dir   {config.data_dir}",
     ]
     print("\n".join(lines), file=out, flush=True)

@@ -56,7 +56,7 @@ class Cluster:
     processes: list[tuple[str, trio.Process, Path]] = field(default_factory=list)
     clients: list[LpnodeClient] = field(default_factory=list)
 
-    async def launch(self, name: str, bootstrap: Sequence[str] = ()) -> NodeProcess:
+    async def launch(self, name: str, bootstrap: Sequence[str] = (), serve: str = "none") -> NodeProcess:
         data_dir = self.tmp_path / name
         data_dir.mkdir()
         log = data_dir / "node.log"
@@ -68,6 +68,7 @@ class Cluster:
             "--listen=/ip4/127.0.0.1/tcp/0",
             "--rpc=127.0.0.1:0",
             "--no-mdns",
+            f"--serve={serve}",
             *(f"--bootstrap={addr}" for addr in bootstrap),
         ]
         with log.open("wb") as log_file:
@@ -145,12 +146,12 @@ async def test_three_nodes_find_each_other_and_forget_a_killed_one(tmp_path: Pat
             assert n1.peer_id in n1.banner and "http://127.0.0.1:" in n1.banner
             launched: dict[str, NodeProcess] = {}
 
-            async def launch(name: str) -> None:
-                launched[name] = await nodes.launch(name, bootstrap=[n1.addr])
+            async def launch(name: str, serve: str) -> None:
+                launched[name] = await nodes.launch(name, bootstrap=[n1.addr], serve=serve)
 
             async with trio.open_nursery() as starters:  # nodes 2 and 3 start together
-                starters.start_soon(launch, "n2")
-                starters.start_soon(launch, "n3")
+                starters.start_soon(launch, "n2", "tiny-sdxl")  # a worker: real tiny model, warm
+                starters.start_soon(launch, "n3", "none")
             n2, n3 = launched["n2"], launched["n3"]
             everyone = [n1, n2, n3]
             ids = {n.peer_id for n in everyone}
@@ -171,6 +172,14 @@ async def test_three_nodes_find_each_other_and_forget_a_killed_one(tmp_path: Pat
                 assert 0 <= peer["advert_age_ms"] < 3000
             table = await cli("peers", f"--data-dir={n3.data_dir}")
             assert table.startswith("PEER") and n1.peer_id[:8] in table and "2 peer(s)" in table
+            # the worker's advert carries its real model, warm, for both pipelines it serves
+            worker = (await n3.client.peer(n2.peer_id))["models"]
+            assert {(m["model_id"], m["pipeline"], m["warm"]) for m in worker} == {
+                ("lpnode/tiny-sdxl", "text-to-image", True),
+                ("lpnode/tiny-sdxl", "image-to-image", True),
+            }
+            assert all(len(m["weights_sha256"]) == 64 for m in worker)
+            assert "tiny-sdxl" in await cli("models", f"--data-dir={n2.data_dir}")
 
             # SIGKILL node 1: the others drop it within seconds, and keep each other
             n1.process.send_signal(signal.SIGKILL)

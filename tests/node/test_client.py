@@ -59,7 +59,7 @@ async def test_tables_show_what_the_api_says(autojump_clock: trio.testing.MockCl
     assert lines[0].split() == ["PEER", "ADDRESSES", "GPUS", "MODELS", "PRICE", "QUEUE", "AGE"]
     row = lines[1]
     assert row.startswith(short_peer_id(b.peer_id))
-    for text in ("NVIDIA GeForce RTX 4090 (24.0 GiB)", "tiny-sdxl (warm)", "120", "1/3"):
+    for text in ("NVIDIA GeForce RTX 4090 (24.0 GiB)", "tiny-sdxl text-to-image (warm)", "120", "1/3"):
         assert text in row
     assert lines[-1] == "1 peer(s); price in micro-credits per megapixel-step"
     # columns line up: each header starts where its values start
