@@ -38,17 +38,16 @@ from typing import TypeVar
 
 import torch
 import trio
-from lpnode.protocol.advert import ModelOffer
 
 from . import registry
 from ._budget import Resident, choose_evictions, detect_budget, estimate_cost, measured_cost
 from ._compile import CompileSetting, compile_and_warm, configure_compile_cache
+from ._status import ModelStatus, model_offers
 from .base import (
     CancelToken,
     ImageToImageRequest,
     ModelAdapter,
     Output,
-    PipelineKind,
     Request,
     StepProgress,
 )
@@ -63,6 +62,8 @@ from .errors import (
     UnknownModel,
 )
 from .outputs import ImageOutput, VideoOutput
+
+__all__ = ["ModelPool", "ModelStatus", "PoolConfig", "model_offers", "open_model_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -104,42 +105,6 @@ class PoolConfig:
             raise ValueError(f"batch_window_s must be in [0, 1] seconds, got {self.batch_window_s}")
         if self.compile not in ("auto", "off"):
             raise ValueError(f"compile must be 'auto' or 'off', got {self.compile!r}")
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One row of ``lpnode models`` / one model of the advert."""
-
-    name: str  # preset name
-    model_id: str  # advertised id, e.g. "stabilityai/sdxl-turbo"
-    pipelines: tuple[PipelineKind, ...]
-    weights_sha256: str  # hex; "" until hashed (or when the weights are missing)
-    warm: bool  # loaded on the device now
-    pinned: bool
-    loading: bool
-    compiled: tuple[str, ...]  # components running compiled; () = eager
-    vram_estimate_bytes: int  # from the spec, before any load
-    vram_measured_bytes: int | None  # what the pool charges after a load (None: never loaded)
-    speed_mpx_steps_per_s: float  # median over recent real runs; 0.0 = not measured yet
-    queued: int  # jobs waiting
-    running: int  # batches on the device now
-    problem: str  # last load error ("" if none)
-
-
-def model_offers(rows: Sequence[ModelStatus], price_per_mpx_step: int) -> tuple[ModelOffer, ...]:
-    """Advert entries: one per (model, pipeline)."""
-    return tuple(
-        ModelOffer(
-            pipeline=str(kind),
-            model_id=row.model_id,
-            weights_sha256=row.weights_sha256,
-            warm=row.warm,
-            speed_mpx_steps_per_s=row.speed_mpx_steps_per_s,
-            price_per_mpx_step=price_per_mpx_step,
-        )
-        for row in rows
-        for kind in row.pipelines
-    )
 
 
 @dataclass(eq=False)

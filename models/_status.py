@@ -1,0 +1,46 @@
+"""What the pool reports per model: rows for ``lpnode models`` and the advert's ``ModelOffer`` s."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lpnode.protocol.advert import ModelOffer
+
+from .base import PipelineKind
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of ``lpnode models`` / one model of the advert."""
+
+    name: str  # preset name
+    model_id: str  # advertised id, e.g. "stabilityai/sdxl-turbo"
+    pipelines: tuple[PipelineKind, ...]
+    weights_sha256: str  # hex; "" until hashed (or when the weights are missing)
+    warm: bool  # loaded on the device now
+    pinned: bool
+    loading: bool
+    compiled: tuple[str, ...]  # components running compiled; () = eager
+    vram_estimate_bytes: int  # from the spec, before any load
+    vram_measured_bytes: int | None  # what the pool charges after a load (None: never loaded)
+    speed_mpx_steps_per_s: float  # median over recent real runs; 0.0 = not measured yet
+    queued: int  # jobs waiting
+    running: int  # batches on the device now
+    problem: str  # last load error ("" if none)
+
+
+def model_offers(rows: Sequence[ModelStatus], price_per_mpx_step: int) -> tuple[ModelOffer, ...]:
+    """Advert entries: one per (model, pipeline)."""
+    return tuple(
+        ModelOffer(
+            pipeline=str(kind),
+            model_id=row.model_id,
+            weights_sha256=row.weights_sha256,
+            warm=row.warm,
+            speed_mpx_steps_per_s=row.speed_mpx_steps_per_s,
+            price_per_mpx_step=price_per_mpx_step,
+        )
+        for row in rows
+        for kind in row.pipelines
+    )
