@@ -10,8 +10,12 @@ exit codes or wire errors in one place each.
     │   ├── OversizedMessage          longer than the bound for its type
     │   ├── UnknownMessageType        type tag we do not know
     │   ├── UnsupportedVersion        protocol version we do not speak
-    │   └── InvalidSignature          signature does not verify, or signer is not who it claims
+    │   ├── InvalidSignature          signature does not verify, or signer is not who it claims
+    │   ├── ProtocolViolation         a job message out of turn, or one that breaks the negotiation's terms
+    │   └── ReceiptRejected           a receipt that does not verify or does not fit its job
+    │       └── OutputMismatch        outputs whose hashes differ from the signed receipt
     ├── AdvertRejected                a well-formed advert that must not enter the directory
+    ├── InvalidTransition             this node asked its own negotiation for a step its state forbids (a bug)
     ├── ConfigError                   invalid configuration (file, environment or flags)
     ├── IdentityError                 the node key cannot be read or created
     └── NetworkError                  transport-level failure
@@ -48,6 +52,43 @@ class UnsupportedVersion(ProtocolError):
 
 class InvalidSignature(ProtocolError):
     """The signature does not verify, or the signer is not the claimed peer."""
+
+
+class ProtocolViolation(ProtocolError):
+    """A peer's job message that its negotiation state does not allow, or that breaks its terms.
+
+    The negotiation has already moved to ``failed`` when this is raised; ``actions``
+    are what the I/O layer must still carry out (free a reservation, stop a run,
+    tell the peer), so a violation never leaks capacity. ``reason`` is a short
+    machine-readable word for counters and blame.
+    """
+
+    def __init__(self, reason: str, detail: str = "", actions: tuple[object, ...] = ()) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.actions = actions
+
+
+class ReceiptRejected(ProtocolError):
+    """A receipt that must not be trusted: ``reason`` is ``bad_signature``, ``malformed``,
+    ``wrong_signer``, ``job_id_mismatch``, ``oversized``, ``output_mismatch``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class OutputMismatch(ReceiptRejected):
+    """Delivered outputs whose hashes are not the ones the worker signed."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("output_mismatch", detail)
+
+
+class InvalidTransition(LpnodeError):
+    """This node asked its own negotiation for a step the current state forbids (a caller bug)."""
 
 
 class AdvertRejected(LpnodeError):
