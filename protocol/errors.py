@@ -8,19 +8,25 @@ exit codes or wire errors in one place each.
     ├── ProtocolError                 a peer sent something we cannot accept
     │   ├── MalformedMessage          not msgpack, wrong shape, wrong field types
     │   ├── OversizedMessage          longer than the bound for its type
+    │   │   ├── FrameTooLarge         a frame header announces more than the receiver accepts
+    │   │   └── TransferTooLarge      a transfer announces more bytes than the receiver accepts
     │   ├── UnknownMessageType        type tag we do not know
     │   ├── UnsupportedVersion        protocol version we do not speak
     │   ├── InvalidSignature          signature does not verify, or signer is not who it claims
     │   ├── ProtocolViolation         a job message out of turn, or one that breaks the negotiation's terms
-    │   └── ReceiptRejected           a receipt that does not verify or does not fit its job
-    │       └── OutputMismatch        outputs whose hashes differ from the signed receipt
+    │   ├── ReceiptRejected           a receipt that does not verify or does not fit its job
+    │   │   └── OutputMismatch        outputs whose hashes differ from the signed receipt
+    │   └── TransferCorrupt           a transfer's bytes do not match its announced length or sha256
     ├── AdvertRejected                a well-formed advert that must not enter the directory
     ├── InvalidTransition             this node asked its own negotiation for a step its state forbids (a bug)
     ├── ConfigError                   invalid configuration (file, environment or flags)
     ├── IdentityError                 the node key cannot be read or created
     └── NetworkError                  transport-level failure
         ├── PeerUnreachable           dialing a peer failed
-        └── StreamClosed              the remote closed or reset a stream mid-message
+        ├── StreamClosed              the remote closed or reset a stream mid-message
+        │   └── FrameTruncated        ... inside a frame: ``missing`` bytes never came
+        ├── StreamTimeout             a frame did not arrive (or could not be sent) in time
+        └── StreamBroken              the stream was reset after a failure or cancellation mid-frame
 """
 
 from __future__ import annotations
@@ -122,3 +128,42 @@ class PeerUnreachable(NetworkError):
 
 class StreamClosed(NetworkError):
     """The remote closed or reset a stream before a whole message arrived."""
+
+
+class FrameTooLarge(OversizedMessage):
+    """A frame header announces a body longer than the receiver accepts; the body is never read."""
+
+    def __init__(self, announced: int, limit: int) -> None:
+        super().__init__(f"frame of {announced} bytes announced, limit {limit}")
+        self.announced = announced
+        self.limit = limit
+
+
+class TransferTooLarge(OversizedMessage):
+    """A transfer announces more bytes than the receiver accepts; no chunk is read."""
+
+    def __init__(self, announced: int, limit: int) -> None:
+        super().__init__(f"transfer of {announced} bytes announced, limit {limit}")
+        self.announced = announced
+        self.limit = limit
+
+
+class TransferCorrupt(ProtocolError):
+    """The bytes of a transfer do not match the length or sha256 its header announced."""
+
+
+class FrameTruncated(StreamClosed):
+    """The stream ended inside a frame; ``missing`` of its ``expected`` bytes never came."""
+
+    def __init__(self, what: str, expected: int, missing: int) -> None:
+        super().__init__(f"stream ended {missing} bytes short of a {expected}-byte {what}")
+        self.expected = expected
+        self.missing = missing
+
+
+class StreamTimeout(NetworkError):
+    """A frame did not arrive, or could not be sent, within its time limit."""
+
+
+class StreamBroken(NetworkError):
+    """The stream was reset after a failure or cancellation mid-frame (or closed locally): open a new one."""
