@@ -1,59 +1,76 @@
-"""GPU benchmark of the warm pool: SDXL-Turbo-size UNet + SDXL VAE, random weights, fp16, 512×512, one step.
+"""GPU benchmark of the warm pool: SDXL-Turbo-size UNet + SDXL VAE (512×512, one step) and SVD-XT-size video.
 
-Not a test. Full-size architectures are built from config dicts (no download); text encoders are
-bypassed with random prompt embeddings, as in the DESIGN.md anchor. Each phase prints one JSON line
-and appends it to ``--out``; ``report`` turns those lines into the markdown of docs/benchmarks.md.
+Not a test. Full-size architectures are built from config dicts with random weights, fp16 (no download);
+SDXL's text encoders are bypassed with random prompt embeddings, as in the DESIGN.md anchor. Each phase
+prints one JSON line and appends it to ``--out``; ``report`` turns those lines into docs/benchmarks.md's markdown.
 
     python bench/models.py eager-and-cold --cache DIR --out results.jsonl   # baselines, pool eager, batching, cold compile
     python bench/models.py warm-cache --cache DIR --out results.jsonl       # a new process: compile with the cache filled
+    python bench/models.py svd --out results.jsonl                          # SVD-XT-size, eager, SVD_FRAMES frames
     python bench/models.py report results.jsonl
 
+``--smoke`` runs every phase on the CPU with tiny configs, to check the code before spending GPU time.
+
 Phases (all in one device call, so ratios compare figures from the same machine and minute):
-1. bare diffusers: the StableDiffusionXLPipeline call the pool's adapter makes, timed directly;
-2. pool eager: ``await pool.run`` of the same request (includes PNG encoding + fingerprints, which a
-   served job needs and the bare call does not do; reported separately);
-3. batching: 8 concurrent jobs through the pool (one run_batch) against 8 sequential ones;
-4. compiled: a pool with compile="auto" (load + torch.compile + CUDA-graph warm-up timed), then its
-   batch-1 latency; ``warm-cache`` repeats that in a fresh process reading the same inductor cache.
+1. bare diffusers: the StableDiffusionXLPipeline call a plain runner makes (PIL images out), timed directly;
+2. pool eager: ``await pool.run`` of the same request, split into the device stage (``timings_ms["device"]``)
+   and the output stage (PNG + hashes + fingerprints, ``"encode"``), which runs outside the device limiter;
+3. batching: 8 concurrent jobs (one batch) against 8 awaited one after another, and a sustained stream of
+   concurrent jobs with batches of up to 8 against a pool whose model takes batches of 1;
+4. compiled: a pool with compile="auto" (load + torch.compile + CUDA-graph warm-up timed), then its batch-1
+   latency and a batch-1 stream; ``warm-cache`` repeats that in a fresh process reading the same inductor cache;
+5. svd: the SVD-XT-size pipeline, bare call against ``await pool.run`` (H.264 encoding in the output stage).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import json
 import statistics
 import sys
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import trio
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.autoencoder_kl_temporal_decoder import AutoencoderKLTemporalDecoder
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionModel
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import StableVideoDiffusionPipeline
 from lpnode.models.base import (
     CancelToken,
     Limits,
     ModelAdapter,
     ModelSpec,
-    Output,
     PipelineKind,
     ProgressCallback,
+    RawOutput,
     Request,
     StageTimer,
     TextToImageRequest,
     make_generator,
+    to_uint8_rgb,
 )
-from lpnode.models.outputs import ImageOutput
+from lpnode.models.outputs import RawImage, finish_output
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
-from lpnode.models.sd import turbo_scheduler
+from lpnode.models.sd import build_tiny_sdxl_modules, turbo_scheduler
+from lpnode.models.svd import TINY_SVD, StableVideoDiffusionAdapter, build_tiny_svd_modules, svd_scheduler
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 MODEL = "bench-sdxl-turbo-size"
-SIZE = 512
+MODEL_B1 = "bench-sdxl-turbo-size-b1"  # the same model taking batches of 1: the unbatched stream, and compiled runs
+SVD_MODEL = "bench-svd-xt-size"
 BATCH = 8
-REPEATS = 10
+SVD_FRAMES = 14  # SVD-XT makes 25; 14 keeps the phase near a minute (DESIGN.md: 10.9 s a call at 25 steps)
 
 # stabilityai/sdxl-turbo unet/config.json (2.57B parameters).
 SDXL_UNET: dict[str, Any] = {
@@ -88,16 +105,63 @@ SDXL_VAE: dict[str, Any] = {
     "force_upcast": False,
 }
 
-SPEC = ModelSpec(
-    name=MODEL,
-    model_id="bench/sdxl-turbo-size-random",
-    family="sdxl",
-    pipelines=frozenset({PipelineKind.TEXT_TO_IMAGE}),
-    limits=Limits(max_pixels=1024 * 1024, max_side=1024, max_steps=50, max_batch=BATCH),
-    vram_bytes=9 * 2**30,
-    tiny=True,  # random weights: not for sale
-    defaults={"width": SIZE, "height": SIZE, "num_inference_steps": 1, "guidance_scale": 0.0},
-)
+# stabilityai/stable-video-diffusion-img2vid-xt: unet (the class defaults are SVD's), vae and image_encoder configs.
+SVD_UNET: dict[str, Any] = {"sample_size": 96, "num_frames": 25}
+SVD_VAE: dict[str, Any] = {
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "sample_size": 768,
+}
+SVD_IMAGE_ENCODER: dict[str, Any] = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 32,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What differs between the GPU run and the CPU smoke run."""
+
+    device: str
+    size: int  # output side, pixels
+    repeats: int  # timed calls per latency figure
+    stream_jobs: int  # concurrent jobs in a throughput stream
+    svd_size: tuple[int, int]  # width, height
+    svd_steps: int
+
+
+GPU = Setup("cuda:0", 512, 10, 32, (1024, 576), 25)
+SMOKE = Setup("cpu", 64, 2, 8, (64, 64), 2)
+SETUP = GPU  # main() switches to SMOKE for --smoke
+
+
+def sdxl_spec(name: str, max_batch: int) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        model_id="bench/sdxl-turbo-size-random",
+        family="sdxl",
+        pipelines=frozenset({PipelineKind.TEXT_TO_IMAGE}),
+        limits=Limits(max_pixels=1024 * 1024, max_side=1024, max_steps=50, max_batch=max_batch),
+        vram_bytes=9 * 2**30 if SETUP is GPU else 2**27,
+        tiny=True,  # random weights: not for sale
+        defaults={"width": SETUP.size, "height": SETUP.size, "num_inference_steps": 1, "guidance_scale": 0.0},
+    )
+
+
+def svd_spec() -> ModelSpec:
+    width, height = SETUP.svd_size
+    limits = Limits(max_pixels=width * height, max_side=max(width, height), max_steps=50, max_frames=25)
+    defaults = {"width": width, "height": height, "num_frames": SVD_FRAMES, "num_inference_steps": SETUP.svd_steps}
+    defaults |= {"fps": 7, "decode_chunk_size": 8}
+    return dataclasses.replace(TINY_SVD, name=SVD_MODEL, model_id="bench/svd-xt-size-random", limits=limits,
+                               vram_bytes=17 * 2**30 if SETUP is GPU else 2**27, defaults=defaults)  # fmt: skip
 
 
 class BenchSDXL(ModelAdapter):
@@ -109,10 +173,14 @@ class BenchSDXL(ModelAdapter):
 
     def _load(self, device: torch.device, dtype: torch.dtype) -> None:
         torch.manual_seed(0)  # bench only: adapters proper never touch the global RNG
-        with torch.device(device):  # initialise on the GPU: 2.6B random parameters on a CPU take minutes
-            unet = UNet2DConditionModel(**SDXL_UNET).to(dtype)
-            vae = AutoencoderKL(**SDXL_VAE).to(dtype)
-        # No text encoders or tokenizers: prompts arrive as embeddings (see _generate).
+        if SETUP is SMOKE:
+            tiny = build_tiny_sdxl_modules()
+            unet, vae = tiny["unet"].to(device, dtype), tiny["vae"].to(device, dtype)
+        else:
+            with torch.device(device):  # initialise on the GPU: 2.6B random parameters on a CPU take minutes
+                unet = UNet2DConditionModel(**SDXL_UNET).to(dtype)
+                vae = AutoencoderKL(**SDXL_VAE).to(dtype)
+        # No text encoders or tokenizers: prompts arrive as embeddings (see bare_call).
         components: dict[str, Any] = {"text_encoder": None, "text_encoder_2": None, "tokenizer": None}
         components |= {"tokenizer_2": None, "vae": vae, "unet": unet, "scheduler": turbo_scheduler()}
         pipe = StableDiffusionXLPipeline(**components)
@@ -132,23 +200,24 @@ class BenchSDXL(ModelAdapter):
         assert isinstance(request, TextToImageRequest)
         return (request.width, request.height, request.num_inference_steps)
 
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
+        # As StableDiffusionXLAdapter does: tensors out, quantised on the device, no encoding here.
         timer = StageTimer()
         with timer.stage("pipeline"):
-            images = bare_call(self, [r.seed for r in requests], requests[0])
-        with timer.stage("encode"):
-            outputs: list[Output] = [ImageOutput.from_pil(img) for img in images]
-        for out in outputs:
-            out.timings_ms.update(timer.ms)
-        return outputs
+            images = to_uint8_rgb(bare_call(self, [r.seed for r in requests], requests[0], output_type="pt"))
+        return [RawImage(image, dict(timer.ms)) for image in images]
 
 
-def bare_call(adapter: BenchSDXL, seeds: Sequence[int], request: Request) -> list[Any]:
+def bare_call(adapter: BenchSDXL, seeds: Sequence[int], request: Request, output_type: str = "pil") -> Any:
     """What a plain diffusers runner does: one pipeline call, PIL images out."""
     assert adapter.pipe is not None and isinstance(request, TextToImageRequest)
     device, dtype, n = adapter.device, adapter.dtype, len(seeds)
-    embeds = torch.randn(n, 77, 2048, generator=make_generator(1)).to(device, dtype)
-    pooled = torch.randn(n, 1280, generator=make_generator(2)).to(device, dtype)
+    unet = adapter.pipe.unet.config
+    pooled_dim = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
+    embeds = torch.randn(n, 77, unet.cross_attention_dim, generator=make_generator(1)).to(device, dtype)
+    pooled = torch.randn(n, pooled_dim, generator=make_generator(2)).to(device, dtype)
     result = adapter.pipe(
         prompt_embeds=embeds,
         pooled_prompt_embeds=pooled,
@@ -157,77 +226,107 @@ def bare_call(adapter: BenchSDXL, seeds: Sequence[int], request: Request) -> lis
         num_inference_steps=request.num_inference_steps,
         guidance_scale=0.0,
         generator=[make_generator(s) for s in seeds],
-        output_type="pil",
+        output_type=output_type,
     )
-    return list(result.images)
+    return result.images
+
+
+class BenchSVD(StableVideoDiffusionAdapter):
+    """SVD-XT-size architecture with random weights."""
+
+    def _load(self, device: torch.device, dtype: torch.dtype) -> None:
+        torch.manual_seed(0)
+        if SETUP is SMOKE:
+            modules = build_tiny_svd_modules()
+        else:
+            with torch.device(device):
+                modules = {
+                    "unet": UNetSpatioTemporalConditionModel(**SVD_UNET),
+                    "vae": AutoencoderKLTemporalDecoder(**SVD_VAE),
+                    "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_IMAGE_ENCODER)),
+                }
+        components: dict[str, Any] = {**modules, "scheduler": svd_scheduler()}
+        pipe = StableVideoDiffusionPipeline(**components, feature_extractor=CLIPImageProcessor())
+        pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
+        pipe.to(device, dtype)
+        self._pipe = pipe
+
+    def _compute_weights_sha256(self) -> str:
+        return "0" * 64
 
 
 def resolve(name: str, weights_dir: Path | None) -> ModelAdapter:
-    return BenchSDXL(SPEC, weights_dir)
+    if name == SVD_MODEL:
+        return BenchSVD(svd_spec(), weights_dir)
+    return BenchSDXL(sdxl_spec(name, 1 if name == MODEL_B1 else BATCH), weights_dir)
 
 
 def request(seed: int) -> Request:
-    return SPEC.build_request(PipelineKind.TEXT_TO_IMAGE, prompt="bench", seed=seed)
+    return sdxl_spec(MODEL, BATCH).build_request(PipelineKind.TEXT_TO_IMAGE, prompt="bench", seed=seed)
 
 
 def median_ms(samples: Sequence[float]) -> float:
     return round(statistics.median(samples) * 1000.0, 2)
 
 
-def timed(fn: Any) -> float:
-    torch.cuda.synchronize()
+def sync() -> None:
+    if torch.cuda.is_available() and SETUP is GPU:
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    sync()
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-async def timed_async(coro_fn: Any) -> float:
-    start = time.perf_counter()
-    await coro_fn()
+    sync()
     return time.perf_counter() - start
 
 
 def emit(out: Path, record: dict[str, Any]) -> None:
-    record = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, **record}
+    gpu = torch.cuda.get_device_name(0) if SETUP is GPU else "cpu (smoke)"
+    record = {"gpu": gpu, "torch": torch.__version__, **record}
     line = json.dumps(record)
     print(line, flush=True)
     with out.open("a") as fh:
         fh.write(line + "\n")
 
 
-async def open_pool(compile_setting: str, cache: Path, window_s: float) -> tuple[ModelPool, Any, float]:
-    cm = open_model_pool(
-        PoolConfig(
-            serve=(MODEL,),
-            pinned=(MODEL,),
-            device="cuda:0",
-            batch_window_s=window_s,
-            compile=compile_setting,  # type: ignore[arg-type]
-            compile_cache_dir=cache,
-        ),
-        resolve=resolve,
+@asynccontextmanager
+async def open_pool(
+    model: str, compile_setting: str, cache: Path, window_s: float
+) -> AsyncIterator[tuple[ModelPool, float]]:
+    """A pool serving ``model``, warm when it yields, and the seconds opening it took."""
+    config = PoolConfig(
+        serve=(model,),
+        pinned=(model,),
+        device=SETUP.device,
+        dtype=torch.float16 if SETUP is GPU else torch.float32,
+        batch_window_s=window_s,
+        compile=compile_setting,  # type: ignore[arg-type]
+        compile_cache_dir=cache,
     )
     start = time.perf_counter()
-    pool = await cm.__aenter__()
-    return pool, cm, time.perf_counter() - start
+    async with open_model_pool(config, resolve=resolve) as pool:
+        row = pool.status()[0]
+        assert row.warm, f"{model} did not load: {row.problem}"  # a pinned load failure only logs
+        yield pool, time.perf_counter() - start
 
 
-async def pool_latency(pool: ModelPool, repeats: int) -> tuple[list[float], list[float], list[float]]:
-    """Wall time of ``await pool.run`` and the adapter's own pipeline and encode stages, in seconds."""
-    walls, pipes, encodes = [], [], []
+async def pool_latency(pool: ModelPool, model: str, repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``await pool.run`` one job at a time, and its device and output stages."""
+    got: dict[str, list[float]] = {"wall": [], "device": [], "encode": []}
     for i in range(repeats):
         start = time.perf_counter()
-        out = await pool.run(MODEL, request(100 + i))
-        walls.append(time.perf_counter() - start)
-        pipes.append(out.timings_ms.get("pipeline", 0.0) / 1000.0)
-        encodes.append(out.timings_ms.get("encode", 0.0) / 1000.0)
-    return walls, pipes, encodes
+        out = await pool.run(model, request(100 + i))
+        got["wall"].append(time.perf_counter() - start)
+        got["device"].append(out.timings_ms["device"] / 1000.0)
+        got["encode"].append(out.timings_ms["encode"] / 1000.0)
+    return got
 
 
-async def bare_in_pool_thread(pool: ModelPool, repeats: int) -> list[float]:
+async def bare_in_pool_thread(pool: ModelPool, model: str, repeats: int) -> list[float]:
     """The bare pipeline call on the pool's model thread (where its CUDA graphs live), without the pool."""
-    slot = pool._slots[MODEL]
+    slot = pool._slots[model]
     adapter = slot.adapter
     assert isinstance(adapter, BenchSDXL)
     req = request(1)
@@ -239,111 +338,208 @@ async def bare_in_pool_thread(pool: ModelPool, repeats: int) -> list[float]:
     return [await pool._in_slot_thread(slot, once) for _ in range(repeats)]
 
 
-async def pool_batch(pool: ModelPool, n: int) -> float:
+async def concurrent_jobs(pool: ModelPool, model: str, n: int) -> tuple[float, list[float]]:
+    """Wall seconds for ``n`` jobs submitted at once, and each one's device-stage seconds."""
+    device: list[float] = []
+
     async def one(seed: int) -> None:
-        await pool.run(MODEL, request(seed))
+        out = await pool.run(model, request(seed))
+        device.append(out.timings_ms["device"] / 1000.0)
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for i in range(n):
             nursery.start_soon(one, 200 + i)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, device
+
+
+async def repeat_async(times: int, fn: Callable[[], Awaitable[float]]) -> list[float]:
+    return [await fn() for _ in range(times)]
+
+
+def encode_parallelism(adapter: BenchSDXL) -> dict[str, float]:
+    """The output stage of 8 images, one after another and on 8 threads (does it release the GIL?)."""
+    images = bare_call(adapter, list(range(BATCH)), request(1))
+    raws = [RawImage.from_pil(image) for image in images]
+    serial = min(timed(lambda: [finish_output(r) for r in raws]) for _ in range(3))
+    with ThreadPoolExecutor(BATCH) as executor:
+        parallel = min(timed(lambda: list(executor.map(finish_output, raws))) for _ in range(3))
+    return {
+        "encode_serial_ms_per_image": round(serial * 1000 / BATCH, 2),
+        "encode_8_threads_ms": round(parallel * 1000, 2),
+    }
 
 
 async def eager_and_cold(cache: Path, out: Path) -> None:
+    n = SETUP.stream_jobs
     # Latency with the batch window off (a lone job would otherwise wait the window for company).
-    pool, cm, open_s = await open_pool("off", cache, 0.0)
-    adapter = pool._slots[MODEL].adapter
-    assert isinstance(adapter, BenchSDXL)
-    params = sum(p.numel() for m in adapter._modules().values() for p in m.parameters())
-    emit(out, {"phase": "cold_load_eager", "seconds": round(open_s, 2), "params": params})
-    req = request(1)
-    for _ in range(3):
-        timed(lambda: bare_call(adapter, [1], req))
-    bare = [timed(lambda: bare_call(adapter, [1], req)) for _ in range(REPEATS)]
-    bare8 = [timed(lambda: bare_call(adapter, list(range(BATCH)), req)) for _ in range(5)]
-    await pool_latency(pool, 2)
-    walls, pipes, encodes = await pool_latency(pool, REPEATS)
-    # The same 8 jobs one after another: what a node without batching serves.
-    seq_walls = [sum((await pool_latency(pool, BATCH))[0]) for _ in range(2)]
-    await cm.__aexit__(None, None, None)
-    pool, cm, _ = await open_pool("off", cache, 0.02)
-    await pool_batch(pool, BATCH)
-    batch_walls = [await pool_batch(pool, BATCH) for _ in range(5)]
+    async with open_pool(MODEL, "off", cache, 0.0) as (pool, open_s):
+        adapter = pool._slots[MODEL].adapter
+        assert isinstance(adapter, BenchSDXL)
+        emit(out, {"phase": "cold_load_eager", "seconds": round(open_s, 2), "params": adapter.param_count()})
+        req = request(1)
+        for _ in range(3):
+            timed(lambda: bare_call(adapter, [1], req))
+        bare = [timed(lambda: bare_call(adapter, [1], req)) for _ in range(SETUP.repeats)]
+        bare8 = [timed(lambda: bare_call(adapter, list(range(BATCH)), req)) for _ in range(5)]
+        encode = encode_parallelism(adapter)
+        await pool_latency(pool, MODEL, 2)
+        lat = await pool_latency(pool, MODEL, SETUP.repeats)
+        # The same 8 jobs awaited one after another: what a node without batching or concurrency serves.
+        seq_walls = [sum((await pool_latency(pool, MODEL, BATCH))["wall"]) for _ in range(2)]
+    async with open_pool(MODEL, "off", cache, 0.02) as (pool, _):
+        await concurrent_jobs(pool, MODEL, BATCH)
+        batch_walls = await repeat_async(5, lambda: concurrent_jobs_wall(pool, MODEL, BATCH))
+        stream8, stream8_device = [], []
+        for _ in range(3):
+            wall, device = await concurrent_jobs(pool, MODEL, n)
+            stream8.append(wall)
+            stream8_device += device
+    async with open_pool(MODEL_B1, "off", cache, 0.0) as (pool, _):
+        await concurrent_jobs(pool, MODEL_B1, BATCH)
+        stream1, stream1_device = [], []
+        for _ in range(3):
+            wall, device = await concurrent_jobs(pool, MODEL_B1, n)
+            stream1.append(wall)
+            stream1_device += device
     emit(
         out,
         {
             "phase": "eager",
             "bare_diffusers_ms": median_ms(bare),
-            "pool_eager_ms": median_ms(walls),
-            "pool_pipeline_ms": median_ms(pipes),
-            "pool_encode_ms": median_ms(encodes),
+            "pool_eager_ms": median_ms(lat["wall"]),
+            "pool_device_ms": median_ms(lat["device"]),
+            "pool_encode_ms": median_ms(lat["encode"]),
             "bare_diffusers_batch8_ms": median_ms(bare8),
             "pool_batch8_wall_ms": median_ms(batch_walls),
             "pool_sequential8_wall_ms": median_ms(seq_walls),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "stream_jobs": n,
+            "pool_stream_batch8_ms": median_ms(stream8),
+            "pool_stream_batch8_device_ms": median_ms(stream8_device),
+            "pool_stream_batch1_ms": median_ms(stream1),
+            "pool_stream_batch1_device_ms": median_ms(stream1_device),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if SETUP is GPU else 0.0,
+            **encode,
         },
     )
-    await cm.__aexit__(None, None, None)
     await compiled("compiled_cold", cache, out)
 
 
+async def concurrent_jobs_wall(pool: ModelPool, model: str, n: int) -> float:
+    return (await concurrent_jobs(pool, model, n))[0]
+
+
 async def compiled(phase: str, cache: Path, out: Path) -> None:
-    pool, cm, open_s = await open_pool("auto", cache, 0.0)
-    walls, pipes, encodes = await pool_latency(pool, REPEATS)
-    bare = await bare_in_pool_thread(pool, REPEATS)
-    row = pool.status()[0]
+    # Batches of 1 only: every other batch size would compile and record CUDA graphs again.
+    async with open_pool(MODEL_B1, "auto", cache, 0.0) as (pool, open_s):
+        lat = await pool_latency(pool, MODEL_B1, SETUP.repeats)
+        bare = await bare_in_pool_thread(pool, MODEL_B1, SETUP.repeats)
+        streams = [await concurrent_jobs(pool, MODEL_B1, SETUP.stream_jobs) for _ in range(3)]
+        row = pool.status()[0]
+    record: dict[str, Any] = {"phase": phase, "load_compile_warmup_s": round(open_s, 2), "compiled": list(row.compiled)}
+    record |= {"pool_compiled_ms": median_ms(lat["wall"]), "pool_device_ms": median_ms(lat["device"])}
+    record |= {"pool_encode_ms": median_ms(lat["encode"]), "bare_compiled_ms": median_ms(bare)}
+    record |= {"stream_jobs": SETUP.stream_jobs, "pool_stream_batch1_ms": median_ms([w for w, _ in streams])}
+    record |= {"pool_stream_batch1_device_ms": median_ms([d for _, ds in streams for d in ds])}
+    emit(out, record | {"speed_mpx_steps_per_s": row.speed_mpx_steps_per_s})
+
+
+async def svd(out: Path) -> None:
+    width, height = SETUP.svd_size
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 90, 60)).save(buf, format="PNG")
+    image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    async with open_pool(SVD_MODEL, "off", Path("/tmp/lpnode-bench-unused"), 0.0) as (pool, open_s):
+        adapter = pool._slots[SVD_MODEL].adapter
+        assert isinstance(adapter, BenchSVD) and adapter._pipe is not None
+        pipe = adapter._pipe
+        req = adapter.spec.build_request(PipelineKind.IMAGE_TO_VIDEO, image=buf.getvalue(), seed=3)
+
+        def bare_once() -> Any:
+            with torch.inference_mode():
+                return pipe(image=image, width=width, height=height, num_frames=SVD_FRAMES,
+                            num_inference_steps=SETUP.svd_steps, decode_chunk_size=8,
+                            generator=make_generator(3), output_type="pil")  # fmt: skip
+
+        # On the model's own thread, as the pool runs it.
+        first = await pool._in_slot_thread(pool._slots[SVD_MODEL], lambda: timed(bare_once))
+        bare = await pool._in_slot_thread(pool._slots[SVD_MODEL], lambda: timed(bare_once))
+        start = time.perf_counter()
+        video = await pool.run(SVD_MODEL, req)
+        wall = time.perf_counter() - start
+        params = adapter.param_count()
     emit(
         out,
         {
-            "phase": phase,
-            "load_compile_warmup_s": round(open_s, 2),
-            "compiled": list(row.compiled),
-            "pool_compiled_ms": median_ms(walls),
-            "pool_pipeline_ms": median_ms(pipes),
-            "pool_encode_ms": median_ms(encodes),
-            "bare_compiled_ms": median_ms(bare),
-            "speed_mpx_steps_per_s": row.speed_mpx_steps_per_s,
+            "phase": "svd",
+            "params": params,
+            "frames": SVD_FRAMES,
+            "steps": SETUP.svd_steps,
+            "size": f"{width}x{height}",
+            "load_s": round(open_s, 2),
+            "bare_first_s": round(first, 2),
+            "bare_s": round(bare, 2),
+            "pool_s": round(wall, 2),
+            "pool_device_s": round(video.timings_ms["device"] / 1000, 2),
+            "pool_encode_s": round(video.timings_ms["encode"] / 1000, 2),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if SETUP is GPU else 0.0,
         },
     )
-    await cm.__aexit__(None, None, None)
 
 
 def report(path: Path) -> str:
-    """Markdown table of one run's phases; every ratio is against a baseline of the same run."""
+    """Markdown tables of one run's phases; every ratio is against a baseline of the same run."""
     rows = {r["phase"]: r for r in map(json.loads, path.read_text().splitlines())}
     e, load = rows["eager"], rows["cold_load_eager"]
     bare = e["bare_diffusers_ms"]
     lines = [
         f"GPU: {e['gpu']}, torch {e['torch']}, {load['params'] / 1e9:.2f}B params (UNet + VAE), fp16, "
-        f"{SIZE}×{SIZE}, 1 step",
+        f"{SETUP.size}×{SETUP.size}, 1 step",
         "",
-        "| figure | ms | against bare eager diffusers (batch 1) |",
+        "| batch-1 latency | ms | against bare eager diffusers (batch 1) |",
         "|---|---|---|",
-        f"| bare diffusers call, batch 1 (PIL out) | {bare} | 1.00 |",
-        f"| pool eager: pipeline stage | {e['pool_pipeline_ms']} | {e['pool_pipeline_ms'] / bare:.2f}× the time |",
-        f"| pool eager: PNG + hashes + fingerprints | {e['pool_encode_ms']} | |",
-        f"| pool eager: whole `await pool.run` | {e['pool_eager_ms']} | {e['pool_eager_ms'] / bare:.2f}× the time |",
+        f"| bare diffusers call (PIL out) | {bare} | 1.00 |",
+        f"| pool eager: device stage | {e['pool_device_ms']} | {bare / e['pool_device_ms']:.2f}× faster |",
+        f"| pool eager: output stage (PNG + hashes + fingerprints) | {e['pool_encode_ms']} | |",
+        f"| pool eager: whole `await pool.run` | {e['pool_eager_ms']} | {bare / e['pool_eager_ms']:.2f}× faster |",
     ]
     for phase, name in (("compiled_cold", "cold cache"), ("compiled_warm", "warm cache")):
         if r := rows.get(phase):
             lines += [
                 f"| compiled ({name}): bare call on the pool's thread | {r['bare_compiled_ms']} "
                 f"| {bare / r['bare_compiled_ms']:.2f}× faster |",
-                f"| compiled ({name}): pool pipeline stage | {r['pool_pipeline_ms']} "
-                f"| {bare / r['pool_pipeline_ms']:.2f}× faster |",
-                f"| compiled ({name}): whole `await pool.run` (encode {r['pool_encode_ms']} ms) "
+                f"| compiled ({name}): pool device stage | {r['pool_device_ms']} "
+                f"| {bare / r['pool_device_ms']:.2f}× faster |",
+                f"| compiled ({name}): whole `await pool.run` (output stage {r['pool_encode_ms']} ms) "
                 f"| {r['pool_compiled_ms']} | {bare / r['pool_compiled_ms']:.2f}× faster |",
             ]
     seq, b8, bare8 = e["pool_sequential8_wall_ms"], e["pool_batch8_wall_ms"], e["bare_diffusers_batch8_ms"]
+    n, s1, s8 = e["stream_jobs"], e["pool_stream_batch1_ms"], e["pool_stream_batch8_ms"]
     lines += [
         "",
-        "| throughput (eager) | ms for 8 images | images/s | ratio |",
-        "|---|---|---|---|",
-        f"| bare diffusers, batch 1 | {8 * bare:.0f} | {8000 / (8 * bare):.1f} | 1.00 |",
-        f"| bare diffusers, batch 8 | {bare8} | {8000 / bare8:.1f} | {8 * bare / bare8:.2f} |",
-        f"| pool, 8 jobs one after another | {seq} | {8000 / seq:.1f} | 1.00 |",
-        f"| pool, 8 concurrent jobs (one run_batch) | {b8} | {8000 / b8:.1f} | {seq / b8:.2f} |",
+        "| throughput | images | ms | images/s | ratio |",
+        "|---|---|---|---|---|",
+        f"| bare diffusers eager, batch 1 | 8 | {8 * bare:.0f} | {8000 / (8 * bare):.1f} | 1.00 |",
+        f"| bare diffusers eager, batch 8 | 8 | {bare8} | {8000 / bare8:.1f} | {8 * bare / bare8:.2f} |",
+        f"| pool eager, 8 jobs awaited one after another | 8 | {seq} | {8000 / seq:.1f} | 1.00 |",
+        f"| pool eager, 8 concurrent jobs (one batch) | 8 | {b8} | {8000 / b8:.1f} | {seq / b8:.2f} |",
+        f"| pool eager, {n} concurrent jobs, batches of 1 (device stage {e['pool_stream_batch1_device_ms']} ms) "
+        f"| {n} | {s1} | {1000 * n / s1:.1f} | 1.00 |",
+        f"| pool eager, {n} concurrent jobs, batches of 8 (device stage {e['pool_stream_batch8_device_ms']} ms) "
+        f"| {n} | {s8} | {1000 * n / s8:.1f} | {s1 / s8:.2f} |",
+    ]
+    for phase, name in (("compiled_cold", "cold cache"), ("compiled_warm", "warm cache")):
+        if r := rows.get(phase):
+            sc = r["pool_stream_batch1_ms"]
+            lines.append(
+                f"| pool compiled ({name}), {r['stream_jobs']} concurrent jobs, batches of 1 "
+                f"(device stage {r['pool_stream_batch1_device_ms']} ms) | {r['stream_jobs']} | {sc} "
+                f"| {1000 * r['stream_jobs'] / sc:.1f} | {s1 / sc * r['stream_jobs'] / n:.2f} |"
+            )
+    lines += [
+        "",
+        f"Output stage of 8 images on the GPU machine's CPU: {e['encode_serial_ms_per_image']} ms an image one "
+        f"after another, {e['encode_8_threads_ms']} ms for all 8 on 8 threads.",
         "",
         "| start-up | s |",
         "|---|---|",
@@ -354,20 +550,34 @@ def report(path: Path) -> str:
             lines.append(
                 f"| load + compile + CUDA-graph warm-up, inductor cache {name} | {r['load_compile_warmup_s']} |"
             )
+    if v := rows.get("svd"):
+        lines += [
+            "",
+            f"SVD-XT-size ({v['params'] / 1e9:.2f}B params), eager, {v['size']}, {v['frames']} frames, "
+            f"{v['steps']} steps: bare call {v['bare_s']} s (first {v['bare_first_s']} s); `await pool.run` "
+            f"{v['pool_s']} s = device stage {v['pool_device_s']} s + H.264 output stage {v['pool_encode_s']} s "
+            f"({v['pool_device_s'] / v['bare_s']:.2f}× the bare call on the device); peak {v['peak_gib']} GiB.",
+        ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str]) -> None:
+    global SETUP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("phase", choices=("eager-and-cold", "warm-cache", "report"))
+    parser.add_argument("phase", choices=("eager-and-cold", "warm-cache", "svd", "report"))
     parser.add_argument("file", nargs="?", type=Path)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lpnode-bench-inductor"))
     parser.add_argument("--out", type=Path, default=Path("bench-models.jsonl"))
+    parser.add_argument("--smoke", action="store_true", help="tiny configs on the CPU: checks the code, not speed")
     args = parser.parse_args(argv)
+    if args.smoke:
+        SETUP = SMOKE
     if args.phase == "report":
         print(report(args.file or args.out))
     elif args.phase == "eager-and-cold":
         trio.run(eager_and_cold, args.cache, args.out)
+    elif args.phase == "svd":
+        trio.run(svd, args.out)
     else:
         trio.run(compiled, "compiled_warm", args.cache, args.out)
 

@@ -7,7 +7,8 @@ What the rest of lpnode uses:
 * ``adapter.load(device, dtype)`` / ``unload()`` / ``footprint()`` / ``weights_sha256()``.
 * ``adapter.spec.build_request(kind, **params)`` → a frozen request;
   ``adapter.run(request, cancel=..., progress=...)`` → :class:`ImageOutput` or :class:`VideoOutput`;
-  ``batch_key`` + ``run_batch`` for compatible requests.
+  ``batch_key`` + ``run_batch`` for compatible requests. ``run`` is ``finish(generate(...))``: the
+  device stage returns :class:`RawImage` / :class:`RawVideo` pixels, the output stage encodes them.
 * The error tree rooted at :class:`ModelError` (``lpnode.models.errors``).
 * ``open_model_pool(PoolConfig(...))`` → the warm pool (``lpnode.models.pool``):
   ``await pool.run(model, request, progress=...)``, ``pool.status()``, ``model_offers(...)``.
@@ -27,6 +28,7 @@ from .base import (
     Output,
     PipelineKind,
     Preset,
+    RawOutput,
     Request,
     StepProgress,
     TextToImageRequest,
@@ -48,7 +50,7 @@ from .errors import (
     UnsupportedPipeline,
     WeightsMissing,
 )
-from .outputs import ImageOutput, VideoOutput
+from .outputs import ImageOutput, RawImage, RawVideo, VideoOutput
 from .pool import ModelPool, ModelStatus, PoolConfig, model_offers, open_model_pool
 
 __all__ = [
@@ -77,6 +79,9 @@ __all__ = [
     "PoolConfig",
     "PoolError",
     "Preset",
+    "RawImage",
+    "RawOutput",
+    "RawVideo",
     "Request",
     "StepProgress",
     "TextToImageRequest",

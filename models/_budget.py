@@ -68,6 +68,15 @@ def _available_ram() -> int:
         return 4 * 2**30
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: how many output stages the pool encodes at once by default."""
+    # The affinity mask, not os.cpu_count(): containers often see the host's CPUs but may use fewer.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Resident:
     """A model that holds (or is about to hold) memory, as eviction sees it."""

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from lpnode.protocol.advert import ModelOffer
 
-from .base import PipelineKind
+from .base import ImageToImageRequest, PipelineKind, RawOutput, Request
+from .outputs import RawImage
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,12 @@ def model_offers(rows: Sequence[ModelStatus], price_per_mpx_step: int) -> tuple[
         for row in rows
         for kind in row.pipelines
     )
+
+
+def mpx_steps(request: Request, raw: RawOutput) -> float:
+    """Megapixel-steps of work in one output (AI Horde's unit): pixels × frames × denoising steps."""
+    steps = getattr(request, "num_inference_steps", 1)
+    if isinstance(request, ImageToImageRequest):
+        steps = max(1, int(steps * request.strength))
+    frames = 1 if isinstance(raw, RawImage) else raw.num_frames
+    return raw.width * raw.height * frames * steps / 1e6

@@ -17,7 +17,12 @@ Running (call from a worker thread: ``await trio.to_thread.run_sync(...)``)::
 
     request = adapter.spec.build_request(PipelineKind.TEXT_TO_IMAGE, prompt="a cat", seed=7)
     adapter.check_inputs(request)          # ParameterError, no device work; run() repeats it
-    output = adapter.run(request, cancel=token, progress=callback)
+    output = adapter.run(request, cancel=token, progress=callback)   # ImageOutput / VideoOutput
+
+``run`` is two stages, which the pool runs apart so the device never waits for a PNG encoder::
+
+    raw = adapter.generate(request, cancel=token, progress=callback)  # device stage: RawImage / RawVideo
+    output = adapter.finish(raw)                                        # output stage: encode, hash, fingerprint
 
 Contract details an adapter implementer must keep:
 
@@ -42,6 +47,11 @@ Contract details an adapter implementer must keep:
   tolerance (not bit-exactly: batched kernels may sum in another order).
   ``run_batch`` takes one cancel token for the whole batch: the pool should pass
   ``CancelToken.all_of(tokens)`` and drop the outputs of jobs cancelled on their own.
+* **Stages.** ``_generate`` returns raw pixels (:class:`RawImage` / :class:`RawVideo`,
+  uint8) and never encodes: whatever it does runs while the pool holds the device.
+  Its ``timings_ms`` name the device-stage steps; ``generate_batch`` adds ``"device"``
+  (wall ms of the whole device stage of the batch) and ``finish`` adds ``"encode"``.
+  ``finish`` must stay thread-safe and device-free: the pool runs several at once.
 * **Errors.** Device OOM surfaces as :class:`~lpnode.models.errors.OutOfMemory`
   (the adapter stays usable); everything deliberate derives from ``ModelError``.
 * Adapters never read ``os.environ`` and never download: real presets load with
@@ -62,188 +72,65 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
-from .errors import Cancelled, NotLoaded, OutOfMemory, ParameterError, UnsupportedPipeline
-from .outputs import ImageOutput, VideoOutput
-
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed accepts any int64; keep seeds msgpack-friendly
-MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens anyway; this only bounds the wire size
-
-
-class PipelineKind(StrEnum):
-    """What a job asks for; the values are the names used on the wire and in the CLI."""
-
-    TEXT_TO_IMAGE = "text-to-image"
-    IMAGE_TO_IMAGE = "image-to-image"
-    IMAGE_TO_VIDEO = "image-to-video"
-    UPSCALE = "upscale"
-    FRAME_INTERPOLATION = "frame-interpolation"
-
-
-# --- bounds helpers (shared by request classes and adapters) -------------------------------
-
-
-def check_int(name: str, value: object, lo: int, hi: int) -> None:
-    """Raise ParameterError unless ``value`` is an int (not bool) in ``[lo, hi]``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ParameterError(name, value, f"an integer in [{lo}, {hi}]")
-
-
-def check_float(name: str, value: object, lo: float, hi: float) -> None:
-    """Raise ParameterError unless ``value`` is a finite real number in ``[lo, hi]``."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and lo <= value <= hi
-    if not ok:
-        raise ParameterError(name, value, f"a number in [{lo}, {hi}]")
-
-
-def check_multiple(name: str, value: int, multiple: int) -> None:
-    if value % multiple:
-        raise ParameterError(name, value, f"a multiple of {multiple}")
-
-
-def _check_prompt(name: str, value: object) -> None:
-    if not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS:
-        raise ParameterError(name, value, f"a string of at most {MAX_PROMPT_CHARS} characters")
-
-
-def _check_bytes(name: str, value: object) -> None:
-    if not isinstance(value, bytes) or not value:
-        raise ParameterError(name, f"<{type(value).__name__}>", "non-empty encoded bytes (PNG/JPEG/MP4)")
-
-
-# --- requests ------------------------------------------------------------------------------
-# Absolute bounds live in __post_init__; model-specific ones in ModelAdapter.check_inputs.
-# Bulky fields are repr=False so logs stay readable.
-
-
-@dataclass(frozen=True)
-class TextToImageRequest:
-    kind: ClassVar[PipelineKind] = PipelineKind.TEXT_TO_IMAGE
-    prompt: str
-    seed: int
-    width: int = 512  # pixels
-    height: int = 512  # pixels
-    num_inference_steps: int = 1
-    guidance_scale: float = 0.0  # <= 1 disables classifier-free guidance (SDXL-Turbo default)
-    negative_prompt: str = ""
-
-    def __post_init__(self) -> None:
-        _check_prompt("prompt", self.prompt)
-        _check_prompt("negative_prompt", self.negative_prompt)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        check_int("width", self.width, 8, 8192)
-        check_int("height", self.height, 8, 8192)
-        check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
-        check_float("guidance_scale", self.guidance_scale, 0.0, 50.0)
-
-
-@dataclass(frozen=True)
-class ImageToImageRequest:
-    """Output size is the input image's size."""
-
-    kind: ClassVar[PipelineKind] = PipelineKind.IMAGE_TO_IMAGE
-    prompt: str
-    image: bytes = field(repr=False)  # PNG or JPEG
-    seed: int
-    strength: float = 0.5  # share of the schedule re-noised: 0 keeps the image, 1 ignores it
-    num_inference_steps: int = 2
-    guidance_scale: float = 0.0
-    negative_prompt: str = ""
-
-    def __post_init__(self) -> None:
-        _check_prompt("prompt", self.prompt)
-        _check_prompt("negative_prompt", self.negative_prompt)
-        _check_bytes("image", self.image)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        check_float("strength", self.strength, 0.01, 1.0)
-        check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
-        check_float("guidance_scale", self.guidance_scale, 0.0, 50.0)
-
-
-@dataclass(frozen=True)
-class ImageToVideoRequest:
-    """The conditioning image is resized (center-cropped) to width × height."""
-
-    kind: ClassVar[PipelineKind] = PipelineKind.IMAGE_TO_VIDEO
-    image: bytes = field(repr=False)
-    seed: int
-    width: int = 1024  # pixels
-    height: int = 576  # pixels
-    num_frames: int = 14
-    fps: int = 7  # frames per second; SVD also conditions on it (micro-conditioning)
-    motion_bucket_id: int = 127  # SVD motion amount, 0..255
-    noise_aug_strength: float = 0.02
-    num_inference_steps: int = 25
-    min_guidance_scale: float = 1.0
-    max_guidance_scale: float = 3.0
-    decode_chunk_size: int = 8  # frames decoded at once; lower saves VRAM, same output
-
-    def __post_init__(self) -> None:
-        _check_bytes("image", self.image)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        check_int("width", self.width, 8, 4096)
-        check_int("height", self.height, 8, 4096)
-        check_int("num_frames", self.num_frames, 2, 256)
-        check_int("fps", self.fps, 1, 120)
-        check_int("motion_bucket_id", self.motion_bucket_id, 0, 255)
-        check_float("noise_aug_strength", self.noise_aug_strength, 0.0, 1.0)
-        check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
-        check_float("min_guidance_scale", self.min_guidance_scale, 0.0, 50.0)
-        check_float("max_guidance_scale", self.max_guidance_scale, self.min_guidance_scale, 50.0)
-        check_int("decode_chunk_size", self.decode_chunk_size, 1, 256)
-
-
-@dataclass(frozen=True)
-class UpscaleRequest:
-    """Single pass, no noise: ``seed`` is kept only so every request and receipt has one."""
-
-    kind: ClassVar[PipelineKind] = PipelineKind.UPSCALE
-    image: bytes = field(repr=False)
-    scale: int = 4  # output side / input side; must be one of spec.limits.scales
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_bytes("image", self.image)
-        check_int("scale", self.scale, 1, 16)
-        check_int("seed", self.seed, 0, MAX_SEED)
-
-
-@dataclass(frozen=True)
-class FrameInterpolationRequest:
-    """``multiplier - 1`` frames are inserted between each pair of input frames.
-
-    The output keeps the input's duration: its fps is the input fps × multiplier.
-    """
-
-    kind: ClassVar[PipelineKind] = PipelineKind.FRAME_INTERPOLATION
-    video: bytes = field(repr=False)  # MP4 (any codec FFmpeg decodes)
-    multiplier: int = 2  # must be one of spec.limits.scales
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_bytes("video", self.video)
-        check_int("multiplier", self.multiplier, 2, 16)
-        check_int("seed", self.seed, 0, MAX_SEED)
-
-
-Request: TypeAlias = (
-    TextToImageRequest | ImageToImageRequest | ImageToVideoRequest | UpscaleRequest | FrameInterpolationRequest
+from ._requests import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    REQUEST_TYPES,
+    FrameInterpolationRequest,
+    ImageToImageRequest,
+    ImageToVideoRequest,
+    PipelineKind,
+    Request,
+    TextToImageRequest,
+    UpscaleRequest,
+    check_float,
+    check_int,
+    check_multiple,
 )
+from .errors import Cancelled, NotLoaded, OutOfMemory, ParameterError, UnsupportedPipeline
+from .outputs import ImageOutput, RawImage, RawOutput, RawVideo, VideoOutput, finish_output
+
+__all__ = [
+    "MAX_PROMPT_CHARS",
+    "MAX_SEED",
+    "NEVER_CANCELLED",
+    "REQUEST_TYPES",
+    "CancelToken",
+    "Footprint",
+    "FrameInterpolationRequest",
+    "ImageToImageRequest",
+    "ImageToVideoRequest",
+    "Limits",
+    "ModelAdapter",
+    "ModelSpec",
+    "Output",
+    "PipelineKind",
+    "Preset",
+    "ProgressCallback",
+    "RawImage",
+    "RawOutput",
+    "RawVideo",
+    "Request",
+    "StageTimer",
+    "StepProgress",
+    "TextToImageRequest",
+    "UpscaleRequest",
+    "check_float",
+    "check_int",
+    "check_multiple",
+    "check_output_size",
+    "make_generator",
+    "to_uint8_rgb",
+]
+
 Output: TypeAlias = ImageOutput | VideoOutput
-
-REQUEST_TYPES: Mapping[PipelineKind, type[Request]] = {
-    PipelineKind.TEXT_TO_IMAGE: TextToImageRequest,
-    PipelineKind.IMAGE_TO_IMAGE: ImageToImageRequest,
-    PipelineKind.IMAGE_TO_VIDEO: ImageToVideoRequest,
-    PipelineKind.UPSCALE: UpscaleRequest,
-    PipelineKind.FRAME_INTERPOLATION: FrameInterpolationRequest,
-}
-
 
 # --- model description ---------------------------------------------------------------------
 
@@ -347,6 +234,18 @@ NEVER_CANCELLED = CancelToken()  # shared default; nobody calls cancel() on it
 def make_generator(seed: int) -> torch.Generator:
     """The only source of randomness for a request: a CPU generator, identical on every machine."""
     return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def to_uint8_rgb(images: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """``(..., 3, H, W)`` floats in [0, 1] to ``(..., H, W, 3)`` uint8 on the CPU.
+
+    Quantised on the tensor's device, so only a quarter of the bytes cross to the
+    host and the CPU does no per-pixel work inside the device stage. The arithmetic
+    is diffusers' ``numpy_to_pil`` (float32 ``x * 255``, round half to even), which
+    IEEE float32 makes exact on any device: the pixels equal ``output_type="pil"``'s.
+    """
+    quantised = (images.float() * 255.0).round().clamp(0.0, 255.0).to(torch.uint8)
+    return quantised.movedim(-3, -1).contiguous().cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -476,8 +375,8 @@ class ModelAdapter(ABC):
         cancel: CancelToken | None = None,
         progress: ProgressCallback | None = None,
     ) -> Output:
-        """Run one request synchronously. Raises ParameterError, NotLoaded, Cancelled, OutOfMemory."""
-        return self.run_batch([request], cancel=cancel, progress=progress)[0]
+        """Both stages of one request. Raises ParameterError, NotLoaded, Cancelled, OutOfMemory."""
+        return self.finish(self.generate(request, cancel=cancel, progress=progress))
 
     def run_batch(
         self,
@@ -486,7 +385,27 @@ class ModelAdapter(ABC):
         cancel: CancelToken | None = None,
         progress: ProgressCallback | None = None,
     ) -> list[Output]:
-        """Run requests that share one batch key together; outputs in request order.
+        """Both stages of a batch (see ``generate_batch``); outputs in request order."""
+        return [self.finish(raw) for raw in self.generate_batch(requests, cancel=cancel, progress=progress)]
+
+    def generate(
+        self,
+        request: Request,
+        *,
+        cancel: CancelToken | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> RawOutput:
+        """The device stage of one request: raw pixels, not yet encoded."""
+        return self.generate_batch([request], cancel=cancel, progress=progress)[0]
+
+    def generate_batch(
+        self,
+        requests: Sequence[Request],
+        *,
+        cancel: CancelToken | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[RawOutput]:
+        """The device stage of requests that share one batch key; raw outputs in request order.
 
         A single request, or requests whose key is None, need no shared key (they
         run one after another). Mixing keys is a caller bug (ValueError).
@@ -500,8 +419,8 @@ class ModelAdapter(ABC):
         keys = {self.batch_key(r) for r in requests}
         if len(requests) > 1 and (None in keys or len(keys) > 1):
             if None not in keys:
-                raise ValueError(f"run_batch got requests with different batch keys: {keys}")
-            return [self.run(r, cancel=cancel, progress=progress) for r in requests]
+                raise ValueError(f"generate_batch got requests with different batch keys: {keys}")
+            return [self.generate(r, cancel=cancel, progress=progress) for r in requests]
         if not self.loaded:
             raise NotLoaded(f"{self.spec.name} is not loaded; call load() first")
         token = cancel or NEVER_CANCELLED
@@ -509,11 +428,19 @@ class ModelAdapter(ABC):
         cuda = self.device is not None and self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
         with _map_oom(), torch.inference_mode():
-            outputs = self._generate(requests, token, progress or _no_progress)
+            raws = self._generate(requests, token, progress or _no_progress)
+        device_ms = (time.perf_counter() - start) * 1000.0
         if cuda:
             self._peak_run_bytes = torch.cuda.max_memory_allocated(self.device)
-        return outputs
+        for raw in raws:
+            raw.timings_ms["device"] = device_ms
+        return raws
+
+    def finish(self, raw: RawOutput) -> Output:
+        """The output stage: encode, hash and fingerprint. Thread-safe; touches no device or model state."""
+        return finish_output(raw)
 
     # for subclasses ------------------------------------------------------------------------
 
@@ -534,8 +461,13 @@ class ModelAdapter(ABC):
         """See ``lpnode.models.weights``: file hash for real presets, state-dict hash for tiny ones."""
 
     @abstractmethod
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
-        """The numbered stages. Inputs are checked, the model is loaded, inference_mode is on."""
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
+        """The numbered device stages, ending in raw pixels (never encoded here: the device is held).
+
+        Inputs are checked, the model is loaded, inference_mode is on.
+        """
 
 
 def check_output_size(limits: Limits, width: int, height: int) -> None:

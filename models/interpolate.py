@@ -1,8 +1,9 @@
 """Frame interpolation with RIFE's IFNet: a video in, ``multiplier`` × the frames out.
 
 Stages: (1) probe and decode the MP4, (2) for each pair of consecutive frames
-synthesise ``multiplier - 1`` in-between frames at t = i / multiplier, (3) encode
-the input frames with the new ones between them as H.264 at ``fps × multiplier``.
+synthesise ``multiplier - 1`` in-between frames at t = i / multiplier; then the
+output stage (``ModelAdapter.finish``, off the device) encodes the input frames
+with the new ones between them as H.264 at ``fps × multiplier``.
 So ``n`` input frames give ``(n - 1) · multiplier + 1`` output frames and the
 duration is kept.
 
@@ -16,7 +17,6 @@ skip static frames: the output is a pure function of the input.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .base import (
     CancelToken,
@@ -35,7 +34,6 @@ from .base import (
     Limits,
     ModelAdapter,
     ModelSpec,
-    Output,
     PipelineKind,
     Preset,
     ProgressCallback,
@@ -47,7 +45,7 @@ from .base import (
 )
 from .errors import ModelLoadError, NotLoaded, ParameterError
 from .ifnet import TRAINING_ONLY_PREFIXES, IFNet, IFNetConfig, pad_multiple, unwrap_rife_state
-from .outputs import VideoOutput, decode_video_bytes
+from .outputs import RawOutput, RawVideo, decode_video_bytes
 from .statedict import StateDictError, file_sha256, load_published, locate_weight_file, read_published
 from .weights import hash_modules, tiny_init
 
@@ -241,9 +239,11 @@ class InterpolateAdapter(ModelAdapter):
             if probe.fps <= 0:
                 raise ParameterError("video", "no frame rate", "a video whose container states its frame rate")
 
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
         assert self._net is not None
-        outputs: list[Output] = []
+        outputs: list[RawOutput] = []
         for request in requests:
             assert isinstance(request, FrameInterpolationRequest)
             timer = StageTimer()
@@ -257,11 +257,7 @@ class InterpolateAdapter(ModelAdapter):
                 result = interpolate_frames(
                     self._net, frames, request.multiplier, self.setup.timesteps_per_pass, cancel, progress
                 )
-            with timer.stage("encode"):
-                video = VideoOutput.from_frames(
-                    [Image.fromarray(f, mode="RGB") for f in result], fps * request.multiplier
-                )
-            outputs.append(dataclasses.replace(video, timings_ms=timer.ms))
+            outputs.append(RawVideo(tuple(result), fps * request.multiplier, timer.ms))
         return outputs
 
 

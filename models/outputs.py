@@ -1,4 +1,13 @@
-"""What a pipeline returns: encoded bytes plus the hashes a receipt signs.
+"""What a pipeline returns: raw pixels from the device stage, then encoded bytes plus the hashes a receipt signs.
+
+A job has two stages. The *device stage* (``ModelAdapter.generate_batch``) runs while
+the pool holds the device and returns :class:`RawImage` / :class:`RawVideo`: uint8
+pixels, nothing encoded. The *output stage* (:func:`finish_output`) turns them into
+:class:`ImageOutput` / :class:`VideoOutput`: PNG or MP4 bytes, hashes, fingerprints.
+It touches no device and is thread-safe, and zlib, x264 and hashlib release the GIL
+for most of it, so the pool runs it in worker threads outside the device limiter:
+on an H100 it took 64-88 ms per 512² image, as long as a compiled SDXL-Turbo call,
+and used to hold the GPU idle for that time (docs/benchmarks.md).
 
 Two hashes per output, because they answer different questions: ``sha256`` over
 the encoded bytes says "this is the file I sent", ``pixel_sha256`` over the
@@ -17,9 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TypeAlias
 
 import av
 import imagehash
@@ -35,6 +46,67 @@ PNG_COMPRESS_LEVEL = 6
 H264_CRF = 18  # visually lossless for generated content; keeps per-frame hashes stable under re-decode
 
 
+def _check_rgb(name: str, array: RGB) -> None:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"{name} must be H × W × 3 uint8 RGB, got {array.dtype} {array.shape}")
+
+
+@dataclass(frozen=True, eq=False)
+class RawImage:
+    """One image as the device stage leaves it: pixels not yet encoded."""
+
+    pixels: RGB = field(repr=False)  # H × W × 3 uint8
+    # Device-stage wall times by stage name; the output stage adds "encode".
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_rgb("RawImage.pixels", self.pixels)
+
+    @classmethod
+    def from_pil(cls, image: Image.Image, timings_ms: dict[str, float] | None = None) -> RawImage:
+        return cls(np.asarray(image.convert("RGB"), dtype=np.uint8), dict(timings_ms or {}))
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class RawVideo:
+    """One video as the device stage leaves it: frames not yet encoded, and their rate."""
+
+    frames: tuple[RGB, ...] = field(repr=False)  # each H × W × 3 uint8, all one size
+    fps: float  # frames per second of the video to encode
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.frames:
+            raise ValueError("RawVideo needs at least one frame")
+        for index, frame in enumerate(self.frames):
+            _check_rgb(f"RawVideo.frames[{index}]", frame)
+            if frame.shape != self.frames[0].shape:
+                raise ValueError(f"RawVideo.frames[{index}] is {frame.shape}, frame 0 is {self.frames[0].shape}")
+
+    @property
+    def width(self) -> int:
+        return int(self.frames[0].shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames[0].shape[0])
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+
+RawOutput: TypeAlias = RawImage | RawVideo
+
+
 @dataclass(frozen=True)
 class ImageOutput:
     png: bytes = field(repr=False)
@@ -48,25 +120,26 @@ class ImageOutput:
 
     @classmethod
     def from_pil(cls, image: Image.Image, timings_ms: dict[str, float] | None = None) -> ImageOutput:
-        rgb = image.convert("RGB")
-        png = encode_png(rgb)
-        # Hash pixels decoded from the bytes we send, not the ones we hold, so a verifier
-        # holding only the file computes the same value.
-        decoded = decode_image_bytes(png)
-        return cls(
-            png=png,
-            width=rgb.width,
-            height=rgb.height,
-            sha256=hashlib.sha256(png).hexdigest(),
-            pixel_sha256=pixel_sha256(decoded),
-            phash=str(imagehash.phash(decoded)),
-            dhash=str(imagehash.dhash(decoded)),
-            timings_ms=dict(timings_ms or {}),
-        )
+        return cls.from_array(np.asarray(image.convert("RGB"), dtype=np.uint8), timings_ms)
 
     @classmethod
     def from_array(cls, array: RGB, timings_ms: dict[str, float] | None = None) -> ImageOutput:
-        return cls.from_pil(Image.fromarray(array, mode="RGB"), timings_ms)
+        _check_rgb("image", array)
+        image = Image.fromarray(array, mode="RGB")
+        png = encode_png(image)
+        # The hashes are of the pixels a verifier decodes from the file. PNG is lossless
+        # for 8-bit RGB, so those are exactly the pixels held here (a test checks it):
+        # decoding the file again would cost ~10 % of the output stage for nothing.
+        return cls(
+            png=png,
+            width=image.width,
+            height=image.height,
+            sha256=hashlib.sha256(png).hexdigest(),
+            pixel_sha256=hashlib.sha256(np.ascontiguousarray(array).data).hexdigest(),
+            phash=str(imagehash.phash(image)),
+            dhash=str(imagehash.dhash(image)),
+            timings_ms=dict(timings_ms or {}),
+        )
 
     def to_pil(self) -> Image.Image:
         return decode_image_bytes(self.png)
@@ -87,7 +160,7 @@ class VideoOutput:
 
     @classmethod
     def from_frames(
-        cls, frames: Sequence[Image.Image], fps: float, timings_ms: dict[str, float] | None = None
+        cls, frames: Sequence[Image.Image | RGB], fps: float, timings_ms: dict[str, float] | None = None
     ) -> VideoOutput:
         mp4 = encode_mp4(frames, fps)
         decoded, _ = decode_video_bytes(mp4)
@@ -111,6 +184,22 @@ class VideoOutput:
         return decode_video_bytes(self.mp4)[0]
 
 
+def finish_output(raw: RawOutput) -> ImageOutput | VideoOutput:
+    """The output stage: encode, hash and fingerprint; adds ``timings_ms["encode"]``.
+
+    Pure CPU work, safe to call from several threads at once. The result depends
+    only on the pixels (and fps), so it is deterministic wherever it runs.
+    """
+    start = time.perf_counter()
+    output: ImageOutput | VideoOutput
+    if isinstance(raw, RawImage):
+        output = ImageOutput.from_array(raw.pixels, raw.timings_ms)
+    else:
+        output = VideoOutput.from_frames(raw.frames, raw.fps, raw.timings_ms)
+    output.timings_ms["encode"] = (time.perf_counter() - start) * 1000.0
+    return output
+
+
 def pixel_sha256(image: Image.Image) -> str:
     return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
 
@@ -132,11 +221,15 @@ def decode_image_bytes(data: bytes, field_name: str = "image") -> Image.Image:
         raise ParameterError(field_name, f"<{len(data)} bytes>", f"a PNG or JPEG image ({exc})") from exc
 
 
-def encode_mp4(frames: Sequence[Image.Image], fps: float) -> bytes:
-    """H.264 (yuv420p) in an MP4, in memory. Width and height must be even (4:2:0 chroma)."""
+def encode_mp4(frames: Sequence[Image.Image | RGB], fps: float) -> bytes:
+    """H.264 (yuv420p) in an MP4, in memory. Width and height must be even (4:2:0 chroma).
+
+    Frames are PIL images or H × W × 3 uint8 arrays; equal pixels give equal bytes either way.
+    """
     if not frames:
         raise ValueError("encode_mp4 needs at least one frame")
-    width, height = frames[0].size
+    first = frames[0]
+    width, height = first.size if isinstance(first, Image.Image) else (first.shape[1], first.shape[0])
     if width % 2 or height % 2:
         raise ValueError(f"H.264 yuv420p needs even sides, got {width}x{height}")
     rate = Fraction(fps).limit_denominator(1001)
@@ -153,12 +246,19 @@ def encode_mp4(frames: Sequence[Image.Image], fps: float) -> bytes:
         # without it the same frames give the same bytes every time.
         stream.options = {"crf": str(H264_CRF), "preset": "medium", "x264-params": "mbtree=0"}
         for image in frames:
-            frame = av.VideoFrame.from_image(image.convert("RGB"))  # type: ignore[no-untyped-call]
+            frame = _video_frame(image)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
     return buf.getvalue()
+
+
+def _video_frame(image: Image.Image | RGB) -> av.VideoFrame:
+    if isinstance(image, Image.Image):
+        frame: av.VideoFrame = av.VideoFrame.from_image(image.convert("RGB"))  # type: ignore[no-untyped-call]
+        return frame
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
 
 
 def decode_video_bytes(data: bytes, field_name: str = "video") -> tuple[list[Image.Image], float]:

@@ -13,12 +13,19 @@ image), queues it on the model's slot and waits. Each served model has one
 dispatcher task in the pool's nursery that loads the model when a job needs it
 (evicting least-recently-used idle models if the budget is full), gathers
 queued jobs with the same ``batch_key`` for up to ``batch_window_s``, takes the
-device limiter and calls ``run_batch`` on the model's own thread. Callers never
-run device work themselves, so a caller that is cancelled simply leaves: its
-cancel token is set, and the dispatcher waits for the worker to stop between
-steps before it gives the device to anyone else (threads are never abandoned
-holding the GPU). Progress goes back to the event loop through
-``TrioToken.run_sync_soon``, which never blocks the worker and keeps order.
+device limiter and calls ``generate_batch`` (the device stage: raw pixels) on the
+model's own thread. Callers never run device work themselves, so a caller that
+is cancelled simply leaves: its cancel token is set, and the dispatcher waits for
+the worker to stop between steps before it gives the device to anyone else
+(threads are never abandoned holding the GPU). Progress goes back to the event
+loop through ``TrioToken.run_sync_soon``, which never blocks the worker and keeps order.
+
+The output stage (PNG/MP4 encoding, hashes, fingerprints: ``adapter.finish``) runs
+in the caller's task, in a worker thread under its own limiter, after the device
+limiter is released: the device starts the next batch while the last one encodes,
+and the outputs of one batch encode in parallel (zlib, x264 and hashlib release
+the GIL). Encoding inside the device stage cost 64-88 ms per 512² image on an H100
+and held batch 8 at 1.8× the images/s of batch 1 (docs/benchmarks.md).
 
 Memory accounting is in ``_budget`` and the compiled warm path in ``_compile``.
 """
@@ -40,14 +47,14 @@ import torch
 import trio
 
 from . import registry
-from ._budget import Resident, choose_evictions, detect_budget, estimate_cost, measured_cost
+from ._budget import Resident, choose_evictions, detect_budget, estimate_cost, measured_cost, usable_cpus
 from ._compile import CompileSetting, compile_and_warm, configure_compile_cache
-from ._status import ModelStatus, model_offers
+from ._status import ModelStatus, model_offers, mpx_steps
 from .base import (
     CancelToken,
-    ImageToImageRequest,
     ModelAdapter,
     Output,
+    RawOutput,
     Request,
     StepProgress,
 )
@@ -61,7 +68,6 @@ from .errors import (
     PoolClosed,
     UnknownModel,
 )
-from .outputs import ImageOutput, VideoOutput
 
 __all__ = ["ModelPool", "ModelStatus", "PoolConfig", "model_offers", "open_model_pool"]
 
@@ -89,6 +95,7 @@ class PoolConfig:
     compile: CompileSetting = "auto"  # "auto": compile the hot path on CUDA; "off": always eager
     compile_mode: str = "reduce-overhead"  # torch.compile mode; reduce-overhead = CUDA graphs
     compile_cache_dir: Path | None = None  # inductor cache, under the node's data dir; None: torch's default
+    encode_threads: int | None = None  # output stages (encoding) at once; None: the CPUs this process may use
 
     def __post_init__(self) -> None:
         if len(set(self.serve)) != len(self.serve):
@@ -101,6 +108,8 @@ class PoolConfig:
             raise ValueError(f"budget_bytes must be positive, got {self.budget_bytes}")
         if self.max_concurrent < 1 or self.max_queue < 1:
             raise ValueError("max_concurrent and max_queue must be at least 1")
+        if self.encode_threads is not None and self.encode_threads < 1:
+            raise ValueError(f"encode_threads must be at least 1, got {self.encode_threads}")
         if not 0.0 <= self.batch_window_s <= 1.0:
             raise ValueError(f"batch_window_s must be in [0, 1] seconds, got {self.batch_window_s}")
         if self.compile not in ("auto", "off"):
@@ -115,7 +124,7 @@ class _Job:
     queued_at: float = field(default_factory=trio.current_time)  # trio time; the batch window counts from here
     token: CancelToken = field(default_factory=CancelToken)
     done: trio.Event = field(default_factory=trio.Event)
-    output: Output | None = None
+    raw: RawOutput | None = None  # the device stage's result; the caller's task encodes it
     error: BaseException | None = None
     abandoned: bool = False  # the caller left (cancelled); drop its output and progress
 
@@ -212,6 +221,7 @@ class ModelPool:
         self._dispatch_scope = trio.CancelScope()
         self._stopped = trio.Event()
         self._limiter = trio.CapacityLimiter(config.max_concurrent)
+        self._encode_limiter = trio.CapacityLimiter(config.encode_threads or usable_cpus())
         self._load_lock = trio.Lock()  # loads and evictions: budget decisions must not interleave
         self._trio_token = trio.lowlevel.current_trio_token()
         self._uses = 0
@@ -234,13 +244,13 @@ class ModelPool:
     # --- what the node calls -----------------------------------------------------------
 
     async def run(self, model: str, request: Request, *, progress: ProgressHandler | None = None) -> Output:
-        """Run one request on ``model``; returns its output.
+        """Run one request on ``model``; returns its encoded output.
 
         ``progress`` is called on the event loop (never blocks the worker), in step order,
         and never after ``run`` has returned or been cancelled. Raises UnknownModel,
         ParameterError/UnsupportedPipeline (before queueing), InsufficientVram, PoolBusy,
         WeightsMissing/ModelLoadError, OutOfMemory, InferenceFailed, PoolClosed.
-        Cancelling the caller cancels the job between steps.
+        Cancelling the caller cancels the job between steps, or drops its encoding.
         """
         slot = self._slot(model)
         if self._closed:
@@ -267,8 +277,22 @@ class ModelPool:
                     self._changed()
         if job.error is not None:
             raise job.error
-        assert job.output is not None
-        return job.output
+        assert job.raw is not None
+        return await self._finish(slot, job.raw)
+
+    async def _finish(self, slot: _Slot, raw: RawOutput) -> Output:
+        """The output stage, outside the device limiter, at most ``encode_threads`` at once."""
+        try:
+            # Abandoning on cancel is safe: encoding touches no device and no shared state,
+            # and the thread keeps its limiter token until it ends, so the bound holds.
+            return await trio.to_thread.run_sync(
+                slot.adapter.finish, raw, limiter=self._encode_limiter, abandon_on_cancel=True
+            )
+        except ModelError:
+            raise
+        except Exception as exc:  # an encoder failure costs this job only
+            log.exception("%s: encoding an output failed", slot.name)
+            raise InferenceFailed(f"{slot.name} could not encode its output: {type(exc).__name__}: {exc}") from exc
 
     async def warm(self, model: str) -> None:
         """Load ``model`` now (if not warm) without running a job; same errors as a job's load."""
@@ -402,11 +426,11 @@ class ModelPool:
         def forward(step: StepProgress) -> None:
             trio_token.run_sync_soon(_deliver_progress, batch, step)
 
-        def work() -> tuple[list[Output], float, int | None]:
+        def work() -> tuple[list[RawOutput], float, int | None]:
             cuda = self.device.type == "cuda"
             before = torch.cuda.memory_allocated(self.device) if cuda else 0
-            start = time.perf_counter()  # measurement only: the advertised speed
-            outputs = adapter.run_batch(requests, cancel=token, progress=forward)
+            start = time.perf_counter()  # measurement only: the advertised speed (device stage alone)
+            outputs = adapter.generate_batch(requests, cancel=token, progress=forward)
             seconds = time.perf_counter() - start
             peak = adapter.footprint().peak_run_bytes
             return outputs, seconds, (peak - before if peak is not None else None)
@@ -430,9 +454,9 @@ class ModelPool:
         if activations is not None:
             slot.activation_bytes = max(activations, slot.activation_bytes or 0)
         if seconds > 0:
-            slot.speeds.append(sum(_mpx_steps(j.request, o) for j, o in zip(batch, outputs, strict=True)) / seconds)
-        for job, output in zip(batch, outputs, strict=True):
-            job.output = output  # an abandoned job's output is dropped with the job
+            slot.speeds.append(sum(mpx_steps(j.request, o) for j, o in zip(batch, outputs, strict=True)) / seconds)
+        for job, raw in zip(batch, outputs, strict=True):
+            job.raw = raw  # an abandoned job's output is dropped with the job
             job.done.set()
         self._changed()
 
@@ -503,7 +527,8 @@ class ModelPool:
         adapter.load(self.device, self.dtype)
         compiled: tuple[str, ...] = ()
         if self.compile_on:
-            report = compile_and_warm(adapter, dict(adapter._modules()), self.config.compile_mode, adapter.run)
+            # generate, not run: the warm-up exercises the device stage and needs no encoded output.
+            report = compile_and_warm(adapter, dict(adapter._modules()), self.config.compile_mode, adapter.generate)
             compiled = report.compiled
             log.info("%s warm-up %.1f s, compiled: %s", adapter.spec.name, report.seconds, compiled or "none (eager)")
         adapter.weights_sha256()
@@ -573,14 +598,3 @@ def _deliver_progress(batch: Sequence[_Job], step: StepProgress) -> None:
             job.progress(step)
         except Exception:
             log.exception("a progress handler failed; the job goes on")
-
-
-def _mpx_steps(request: Request, output: Output) -> float:
-    """Megapixel-steps of work in one output (AI Horde's unit): pixels × frames × denoising steps."""
-    steps = getattr(request, "num_inference_steps", 1)
-    if isinstance(request, ImageToImageRequest):
-        steps = max(1, int(steps * request.strength))
-    if isinstance(output, VideoOutput):
-        return output.width * output.height * output.num_frames * steps / 1e6
-    assert isinstance(output, ImageOutput)
-    return output.width * output.height * steps / 1e6

@@ -34,7 +34,6 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2im
     StableDiffusionXLImg2ImgPipeline,
 )
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
-from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from . import tokenizer as tok
@@ -44,7 +43,6 @@ from .base import (
     Limits,
     ModelAdapter,
     ModelSpec,
-    Output,
     PipelineKind,
     Preset,
     ProgressCallback,
@@ -54,9 +52,10 @@ from .base import (
     TextToImageRequest,
     check_output_size,
     make_generator,
+    to_uint8_rgb,
 )
 from .errors import ModelLoadError, ParameterError
-from .outputs import ImageOutput, decode_image_bytes
+from .outputs import RawImage, RawOutput, decode_image_bytes
 from .weights import diffusers_weight_files, hash_modules, hash_weight_files, locate_diffusers_weights, tiny_init
 
 TINY_SEED = 20261123  # changing it changes tiny-sdxl's weights hash
@@ -253,7 +252,9 @@ class StableDiffusionXLAdapter(ModelAdapter):
             return (request.kind, size, request.num_inference_steps, request.guidance_scale, request.strength)
         return None
 
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
         timer = StageTimer()
         first = requests[0]
         # Stage 1: per-request generators (CPU, so noise is identical on any hardware).
@@ -261,7 +262,8 @@ class StableDiffusionXLAdapter(ModelAdapter):
         prompts = [r.prompt for r in requests if isinstance(r, TextToImageRequest | ImageToImageRequest)]
         negatives = [r.negative_prompt for r in requests if isinstance(r, TextToImageRequest | ImageToImageRequest)]
         callback = _step_callback(cancel, progress)
-        # Stage 2: denoise and decode (text encoding and latent preparation happen inside).
+        # Stage 2: denoise and decode (text encoding and latent preparation happen inside),
+        # then quantise on the device: uint8 pixels are all that leave the device stage.
         with timer.stage("pipeline"):
             if isinstance(first, TextToImageRequest):
                 assert self._t2i is not None
@@ -273,7 +275,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
                     num_inference_steps=first.num_inference_steps,
                     guidance_scale=first.guidance_scale,
                     generator=generators,
-                    output_type="pil",
+                    output_type="pt",
                     callback_on_step_end=callback,
                 )
             elif isinstance(first, ImageToImageRequest):
@@ -287,18 +289,14 @@ class StableDiffusionXLAdapter(ModelAdapter):
                     num_inference_steps=first.num_inference_steps,
                     guidance_scale=first.guidance_scale,
                     generator=generators,
-                    output_type="pil",
+                    output_type="pt",
                     callback_on_step_end=callback,
                 )
             else:  # check_inputs already refused other kinds
                 raise AssertionError(f"unexpected request {type(first).__name__}")
-        # Stage 3: encode and fingerprint each image.
-        pil_images: list[Image.Image] = list(result.images)
-        with timer.stage("encode"):
-            outputs: list[Output] = [ImageOutput.from_pil(img) for img in pil_images]
-        for out in outputs:
-            out.timings_ms.update(timer.ms)
-        return outputs
+            pixels = to_uint8_rgb(result.images)
+        # Encoding and fingerprints are the output stage (ModelAdapter.finish), run off the device.
+        return [RawImage(image, dict(timer.ms)) for image in pixels]
 
 
 def _step_callback(cancel: CancelToken, progress: ProgressCallback) -> Any:

@@ -39,7 +39,6 @@ from .base import (
     Limits,
     ModelAdapter,
     ModelSpec,
-    Output,
     PipelineKind,
     Preset,
     ProgressCallback,
@@ -47,9 +46,10 @@ from .base import (
     StageTimer,
     StepProgress,
     make_generator,
+    to_uint8_rgb,
 )
 from .errors import ModelLoadError
-from .outputs import VideoOutput, decode_image_bytes
+from .outputs import RawOutput, RawVideo, decode_image_bytes
 from .weights import diffusers_weight_files, hash_modules, hash_weight_files, locate_diffusers_weights, tiny_init
 
 TINY_SEED = 20261124  # changing it changes tiny-svd's weights hash
@@ -165,7 +165,7 @@ def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 class StableVideoDiffusionAdapter(ModelAdapter):
-    """SVD image-to-video; output is an H.264 MP4 at the requested fps."""
+    """SVD image-to-video; the output stage encodes it as an H.264 MP4 at the requested fps."""
 
     def __init__(self, spec: ModelSpec, weights_dir: Path | None) -> None:
         super().__init__(spec, weights_dir)
@@ -227,7 +227,9 @@ class StableVideoDiffusionAdapter(ModelAdapter):
             r.decode_chunk_size,
         )
 
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
         assert self._pipe is not None
         videos = [r for r in requests if isinstance(r, ImageToVideoRequest)]
         first = videos[0]
@@ -236,7 +238,7 @@ class StableVideoDiffusionAdapter(ModelAdapter):
         with timer.stage("prepare"):
             images = [fit_image(decode_image_bytes(r.image), r.width, r.height) for r in videos]
             generators = [make_generator(r.seed) for r in videos]
-        # Stage 2: denoise and decode all frames.
+        # Stage 2: denoise and decode all frames, quantised on the device (see to_uint8_rgb).
         with timer.stage("pipeline"):
             result = self._pipe(
                 image=images,
@@ -251,16 +253,12 @@ class StableVideoDiffusionAdapter(ModelAdapter):
                 noise_aug_strength=first.noise_aug_strength,
                 decode_chunk_size=first.decode_chunk_size,
                 generator=generators,
-                output_type="pil",
+                output_type="pt",
                 callback_on_step_end=_step_callback(cancel, progress),
             )
-        frames: list[list[Image.Image]] = [list(v) for v in result.frames]
-        # Stage 3: encode each video.
-        with timer.stage("encode"):
-            outputs: list[Output] = [VideoOutput.from_frames(f, first.fps) for f in frames]
-        for out in outputs:
-            out.timings_ms.update(timer.ms)
-        return outputs
+            videos_rgb = to_uint8_rgb(result.frames)  # batch × frames × H × W × 3
+        # H.264 encoding is the output stage (ModelAdapter.finish), run off the device.
+        return [RawVideo(tuple(video), float(first.fps), dict(timer.ms)) for video in videos_rgb]
 
 
 def _step_callback(cancel: CancelToken, progress: ProgressCallback) -> Any:

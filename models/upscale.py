@@ -1,6 +1,7 @@
 """Image upscaling with Real-ESRGAN's RRDBNet: PNG in, PNG at ×2 or ×4 out.
 
-Stages: (1) decode the image, (2) run the network tile by tile, (3) encode.
+Device stages: (1) decode the image, (2) run the network tile by tile; the
+output stage (``ModelAdapter.finish``, off the device) encodes the PNG.
 
 Tiling is part of the *model definition* here, not a node setting: a tile's
 output depends (slightly) on how much context it saw, so every honest node
@@ -16,7 +17,6 @@ exact, needs no resampling library and aligns with tile seams).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +33,6 @@ from .base import (
     Limits,
     ModelAdapter,
     ModelSpec,
-    Output,
     PipelineKind,
     Preset,
     ProgressCallback,
@@ -44,7 +43,7 @@ from .base import (
     check_output_size,
 )
 from .errors import ModelLoadError, NotLoaded, ParameterError
-from .outputs import ImageOutput, decode_image_bytes
+from .outputs import RawImage, RawOutput, decode_image_bytes
 from .rrdbnet import RRDBNet, RRDBNetConfig, infer_rrdbnet_config, unwrap_esrgan_state
 from .statedict import StateDictError, file_sha256, load_published, locate_weight_file, read_published
 from .weights import hash_modules, tiny_init
@@ -207,9 +206,11 @@ class UpscaleAdapter(ModelAdapter):
             width, height = _image_size(request.image)
             check_output_size(self.spec.limits, width * request.scale, height * request.scale)
 
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
         assert self._net is not None
-        outputs: list[Output] = []
+        outputs: list[RawOutput] = []
         for request in requests:
             assert isinstance(request, UpscaleRequest)
             timer = StageTimer()
@@ -219,9 +220,7 @@ class UpscaleAdapter(ModelAdapter):
                 out = upscale_array(
                     self._net, rgb, request.scale, self.setup.tile, self.setup.tile_pad, cancel, progress
                 )
-            with timer.stage("encode"):
-                image = ImageOutput.from_array(out)
-            outputs.append(dataclasses.replace(image, timings_ms=timer.ms))
+            outputs.append(RawImage(out, timer.ms))
         return outputs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from lpnode.models.base import (
@@ -11,10 +12,21 @@ from lpnode.models.base import (
     TextToImageRequest,
     UpscaleRequest,
     make_generator,
+    to_uint8_rgb,
 )
 from lpnode.models.errors import Cancelled, ModelError, ParameterError, UnsupportedPipeline
 from lpnode.models.sd import TINY_SDXL
 from lpnode.protocol.errors import LpnodeError
+
+
+def test_device_quantisation_matches_diffusers_pil_output() -> None:
+    from diffusers.image_processor import VaeImageProcessor
+
+    images = torch.rand(3, 3, 17, 23, generator=make_generator(0))
+    images[0, 0, 0, :4] = torch.tensor([0.5 / 255, 1.5 / 255, 0.0, 1.0])  # ties round half to even in both
+    expected = np.stack([np.asarray(i) for i in VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images))])
+    assert np.array_equal(to_uint8_rgb(images), expected)
+    assert to_uint8_rgb(images.half()).shape == (3, 17, 23, 3)
 
 
 def test_error_tree_is_rooted_in_lpnode_error() -> None:

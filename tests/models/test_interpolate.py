@@ -169,7 +169,7 @@ def test_frame_count_size_and_rate(tiny: InterpolateAdapter, clip: bytes, multip
     assert (out.width, out.height) == (32, 24)
     assert out.fps == pytest.approx(10.0 * multiplier)
     assert len(out.to_frames()) == out.num_frames
-    assert set(out.timings_ms) == {"decode", "interpolate", "encode"}
+    assert set(out.timings_ms) == {"decode", "interpolate", "device", "encode"}
 
 
 def test_deterministic_frames_and_weights_hash(tiny: InterpolateAdapter) -> None:

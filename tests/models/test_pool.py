@@ -28,11 +28,13 @@ from lpnode.models.base import (
     Output,
     PipelineKind,
     ProgressCallback,
+    RawOutput,
     Request,
     StepProgress,
     TextToImageRequest,
 )
 from lpnode.models.errors import (
+    InferenceFailed,
     InsufficientVram,
     ModelLoadError,
     PoolBusy,
@@ -40,7 +42,7 @@ from lpnode.models.errors import (
     UnknownModel,
     WeightsMissing,
 )
-from lpnode.models.outputs import ImageOutput
+from lpnode.models.outputs import ImageOutput, RawImage, finish_output
 from lpnode.models.pool import ModelPool, ModelStatus, PoolConfig, model_offers, open_model_pool
 from lpnode.models.sd import StableDiffusionXLAdapter
 
@@ -75,7 +77,9 @@ class FakeAdapter(ModelAdapter):
         assert isinstance(request, TextToImageRequest)
         return (request.width, request.height, request.num_inference_steps)
 
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
         self.world.batches.append((self.spec.name, len(requests)))
         first = requests[0]
         assert isinstance(first, TextToImageRequest)
@@ -87,10 +91,15 @@ class FakeAdapter(ModelAdapter):
                 self.world.steps[request.seed] = step + 1
             progress(StepProgress("denoise", step + 1, first.num_inference_steps))
         return [
-            ImageOutput.from_array(np.full((r.height, r.width, 3), r.seed % 256, dtype=np.uint8))
+            RawImage(np.full((r.height, r.width, 3), r.seed % 256, dtype=np.uint8))
             for r in requests
             if isinstance(r, TextToImageRequest)
         ]
+
+    def finish(self, raw: RawOutput) -> Output:
+        if self.world.encode_hook is not None:
+            self.world.encode_hook(raw)
+        return finish_output(raw)
 
 
 class FakeWorld:
@@ -101,6 +110,7 @@ class FakeWorld:
         self.gate = threading.Semaphore(0) if gated else None
         self.batches: list[tuple[str, int]] = []
         self.steps: dict[int, int] = {}  # seed -> steps taken
+        self.encode_hook: Callable[[RawOutput], None] | None = None  # runs in the output stage's thread
 
     def resolver(self) -> Callable[[str, Path | None], ModelAdapter]:
         def resolve(name: str, weights_dir: Path | None) -> ModelAdapter:
@@ -361,15 +371,15 @@ async def test_closing_the_pool_fails_queued_jobs_and_refuses_new_ones() -> None
 class RecordingSDXL(StableDiffusionXLAdapter):
     batch_sizes: list[int]
 
-    def run_batch(
+    def generate_batch(
         self,
         requests: Sequence[Request],
         *,
         cancel: CancelToken | None = None,
         progress: ProgressCallback | None = None,
-    ) -> list[Output]:
+    ) -> list[RawOutput]:
         self.batch_sizes.append(len(requests))
-        return super().run_batch(requests, cancel=cancel, progress=progress)
+        return super().generate_batch(requests, cancel=cancel, progress=progress)
 
 
 def recording_resolver(sizes: list[int]) -> Callable[[str, Path | None], ModelAdapter]:
@@ -451,6 +461,86 @@ async def test_a_job_cancelled_inside_a_batch_is_dropped_and_the_others_finish(
         assert world.batches == [("fake-a", 3)]
         assert sorted(outputs) == [1, 3]
         assert [pixels(outputs[s])[0, 0, 0] for s in (1, 3)] == [1, 3]
+
+
+# --- the output stage ---------------------------------------------------------------------------
+
+
+def seed_of(raw: RawOutput) -> int:
+    assert isinstance(raw, RawImage)
+    return int(raw.pixels[0, 0, 0])  # the fake paints its seed
+
+
+async def test_encoding_runs_off_the_device_and_within_its_own_bound() -> None:
+    world = FakeWorld()
+    gate = threading.Event()
+    encoding = threading.Event()
+
+    def hook(raw: RawOutput) -> None:
+        if seed_of(raw) == 1:
+            encoding.set()
+            assert gate.wait(timeout=10), "the test never opened the gate"
+
+    world.encode_hook = hook
+    done: list[int] = []
+    async with open_model_pool(config("fake-a", encode_threads=1), resolve=world.resolver()) as pool:
+
+        async def job(seed: int) -> None:
+            await run(pool, "fake-a", seed)
+            done.append(seed)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(job, 1)
+                await trio.to_thread.run_sync(encoding.wait, 10)
+                nursery.start_soon(job, 2)
+                # Job 2's device stage runs while job 1 is still encoding: the device is free.
+                await wait_until(pool, lambda: len(world.batches) == 2 and rows(pool)["fake-a"].running == 0)
+                await trio.testing.wait_all_tasks_blocked()
+                assert done == []  # ... but its encoding waits for the one encode slot
+                gate.set()
+        finally:
+            gate.set()
+    assert done == [1, 2]
+
+
+async def test_outputs_of_one_batch_encode_in_parallel(mock_clock: trio.testing.MockClock) -> None:
+    world = FakeWorld()
+    together = threading.Barrier(2, timeout=10)  # broken (a test failure) unless both encodes overlap
+
+    def hook(raw: RawOutput) -> None:
+        together.wait()
+
+    world.encode_hook = hook
+    cfg = config("fake-a", encode_threads=2, batch_window_s=0.01)
+    async with open_model_pool(cfg, resolve=world.resolver()) as pool:
+        outputs: dict[int, Output] = {}
+
+        async def job(seed: int) -> None:
+            outputs[seed] = await run(pool, "fake-a", seed)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(job, 1)
+            nursery.start_soon(job, 2)
+            await wait_until(pool, lambda: rows(pool)["fake-a"].queued == 2)
+            mock_clock.jump(0.01)
+    assert world.batches == [("fake-a", 2)]
+    assert [pixels(outputs[s])[0, 0, 0] for s in (1, 2)] == [1, 2]
+    assert all({"device", "encode"} <= set(out.timings_ms) for out in outputs.values())
+
+
+async def test_an_encoder_failure_fails_only_its_job() -> None:
+    world = FakeWorld()
+
+    def hook(raw: RawOutput) -> None:
+        if seed_of(raw) == 1:
+            raise ValueError("encoder broke")
+
+    world.encode_hook = hook
+    async with open_model_pool(config("fake-a"), resolve=world.resolver()) as pool:
+        with pytest.raises(InferenceFailed, match="encoder broke"):
+            await run(pool, "fake-a", 1)
+        assert isinstance(await run(pool, "fake-a", 2), ImageOutput)
 
 
 # --- status for adverts -------------------------------------------------------------------------

@@ -14,12 +14,13 @@ from lpnode.models.base import (
     Output,
     PipelineKind,
     ProgressCallback,
+    RawOutput,
     Request,
     StepProgress,
     TextToImageRequest,
 )
 from lpnode.models.errors import Cancelled, NotLoaded, ParameterError, WeightsMissing
-from lpnode.models.outputs import ImageOutput, encode_png
+from lpnode.models.outputs import ImageOutput, RawImage, encode_png
 from lpnode.models.sd import SDXL_TURBO, TINY_SDXL, StableDiffusionXLAdapter
 from PIL import Image
 
@@ -51,7 +52,17 @@ def test_text_to_image_has_requested_size(adapter: StableDiffusionXLAdapter) -> 
     out = image(adapter.run(t2i(1, width=64, height=32)))
     assert (out.width, out.height) == (64, 32)
     assert out.to_pil().size == (64, 32)
-    assert "pipeline" in out.timings_ms
+    assert {"pipeline", "device", "encode"} <= set(out.timings_ms)
+
+
+def test_device_stage_returns_pixels_and_finish_encodes_them(adapter: StableDiffusionXLAdapter) -> None:
+    raw = adapter.generate(t2i(5, width=48, height=32))
+    assert isinstance(raw, RawImage)
+    assert raw.pixels.shape == (32, 48, 3) and raw.pixels.dtype == np.uint8
+    assert "encode" not in raw.timings_ms and raw.timings_ms["device"] >= raw.timings_ms["pipeline"]
+    out = image(adapter.finish(raw))
+    assert out == adapter.run(t2i(5, width=48, height=32))  # run() is finish(generate())
+    assert np.array_equal(np.asarray(out.to_pil()), raw.pixels)
 
 
 def test_same_seed_same_bytes_different_seed_different(adapter: StableDiffusionXLAdapter) -> None:
@@ -88,7 +99,9 @@ def test_image_to_image_keeps_input_size(adapter: StableDiffusionXLAdapter) -> N
 class _Refuses(StableDiffusionXLAdapter):
     """Fails the test if any device work starts."""
 
-    def _generate(self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback) -> list[Output]:
+    def _generate(
+        self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
+    ) -> list[RawOutput]:
         raise AssertionError("generation started despite bad parameters")
 
 

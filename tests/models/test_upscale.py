@@ -152,7 +152,7 @@ def test_output_size(tiny: UpscaleAdapter, scale: int) -> None:
     assert isinstance(out, ImageOutput)
     assert (out.width, out.height) == (20 * scale, 12 * scale)
     assert out.to_pil().size == (20 * scale, 12 * scale)
-    assert set(out.timings_ms) == {"decode", "upscale", "encode"}
+    assert set(out.timings_ms) == {"decode", "upscale", "device", "encode"}
 
 
 def test_deterministic_bytes_and_weights_hash(tiny: UpscaleAdapter) -> None:
