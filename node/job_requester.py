@@ -1,0 +1,356 @@
+"""The requester's side of ``JOB_PROTOCOL``: pick peers, negotiate, check the proof, retry elsewhere.
+
+:func:`run_job` ranks the directory's candidates (``peer_choice``), then tries
+them in order within the job's deadline. Each try is one stream driven by
+:class:`RequesterNegotiation`; what ends it (refusal, timeout, disconnect, a
+receipt or output that does not check out) is recorded as an :class:`Attempt`
+and the next candidate gets the job. A result counts only when its receipt
+verifies, binds this job, quote and worker, and the bytes received hash to
+what the receipt signed. Each try uses a fresh nonce, so each has its own job
+id and a worker's receipt can never be replayed into another try.
+
+Imports nothing from ``lpnode.models``: a requester-only node never loads torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from lpnode.protocol.errors import (
+    LpnodeError,
+    NetworkError,
+    OutputMismatch,
+    ProtocolError,
+    ProtocolViolation,
+    StreamTimeout,
+)
+from lpnode.protocol.jobs import JobMessage, Progress, QuoteRequest
+from lpnode.protocol.jobspec import (
+    IMAGE_PNG,
+    OUTPUT_MEDIA_TYPE,
+    VIDEO_MP4,
+    BlobDescriptor,
+    FrameInterpolationParams,
+    ImageToImageParams,
+    ImageToVideoParams,
+    JobSpec,
+    OutputExpectation,
+    Pipeline,
+    TextToImageParams,
+    UpscaleParams,
+)
+from lpnode.protocol.names import JOB_PROTOCOL
+from lpnode.protocol.negotiation import Action, Phase, RequesterNegotiation, Send
+from lpnode.protocol.receipts import Receipt
+
+from .daemon import Node
+from .framing import FramedStream, FramingConfig
+from .job_stream import receive_job_message, send_job_message
+from .peer_choice import Candidate, describe_offers, rank_candidates
+from .transfer import DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
+
+MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allows
+CANCEL_GRACE_S = 1.0  # time given to telling a worker we gave up
+
+Params = TextToImageParams | ImageToImageParams | ImageToVideoParams | UpscaleParams | FrameInterpolationParams
+ProgressCallback = Callable[[str, Progress], None]  # (worker peer id, latest progress)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the user asks for, before inputs are hashed into a spec."""
+
+    pipeline: Pipeline
+    params: Params
+    model_id: str = ""  # "" = the best model of the pipeline on offer
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    peer_id: str
+    model_id: str  # as the candidate advertised it
+    job_id: str  # this try's job id (fresh nonce per try)
+    outcome: str  # "done", "refused:busy", "error:out_of_memory", "disconnected", "violation:bad_receipt", ...
+    detail: str  # for people
+    price: int | None  # quoted micro-credits, when a quote came
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    spec: JobSpec
+    job_id: str
+    worker_peer_id: str
+    model_id: str
+    price: int  # micro-credits, as quoted and signed
+    outputs: tuple[bytes, ...]  # in receipt order, each checked against its signed sha256
+    receipt: Receipt
+    receipt_bytes: bytes  # as signed, for storage and `lpnode receipt verify`
+    attempts: tuple[Attempt, ...]  # every try, the successful one last
+
+
+class JobFailed(LpnodeError):
+    """No candidate produced a verified result within the deadline; ``attempts`` says why each failed."""
+
+    def __init__(self, message: str, attempts: Sequence[Attempt] = ()) -> None:
+        lines = [f"{a.peer_id[-12:]}: {a.outcome} ({a.detail})" for a in attempts]
+        super().__init__(message + ("; attempts: " + "; ".join(lines) if lines else ""))
+        self.attempts = tuple(attempts)
+
+
+class NoCandidates(JobFailed):
+    """No known peer serves the job's model/pipeline within ``max_price``; ``offered`` lists what is on offer."""
+
+    def __init__(self, spec: JobSpec, offered: Sequence[str], max_price: int) -> None:
+        wanted = f"{spec.pipeline} {spec.model_id or '(any model)'}"
+        on_offer = ", ".join(offered) or "nothing (no peers known)"
+        super().__init__(f"no peer offers {wanted} within max_price {max_price}; the network offers: {on_offer}")
+        self.offered = tuple(offered)
+
+
+def media_type_of(name: str, data: bytes) -> str:
+    """The media type of an input, from its magic bytes (the spec hashes it in, so guess once, here)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return IMAGE_PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[4:8] == b"ftyp" or name == "video":
+        return VIDEO_MP4
+    return "application/octet-stream"
+
+
+def build_spec(job: JobRequest, inputs: Mapping[str, bytes], max_output_bytes: int) -> JobSpec:
+    """The spec for ``job`` with descriptors of ``inputs``; ValueError for a bad combination."""
+    blobs = tuple(
+        BlobDescriptor(name, media_type_of(name, data), len(data), hashlib.sha256(data).hexdigest())
+        for name, data in sorted(inputs.items())
+    )
+    params: dict[str, Any] = {job.pipeline.value.replace("-", "_"): job.params}  # JobSpec checks the pairing
+    return JobSpec(
+        pipeline=job.pipeline,
+        model_id=job.model_id,
+        seed=job.seed,
+        inputs=blobs,
+        output=OutputExpectation(OUTPUT_MEDIA_TYPE[job.pipeline], max_output_bytes),
+        **params,
+    )
+
+
+async def run_job(
+    node: Node,
+    job: JobRequest,
+    inputs: Mapping[str, bytes] | None = None,
+    *,
+    max_price: int,
+    deadline_s: float,
+    prefer: Sequence[str] = (),
+    avoid: Sequence[str] = (),
+    allow_local: bool = False,
+    rng: random.Random | None = None,
+    on_progress: ProgressCallback | None = None,
+    max_output_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    framing: FramingConfig | None = None,
+) -> JobOutcome:
+    """Get ``job`` done by the best peer that will; raises NoCandidates or JobFailed (with every attempt)."""
+    inputs = dict(inputs or {})
+    spec = build_spec(job, inputs, max_output_bytes)
+    adverts = [record.advert for record in node.directory]
+    if allow_local:
+        adverts.append(node.publisher.build())  # the directory never holds our own advert
+    candidates = rank_candidates(
+        adverts, spec, max_price=max_price, rng=rng or random.Random(), prefer=prefer, avoid=avoid
+    )
+    if not candidates:
+        raise NoCandidates(spec, describe_offers(adverts), max_price)
+    attempts: list[Attempt] = []
+    give_up_at = trio.current_time() + deadline_s
+    for candidate in candidates[:MAX_ATTEMPTS]:
+        remaining = give_up_at - trio.current_time()
+        if remaining <= 0:
+            break
+        try_ = _Try(node, candidate, spec, inputs, max_price, remaining, on_progress, framing or FramingConfig())
+        outcome = await try_.run()
+        attempts.append(try_.attempt())
+        if outcome is not None:
+            return JobOutcome(
+                spec=spec,
+                job_id=try_.machine.job_id,
+                worker_peer_id=candidate.peer_id,
+                model_id=outcome[0].model_id,
+                price=outcome[0].price,
+                outputs=outcome[1],
+                receipt=outcome[0],
+                receipt_bytes=try_.machine.receipt_bytes,
+                attempts=tuple(attempts),
+            )
+    raise JobFailed(f"{spec.pipeline} job failed on {len(attempts)} peer(s) within {deadline_s} s", attempts)
+
+
+class _Try:
+    """One candidate, one stream."""
+
+    def __init__(
+        self,
+        node: Node,
+        candidate: Candidate,
+        spec: JobSpec,
+        inputs: Mapping[str, bytes],
+        max_price: int,
+        time_left_s: float,
+        on_progress: ProgressCallback | None,
+        framing: FramingConfig,
+    ) -> None:
+        self.node = node
+        self.candidate = candidate
+        self.inputs = inputs
+        self.time_left_s = time_left_s
+        self.on_progress = on_progress
+        self.framing = framing
+        request = QuoteRequest(spec, secrets.token_bytes(16), max_price, max(1, int(time_left_s * 1000)))
+        self.machine = RequesterNegotiation(request, node.peer_id, candidate.peer_id)
+        self.outcome = ""  # set when this try ended for a reason the machine does not know
+        self.detail = ""
+        self.framed: FramedStream | None = None
+
+    def attempt(self) -> Attempt:
+        machine = self.machine
+        outcome = self.outcome or machine.reason or str(machine.phase)
+        detail = self.detail
+        if not detail and machine.refusal is not None:
+            detail = machine.refusal.message
+        if not detail and machine.error is not None:
+            detail = machine.error.message
+        price = machine.quote.price if machine.quote is not None else None
+        return Attempt(self.candidate.peer_id, self.candidate.model_id, machine.job_id, outcome, detail, price)
+
+    def _end(self, outcome: str, detail: str) -> None:
+        if not self.outcome:
+            self.outcome, self.detail = outcome, detail
+
+    async def run(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
+        with trio.move_on_after(self.time_left_s) as scope:
+            try:
+                stream = await self.node.network.open_stream(self.candidate.peer_id, JOB_PROTOCOL, self.candidate.addrs)
+            except NetworkError as exc:
+                self._end("unreachable", str(exc))
+                return None
+            self.framed = FramedStream(stream, self.framing)
+            try:
+                return await self._negotiate()
+            finally:
+                # Tell the worker we gave up (deadline, a bad result, our caller's cancel),
+                # briefly and shielded: this may run while a cancellation unwinds.
+                with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S):
+                    if not self.machine.ended:
+                        await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
+                    await stream.aclose()
+        if scope.cancelled_caught:
+            self._end("deadline", f"no verified result within {self.time_left_s:.1f} s")
+        return None
+
+    async def _negotiate(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
+        machine = self.machine
+        await self._apply(machine.start(self.node.now_ms()))
+        while machine.phase is Phase.REQUESTED:
+            await self._next()
+        if machine.phase is not Phase.QUOTED:
+            return None
+        await self._apply(machine.accept(self.node.now_ms()))
+        assert self.framed is not None
+        try:
+            for blob in machine.request.spec.inputs:
+                await send_transfer(self.framed, self.inputs[blob.name], blob.media_type)
+        except NetworkError as exc:
+            self._end("disconnected", f"while sending inputs: {exc}")
+            return None
+        while machine.phase in (Phase.ACCEPTED, Phase.RUNNING):
+            await self._next()
+        if machine.phase is not Phase.DELIVERING:  # type: ignore[comparison-overlap]  # _next moved it
+            return None
+        return await self._receive_outputs()
+
+    async def _receive_outputs(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
+        machine = self.machine
+        receipt = machine.receipt
+        assert receipt is not None and self.framed is not None
+        outputs: list[bytes] = []
+        try:
+            for out in receipt.outputs:
+                limits = TransferLimits(max_total_bytes=out.size_bytes)
+                got = await receive_transfer(self.framed, limits, expected_sha256=bytes.fromhex(out.sha256))
+                outputs.append(got.data)
+            # The transfer checked each hash already; the machine checks them against the receipt once more,
+            # so "done" is only ever reached through the signed hashes.
+            await self._apply(machine.outputs_received([hashlib.sha256(o).hexdigest() for o in outputs], self.now()))
+        except OutputMismatch as exc:
+            self._end("output_mismatch", str(exc))
+            return None
+        except ProtocolError as exc:
+            self._end("output_mismatch", f"output does not match the receipt: {exc}")
+            return None
+        except NetworkError as exc:
+            self._end("disconnected", f"while receiving outputs: {exc}")
+            return None
+        return receipt, tuple(outputs)
+
+    def now(self) -> int:
+        return self.node.now_ms()
+
+    async def _next(self) -> None:
+        """Feed the worker's next message (or the clock) to the machine; note why a try ended."""
+        assert self.framed is not None
+        machine = self.machine
+        wakeup = machine.next_wakeup_ms()
+        timeout_s = None if wakeup is None else max(0.0, (wakeup - self.now()) / 1000)
+        msg: JobMessage
+        try:
+            msg = await receive_job_message(self.framed, timeout_s=timeout_s)
+        except StreamTimeout as exc:
+            if self.framed.broken is None:  # nothing by the wakeup: let the machine tick
+                await self._apply(machine.on_tick(max(self.now(), wakeup or 0)))
+                return
+            self._end("disconnected", f"worker stalled mid-frame: {exc}")
+            machine.cancel("worker stalled", self.now())
+            return
+        except NetworkError as exc:
+            self._end("disconnected", str(exc))
+            machine.cancel("worker went away", self.now())
+            return
+        except ProtocolError as exc:
+            self._end("garbage", str(exc))
+            await self._apply(machine.cancel("protocol_violation", self.now()))
+            return
+        try:
+            await self._apply(machine.on_message(msg, self.now()))
+        except ProtocolViolation as exc:
+            self.detail = exc.detail
+            await self._apply(exc.actions)
+            return
+        if isinstance(msg, Progress) and self.on_progress is not None:
+            self.on_progress(self.candidate.peer_id, msg)
+
+    async def _apply(self, actions: Sequence[Action | object]) -> None:
+        assert self.framed is not None
+        for action in actions:
+            if isinstance(action, Send):
+                try:
+                    await send_job_message(self.framed, action.message, self.node.key)
+                except NetworkError as exc:
+                    self._end("disconnected", str(exc))
+
+
+__all__ = [
+    "Attempt",
+    "JobFailed",
+    "JobOutcome",
+    "JobRequest",
+    "NoCandidates",
+    "build_spec",
+    "run_job",
+]

@@ -1,0 +1,462 @@
+"""The worker's side of ``JOB_PROTOCOL``: quote, reserve, receive inputs, run on the pool, prove, deliver.
+
+One stream is one job. The handler drives :class:`WorkerNegotiation` (the pure
+state machine decides; this module does the I/O and carries out its actions):
+
+    QuoteRequest → checks (model served? params within the preset's limits?
+    price? deadline?) → reserve a slot → signed Quote  |  Refusal
+    Accept → input transfers, each checked against the spec's descriptor
+    → pool.run with Progress messages, while a watcher reads Cancel / notices
+    the requester vanishing → Result + signed Receipt → output transfers
+
+Everything that can go wrong before a run refuses before capacity is reserved,
+and nothing touches the device before inputs are in. Capacity is a bounded set
+of reservations (quoted or running jobs): a full worker refuses ``busy`` at
+once instead of queueing without bound. A failure inside one job ends that job
+with a typed JobError; the handler root catches the rest with a log line, so a
+peer sending garbage never takes the node down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from lpnode.models.base import StepProgress
+from lpnode.models.errors import Cancelled, ModelError, OutOfMemory, ParameterError, PoolBusy, PoolClosed
+from lpnode.models.errors import ModelLoadError as _LoadError
+from lpnode.models.pool import ModelPool, ModelStatus
+from lpnode.protocol.errors import (
+    InvalidTransition,
+    NetworkError,
+    ProtocolError,
+    ProtocolViolation,
+    StreamTimeout,
+)
+from lpnode.protocol.jobs import ErrorCode, JobError, JobMessage, Quote, QuoteRequest, RefusalReason
+from lpnode.protocol.names import JOB_PROTOCOL
+from lpnode.protocol.negotiation import (
+    AbortRun,
+    Action,
+    Phase,
+    ReleaseReservation,
+    Send,
+    StartRun,
+    WorkerNegotiation,
+)
+from lpnode.protocol.receipts import LibraryVersion, Receipt, RuntimeFacts, Timings, sign_receipt
+from lpnode.protocol.signing import NodeKey
+
+from .framing import FramedStream, FramingConfig
+from .gossip import WallClock
+from .job_convert import check_params, encode_output, model_request
+from .job_stream import receive_job_message, send_job_message
+from .network.base import ByteStream, Network
+from .peer_choice import job_mpx_steps, job_price
+from .transfer import DEFAULT_MAX_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    max_jobs: int = 4  # reservations at once (quoted or running); one more is refused "busy"
+    price_per_mpx_step: int = 100  # micro-credits, the same figure the advert carries
+    quote_ttl_ms: int = 15_000  # capacity stays reserved this long for an unanswered quote
+    request_timeout_s: float = 10.0  # the QuoteRequest must arrive this soon after the stream opens
+    unmeasured_eta_ms: int = 30_000  # ETA quoted for a model with no measured speed yet
+    max_input_bytes: int = DEFAULT_MAX_TOTAL_BYTES  # all inputs of one job together
+    framing: FramingConfig = field(default_factory=FramingConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 1 or self.quote_ttl_ms < 1 or self.request_timeout_s <= 0:
+            raise ValueError("max_jobs, quote_ttl_ms and request_timeout_s must be positive")
+
+
+@dataclass
+class WorkerHooks:
+    """Test-only seams; production leaves them empty."""
+
+    tamper_output: Callable[[bytes], bytes] | None = None  # applied to output bytes after they were signed
+    run_started: Callable[[], None] | None = None  # called when a job is handed to the pool
+
+
+class ReceiptSequence:
+    """Per-worker receipt numbers that keep increasing across restarts.
+
+    With a file, the last number is persisted before it is used; without one
+    (or on top of it) the counter is seeded from the wall clock in microseconds,
+    so a restarted worker whose file was lost still never repeats a number
+    unless its clock went back.
+    """
+
+    def __init__(self, wall_clock: WallClock, path: Path | None = None) -> None:
+        self._path = path
+        seeded = int(wall_clock() * 1_000_000)
+        stored = 0
+        if path is not None and path.exists():
+            try:
+                stored = int(path.read_text().strip() or 0)
+            except ValueError:
+                log.warning("receipt sequence file %s is unreadable; seeding from the clock", path)
+        self._last = max(seeded, stored)
+
+    def next(self) -> int:
+        self._last += 1
+        if self._path is not None:
+            tmp = self._path.with_suffix(".tmp")
+            tmp.write_text(str(self._last))  # a few bytes: cheaper than a thread hop
+            tmp.replace(self._path)
+        return self._last
+
+
+def _runtime(pool: ModelPool) -> RuntimeFacts:
+    libraries = []
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            libraries.append(LibraryVersion(name, importlib.metadata.version(name)[:64]))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    device = str(getattr(pool, "device", "unknown"))
+    dtype = str(getattr(pool, "dtype", "unknown")).removeprefix("torch.")
+    return RuntimeFacts(device=device[:128], dtype=dtype[:16], libraries=tuple(libraries))
+
+
+def _error_code(exc: ModelError) -> ErrorCode:
+    if isinstance(exc, ParameterError):
+        return ErrorCode.INVALID_INPUT
+    if isinstance(exc, OutOfMemory):
+        return ErrorCode.OUT_OF_MEMORY
+    if isinstance(exc, _LoadError):
+        return ErrorCode.MODEL_LOAD_FAILED
+    if isinstance(exc, Cancelled | PoolClosed):
+        return ErrorCode.CANCELLED
+    return ErrorCode.INTERNAL
+
+
+class _Job:
+    """One stream's job: its machine, its stream, and the scope of its run."""
+
+    def __init__(self, worker: JobWorker, framed: FramedStream, machine: WorkerNegotiation) -> None:
+        self.worker = worker
+        self.framed = framed
+        self.machine = machine
+        self.run_scope = trio.CancelScope()
+        self.send_lock = trio.Lock()  # progress, cancel answers and the result share one writer
+        self.model_name = ""  # the preset that will run it, chosen at quote time
+
+    async def apply(self, actions: Sequence[Action | object]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                async with self.send_lock:
+                    try:
+                        await send_job_message(self.framed, action.message, self.worker.key)
+                    except NetworkError as exc:  # the requester is gone; cleanup continues regardless
+                        log.debug("job %s: could not send %s: %s", self.machine.job_id[:12], action.message, exc)
+            elif isinstance(action, ReleaseReservation):
+                self.worker.release(action.quote_id)
+            elif isinstance(action, AbortRun):
+                self.run_scope.cancel()
+            elif isinstance(action, StartRun):
+                pass  # the caller starts the run right after inputs_received
+
+    async def on_message(self, msg: JobMessage) -> None:
+        try:
+            await self.apply(self.machine.on_message(msg, self.worker.now_ms()))
+        except ProtocolViolation as exc:
+            log.info("job %s: requester %s violated the protocol: %s", self.machine.job_id[:12], self.peer, exc)
+            await self.apply(exc.actions)
+
+    @property
+    def peer(self) -> str:
+        return self.machine.requester_peer_id
+
+    async def next_message(self) -> JobMessage | None:
+        """The requester's next message before the machine's next wakeup; None after a tick or a failure."""
+        wakeup = self.machine.next_wakeup_ms()
+        timeout_s = None if wakeup is None else max(0.0, (wakeup - self.worker.now_ms()) / 1000)
+        try:
+            return await receive_job_message(self.framed, timeout_s=timeout_s)
+        except StreamTimeout:
+            if self.framed.broken is None:  # nothing arrived by the wakeup: time to tick
+                await self.apply(self.machine.on_tick(max(self.worker.now_ms(), wakeup or 0)))
+            else:  # a frame started and stalled: the stream is reset
+                await self.apply(self.machine.cancel("requester stalled mid-frame", self.worker.now_ms()))
+        except NetworkError as exc:
+            await self.apply(self.machine.cancel(f"requester went away: {exc}", self.worker.now_ms()))
+        except ProtocolError as exc:
+            await self.apply(self.machine.fail(ErrorCode.PROTOCOL_VIOLATION, str(exc)[:400], self.worker.now_ms()))
+        return None
+
+
+class JobWorker:
+    """Serves ``JOB_PROTOCOL`` for one node; see the module docstring."""
+
+    def __init__(
+        self,
+        key: NodeKey,
+        pool: ModelPool,
+        config: WorkerConfig,
+        *,
+        wall_clock: WallClock,
+        sequence: ReceiptSequence,
+        hooks: WorkerHooks | None = None,
+    ) -> None:
+        self.key = key
+        self.pool = pool
+        self.config = config
+        self.wall_clock = wall_clock
+        self.sequence = sequence
+        self.hooks = hooks or WorkerHooks()
+        self.reservations: set[str] = set()
+        self.completed = 0
+        self._quote_ids = itertools.count(1)
+        self._runtime = _runtime(pool)
+
+    def now_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
+
+    def release(self, quote_id: str) -> None:
+        self.reservations.discard(quote_id)
+
+    async def handle(self, stream: ByteStream) -> None:
+        """The stream handler root: nothing escapes it (an escaping exception kills a libp2p host)."""
+        try:
+            await self._serve(stream)
+        except Exception:
+            log.exception("job stream from %s failed", stream.remote_peer)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.aclose()
+                except Exception:  # closing a reset stream may fail; it is gone either way
+                    log.debug("closing a job stream failed", exc_info=True)
+
+    async def _serve(self, stream: ByteStream) -> None:
+        framed = FramedStream(stream, self.config.framing)
+        job = _Job(self, framed, WorkerNegotiation(self.key.peer_id, stream.remote_peer))
+        try:
+            msg = await receive_job_message(framed, timeout_s=self.config.request_timeout_s)
+        except ProtocolError as exc:
+            # garbage before any job exists: answer once if the stream is still framed, then drop it
+            if framed.broken is None:
+                await job.apply([Send(JobError("", ErrorCode.PROTOCOL_VIOLATION, str(exc)[:400]))])
+            return
+        except NetworkError:
+            return  # never asked anything
+        if not isinstance(msg, QuoteRequest):
+            await job.apply(
+                [Send(JobError("", ErrorCode.PROTOCOL_VIOLATION, "a job stream starts with a QuoteRequest"))]
+            )
+            return
+        await job.on_message(msg)
+        try:
+            await self._quote(job, msg)
+            while job.machine.phase is Phase.QUOTED:
+                if (incoming := await job.next_message()) is not None:
+                    await job.on_message(incoming)
+            if job.machine.phase is not Phase.ACCEPTED:
+                return
+            inputs = await self._receive_inputs(job, msg)
+            if inputs is None:
+                return
+            await job.apply(job.machine.inputs_received(self.now_ms()))
+            if not job.machine.ended:
+                await self._run(job, msg, inputs)
+        finally:
+            # Every end of the machine releases its reservation; this covers a bug or an
+            # exception between the quote and that end, so capacity can never leak.
+            if job.machine.quote is not None:
+                self.release(job.machine.quote.quote_id)
+
+    async def _quote(self, job: _Job, request: QuoteRequest) -> None:
+        now = self.now_ms()
+        decision = self._decide(request)
+        if not isinstance(decision, _Offer):
+            reason, message, retry_after = decision
+            await job.apply(job.machine.refuse(reason, message, now, retry_after))
+            return
+        quote_id = f"{self.key.peer_id[-8:]}-{next(self._quote_ids)}"
+        quote = Quote(
+            quote_id=quote_id,
+            job_id=job.machine.job_id,
+            worker_peer_id=self.key.peer_id,
+            price=decision.price,
+            eta_ms=decision.eta_ms,
+            warm=decision.row.warm,
+            model_id=decision.row.model_id,
+            weights_sha256=decision.row.weights_sha256,
+            issued_at_ms=now,
+            expires_at_ms=now + self.config.quote_ttl_ms,
+        )
+        self.reservations.add(quote_id)  # reserved before the quote leaves: capacity is promised, not hoped for
+        job.model_name = decision.row.name
+        await job.apply(job.machine.offer(quote, now))
+
+    def _decide(self, request: QuoteRequest) -> _Offer | tuple[RefusalReason, str, int]:
+        spec = request.spec
+        rows = self.pool.status()
+        for_pipeline = [r for r in rows if spec.pipeline.value in r.pipelines]
+        if spec.model_id:
+            chosen = [r for r in for_pipeline if r.model_id == spec.model_id]
+            if not chosen:
+                if any(r.model_id == spec.model_id for r in rows):
+                    return RefusalReason.UNSUPPORTED_PIPELINE, f"{spec.model_id} does not do {spec.pipeline}", 0
+                served = ", ".join(sorted(r.model_id for r in for_pipeline)) or "none"
+                return RefusalReason.UNKNOWN_MODEL, f"{spec.model_id} not served; {spec.pipeline}: {served}", 0
+        else:
+            chosen = for_pipeline
+            if not chosen:
+                return RefusalReason.UNSUPPORTED_PIPELINE, f"no model here does {spec.pipeline}", 0
+        # the model router: warm first, then the fastest measured
+        row = max(chosen, key=lambda r: (r.warm, r.speed_mpx_steps_per_s, r.model_id))
+        if len(row.weights_sha256) != 64:
+            return RefusalReason.OTHER, f"{row.model_id}: weights not hashed yet", 5_000
+        if sum(blob.size_bytes for blob in spec.inputs) > self.config.max_input_bytes:
+            return RefusalReason.INPUT_TOO_LARGE, f"inputs above {self.config.max_input_bytes} bytes", 0
+        try:
+            check_params(row.name, spec)
+        except ParameterError as exc:
+            return RefusalReason.UNSUPPORTED_PARAMS, str(exc)[:500], 0
+        price = job_price(spec, self.config.price_per_mpx_step)
+        if price > request.max_price:
+            return RefusalReason.PRICE, f"{price} > max_price {request.max_price}", 0
+        speed = row.speed_mpx_steps_per_s
+        eta_ms = int(job_mpx_steps(spec) / speed * 1000) if speed > 0 else self.config.unmeasured_eta_ms
+        if speed > 0 and eta_ms > request.deadline_ms:
+            return RefusalReason.DEADLINE, f"ETA {eta_ms} ms > deadline {request.deadline_ms} ms", 0
+        if len(self.reservations) >= self.config.max_jobs:
+            return RefusalReason.BUSY, f"{len(self.reservations)} jobs held", max(1000, eta_ms)
+        return _Offer(row, price, min(eta_ms, 24 * 3600 * 1000))
+
+    async def _receive_inputs(self, job: _Job, request: QuoteRequest) -> dict[str, bytes] | None:
+        inputs: dict[str, bytes] = {}
+        deadline = job.machine.deadline_at_ms or self.now_ms()
+        with trio.move_on_after(max(0.0, (deadline - self.now_ms()) / 1000)) as scope:
+            for blob in request.spec.inputs:
+                limits = TransferLimits(max_total_bytes=blob.size_bytes, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES)
+                try:
+                    got = await receive_transfer(job.framed, limits, expected_sha256=bytes.fromhex(blob.sha256))
+                except NetworkError as exc:
+                    await job.apply(job.machine.cancel(f"requester went away: {exc}", self.now_ms()))
+                    return None
+                except ProtocolError as exc:
+                    await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, str(exc)[:400], self.now_ms()))
+                    return None
+                if (got.header.total_bytes, got.header.media_type) != (blob.size_bytes, blob.media_type):
+                    await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, f"{blob.name} differs", self.now_ms()))
+                    return None
+                inputs[blob.name] = got.data
+        if scope.cancelled_caught:
+            await job.apply(job.machine.on_tick(max(self.now_ms(), deadline)))
+            return None
+        return inputs
+
+    async def _run(self, job: _Job, request: QuoteRequest, inputs: dict[str, bytes]) -> None:
+        machine = job.machine
+        assert machine.quote is not None
+        started = trio.current_time()
+        send_progress, receive_progress = trio.open_memory_channel[StepProgress](16)
+
+        def on_progress(step: StepProgress) -> None:
+            # progress is advisory: drop a step rather than slow the run
+            with contextlib.suppress(trio.WouldBlock):
+                send_progress.send_nowait(step)
+
+        async def forward_progress() -> None:
+            async for step in receive_progress:
+                await job.apply(machine.progress(step.stage[:32], step.step, step.total, self.now_ms()))
+
+        async def watch_requester() -> None:
+            while not machine.ended:
+                if (msg := await job.next_message()) is not None:
+                    await job.on_message(msg)
+
+        output = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_requester)
+            nursery.start_soon(forward_progress)
+            with job.run_scope:
+                try:
+                    request_for_pool = model_request(request.spec, inputs)
+                    if self.hooks.run_started is not None:
+                        self.hooks.run_started()
+                    output = await self.pool.run(job.model_name, request_for_pool, progress=on_progress)
+                except PoolBusy as exc:
+                    await job.apply(machine.fail(ErrorCode.CANCELLED, f"busy: {exc}"[:400], self.now_ms()))
+                except ModelError as exc:
+                    await job.apply(machine.fail(_error_code(exc), str(exc)[:400], self.now_ms()))
+            send_progress.close()
+            nursery.cancel_scope.cancel()
+        if output is None or machine.ended:
+            return
+        run_ms = int((trio.current_time() - started) * 1000)
+        encoded = encode_output(output)
+        receipt = Receipt(
+            job_id=machine.job_id,
+            requester_peer_id=machine.requester_peer_id,
+            worker_peer_id=self.key.peer_id,
+            nonce=request.nonce,
+            spec=request.spec,
+            quote_id=machine.quote.quote_id,
+            price=machine.quote.price,
+            model_id=machine.quote.model_id,
+            weights_sha256=machine.quote.weights_sha256,
+            runtime=self._runtime,
+            outputs=(encoded.hashes,),
+            timings=Timings(queue_ms=0, load_ms=0 if machine.quote.warm else run_ms, run_ms=run_ms),
+            seq=self.sequence.next(),
+            issued_at_ms=self.now_ms(),
+        )
+        try:
+            await job.apply(machine.finish((encoded.blob,), sign_receipt(self.key, receipt), self.now_ms()))
+        except InvalidTransition:
+            return  # ended meanwhile (cancel crossed the finish)
+        data = encoded.data if self.hooks.tamper_output is None else self.hooks.tamper_output(encoded.data)
+        try:
+            await send_transfer(job.framed, data, encoded.blob.media_type)
+        except NetworkError as exc:
+            log.info("job %s: requester %s left before the output arrived: %s", machine.job_id[:12], job.peer, exc)
+            return
+        self.completed += 1
+
+
+@dataclass(frozen=True)
+class _Offer:
+    row: ModelStatus
+    price: int  # micro-credits
+    eta_ms: int
+
+
+async def serve_job_worker(
+    network: Network,
+    key: NodeKey,
+    pool: ModelPool,
+    config: WorkerConfig | None = None,
+    *,
+    wall_clock: WallClock,
+    sequence_path: Path | None = None,
+    hooks: WorkerHooks | None = None,
+    task_status: trio.TaskStatus[JobWorker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve jobs until cancelled; ``task_status.started`` hands back the :class:`JobWorker`."""
+    worker = JobWorker(
+        key,
+        pool,
+        config or WorkerConfig(),
+        wall_clock=wall_clock,
+        sequence=ReceiptSequence(wall_clock, sequence_path),
+        hooks=hooks,
+    )
+    network.set_stream_handler(JOB_PROTOCOL, worker.handle)
+    task_status.started(worker)
+    await trio.sleep_forever()
+
+
+__all__ = ["JobWorker", "ReceiptSequence", "WorkerConfig", "WorkerHooks", "serve_job_worker"]

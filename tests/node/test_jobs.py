@@ -1,0 +1,254 @@
+"""Jobs end to end on the in-memory network: requester → worker → verified receipt, and the faults around it.
+
+The workers run the real tiny-sdxl preset in the model pool's threads, so these
+tests run in real time (a MockClock would jump past a thread's work); every
+wait is bounded by a generous ``trio.fail_after`` and none sleeps for state.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.node.daemon import Node, serve_node
+from lpnode.node.framing import FramedStream
+from lpnode.node.job_requester import JobFailed, JobRequest, NoCandidates, run_job
+from lpnode.node.job_stream import receive_job_message, send_job_message
+from lpnode.node.job_worker import JobWorker, WorkerConfig, WorkerHooks, serve_job_worker
+from lpnode.node.network.base import ByteStream, Network
+from lpnode.node.network.memory import MemoryHub, open_memory_hub
+from lpnode.node.offer import OfferSource
+from lpnode.node.serving import serve_model_offers
+from lpnode.protocol.advert import ModelOffer
+from lpnode.protocol.jobs import QuoteRequest, Refusal, RefusalReason
+from lpnode.protocol.jobspec import Pipeline, TextToImageParams
+from lpnode.protocol.names import JOB_PROTOCOL
+from lpnode.protocol.receipts import verify_receipt
+
+from .test_gossip import CPU, config, key_for
+
+MODEL = "lpnode/tiny-sdxl"
+T2I = JobRequest(Pipeline.TEXT_TO_IMAGE, TextToImageParams("a lighthouse at dusk", 64, 64, 2, 0.0, ""), MODEL, seed=7)
+BOUND_S = 60  # generous: CPU inference of the tiny preset takes well under a second
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ModelPool]:
+    async with open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool:
+        yield pool
+
+
+@dataclass
+class Peer:
+    node: Node
+    worker: JobWorker | None
+    scope: trio.CancelScope  # cancelling it takes the whole peer off the network
+
+    @property
+    def peer_id(self) -> str:
+        return self.node.peer_id
+
+
+@asynccontextmanager
+async def peers(hub: MemoryHub) -> AsyncIterator[Callable[..., object]]:
+    """``start(index, pool=, hooks=, handler=, offer=)`` starts a peer dialled to the first one."""
+    async with trio.open_nursery() as nursery:
+        first: list[Node] = []
+
+        async def run(
+            index: int,
+            pool: ModelPool | None,
+            hooks: WorkerHooks | None,
+            handler: Callable[[ByteStream], object] | None,
+            models: Sequence[ModelOffer],
+            task_status: trio.TaskStatus[Peer],
+        ) -> None:
+            with trio.CancelScope() as scope:
+                async with hub.open_network(key_for(index)) as net, trio.open_nursery() as own:
+                    if first:
+                        await net.connect(first[0].network.listen_addrs()[0])
+                    offer = OfferSource(queue_capacity=4, devices=CPU, models=tuple(models))
+                    node = await own.start(functools.partial(serve_node, config(), key_for(index), net, offer))
+                    first.append(node)
+                    worker = None
+                    if pool is not None:
+                        await own.start(serve_model_offers, pool, offer, 100, node.publisher.poke)
+                        worker = await own.start(
+                            functools.partial(
+                                serve_job_worker,
+                                net,
+                                key_for(index),
+                                pool,
+                                WorkerConfig(),
+                                wall_clock=node.wall_clock,
+                                hooks=hooks,
+                            )
+                        )
+                    if handler is not None:
+                        net.set_stream_handler(JOB_PROTOCOL, handler)  # type: ignore[arg-type]
+                    task_status.started(Peer(node, worker, scope))
+                    await trio.sleep_forever()
+
+        async def start(
+            index: int,
+            *,
+            pool: ModelPool | None = None,
+            hooks: WorkerHooks | None = None,
+            handler: Callable[[ByteStream], object] | None = None,
+            models: Sequence[ModelOffer] = (),
+        ) -> Peer:
+            peer: Peer = await nursery.start(run, index, pool, hooks, handler, models)
+            return peer
+
+        yield start
+        nursery.cancel_scope.cancel()
+
+
+async def sees_models(requester: Node, workers: Sequence[Peer]) -> None:
+    """Wait until ``requester`` holds an advert with models from each of ``workers``."""
+    with trio.fail_after(BOUND_S):
+        while not all(
+            (record := requester.directory.get(w.peer_id)) is not None and record.advert.models for w in workers
+        ):
+            await requester.directory.wait_changed()
+
+
+async def test_text_to_image_gets_a_verified_receipt_matching_the_bytes(pool: ModelPool, tmp_path: Path) -> None:
+    progress: list[int] = []
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(
+                requester.node,
+                T2I,
+                max_price=10_000,
+                deadline_s=BOUND_S,
+                on_progress=lambda p, m: progress.append(m.step),
+            )
+    assert outcome.worker_peer_id == worker.peer_id
+    assert [a.outcome for a in outcome.attempts] == ["done"]
+    receipt = verify_receipt(outcome.receipt_bytes)  # anyone can check it from the bytes alone
+    assert receipt.requester_peer_id == requester.peer_id and receipt.worker_peer_id == worker.peer_id
+    assert receipt.spec.seed == 7 and receipt.model_id == MODEL and len(receipt.weights_sha256) == 64
+    assert [o.sha256 for o in receipt.outputs] == [hashlib.sha256(b).hexdigest() for b in outcome.outputs]
+    assert outcome.outputs[0].startswith(b"\x89PNG")
+    assert receipt.price == outcome.price == 1  # 64 × 64 × 2 steps at 100 per mpx-step, rounded up
+    assert progress and progress[-1] >= 1
+    assert worker.worker is not None and worker.worker.reservations == set() and worker.worker.completed == 1
+
+
+async def test_unknown_model_is_a_clear_error_listing_the_offers(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        wrong = JobRequest(T2I.pipeline, T2I.params, "nobody/has-this")
+        with pytest.raises(
+            NoCandidates, match=r"no peer offers text-to-image nobody/has-this.*text-to-image lpnode/tiny-sdxl"
+        ):
+            await run_job(requester.node, wrong, max_price=10_000, deadline_s=5)
+
+        # asked directly, the worker refuses before reserving anything
+        with trio.fail_after(BOUND_S):
+            stream = await requester.node.network.open_stream(worker.peer_id, JOB_PROTOCOL)
+            framed = FramedStream(stream)
+            from lpnode.node.job_requester import build_spec
+
+            request = QuoteRequest(build_spec(wrong, {}, 10**7), b"n" * 16, 10_000, 10_000)
+            await send_job_message(framed, request, requester.node.key)
+            answer = await receive_job_message(framed)
+        assert isinstance(answer, Refusal) and answer.reason is RefusalReason.UNKNOWN_MODEL
+        assert "lpnode/tiny-sdxl" in answer.message
+        assert worker.worker is not None and worker.worker.reservations == set()
+
+
+async def test_worker_vanishing_mid_job_completes_on_another_and_records_both(pool: ModelPool) -> None:
+    started = trio.Event()
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        doomed: Peer = await start(1, pool=pool, hooks=WorkerHooks(run_started=started.set))  # type: ignore[assignment]
+        survivor: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [doomed, survivor])
+
+        async def kill_when_running() -> None:
+            await started.wait()
+            doomed.scope.cancel()
+
+        with trio.fail_after(BOUND_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_when_running)
+                outcome = await run_job(
+                    requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[doomed.peer_id]
+                )
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [
+        (doomed.peer_id, "disconnected"),
+        (survivor.peer_id, "done"),
+    ]
+    assert outcome.attempts[0].price == 1  # it had quoted before it vanished
+    assert outcome.worker_peer_id == survivor.peer_id
+    verify_receipt(outcome.receipt_bytes)
+
+
+async def test_tampered_output_is_rejected_and_the_job_retried(pool: ModelPool) -> None:
+    def flip_last_byte(data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 1])
+
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        cheat: Peer = await start(1, pool=pool, hooks=WorkerHooks(tamper_output=flip_last_byte))  # type: ignore[assignment]
+        honest: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [cheat, honest])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[cheat.peer_id])
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [
+        (cheat.peer_id, "output_mismatch"),
+        (honest.peer_id, "done"),
+    ]
+    assert hashlib.sha256(outcome.outputs[0]).hexdigest() == outcome.receipt.outputs[0].sha256
+
+
+async def test_a_garbage_speaking_peer_harms_no_other_job(pool: ModelPool) -> None:
+    async def garbage(stream: ByteStream) -> None:
+        await stream.send_all(b"\x00garbage, not a frame" * 10)
+
+    fake_offer = ModelOffer("text-to-image", MODEL, "0" * 64, True, 1000.0, 1)  # looks like the best peer there is
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        liar: Peer = await start(1, handler=garbage, models=[fake_offer])  # type: ignore[assignment]
+        honest: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [liar, honest])
+
+        async def spam_the_worker(net: Network) -> None:
+            for payload in (b"\x01\xff\xff\xff\xff", b"\x07junk", b"\x01\x00\x00\x00\x03abc"):
+                stream = await net.open_stream(honest.peer_id, JOB_PROTOCOL, honest.node.network.listen_addrs())
+                await stream.send_all(payload)
+                with trio.move_on_after(5):
+                    while await stream.receive_some(1024):
+                        pass
+                await stream.aclose()
+
+        with trio.fail_after(BOUND_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(spam_the_worker, liar.node.network)
+                outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S)
+                # and the worker still serves the next job
+                again = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, avoid=[liar.peer_id])
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [(liar.peer_id, "garbage"), (honest.peer_id, "done")]
+    assert again.worker_peer_id == honest.peer_id
+    assert honest.worker is not None and honest.worker.reservations == set()
+
+
+async def test_no_peers_at_all_says_so() -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        with pytest.raises(JobFailed, match="the network offers: nothing"):
+            await run_job(requester.node, T2I, max_price=10_000, deadline_s=5)
