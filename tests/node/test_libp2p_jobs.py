@@ -1,0 +1,67 @@
+"""A job over real libp2p on 127.0.0.1: requester → worker with the tiny-sdxl preset, verified receipt.
+
+The in-memory tests (``test_jobs.py``) cover the faults; this checks that the
+same worker and requester hold over TCP + Noise + Yamux streams. Waits are
+bounded by ``trio.fail_after``; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.node.config import NodeConfig
+from lpnode.node.daemon import Node, serve_node
+from lpnode.node.job_requester import run_job
+from lpnode.node.job_worker import JobWorker, serve_job_worker
+from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
+from lpnode.node.offer import OfferSource
+from lpnode.node.serving import serve_model_offers
+from lpnode.protocol import GpuInfo, NodeKey
+from lpnode.protocol.receipts import verify_receipt
+
+from .test_jobs import T2I
+
+DEADLINE_S = 60
+LOOPBACK = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)
+CPU = (GpuInfo(name="cpu: test", kind="cpu", vram_total_bytes=0, vram_free_bytes=0),)
+
+
+@asynccontextmanager
+async def libp2p_peer(
+    index: int, pool: ModelPool | None, bootstrap: tuple[str, ...] = ()
+) -> AsyncIterator[tuple[Node, JobWorker | None]]:
+    key = NodeKey(bytes([0x90 + index]) * 32)
+    config = NodeConfig(listen=LOOPBACK.listen_addrs, bootstrap=bootstrap, mdns=False).validate()
+    offer = OfferSource(queue_capacity=4, devices=CPU)
+    async with open_libp2p_network(key, LOOPBACK) as network, trio.open_nursery() as nursery:
+        node: Node = await nursery.start(functools.partial(serve_node, config, key, network, offer))
+        worker = None
+        if pool is not None:
+            await nursery.start(serve_model_offers, pool, offer, config.price_per_mpx_step, node.publisher.poke)
+            worker = await nursery.start(
+                functools.partial(serve_job_worker, network, key, pool, wall_clock=node.wall_clock)
+            )
+        yield node, worker
+        nursery.cancel_scope.cancel()
+
+
+async def test_text_to_image_over_real_libp2p() -> None:
+    async with (
+        open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool,
+        libp2p_peer(1, pool) as (worker_node, worker),
+        libp2p_peer(0, None, bootstrap=(worker_node.network.listen_addrs()[0],)) as (requester, _),
+    ):
+        with trio.fail_after(DEADLINE_S):
+            while (record := requester.directory.get(worker_node.peer_id)) is None or not record.advert.models:
+                await requester.directory.wait_changed()
+            outcome = await run_job(requester, T2I, max_price=10_000, deadline_s=DEADLINE_S)
+    assert [a.outcome for a in outcome.attempts] == ["done"]
+    receipt = verify_receipt(outcome.receipt_bytes)
+    assert receipt.worker_peer_id == worker_node.peer_id and receipt.requester_peer_id == requester.peer_id
+    assert receipt.outputs[0].sha256 == hashlib.sha256(outcome.outputs[0]).hexdigest()
+    assert worker is not None and worker.completed == 1 and worker.reservations == set()
