@@ -20,7 +20,6 @@ peer sending garbage never takes the node down.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -29,8 +28,7 @@ from pathlib import Path
 
 import trio
 from lpnode.models.base import StepProgress
-from lpnode.models.errors import Cancelled, ModelError, OutOfMemory, ParameterError, PoolBusy, PoolClosed
-from lpnode.models.errors import ModelLoadError as _LoadError
+from lpnode.models.errors import ModelError, ParameterError, PoolBusy
 from lpnode.models.pool import ModelPool, ModelStatus
 from lpnode.protocol.errors import (
     InvalidTransition,
@@ -50,12 +48,13 @@ from lpnode.protocol.negotiation import (
     StartRun,
     WorkerNegotiation,
 )
-from lpnode.protocol.receipts import LibraryVersion, Receipt, RuntimeFacts, Timings, sign_receipt
+from lpnode.protocol.receipts import Receipt, Timings, sign_receipt
 from lpnode.protocol.signing import NodeKey
 
 from .framing import FramedStream, FramingConfig
 from .gossip import WallClock
 from .job_convert import check_params, encode_output, model_request
+from .job_proof import ReceiptSequence, error_code, runtime_facts
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream, Network
 from .peer_choice import job_mpx_steps, job_price
@@ -72,11 +71,14 @@ class WorkerConfig:
     request_timeout_s: float = 10.0  # the QuoteRequest must arrive this soon after the stream opens
     unmeasured_eta_ms: int = 30_000  # ETA quoted for a model with no measured speed yet
     max_input_bytes: int = DEFAULT_MAX_TOTAL_BYTES  # all inputs of one job together
+    # Open job streams at once, quoting or idle ones included: a peer opening streams and
+    # saying nothing costs a task each until request_timeout_s, so their number is bounded.
+    max_streams: int = 64
     framing: FramingConfig = field(default_factory=FramingConfig)
 
     def __post_init__(self) -> None:
-        if self.max_jobs < 1 or self.quote_ttl_ms < 1 or self.request_timeout_s <= 0:
-            raise ValueError("max_jobs, quote_ttl_ms and request_timeout_s must be positive")
+        if self.max_jobs < 1 or self.max_streams < 1 or self.quote_ttl_ms < 1 or self.request_timeout_s <= 0:
+            raise ValueError("max_jobs, max_streams, quote_ttl_ms and request_timeout_s must be positive")
 
 
 @dataclass
@@ -85,59 +87,6 @@ class WorkerHooks:
 
     tamper_output: Callable[[bytes], bytes] | None = None  # applied to output bytes after they were signed
     run_started: Callable[[], None] | None = None  # called when a job is handed to the pool
-
-
-class ReceiptSequence:
-    """Per-worker receipt numbers that keep increasing across restarts.
-
-    With a file, the last number is persisted before it is used; without one
-    (or on top of it) the counter is seeded from the wall clock in microseconds,
-    so a restarted worker whose file was lost still never repeats a number
-    unless its clock went back.
-    """
-
-    def __init__(self, wall_clock: WallClock, path: Path | None = None) -> None:
-        self._path = path
-        seeded = int(wall_clock() * 1_000_000)
-        stored = 0
-        if path is not None and path.exists():
-            try:
-                stored = int(path.read_text().strip() or 0)
-            except ValueError:
-                log.warning("receipt sequence file %s is unreadable; seeding from the clock", path)
-        self._last = max(seeded, stored)
-
-    def next(self) -> int:
-        self._last += 1
-        if self._path is not None:
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(str(self._last))  # a few bytes: cheaper than a thread hop
-            tmp.replace(self._path)
-        return self._last
-
-
-def _runtime(pool: ModelPool) -> RuntimeFacts:
-    libraries = []
-    for name in ("torch", "diffusers", "transformers"):
-        try:
-            libraries.append(LibraryVersion(name, importlib.metadata.version(name)[:64]))
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    device = str(getattr(pool, "device", "unknown"))
-    dtype = str(getattr(pool, "dtype", "unknown")).removeprefix("torch.")
-    return RuntimeFacts(device=device[:128], dtype=dtype[:16], libraries=tuple(libraries))
-
-
-def _error_code(exc: ModelError) -> ErrorCode:
-    if isinstance(exc, ParameterError):
-        return ErrorCode.INVALID_INPUT
-    if isinstance(exc, OutOfMemory):
-        return ErrorCode.OUT_OF_MEMORY
-    if isinstance(exc, _LoadError):
-        return ErrorCode.MODEL_LOAD_FAILED
-    if isinstance(exc, Cancelled | PoolClosed):
-        return ErrorCode.CANCELLED
-    return ErrorCode.INTERNAL
 
 
 class _Job:
@@ -216,8 +165,10 @@ class JobWorker:
         self.hooks = hooks or WorkerHooks()
         self.reservations: set[str] = set()
         self.completed = 0
+        self.open_streams = 0
+        self.turned_away = 0  # streams closed at once because max_streams were open
         self._quote_ids = itertools.count(1)
-        self._runtime = _runtime(pool)
+        self._runtime = runtime_facts(pool)
 
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
@@ -227,11 +178,18 @@ class JobWorker:
 
     async def handle(self, stream: ByteStream) -> None:
         """The stream handler root: nothing escapes it (an escaping exception kills a libp2p host)."""
+        if self.open_streams >= self.config.max_streams:
+            self.turned_away += 1
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+            return
+        self.open_streams += 1
         try:
             await self._serve(stream)
         except Exception:
             log.exception("job stream from %s failed", stream.remote_peer)
         finally:
+            self.open_streams -= 1
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 try:
                     await stream.aclose()
@@ -391,7 +349,7 @@ class JobWorker:
                 except PoolBusy as exc:
                     await job.apply(machine.fail(ErrorCode.CANCELLED, f"busy: {exc}"[:400], self.now_ms()))
                 except ModelError as exc:
-                    await job.apply(machine.fail(_error_code(exc), str(exc)[:400], self.now_ms()))
+                    await job.apply(machine.fail(error_code(exc), str(exc)[:400], self.now_ms()))
             send_progress.close()
             nursery.cancel_scope.cancel()
         if output is None or machine.ended:
@@ -459,4 +417,4 @@ async def serve_job_worker(
     await trio.sleep_forever()
 
 
-__all__ = ["JobWorker", "ReceiptSequence", "WorkerConfig", "WorkerHooks", "serve_job_worker"]
+__all__ = ["JobWorker", "WorkerConfig", "WorkerHooks", "serve_job_worker"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.framing import FramedStream
@@ -252,3 +253,47 @@ async def test_no_peers_at_all_says_so() -> None:
         requester: Peer = await start(0)  # type: ignore[assignment]
         with pytest.raises(JobFailed, match="the network offers: nothing"):
             await run_job(requester.node, T2I, max_price=10_000, deadline_s=5)
+
+
+async def test_a_full_worker_refuses_busy_and_a_cancel_frees_the_slot(pool: ModelPool) -> None:
+    from lpnode.node.job_requester import build_spec
+    from lpnode.protocol.jobs import Cancel, Quote
+
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        assert worker.worker is not None
+        worker.worker.config = WorkerConfig(max_jobs=1)
+        spec = build_spec(T2I, {}, 10**7)
+
+        async def ask(nonce: bytes) -> tuple[FramedStream, object]:
+            stream = await requester.node.network.open_stream(
+                worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
+            )
+            framed = FramedStream(stream)
+            await send_job_message(framed, QuoteRequest(spec, nonce, 10_000, 60_000), requester.node.key)
+            return framed, await receive_job_message(framed)
+
+        with trio.fail_after(BOUND_S):
+            first, quote = await ask(b"a" * 16)
+            assert isinstance(quote, Quote) and len(worker.worker.reservations) == 1
+            _, refusal = await ask(b"b" * 16)
+            assert isinstance(refusal, Refusal) and refusal.reason is RefusalReason.BUSY and refusal.retry_after_ms > 0
+            await send_job_message(first, Cancel(quote.job_id, "user"), requester.node.key)
+            while worker.worker.reservations:  # the worker frees the slot when it reads the Cancel
+                await trio.testing.wait_all_tasks_blocked()
+            _, again = await ask(b"c" * 16)
+        assert isinstance(again, Quote)
+
+
+def test_receipt_sequence_increases_across_restarts(tmp_path: Path) -> None:
+    from lpnode.node.job_proof import ReceiptSequence
+
+    path = tmp_path / "receipt-seq"
+    first = ReceiptSequence(lambda: 1000.0, path)
+    numbers = [first.next() for _ in range(3)]
+    assert numbers == sorted(set(numbers))
+    # restarted with the clock set back: the persisted number still wins
+    assert ReceiptSequence(lambda: 1.0, path).next() > numbers[-1]
+    # file lost: the clock seed (µs) still lies above anything issued earlier
+    assert ReceiptSequence(lambda: 2000.0, None).next() > numbers[-1]

@@ -1,0 +1,72 @@
+"""What a worker signs besides the outputs: receipt sequence numbers, runtime facts, error codes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from pathlib import Path
+
+from lpnode.models.errors import Cancelled, ModelError, ModelLoadError, OutOfMemory, ParameterError, PoolClosed
+from lpnode.models.pool import ModelPool
+from lpnode.protocol.jobs import ErrorCode
+from lpnode.protocol.receipts import LibraryVersion, RuntimeFacts
+
+from .gossip import WallClock
+
+log = logging.getLogger(__name__)
+
+
+class ReceiptSequence:
+    """Per-worker receipt numbers that keep increasing across restarts.
+
+    With a file, the last number is persisted before it is used; without one
+    (or on top of it) the counter is seeded from the wall clock in microseconds,
+    so a restarted worker whose file was lost still never repeats a number
+    unless its clock went back.
+    """
+
+    def __init__(self, wall_clock: WallClock, path: Path | None = None) -> None:
+        self._path = path
+        seeded = int(wall_clock() * 1_000_000)
+        stored = 0
+        if path is not None and path.exists():
+            try:
+                stored = int(path.read_text().strip() or 0)
+            except ValueError:
+                log.warning("receipt sequence file %s is unreadable; seeding from the clock", path)
+        self._last = max(seeded, stored)
+
+    def next(self) -> int:
+        self._last += 1
+        if self._path is not None:
+            tmp = self._path.with_suffix(".tmp")
+            tmp.write_text(str(self._last))  # a few bytes: cheaper than a thread hop
+            tmp.replace(self._path)
+        return self._last
+
+
+def runtime_facts(pool: ModelPool) -> RuntimeFacts:
+    libraries = []
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            libraries.append(LibraryVersion(name, importlib.metadata.version(name)[:64]))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    device = str(getattr(pool, "device", "unknown"))
+    dtype = str(getattr(pool, "dtype", "unknown")).removeprefix("torch.")
+    return RuntimeFacts(device=device[:128], dtype=dtype[:16], libraries=tuple(libraries))
+
+
+def error_code(exc: ModelError) -> ErrorCode:
+    if isinstance(exc, ParameterError):
+        return ErrorCode.INVALID_INPUT
+    if isinstance(exc, OutOfMemory):
+        return ErrorCode.OUT_OF_MEMORY
+    if isinstance(exc, ModelLoadError):
+        return ErrorCode.MODEL_LOAD_FAILED
+    if isinstance(exc, Cancelled | PoolClosed):
+        return ErrorCode.CANCELLED
+    return ErrorCode.INTERNAL
+
+
+__all__ = ["ReceiptSequence", "error_code", "runtime_facts"]
