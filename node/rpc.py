@@ -33,7 +33,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from lpnode.node.daemon import Node
+from lpnode.node.job_requester import JobFailed, NoCandidates
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
+from lpnode.node.rpc_jobs import OutputStore, jobs_router
 from lpnode.node.rpc_models import (
     ErrorBody,
     Health,
@@ -76,6 +78,8 @@ ERROR_STATUS: dict[type[LpnodeError], int] = {
     ProtocolError: 502,  # a peer answered with something we cannot accept
     NetworkError: 503,
     PeerUnreachable: 504,
+    NoCandidates: 404,  # nobody offers that model/pipeline; the message lists what the network offers
+    JobFailed: 503,  # every candidate refused or failed; the message lists the attempts
 }
 _HTTP_ERROR_NAMES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
@@ -85,10 +89,11 @@ class _CountingNetwork(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-def create_app(node: Node, token: str, *, pool: ModelPool | None = None) -> FastAPI:
+def create_app(node: Node, token: str, *, pool: ModelPool | None = None, outputs: OutputStore | None = None) -> FastAPI:
     """The RPC app for ``node``; requests must carry ``token`` (except ``/health``).
 
-    ``pool`` is the node's model pool; None for a requester-only node.
+    ``pool`` is the node's model pool; None for a requester-only node. ``outputs``
+    keeps job outputs for download (a fresh bounded store when None).
     """
     app = FastAPI(
         title="lpnode",
@@ -183,6 +188,7 @@ def create_app(node: Node, token: str, *, pool: ModelPool | None = None) -> Fast
         )
 
     app.include_router(api)
+    app.include_router(jobs_router(node, require_token, outputs or OutputStore()))
     return app
 
 
