@@ -26,7 +26,7 @@ from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobspec import MAX_PROMPT_CHARS, MAX_SEED, Pipeline, TextToImageParams
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
-from starlette.status import HTTP_404_NOT_FOUND, HTTP_422_UNPROCESSABLE_ENTITY
+from starlette.status import HTTP_404_NOT_FOUND
 
 DEFAULT_STORE_BYTES = 256 * 1024 * 1024  # outputs kept for download; the oldest go first
 MAX_IMAGES_PER_PROMPT = 8
@@ -120,7 +120,7 @@ def jobs_router(node: Node, require_token: Callable[..., Awaitable[None]], store
                 for i in range(body.num_images_per_prompt)
             ]
         except ValueError as exc:  # bounds the spec adds to pydantic's
-            raise HTTPException(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+            raise HTTPException(422, str(exc)) from None
         outcomes: list[JobOutcome | None] = [None] * len(jobs)
 
         async def one(index: int) -> None:

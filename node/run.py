@@ -98,9 +98,22 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
             functools.partial(serve_node, config, key, network, offer, wall_clock=wall_clock)
         )
         if pool is not None:
+            from lpnode.node.job_worker import WorkerConfig, serve_job_worker
             from lpnode.node.serving import serve_model_offers
 
             await node_nursery.start(serve_model_offers, pool, offer, config.price_per_mpx_step, node.publisher.poke)
+            await node_nursery.start(
+                functools.partial(
+                    serve_job_worker,
+                    network,
+                    key,
+                    pool,
+                    WorkerConfig(max_jobs=config.queue_capacity, price_per_mpx_step=config.price_per_mpx_step),
+                    wall_clock=wall_clock,
+                    # receipt numbers must keep increasing across restarts (job_proof.ReceiptSequence)
+                    sequence_path=config.data_dir / "receipt-seq",
+                )
+            )
         app = create_app(node, token, pool=pool)
         urls = await node_nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
         _print_banner(out, node, urls, config, pool)

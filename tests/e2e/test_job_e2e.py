@@ -1,0 +1,58 @@
+"""A job between two real ``lpnode run`` processes on 127.0.0.1: ``POST /text-to-image`` on the requester.
+
+The worker serves the tiny-sdxl preset; the requester serves nothing. The image
+comes back through the requester's RPC API with its worker's signed receipt,
+and the bytes served by hash match the receipt. Waits are long-polls bounded
+by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from lpnode.protocol.receipts import verify_receipt
+
+from .test_three_nodes import cluster, wait_for_peers
+
+pytestmark = pytest.mark.slow
+
+
+async def test_text_to_image_between_two_processes(tmp_path: Path) -> None:
+    with trio.fail_after(150):
+        async with cluster(tmp_path) as nodes:
+            worker = await nodes.launch("worker", serve="tiny-sdxl")
+            requester = await nodes.launch("requester", bootstrap=[worker.addr])
+            with trio.fail_after(20):
+                await wait_for_peers(
+                    requester, lambda peers: any(p["peer_id"] == worker.peer_id and p["models"] for p in peers)
+                )
+            url = json.loads((requester.data_dir / "rpc.json").read_text())["url"]
+            token = (requester.data_dir / "rpc.token").read_text().strip()
+            headers = {"Authorization": f"Bearer {token}"}
+            body = {
+                "prompt": "a lighthouse at dusk",
+                "width": 64,
+                "height": 64,
+                "guidance_scale": 0.0,
+                "num_inference_steps": 2,
+                "seed": 11,
+                "max_price": 100,
+                "deadline": 60,
+            }
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=90) as client:
+                answer = await client.post("/text-to-image", json=body)
+                assert answer.status_code == 200, answer.text
+                result = answer.json()
+                image = await client.get(result["images"][0]["url"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    receipt = verify_receipt(base64.b64decode(result["jobs"][0]["receipt"]))
+    assert receipt.worker_peer_id == worker.peer_id and receipt.requester_peer_id == requester.peer_id
+    assert receipt.model_id == "lpnode/tiny-sdxl"  # routed: the request named no model
+    assert receipt.outputs[0].sha256 == hashlib.sha256(image.content).hexdigest()
+    assert (worker.data_dir / "receipt-seq").read_text().strip() == str(receipt.seq)
