@@ -56,6 +56,11 @@ from .peer_choice import Candidate, describe_offers, rank_candidates
 from .transfer import DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
 
 MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allows
+# A worker that says nothing for this long is given up on, so one stalled peer cannot eat the
+# whole deadline: a quote needs no device work and comes fast; once running, workers send
+# progress after every step, but a cold model may load for a while before the first.
+DEFAULT_QUOTE_TIMEOUT_S = 10.0
+DEFAULT_SILENCE_S = 60.0
 CANCEL_GRACE_S = 1.0  # time given to telling a worker we gave up
 
 Params = TextToImageParams | ImageToImageParams | ImageToVideoParams | UpscaleParams | FrameInterpolationParams
@@ -156,6 +161,8 @@ async def run_job(
     on_progress: ProgressCallback | None = None,
     max_output_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     framing: FramingConfig | None = None,
+    quote_timeout_s: float = DEFAULT_QUOTE_TIMEOUT_S,
+    silence_s: float = DEFAULT_SILENCE_S,
 ) -> JobOutcome:
     """Get ``job`` done by the best peer that will; raises NoCandidates or JobFailed (with every attempt)."""
     inputs = dict(inputs or {})
@@ -175,6 +182,7 @@ async def run_job(
         if remaining <= 0:
             break
         try_ = _Try(node, candidate, spec, inputs, max_price, remaining, on_progress, framing or FramingConfig())
+        try_.quote_timeout_s, try_.silence_s = quote_timeout_s, silence_s
         outcome = await try_.run()
         attempts.append(try_.attempt())
         if outcome is not None:
@@ -217,6 +225,8 @@ class _Try:
         self.outcome = ""  # set when this try ended for a reason the machine does not know
         self.detail = ""
         self.framed: FramedStream | None = None
+        self.quote_timeout_s = DEFAULT_QUOTE_TIMEOUT_S
+        self.silence_s = DEFAULT_SILENCE_S
 
     def attempt(self) -> Attempt:
         machine = self.machine
@@ -307,11 +317,17 @@ class _Try:
         assert self.framed is not None
         machine = self.machine
         wakeup = machine.next_wakeup_ms()
-        timeout_s = None if wakeup is None else max(0.0, (wakeup - self.now()) / 1000)
+        until_wakeup_s = float("inf") if wakeup is None else max(0.0, (wakeup - self.now()) / 1000)
+        silence_s = self.quote_timeout_s if machine.phase is Phase.REQUESTED else self.silence_s
+        silent_first = silence_s < until_wakeup_s
         msg: JobMessage
         try:
-            msg = await receive_job_message(self.framed, timeout_s=timeout_s)
+            msg = await receive_job_message(self.framed, timeout_s=min(until_wakeup_s, silence_s))
         except StreamTimeout as exc:
+            if self.framed.broken is None and silent_first:
+                self._end("timeout", f"worker silent for {silence_s} s in phase {machine.phase}")
+                await self._apply(machine.cancel("worker silent", self.now()))
+                return
             if self.framed.broken is None:  # nothing by the wakeup: let the machine tick
                 await self._apply(machine.on_tick(max(self.now(), wakeup or 0)))
                 return
