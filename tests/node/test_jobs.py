@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.models.base import PipelineKind
+from lpnode.models.pool import ModelPool, ModelStatus, PoolConfig, open_model_pool
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.framing import FramedStream
+from lpnode.node.gossip import WallClock
 from lpnode.node.job_requester import JobFailed, JobRequest, NoCandidates, run_job
 from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.job_worker import JobWorker, WorkerConfig, WorkerHooks, serve_job_worker
@@ -34,7 +37,7 @@ from lpnode.protocol.jobspec import Pipeline, TextToImageParams
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_gossip import CPU, config, key_for
+from .test_gossip import CPU, config, key_for, virtual_wall_clock
 
 MODEL = "lpnode/tiny-sdxl"
 T2I = JobRequest(Pipeline.TEXT_TO_IMAGE, TextToImageParams("a lighthouse at dusk", 64, 64, 2, 0.0, ""), MODEL, seed=7)
@@ -66,7 +69,7 @@ class Peer:
 
 
 @asynccontextmanager
-async def peers(hub: MemoryHub) -> AsyncIterator[Callable[..., object]]:
+async def peers(hub: MemoryHub, wall_clock: WallClock = time.time) -> AsyncIterator[Callable[..., object]]:
     """``start(index, pool=, hooks=, handler=, offer=)`` starts a peer dialled to the first one."""
     async with trio.open_nursery() as nursery:
         first: list[Node] = []
@@ -84,7 +87,9 @@ async def peers(hub: MemoryHub) -> AsyncIterator[Callable[..., object]]:
                     if first:
                         await net.connect(first[0].network.listen_addrs()[0])
                     offer = OfferSource(queue_capacity=4, devices=CPU, models=tuple(models))
-                    node = await own.start(functools.partial(serve_node, config(), key_for(index), net, offer))
+                    node = await own.start(
+                        functools.partial(serve_node, config(), key_for(index), net, offer, wall_clock=wall_clock)
+                    )
                     first.append(node)
                     worker = None
                     if pool is not None:
@@ -322,3 +327,65 @@ async def test_a_silent_peer_times_out_and_the_job_moves_on(pool: ModelPool) -> 
                 requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, quote_timeout_s=0.5, rng=no_exploring()
             )
     assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [(mute.peer_id, "timeout"), (honest.peer_id, "done")]
+
+
+class StuckPool:
+    """Quacks like ModelPool for the worker: serves tiny-sdxl, and a run never ends until cancelled.
+
+    Pure trio (no threads), so the test runs under the MockClock in virtual time.
+    """
+
+    state_version = 0
+    queue_depth = 0
+
+    def __init__(self) -> None:
+        self.running = trio.Event()
+        self.cancelled = trio.Event()
+
+    def status(self) -> tuple[ModelStatus, ...]:
+        row = ModelStatus(
+            name="tiny-sdxl",
+            model_id=MODEL,
+            pipelines=(PipelineKind.TEXT_TO_IMAGE,),
+            weights_sha256="ab" * 32,
+            warm=True,
+            pinned=True,
+            loading=False,
+            compiled=(),
+            vram_estimate_bytes=0,
+            vram_measured_bytes=None,
+            speed_mpx_steps_per_s=0.0,
+            queued=0,
+            running=0,
+            problem="",
+        )
+        return (row,)
+
+    async def wait_changed(self, seen: int) -> int:
+        await trio.sleep_forever()
+        return seen
+
+    async def run(self, model: str, request: object, *, progress: object = None) -> None:
+        self.running.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.cancelled.set()
+
+
+async def test_deadline_cancels_the_run_and_frees_the_reservation(autojump_clock: trio.testing.MockClock) -> None:
+    stuck = StuckPool()
+    async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=stuck)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        begun = trio.current_time()
+        with pytest.raises(JobFailed, match="deadline") as failed:
+            await run_job(requester.node, T2I, max_price=10_000, deadline_s=20)
+        assert trio.current_time() - begun == pytest.approx(20, abs=1)
+        with trio.fail_after(5):  # the worker sees its own deadline (the same 20 s) or the requester's Cancel
+            await stuck.cancelled.wait()
+            while worker.worker is not None and worker.worker.reservations:
+                await trio.testing.wait_all_tasks_blocked()
+    assert [(a.peer_id, a.outcome) for a in failed.value.attempts] == [(worker.peer_id, "deadline")]
+    assert stuck.running.is_set()
