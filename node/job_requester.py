@@ -14,6 +14,7 @@ Imports nothing from ``lpnode.models``: a requester-only node never loads torch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import secrets
@@ -259,7 +260,8 @@ class _Try:
                 with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S):
                     if not self.machine.ended:
                         await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
-                    await stream.aclose()
+                    with contextlib.suppress(NetworkError):  # already reset by the peer or by us
+                        await stream.aclose()
         if scope.cancelled_caught:
             self._end("deadline", f"no verified result within {self.time_left_s:.1f} s")
         return None

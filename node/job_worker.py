@@ -167,6 +167,8 @@ class JobWorker:
         self.completed = 0
         self.open_streams = 0
         self.turned_away = 0  # streams closed at once because max_streams were open
+        # Quote ids must stay unique across restarts too: prefix them with the start time.
+        self._quote_prefix = f"{self.now_ms():x}"
         self._quote_ids = itertools.count(1)
         self._runtime = runtime_facts(pool)
 
@@ -180,8 +182,7 @@ class JobWorker:
         """The stream handler root: nothing escapes it (an escaping exception kills a libp2p host)."""
         if self.open_streams >= self.config.max_streams:
             self.turned_away += 1
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.aclose()
+            await _close(stream)
             return
         self.open_streams += 1
         try:
@@ -190,11 +191,7 @@ class JobWorker:
             log.exception("job stream from %s failed", stream.remote_peer)
         finally:
             self.open_streams -= 1
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.aclose()
-                except Exception:  # closing a reset stream may fail; it is gone either way
-                    log.debug("closing a job stream failed", exc_info=True)
+            await _close(stream)
 
     async def _serve(self, stream: ByteStream) -> None:
         framed = FramedStream(stream, self.config.framing)
@@ -240,7 +237,7 @@ class JobWorker:
             reason, message, retry_after = decision
             await job.apply(job.machine.refuse(reason, message, now, retry_after))
             return
-        quote_id = f"{self.key.peer_id[-8:]}-{next(self._quote_ids)}"
+        quote_id = f"{self._quote_prefix}-{next(self._quote_ids)}"
         quote = Quote(
             quote_id=quote_id,
             job_id=job.machine.job_id,
@@ -385,6 +382,14 @@ class JobWorker:
             log.info("job %s: requester %s left before the output arrived: %s", machine.job_id[:12], job.peer, exc)
             return
         self.completed += 1
+
+
+async def _close(stream: ByteStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await stream.aclose()
+        except Exception:  # closing a reset stream may fail; it is gone either way
+            log.debug("closing a job stream failed", exc_info=True)
 
 
 @dataclass(frozen=True)
