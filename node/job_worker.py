@@ -57,7 +57,7 @@ from .job_convert import check_params, encode_output, model_request
 from .job_proof import ReceiptSequence, error_code, runtime_facts
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream, Network
-from .peer_choice import job_mpx_steps, job_price
+from .peer_choice import job_mpx_steps, job_price, work_is_known
 from .transfer import DEFAULT_MAX_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,10 @@ class JobWorker:
         if price > request.max_price:
             return RefusalReason.PRICE, f"{price} > max_price {request.max_price}", 0
         speed = row.speed_mpx_steps_per_s
-        eta_ms = int(job_mpx_steps(spec) / speed * 1000) if speed > 0 else self.config.unmeasured_eta_ms
-        if speed > 0 and eta_ms > request.deadline_ms:
+        # An input-sized job's work is unknown until its input is decoded: no ETA to refuse on then.
+        known = speed > 0 and work_is_known(spec)
+        eta_ms = int(job_mpx_steps(spec) / speed * 1000) if known else self.config.unmeasured_eta_ms
+        if known and eta_ms > request.deadline_ms:
             return RefusalReason.DEADLINE, f"ETA {eta_ms} ms > deadline {request.deadline_ms} ms", 0
         if len(self.reservations) >= self.config.max_jobs:
             return RefusalReason.BUSY, f"{len(self.reservations)} jobs held", max(1000, eta_ms)
@@ -297,14 +299,17 @@ class JobWorker:
             for blob in request.spec.inputs:
                 limits = TransferLimits(max_total_bytes=blob.size_bytes, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES)
                 try:
-                    got = await receive_transfer(job.framed, limits, expected_sha256=bytes.fromhex(blob.sha256))
+                    # The hash is compared after the transfer, not from its header: a whole transfer
+                    # leaves the stream framed, so the requester hears input_mismatch instead of a reset.
+                    got = await receive_transfer(job.framed, limits)
                 except NetworkError as exc:
                     await job.apply(job.machine.cancel(f"requester went away: {exc}", self.now_ms()))
                     return None
                 except ProtocolError as exc:
                     await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, str(exc)[:400], self.now_ms()))
                     return None
-                if (got.header.total_bytes, got.header.media_type) != (blob.size_bytes, blob.media_type):
+                announced = (got.header.total_bytes, got.header.media_type, got.header.sha256.hex())
+                if announced != (blob.size_bytes, blob.media_type, blob.sha256):
                     await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, f"{blob.name} differs", self.now_ms()))
                     return None
                 inputs[blob.name] = got.data

@@ -64,6 +64,11 @@ def job_mpx_steps(spec: JobSpec) -> float:
     return width * height * frames * steps / 1e6
 
 
+def work_is_known(spec: JobSpec) -> bool:
+    """Whether :func:`job_mpx_steps` is the real work, not the one-mpx-step stand-in for input-sized jobs."""
+    return bool(getattr(spec.params, "width", 0) and getattr(spec.params, "height", 0))
+
+
 def job_price(spec: JobSpec, price_per_mpx_step: int) -> int:
     """Micro-credits for the job at ``price_per_mpx_step``; the worker quotes the same formula."""
     return math.ceil(job_mpx_steps(spec) * price_per_mpx_step)
@@ -148,4 +153,5 @@ __all__ = [
     "job_mpx_steps",
     "job_price",
     "rank_candidates",
+    "work_is_known",
 ]

@@ -389,3 +389,45 @@ async def test_deadline_cancels_the_run_and_frees_the_reservation(autojump_clock
                 await trio.testing.wait_all_tasks_blocked()
     assert [(a.peer_id, a.outcome) for a in failed.value.attempts] == [(worker.peer_id, "deadline")]
     assert stuck.running.is_set()
+
+
+def png(width: int = 64, height: int = 64, shade: int = 90) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (shade, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_image_to_image_inputs_travel_hash_checked(pool: ModelPool) -> None:
+    from lpnode.node.job_requester import build_spec
+    from lpnode.node.transfer import send_transfer
+    from lpnode.protocol.jobs import Accept, ErrorCode, JobError, Quote
+    from lpnode.protocol.jobspec import ImageToImageParams
+
+    i2i = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 2, 0.0, ""), MODEL, seed=3)
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, i2i, {"image": png()}, max_price=10_000, deadline_s=BOUND_S)
+
+            # a requester whose bytes are not the ones its spec describes gets input_mismatch, and nothing runs
+            spec = build_spec(i2i, {"image": png()}, 10**7)
+            stream = await requester.node.network.open_stream(
+                worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
+            )
+            framed = FramedStream(stream)
+            await send_job_message(framed, QuoteRequest(spec, b"m" * 16, 10_000, 60_000), requester.node.key)
+            quote = await receive_job_message(framed)
+            assert isinstance(quote, Quote)
+            await send_job_message(framed, Accept(quote.quote_id, quote.job_id, spec.inputs), requester.node.key)
+            await send_transfer(framed, png(shade=91), "image/png")
+            answer = await receive_job_message(framed)
+    assert [a.outcome for a in outcome.attempts] == ["done"]
+    assert outcome.receipt.spec.inputs[0].sha256 == hashlib.sha256(png()).hexdigest()  # the receipt signs the input
+    assert isinstance(answer, JobError) and answer.code is ErrorCode.INPUT_MISMATCH
+    assert worker.worker is not None and worker.worker.completed == 1 and worker.worker.reservations == set()

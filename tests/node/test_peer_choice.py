@@ -6,9 +6,16 @@ import random
 from collections import Counter
 
 import pytest
-from lpnode.node.peer_choice import describe_offers, job_price, rank_candidates
+from lpnode.node.peer_choice import describe_offers, job_price, rank_candidates, work_is_known
 from lpnode.protocol.advert import CapabilityAdvert, ModelOffer
-from lpnode.protocol.jobspec import JobSpec, OutputExpectation, Pipeline, TextToImageParams
+from lpnode.protocol.jobspec import (
+    BlobDescriptor,
+    JobSpec,
+    OutputExpectation,
+    Pipeline,
+    TextToImageParams,
+    UpscaleParams,
+)
 
 T2I = "text-to-image"
 
@@ -114,3 +121,16 @@ def test_explore_share_must_be_a_probability() -> None:
 def test_describe_offers_lists_what_the_network_has() -> None:
     adverts = [advert("a", offer("m"), offer("u", pipeline="upscale")), advert("b", offer("m"))]
     assert describe_offers(adverts) == ["text-to-image m", "upscale u"]
+
+
+def test_input_sized_jobs_are_priced_at_one_mpx_step_and_say_their_work_is_unknown() -> None:
+    upscale = JobSpec(
+        pipeline=Pipeline.UPSCALE,
+        model_id="",
+        seed=0,
+        inputs=(BlobDescriptor("image", "image/png", 10, "0" * 64),),
+        output=OutputExpectation("image/png", 10**7),
+        upscale=UpscaleParams(2),
+    )
+    assert job_price(upscale, 100) == 100
+    assert not work_is_known(upscale) and work_is_known(spec())
