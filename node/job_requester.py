@@ -245,6 +245,11 @@ class _Try:
             self.outcome, self.detail = outcome, detail
 
     async def run(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
+        if self.candidate.peer_id == self.node.peer_id:
+            # Neither network backend opens a stream to its own host; running on this node's
+            # own pool needs an in-process path that is not built yet.
+            self._end("unreachable", "running a job on this node itself is not supported yet")
+            return None
         with trio.move_on_after(self.time_left_s) as scope:
             try:
                 stream = await self.node.network.open_stream(self.candidate.peer_id, JOB_PROTOCOL, self.candidate.addrs)

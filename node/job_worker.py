@@ -23,13 +23,13 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 from lpnode.models.base import StepProgress
-from lpnode.models.errors import ModelError, ParameterError, PoolBusy
-from lpnode.models.pool import ModelPool, ModelStatus
+from lpnode.models.errors import ModelError, PoolBusy
+from lpnode.models.pool import ModelPool
 from lpnode.protocol.errors import (
     InvalidTransition,
     NetworkError,
@@ -37,7 +37,7 @@ from lpnode.protocol.errors import (
     ProtocolViolation,
     StreamTimeout,
 )
-from lpnode.protocol.jobs import ErrorCode, JobError, JobMessage, Quote, QuoteRequest, RefusalReason
+from lpnode.protocol.jobs import ErrorCode, JobError, JobMessage, Quote, QuoteRequest
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.negotiation import (
     AbortRun,
@@ -51,34 +51,16 @@ from lpnode.protocol.negotiation import (
 from lpnode.protocol.receipts import Receipt, Timings, sign_receipt
 from lpnode.protocol.signing import NodeKey
 
-from .framing import FramedStream, FramingConfig
+from .framing import FramedStream
 from .gossip import WallClock
-from .job_convert import check_params, encode_output, model_request
+from .job_convert import encode_output, model_request
 from .job_proof import ReceiptSequence, error_code, runtime_facts
+from .job_quote import Decline, WorkerConfig, decide_quote
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream, Network
-from .peer_choice import job_mpx_steps, job_price, work_is_known
-from .transfer import DEFAULT_MAX_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
+from .transfer import DEFAULT_MAX_CHUNK_BYTES, TransferLimits, receive_transfer, send_transfer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    max_jobs: int = 4  # reservations at once (quoted or running); one more is refused "busy"
-    price_per_mpx_step: int = 100  # micro-credits, the same figure the advert carries
-    quote_ttl_ms: int = 15_000  # capacity stays reserved this long for an unanswered quote
-    request_timeout_s: float = 10.0  # the QuoteRequest must arrive this soon after the stream opens
-    unmeasured_eta_ms: int = 30_000  # ETA quoted for a model with no measured speed yet
-    max_input_bytes: int = DEFAULT_MAX_TOTAL_BYTES  # all inputs of one job together
-    # Open job streams at once, quoting or idle ones included: a peer opening streams and
-    # saying nothing costs a task each until request_timeout_s, so their number is bounded.
-    max_streams: int = 64
-    framing: FramingConfig = field(default_factory=FramingConfig)
-
-    def __post_init__(self) -> None:
-        if self.max_jobs < 1 or self.max_streams < 1 or self.quote_ttl_ms < 1 or self.request_timeout_s <= 0:
-            raise ValueError("max_jobs, max_streams, quote_ttl_ms and request_timeout_s must be positive")
 
 
 @dataclass
@@ -232,10 +214,9 @@ class JobWorker:
 
     async def _quote(self, job: _Job, request: QuoteRequest) -> None:
         now = self.now_ms()
-        decision = self._decide(request)
-        if not isinstance(decision, _Offer):
-            reason, message, retry_after = decision
-            await job.apply(job.machine.refuse(reason, message, now, retry_after))
+        decision = decide_quote(request, self.pool.status(), self.config, held=len(self.reservations))
+        if isinstance(decision, Decline):
+            await job.apply(job.machine.refuse(decision.reason, decision.message[:500], now, decision.retry_after_ms))
             return
         quote_id = f"{self._quote_prefix}-{next(self._quote_ids)}"
         quote = Quote(
@@ -253,44 +234,6 @@ class JobWorker:
         self.reservations.add(quote_id)  # reserved before the quote leaves: capacity is promised, not hoped for
         job.model_name = decision.row.name
         await job.apply(job.machine.offer(quote, now))
-
-    def _decide(self, request: QuoteRequest) -> _Offer | tuple[RefusalReason, str, int]:
-        spec = request.spec
-        rows = self.pool.status()
-        for_pipeline = [r for r in rows if spec.pipeline.value in r.pipelines]
-        if spec.model_id:
-            chosen = [r for r in for_pipeline if r.model_id == spec.model_id]
-            if not chosen:
-                if any(r.model_id == spec.model_id for r in rows):
-                    return RefusalReason.UNSUPPORTED_PIPELINE, f"{spec.model_id} does not do {spec.pipeline}", 0
-                served = ", ".join(sorted(r.model_id for r in for_pipeline)) or "none"
-                return RefusalReason.UNKNOWN_MODEL, f"{spec.model_id} not served; {spec.pipeline}: {served}", 0
-        else:
-            chosen = for_pipeline
-            if not chosen:
-                return RefusalReason.UNSUPPORTED_PIPELINE, f"no model here does {spec.pipeline}", 0
-        # the model router: warm first, then the fastest measured
-        row = max(chosen, key=lambda r: (r.warm, r.speed_mpx_steps_per_s, r.model_id))
-        if len(row.weights_sha256) != 64:
-            return RefusalReason.OTHER, f"{row.model_id}: weights not hashed yet", 5_000
-        if sum(blob.size_bytes for blob in spec.inputs) > self.config.max_input_bytes:
-            return RefusalReason.INPUT_TOO_LARGE, f"inputs above {self.config.max_input_bytes} bytes", 0
-        try:
-            check_params(row.name, spec)
-        except ParameterError as exc:
-            return RefusalReason.UNSUPPORTED_PARAMS, str(exc)[:500], 0
-        price = job_price(spec, self.config.price_per_mpx_step)
-        if price > request.max_price:
-            return RefusalReason.PRICE, f"{price} > max_price {request.max_price}", 0
-        speed = row.speed_mpx_steps_per_s
-        # An input-sized job's work is unknown until its input is decoded: no ETA to refuse on then.
-        known = speed > 0 and work_is_known(spec)
-        eta_ms = int(job_mpx_steps(spec) / speed * 1000) if known else self.config.unmeasured_eta_ms
-        if known and eta_ms > request.deadline_ms:
-            return RefusalReason.DEADLINE, f"ETA {eta_ms} ms > deadline {request.deadline_ms} ms", 0
-        if len(self.reservations) >= self.config.max_jobs:
-            return RefusalReason.BUSY, f"{len(self.reservations)} jobs held", max(1000, eta_ms)
-        return _Offer(row, price, min(eta_ms, 24 * 3600 * 1000))
 
     async def _receive_inputs(self, job: _Job, request: QuoteRequest) -> dict[str, bytes] | None:
         inputs: dict[str, bytes] = {}
@@ -395,13 +338,6 @@ async def _close(stream: ByteStream) -> None:
             await stream.aclose()
         except Exception:  # closing a reset stream may fail; it is gone either way
             log.debug("closing a job stream failed", exc_info=True)
-
-
-@dataclass(frozen=True)
-class _Offer:
-    row: ModelStatus
-    price: int  # micro-credits
-    eta_ms: int
 
 
 async def serve_job_worker(

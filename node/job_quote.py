@@ -1,0 +1,99 @@
+"""The worker's quote decision: which model runs a request, at what price and ETA, or why not.
+
+Pure: the pool's status rows and the worker's config in, an :class:`Offer` or a
+:class:`Decline` out. Every check here needs no decoding and no device, so a job
+that cannot run is refused before capacity is reserved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lpnode.models.errors import ParameterError
+from lpnode.models.pool import ModelStatus
+from lpnode.protocol.jobs import MAX_DURATION_MS, QuoteRequest, RefusalReason
+
+from .framing import FramingConfig
+from .job_convert import check_params
+from .peer_choice import job_mpx_steps, job_price, work_is_known
+from .transfer import DEFAULT_MAX_TOTAL_BYTES
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    max_jobs: int = 4  # reservations at once (quoted or running); one more is refused "busy"
+    price_per_mpx_step: int = 100  # micro-credits, the same figure the advert carries
+    quote_ttl_ms: int = 15_000  # capacity stays reserved this long for an unanswered quote
+    request_timeout_s: float = 10.0  # the QuoteRequest must arrive this soon after the stream opens
+    unmeasured_eta_ms: int = 30_000  # ETA quoted for a model with no measured speed yet
+    max_input_bytes: int = DEFAULT_MAX_TOTAL_BYTES  # all inputs of one job together
+    # Open job streams at once, quoting or idle ones included: a peer opening streams and
+    # saying nothing costs a task each until request_timeout_s, so their number is bounded.
+    max_streams: int = 64
+    framing: FramingConfig = field(default_factory=FramingConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 1 or self.max_streams < 1 or self.quote_ttl_ms < 1 or self.request_timeout_s <= 0:
+            raise ValueError("max_jobs, max_streams, quote_ttl_ms and request_timeout_s must be positive")
+
+
+@dataclass(frozen=True)
+class Offer:
+    row: ModelStatus  # the model that will run it
+    price: int  # micro-credits
+    eta_ms: int  # ms from Accept to Result, estimated
+
+
+@dataclass(frozen=True)
+class Decline:
+    reason: RefusalReason
+    message: str  # for people
+    retry_after_ms: int  # 0 = no idea
+
+
+def decide_quote(
+    request: QuoteRequest, rows: Sequence[ModelStatus], config: WorkerConfig, *, held: int
+) -> Offer | Decline:
+    """Quote or refuse ``request`` from the pool's rows; ``held`` is the number of reservations standing.
+
+    Pure and cheap (no decoding, no device): it runs before anything is reserved.
+    """
+    spec = request.spec
+    for_pipeline = [r for r in rows if spec.pipeline.value in r.pipelines]
+    if spec.model_id:
+        chosen = [r for r in for_pipeline if r.model_id == spec.model_id]
+        if not chosen:
+            if any(r.model_id == spec.model_id for r in rows):
+                return Decline(RefusalReason.UNSUPPORTED_PIPELINE, f"{spec.model_id} does not do {spec.pipeline}", 0)
+            served = ", ".join(sorted(r.model_id for r in for_pipeline)) or "none"
+            return Decline(RefusalReason.UNKNOWN_MODEL, f"{spec.model_id} not served; {spec.pipeline}: {served}", 0)
+    else:
+        chosen = for_pipeline
+        if not chosen:
+            return Decline(RefusalReason.UNSUPPORTED_PIPELINE, f"no model here does {spec.pipeline}", 0)
+    # the model router: warm first, then the fastest measured
+    row = max(chosen, key=lambda r: (r.warm, r.speed_mpx_steps_per_s, r.model_id))
+    if len(row.weights_sha256) != 64:
+        return Decline(RefusalReason.OTHER, f"{row.model_id}: weights not hashed yet", 5_000)
+    if sum(blob.size_bytes for blob in spec.inputs) > config.max_input_bytes:
+        return Decline(RefusalReason.INPUT_TOO_LARGE, f"inputs above {config.max_input_bytes} bytes", 0)
+    try:
+        check_params(row.name, spec)
+    except ParameterError as exc:
+        return Decline(RefusalReason.UNSUPPORTED_PARAMS, str(exc)[:500], 0)
+    price = job_price(spec, config.price_per_mpx_step)
+    if price > request.max_price:
+        return Decline(RefusalReason.PRICE, f"{price} > max_price {request.max_price}", 0)
+    speed = row.speed_mpx_steps_per_s
+    # An input-sized job's work is unknown until its input is decoded: no ETA to refuse on then.
+    known = speed > 0 and work_is_known(spec)
+    eta_ms = int(job_mpx_steps(spec) / speed * 1000) if known else config.unmeasured_eta_ms
+    if known and eta_ms > request.deadline_ms:
+        return Decline(RefusalReason.DEADLINE, f"ETA {eta_ms} ms > deadline {request.deadline_ms} ms", 0)
+    if held >= config.max_jobs:
+        return Decline(RefusalReason.BUSY, f"{held} jobs held", max(1000, eta_ms))
+    return Offer(row, price, min(eta_ms, MAX_DURATION_MS))
+
+
+__all__ = ["Decline", "Offer", "WorkerConfig", "decide_quote"]
