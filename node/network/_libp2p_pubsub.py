@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
@@ -117,6 +117,27 @@ class LpnodePubsub(Pubsub):
         self._sinks: dict[str, trio.MemorySendChannel[GossipMessage]] = {}
 
     # -- hooks (see the module docstring) ---------------------------------------------
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """py-libp2p's per-peer pubsub reader, with every error caught at its root.
+
+        Its own handler catches stream and varint errors but not a frame that is
+        not a protobuf RPC: one such 5-byte frame from any peer raised
+        ``DecodeError`` out of the host's nursery and took the whole node down.
+        A peer that speaks garbage loses its pubsub stream; we stay up.
+        """
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            await super().stream_handler(stream)
+        except Exception as exc:  # the root of this peer's reader task: log, drop the peer, carry on
+            self._stats["pubsub_streams_dropped"] += 1
+            log.warning("dropping pubsub stream of %s: %s: %s", peer_id, type(exc).__name__, exc)
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.reset()
+                except Exception:  # already gone: nothing left to release
+                    log.debug("reset of %s's pubsub stream failed", peer_id)
+            self._handle_dead_peer(peer_id)
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         topic = sub_message.topicid

@@ -309,3 +309,29 @@ async def _read_line(process: trio.Process) -> str:
             raise AssertionError(f"child exited before printing its address (got {line!r})")
         line += chunk
     return line.decode()
+
+
+async def test_garbage_pubsub_frame_costs_the_sender_its_stream_not_the_node() -> None:
+    """One 5-byte frame that is no protobuf RPC used to crash the whole host (DecodeError)."""
+    vandal = new_host(key_pair=create_new_key_pair(deterministic_key(42).seed))
+    with trio.fail_after(DEADLINE):
+        async with (
+            _nodes(LOOPBACK, LOOPBACK) as (node, friend),
+            _raw_host(vandal),
+            node.subscribe(TOPIC),
+            friend.subscribe(TOPIC) as at_friend,
+        ):
+            target = info_from_p2p_addr(multiaddr.Multiaddr(node.listen_addrs()[0]))
+            await vandal.connect(target)
+            stream = await vandal.new_stream(target.peer_id, [TProtocol("/meshsub/1.1.0")])
+            await stream.write(bytes([4]) + b"\xff\xff\xff\xff")  # varint length 4, then not an RPC
+            with pytest.raises(Exception):  # noqa: B017 - reset or EOF: py-libp2p raises either
+                if not await stream.read(1):
+                    raise StreamClosed("the node closed the garbage stream")
+            # the node is alive and still gossips
+            await friend.connect(node.listen_addrs()[0])
+            await wait_subscribed(node, TOPIC, {friend.local_peer})
+            await wait_subscribed(friend, TOPIC, {node.local_peer})
+            await node.publish(TOPIC, b"still here")
+            assert (await at_friend.receive()).data == b"still here"
+            assert node.stats()["pubsub_streams_dropped"] == 1
