@@ -235,7 +235,15 @@ async def _track_connections(
             directory.mark_connected(event.peer)
         elif event.kind is ConnectionEventKind.DISCONNECTED:
             directory.mark_disconnected(event.peer, now_ms=gate.now_ms())
-        elif event.kind is ConnectionEventKind.SUBSCRIBED and event.topic == ADVERT_TOPIC:
+        elif (
+            event.kind is ConnectionEventKind.SUBSCRIBED
+            and event.topic == ADVERT_TOPIC
+            and directory.get(event.peer) is None
+        ):
+            # A newcomer learns of us at once rather than at our next periodic advert.
+            # Only for peers we have not heard from: a reconnecting neighbour already has
+            # our advert, and re-advertising to the whole network on every reconnect
+            # turned connection churn into advert storms (bench/gossip.py, N = 20).
             publisher.poke()
 
 

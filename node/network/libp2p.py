@@ -87,8 +87,10 @@ class Libp2pConfig:
     mdns_network_tag: str | None = None
     gossip_heartbeat_s: float = 1.0
     # Ping every connection this often; a ping unanswered within ping_timeout_s drops it.
-    health_check_interval_s: float = 2.0
-    ping_timeout_s: float = 2.0
+    health_check_interval_s: float = 3.0
+    # 2 s dropped healthy but CPU-starved peers (20 nodes on 2 cores: hundreds of false
+    # drops a minute, each a reconnect); a frozen peer is still noticed in ~5-8 s
+    ping_timeout_s: float = 5.0
     # Inbound streams handled at once, over all peers and protocols; more are reset.
     max_inbound_streams: int = 128
     # Bound on dialing a peer plus negotiating a stream's protocol.
