@@ -422,6 +422,11 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
         health_check_interval=config.health_check_interval_s,
         ping_timeout=config.ping_timeout_s,
         abort_connection_on_ping_failure=True,
+        # py-libp2p's auto-connector redials every peerstore entry toward 100+ connections
+        # every 30 s (the peerstore is never pruned); the node's own dialer decides whom
+        # to keep connected (node/peering.py), so turn it off.
+        min_connections=0,
+        low_watermark=0,
     )
     return new_host(
         key_pair=key_pair,
