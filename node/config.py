@@ -58,7 +58,7 @@ class NodeConfig:
     max_clock_skew_s: float = 30.0  # reject adverts issued further than this in the future
     peer_disconnect_grace_s: float = 5.0  # drop a directly connected peer this long after it disconnects
     max_peers: int = 4096  # peer directory capacity
-    max_connections: int = 16  # peers we dial from the directory, at most (every connection costs CPU: flood-publish, pings)
+    max_connections: int = 16  # peers we dial from the directory, at most; each costs CPU (pings, flooding)
 
     def validate(self) -> NodeConfig:
         """Return self if every value is sane; raise ConfigError otherwise."""
