@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -51,8 +52,10 @@ def setup_logging(level: str) -> None:
         logging.getLogger("libp2p").setLevel(logging.WARNING)
         # diffusers/transformers warn about optional backends (torchvision) and dtype casts
         # on every model load; harmless for our presets and alarming to an operator
-        for noisy in ("diffusers", "transformers"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        # (they configure their own loggers on first import, so a level set here would be
+        # reset: their documented environment switches are read at that moment instead)
+        for library in ("DIFFUSERS", "TRANSFORMERS"):
+            os.environ.setdefault(f"{library}_VERBOSITY", "error")
 
 
 def libp2p_config(config: NodeConfig) -> Libp2pConfig:
