@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Many-node simulations on one machine (the simnet issue; not built yet)."""
