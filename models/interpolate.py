@@ -28,6 +28,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from ._single_net import SingleNetworkAdapter
 from .base import (
     CancelToken,
     FrameInterpolationRequest,
@@ -43,11 +44,11 @@ from .base import (
     check_int,
     check_output_size,
 )
-from .errors import ModelLoadError, NotLoaded, ParameterError
+from .errors import ModelLoadError, ParameterError
 from .ifnet import TRAINING_ONLY_PREFIXES, IFNet, IFNetConfig, pad_multiple, unwrap_rife_state
 from .outputs import RawOutput, RawVideo, decode_video_bytes
-from .statedict import StateDictError, file_sha256, load_published, locate_weight_file, read_published
-from .weights import hash_modules, tiny_init
+from .statedict import StateDictError, load_published, read_published
+from .weights import tiny_init
 
 __all__ = ["PRESETS", "InterpolateAdapter", "InterpolatorSetup", "VideoProbe", "interpolate_frames", "probe_video"]
 
@@ -166,26 +167,10 @@ def _max_input_frames(limits: Limits, multiplier: int) -> int:
     return (limits.max_frames - 1) // multiplier + 1
 
 
-class InterpolateAdapter(ModelAdapter):
+class InterpolateAdapter(SingleNetworkAdapter[IFNet, InterpolatorSetup]):
     """Serves ``frame-interpolation`` with one IFNet; see the module docstring."""
 
-    def __init__(self, spec: ModelSpec, weights_dir: Path | None, setup: InterpolatorSetup) -> None:
-        super().__init__(spec, weights_dir)
-        self.setup = setup
-        self._net: IFNet | None = None
-
-    @property
-    def network(self) -> IFNet:
-        """The loaded network, for callers that work on arrays instead of requests."""
-        if self._net is None:
-            raise NotLoaded(f"{self.spec.name} is not loaded; call load() first")
-        return self._net
-
-    def _weight_path(self) -> Path:
-        assert self.setup.weight_file is not None and self.spec.weights_subdir is not None
-        return locate_weight_file(
-            self.spec.name, self.weights_dir, self.spec.weights_subdir, self.setup.weight_file, self.setup.source
-        )
+    MODULE_NAME = "flownet"
 
     def _build_tiny(self) -> IFNet:
         with tiny_init(TINY_SEED):
@@ -205,24 +190,6 @@ class InterpolateAdapter(ModelAdapter):
         net = IFNet(self.setup.config)
         load_published(net, state, path, TRAINING_ONLY_PREFIXES, expected=self.setup.source)
         return net
-
-    def _load(self, device: torch.device, dtype: torch.dtype) -> None:
-        net = self._build_tiny() if self.setup.weight_file is None else self._read_real()
-        self._net = net.eval().to(device=device, dtype=dtype)
-
-    def _unload(self) -> None:
-        self._net = None
-
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        if self._net is not None:
-            return {"flownet": self._net}
-        return {"flownet": self._build_tiny()} if self.setup.weight_file is None else {}
-
-    def _compute_weights_sha256(self) -> str:
-        if self.setup.weight_file is None:
-            # Always the fp32 CPU weights, whatever device and dtype they are loaded at.
-            return hash_modules({"flownet": self._build_tiny()})
-        return file_sha256(self._weight_path())
 
     def check_inputs(self, request: Request) -> None:
         super().check_inputs(request)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ._single_net import SingleNetworkAdapter
 from .base import (
     CancelToken,
     Limits,
@@ -42,11 +43,11 @@ from .base import (
     UpscaleRequest,
     check_output_size,
 )
-from .errors import ModelLoadError, NotLoaded, ParameterError
+from .errors import ModelLoadError, ParameterError
 from .outputs import RawImage, RawOutput, decode_image_bytes
 from .rrdbnet import RRDBNet, RRDBNetConfig, infer_rrdbnet_config, unwrap_esrgan_state
-from .statedict import StateDictError, file_sha256, load_published, locate_weight_file, read_published
-from .weights import hash_modules, tiny_init
+from .statedict import StateDictError, load_published, read_published
+from .weights import tiny_init
 
 __all__ = ["PRESETS", "UpscaleAdapter", "UpscalerSetup", "tile_grid", "upscale_array"]
 
@@ -142,26 +143,10 @@ def _image_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-class UpscaleAdapter(ModelAdapter):
+class UpscaleAdapter(SingleNetworkAdapter[RRDBNet, UpscalerSetup]):
     """Serves ``upscale`` with one RRDBNet; see the module docstring for tiling."""
 
-    def __init__(self, spec: ModelSpec, weights_dir: Path | None, setup: UpscalerSetup) -> None:
-        super().__init__(spec, weights_dir)
-        self.setup = setup
-        self._net: RRDBNet | None = None
-
-    @property
-    def network(self) -> RRDBNet:
-        """The loaded network, for callers that work on arrays instead of requests."""
-        if self._net is None:
-            raise NotLoaded(f"{self.spec.name} is not loaded; call load() first")
-        return self._net
-
-    def _weight_path(self) -> Path:
-        assert self.setup.weight_file is not None and self.spec.weights_subdir is not None
-        return locate_weight_file(
-            self.spec.name, self.weights_dir, self.spec.weights_subdir, self.setup.weight_file, self.setup.source
-        )
+    MODULE_NAME = "generator"
 
     def _build_tiny(self) -> RRDBNet:
         with tiny_init(TINY_SEED):
@@ -181,24 +166,6 @@ class UpscaleAdapter(ModelAdapter):
         net = RRDBNet(self.setup.config)
         load_published(net, state, path)
         return net
-
-    def _load(self, device: torch.device, dtype: torch.dtype) -> None:
-        net = self._build_tiny() if self.setup.weight_file is None else self._read_real()
-        self._net = net.eval().to(device=device, dtype=dtype)
-
-    def _unload(self) -> None:
-        self._net = None
-
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        if self._net is not None:
-            return {"generator": self._net}
-        return {"generator": self._build_tiny()} if self.setup.weight_file is None else {}
-
-    def _compute_weights_sha256(self) -> str:
-        if self.setup.weight_file is None:
-            # Always the fp32 CPU weights, whatever device and dtype they are loaded at.
-            return hash_modules({"generator": self._build_tiny()})
-        return file_sha256(self._weight_path())
 
     def check_inputs(self, request: Request) -> None:
         super().check_inputs(request)
