@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 
 from lpnode.models.errors import Cancelled, ModelError, ModelLoadError, OutOfMemory, ParameterError, PoolClosed
-from lpnode.models.pool import ModelPool
 from lpnode.protocol.jobs import ErrorCode
 from lpnode.protocol.receipts import LibraryVersion, RuntimeFacts
 
 from .gossip import WallClock
+from .inference import InferencePool
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ReceiptSequence:
         return self._last
 
 
-def runtime_facts(pool: ModelPool) -> RuntimeFacts:
+def runtime_facts(pool: InferencePool) -> RuntimeFacts:
     libraries = []
     for name in ("torch", "diffusers", "transformers"):
         try:

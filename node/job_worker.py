@@ -29,7 +29,6 @@ from pathlib import Path
 import trio
 from lpnode.models.base import StepProgress
 from lpnode.models.errors import ModelError, PoolBusy
-from lpnode.models.pool import ModelPool
 from lpnode.protocol.errors import (
     InvalidTransition,
     NetworkError,
@@ -53,6 +52,7 @@ from lpnode.protocol.signing import NodeKey
 
 from .framing import FramedStream
 from .gossip import WallClock
+from .inference import InferencePool
 from .job_convert import encode_output, model_request
 from .job_proof import ReceiptSequence, error_code, runtime_facts
 from .job_quote import Decline, WorkerConfig, decide_quote
@@ -132,7 +132,7 @@ class JobWorker:
     def __init__(
         self,
         key: NodeKey,
-        pool: ModelPool,
+        pool: InferencePool,
         config: WorkerConfig,
         *,
         wall_clock: WallClock,
@@ -343,7 +343,7 @@ async def _close(stream: ByteStream) -> None:
 async def serve_job_worker(
     network: Network,
     key: NodeKey,
-    pool: ModelPool,
+    pool: InferencePool,
     config: WorkerConfig | None = None,
     *,
     wall_clock: WallClock,

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import trio
 from lpnode.models import registry
 from lpnode.models.errors import UnknownModel
-from lpnode.models.pool import ModelPool, PoolConfig, model_offers
+from lpnode.models.pool import PoolConfig, model_offers
 from lpnode.node.config import NodeConfig
+from lpnode.node.inference import InferencePool
 from lpnode.node.offer import OfferSource
 from lpnode.protocol.advert import GpuInfo
 from lpnode.protocol.errors import ConfigError
@@ -87,7 +88,7 @@ def pool_config(config: NodeConfig, choice: ModelChoice) -> PoolConfig:
 
 
 async def serve_model_offers(
-    pool: ModelPool,
+    pool: InferencePool,
     offer: OfferSource,
     price_per_mpx_step: int,
     on_change: Callable[[], None],
@@ -104,7 +105,7 @@ async def serve_model_offers(
         on_change()
 
 
-def sync_offer(pool: ModelPool, offer: OfferSource, price_per_mpx_step: int) -> None:
+def sync_offer(pool: InferencePool, offer: OfferSource, price_per_mpx_step: int) -> None:
     offer.models = model_offers(pool.status(), price_per_mpx_step)
     offer.queue_depth = pool.queue_depth
 
