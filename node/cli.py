@@ -1,4 +1,8 @@
-"""The ``lpnode`` command: ``run`` a node, or ask a running one (``peers``, ``node``, ``id``).
+"""The ``lpnode`` command: ``run`` a node, or ask a running one (``peers``, ``node``, ``id``, ``models``).
+
+Jobs: ``txt2img``, ``img2img``, ``img2vid``, ``upscale``, ``interpolate``
+(``cli_jobs``), ``jobs`` / ``job`` / ``cancel``, ``workflow run``
+(``cli_workflow``); ``receipt verify`` needs no node (``cli_receipt``).
 
 Every command takes ``--data-dir`` (and ``--config``): the data directory
 holds the node's identity key, its RPC token and ``rpc.json`` (where its API
@@ -61,13 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="list every preset this installation knows and whether its weights are present (no node needed)",
     )
     models.add_argument("--weights-dir", type=Path, help="with --available: where to look for weights")
+
+    # job commands import only argparse-light modules here; httpx and trio load when one runs
+    from lpnode.node.cli_jobs import add_job_commands
+    from lpnode.node.cli_receipt import add_receipt_command
+    from lpnode.node.cli_workflow import add_workflow_command
+
+    add_job_commands(commands, common)
+    add_workflow_command(commands, common)
+    add_receipt_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        return _dispatch(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BaseExceptionGroup as group:
@@ -190,6 +203,22 @@ def _ask(data_dir: Path, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> di
             return await call(client)
 
     return trio.run(ask)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in _COMMANDS:
+        return _COMMANDS[args.command](args)
+    if args.command == "receipt":
+        from lpnode.node.cli_receipt import cmd_receipt
+
+        return cmd_receipt(args)
+    if args.command == "workflow":
+        from lpnode.node.cli_workflow import cmd_workflow
+
+        return cmd_workflow(args, _config(args).data_dir)
+    from lpnode.node.cli_jobs import commands_table
+
+    return commands_table()[args.command](args, _config(args).data_dir)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -6,6 +6,7 @@ tall as its tallest cell, so related values stay on one line across columns.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -163,3 +164,109 @@ def available_table(rows: Sequence[Mapping[str, Any]], weights_dir: Any) -> str:
     if missing:
         text += f"\n\nreal presets look for weights under {weights_dir}; for example:\n  " + missing[0]["problem"]
     return text
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def size_text(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024**2:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024**2:.1f} MiB"
+
+
+def attempts_text(attempts: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{short_peer_id(str(a.get('peer_id', '?')))} {a.get('outcome', '?')}" for a in attempts)
+
+
+def job_summary(saved: Sequence[Any]) -> str:
+    """What a job command prints: per output, who made it, at what price, with which seed, and its receipt.
+
+    ``saved`` are :class:`lpnode.node.cli_follow.Saved` (typed loosely here to keep this module import-light).
+    """
+    lines: list[str] = []
+    total = 0
+    for item in saved:
+        job = item.job
+        price = int(job.get("price", 0))
+        total += price
+        lines.append(f"saved {item.path} ({size_text(item.size_bytes)})")
+        lines.append(f"  worker   {job.get('worker_peer_id', '?')}")
+        lines.append(f"  model    {job.get('model_id') or item.receipt.model_id}")
+        lines.append(f"  price    {price} micro-credits")
+        lines.append(f"  seed     {item.seed if item.seed is not None else item.receipt.spec.seed}")
+        attempts = job.get("attempts") or []
+        if len(attempts) > 1:
+            lines.append(f"  attempts {len(attempts)}: {attempts_text(attempts)}")
+        lines.append(f"  receipt  {item.receipt_path} (signature verified, seq {item.receipt.seq})")
+    if len(saved) > 1:
+        lines.append(f"{len(saved)} outputs, {total} micro-credits in all")
+    return "\n".join(lines)
+
+
+def _record_peer(record: Mapping[str, Any]) -> str:
+    result = record.get("result")
+    if isinstance(result, Mapping) and result.get("jobs"):
+        return ", ".join(sorted({short_peer_id(str(j.get("worker_peer_id", "?"))) for j in result["jobs"]}))
+    peer_id = (record.get("progress") or {}).get("peer_id")
+    return short_peer_id(str(peer_id)) if peer_id else "-"
+
+
+def jobs_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """``lpnode jobs``: one row per job record, newest first as the node answers."""
+    if not records:
+        return "no jobs yet"
+    rows = [
+        (
+            [str(r.get("id", "?"))],
+            [str(r.get("kind", "?"))],
+            [str(r.get("state", "?"))],
+            [f"{float((r.get('progress') or {}).get('fraction') or 0) * 100:.0f}%"],
+            [_record_peer(r)],
+            [str((r.get("error") or {}).get("message", ""))[:60]],
+        )
+        for r in records
+    ]
+    return table(("ID", "KIND", "STATE", "PROGRESS", "WORKER", "ERROR"), rows) + f"\n\n{len(rows)} job(s)"
+
+
+def job_text(record: Mapping[str, Any]) -> str:
+    """``lpnode job ID``: one record, readable."""
+    lines = [
+        f"id        {record.get('id', '?')}",
+        f"kind      {record.get('kind', '?')}",
+        f"state     {record.get('state', '?')}",
+    ]
+    if record.get("parent_id"):
+        lines.append(f"workflow  {record['parent_id']}")
+    progress = record.get("progress") or {}
+    if progress:
+        lines.append(
+            f"progress  {float(progress.get('fraction') or 0) * 100:.0f}% "
+            f"(step {progress.get('step', 0)}/{progress.get('total', 0)})"
+        )
+    request = record.get("request") or {}
+    for key in sorted(request):
+        lines.append(f"  {key} = {json.dumps(request[key])}")
+    result = record.get("result")
+    if isinstance(result, Mapping):
+        for media in result.get("images") or []:
+            lines.append(f"output    {media.get('url')} (seed {media.get('seed')})")
+        for job in result.get("jobs") or []:
+            lines.append(
+                f"job       {job.get('job_id', '?')[:16]}… on {job.get('worker_peer_id', '?')} "
+                f"({job.get('model_id', '?')}, {job.get('price', '?')} micro-credits)"
+            )
+        for step in result.get("steps") or []:
+            lines.append(f"step      {step}")
+    error = record.get("error")
+    if isinstance(error, Mapping):
+        lines.append(
+            f"error     {error.get('message', '?')} (HTTP {error.get('status', '?')} {error.get('error', '?')})"
+        )
+    attempts = record.get("attempts") or []
+    if attempts:
+        lines.append(f"attempts  {attempts_text(attempts)}")
+    return "\n".join(lines)

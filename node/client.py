@@ -2,25 +2,43 @@
 
     async with LpnodeClient.from_data_dir(data_dir) as client:
         peers = await client.peers()
+        record = await client.text_to_image("a lighthouse at dusk", width=64, height=64, wait=False)
+        async for event in client.job_events(record["id"]): ...
 
 Answers are the API's JSON as plain dicts (the shapes are in ``rpc_models``
-and at ``/docs``). Every failure is an :class:`LpnodeError`: the node not
-running (:class:`NodeNotRunning`), or the API refusing a request
-(:class:`RpcError`).
+and at ``/docs``). The job shapes, in short:
+
+- a finished pipeline call: ``{"images": [{"url", "seed", "nsfw"}], "jobs":
+  [{"job_id", "worker_peer_id", "model_id", "price", "receipt" (base64),
+  "attempts": [{"peer_id", "outcome", "detail", "price"}]}], "request_id"}``;
+- a job record: ``{"id", "kind", "state", "created_at", "updated_at",
+  "request", "progress": {"fraction", "step", "total", "peer_id"}, "result"
+  (the finished call above, or null), "error": {"status", "error",
+  "message"} or null, "attempts", "parent_id"}``.
+
+Every failure is an :class:`LpnodeError`: the node not running
+(:class:`NodeNotRunning`), or the API refusing a request (:class:`RpcError`).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
+from lpnode.node.client_sse import Event, EventParser
 from lpnode.node.rpc_info import NodeNotRunning, read_info
 from lpnode.node.rpc_token import read_token
 from lpnode.protocol.errors import LpnodeError
 
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 10.0  # every call that is not a job
+DEFAULT_JOB_DEADLINE_S = 120.0  # the server's default `deadline`
+JOB_MARGIN_S = 30.0  # a synchronous job call waits its deadline plus this (upload, download, bookkeeping)
+OUTPUT_TIMEOUT_S = 120.0  # downloading one output (a video may be large)
+EVENTS_IDLE_S = 60.0  # the node sends a keep-alive every ~15 s; this long without a byte means it is gone
+PIPELINES = ("text-to-image", "image-to-image", "image-to-video", "upscale", "frame-interpolation")
 
 
 class RpcError(LpnodeError):
@@ -93,24 +111,154 @@ class LpnodeClient:
         """``GET /v1/peers/{peer_id}``; :class:`RpcError` with status 404 if unknown."""
         return await self._get(f"/v1/peers/{peer_id}")
 
-    async def _get(
-        self, path: str, *, params: dict[str, str | float] | None = None, extra_timeout_s: float = 0.0
+    # ------------------------------------------------------------ pipelines
+
+    async def text_to_image(self, prompt: str, *, wait: bool = True, **fields: Any) -> dict[str, Any]:
+        """``POST /text-to-image`` (JSON). ``fields``: the endpoint's other fields and the job options.
+
+        ``wait=True`` answers the finished response ``{"images", "jobs", "request_id"}``;
+        ``wait=False`` (``Prefer: respond-async``) answers the job record at once.
+        """
+        return await self.submit("text-to-image", {"prompt": prompt, **fields}, wait=wait)
+
+    async def image_to_image(self, image: bytes, prompt: str, *, wait: bool = True, **fields: Any) -> dict[str, Any]:
+        """``POST /image-to-image`` (multipart, file ``image``); answers as :meth:`text_to_image`."""
+        return await self.submit("image-to-image", {"prompt": prompt, **fields}, files={"image": image}, wait=wait)
+
+    async def image_to_video(self, image: bytes, *, wait: bool = True, **fields: Any) -> dict[str, Any]:
+        """``POST /image-to-video`` (multipart, file ``image``); the media url serves the MP4."""
+        return await self.submit("image-to-video", fields, files={"image": image}, wait=wait)
+
+    async def upscale(self, image: bytes, *, wait: bool = True, **fields: Any) -> dict[str, Any]:
+        """``POST /upscale`` (multipart, file ``image``)."""
+        return await self.submit("upscale", fields, files={"image": image}, wait=wait)
+
+    async def frame_interpolation(self, video: bytes, *, wait: bool = True, **fields: Any) -> dict[str, Any]:
+        """``POST /frame-interpolation`` (multipart, file ``video``: an MP4)."""
+        return await self.submit("frame-interpolation", fields, files={"video": video}, wait=wait)
+
+    async def submit(
+        self, pipeline: str, fields: Mapping[str, Any], *, files: Mapping[str, bytes] | None = None, wait: bool = True
     ) -> dict[str, Any]:
+        """``POST /<pipeline>``: JSON without ``files``, multipart with them. Fields set to None are left out.
+
+        A synchronous call may run until the job's deadline: its timeout is
+        ``deadline`` (the server's default when not given) plus a margin.
+        """
+        if pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
+        given = {k: v for k, v in fields.items() if v is not None}
+        headers = {} if wait else {"Prefer": "respond-async"}
+        timeout = self._job_timeout(given) if wait else self._timeout_s
+        if files is None:
+            return await self._call("POST", f"/{pipeline}", json=given, headers=headers, timeout_s=timeout)
+        form = {k: _form_value(v) for k, v in given.items()}
+        return await self._call(
+            "POST", f"/{pipeline}", data=form, files=dict(files), headers=headers, timeout_s=timeout
+        )
+
+    async def run_workflow(self, spec: Mapping[str, Any], *, wait: bool = True) -> dict[str, Any]:
+        """``POST /v1/workflows`` with ``{"steps": [...], ...}``; answers as :meth:`text_to_image`."""
+        headers = {} if wait else {"Prefer": "respond-async"}
+        timeout = self._job_timeout(spec) if wait else self._timeout_s
+        return await self._call("POST", "/v1/workflows", json=dict(spec), headers=headers, timeout_s=timeout)
+
+    def _job_timeout(self, fields: Mapping[str, Any]) -> float:
+        deadline = fields.get("deadline")
+        return (float(deadline) if deadline is not None else DEFAULT_JOB_DEADLINE_S) + JOB_MARGIN_S
+
+    # ------------------------------------------------------------ job records
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``: one job record (shape in the module docstring)."""
+        return await self._get(f"/v1/jobs/{_segment(job_id)}")
+
+    async def jobs(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """``GET /v1/jobs``: records, newest first, optionally only those in ``state``."""
+        params: dict[str, str | float] = {"limit": limit}
+        if state is not None:
+            params["state"] = state
+        answer = await self._get("/v1/jobs", params=params)
+        jobs = answer.get("jobs")
+        if not isinstance(jobs, list):
+            raise LpnodeError(f"GET /v1/jobs at {self.url} answered no job list")
+        return jobs
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """``DELETE /v1/jobs/{id}``: the cancelled record; :class:`RpcError` 409 if it had finished."""
+        return await self._call("DELETE", f"/v1/jobs/{_segment(job_id)}")
+
+    async def receipt(self, job_id: str, n: int = 0) -> bytes:
+        """The ``n``-th network job's signed receipt bytes (what ``lpnode receipt verify`` reads)."""
+        return await self._bytes(f"/v1/jobs/{_segment(job_id)}/receipts/{int(n)}", self._timeout_s)
+
+    async def output(self, url_or_sha256: str) -> bytes:
+        """An output's bytes, by the url a response gave (``/v1/outputs/<sha256>``) or by its hex sha256."""
+        path = url_or_sha256 if url_or_sha256.startswith("/") else f"/v1/outputs/{_segment(url_or_sha256)}"
+        return await self._bytes(path, OUTPUT_TIMEOUT_S)
+
+    async def job_events(self, job_id: str) -> AsyncGenerator[Event, None]:
+        """``GET /v1/jobs/{id}/events``: ``progress`` and ``state`` events, then one ``done`` (the final record).
+
+        The iterator ends after ``done``, or when the node ends the stream. A node
+        silent past its keep-alive interval for :data:`EVENTS_IDLE_S` is an error.
+        Close it early with ``contextlib.aclosing``.
+        """
+        path = f"/v1/jobs/{_segment(job_id)}/events"
+        timeout = httpx.Timeout(self._timeout_s, read=EVENTS_IDLE_S)
         try:
-            # a long-poll may legitimately take wait_s longer than any other call
-            response = await self._http.get(path, params=params, timeout=self._timeout_s + extra_timeout_s)
+            async with self._http.stream("GET", path, timeout=timeout) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise self._refusal(response)
+                parser = EventParser()
+                async for chunk in response.aiter_bytes():
+                    for event in parser.feed(chunk):
+                        yield event
+                        if event.name == "done":
+                            return
         except httpx.ConnectError as exc:
             raise NodeNotRunning(self.data_dir, f"nothing answers at {self.url}") from exc
         except httpx.HTTPError as exc:
-            raise LpnodeError(f"RPC call {path} to {self.url} failed: {exc}") from exc
-        if response.is_success:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                raise LpnodeError(f"RPC call {path} to {self.url} did not answer a JSON object")
-            return body
+            raise LpnodeError(f"event stream {path} from {self.url} failed: {exc!r}") from exc
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _get(
+        self, path: str, *, params: dict[str, str | float] | None = None, extra_timeout_s: float = 0.0
+    ) -> dict[str, Any]:
+        # a long-poll may legitimately take wait_s longer than any other call
+        return await self._call("GET", path, params=params, timeout_s=self._timeout_s + extra_timeout_s)
+
+    async def _send(self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(
+                method, path, timeout=self._timeout_s if timeout_s is None else timeout_s, **kwargs
+            )
+        except httpx.ConnectError as exc:
+            raise NodeNotRunning(self.data_dir, f"nothing answers at {self.url}") from exc
+        except httpx.TimeoutException as exc:
+            raise LpnodeError(f"RPC call {method} {path} to {self.url} timed out") from exc
+        except httpx.HTTPError as exc:
+            raise LpnodeError(f"RPC call {method} {path} to {self.url} failed: {exc}") from exc
+        if not response.is_success:
+            raise self._refusal(response)
+        return response
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await self._send(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise LpnodeError(f"RPC call {method} {path} to {self.url} did not answer a JSON object")
+        return body
+
+    async def _bytes(self, path: str, timeout_s: float) -> bytes:
+        return (await self._send("GET", path, timeout_s=timeout_s)).content
+
+    def _refusal(self, response: httpx.Response) -> RpcError:
         try:
             body = response.json()
             error, message = str(body["error"]), str(body["message"])
@@ -118,4 +266,23 @@ class LpnodeClient:
             error, message = "http_error", response.text[:200] or response.reason_phrase
         if response.status_code == 401:
             message = f"the node at {self.url} refused the token in {self.data_dir}/rpc.token ({message})"
-        raise RpcError(response.status_code, error, message)
+        return RpcError(response.status_code, error, message)
+
+
+def _form_value(value: Any) -> str | list[str]:
+    """A JSON-ish value as multipart form text: lists become repeated fields, booleans "true"/"false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return [str(item) for item in value]
+    return str(value)
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: anything that could leave the intended route is refused."""
+    if not value or "/" in value or value in (".", "..") or "?" in value or "#" in value:
+        raise LpnodeError(f"{value!r} is not a job id or hash")
+    return value
+
+
+__all__ = ["PIPELINES", "Event", "LpnodeClient", "NodeNotRunning", "RpcError"]

@@ -1,0 +1,245 @@
+"""Job commands: ``txt2img``, ``img2img``, ``img2vid``, ``upscale``, ``interpolate``; ``jobs``, ``job``, ``cancel``.
+
+Each pipeline command maps its flags onto the RPC endpoint's fields (the
+Livepeer names), leaves out what the user did not give (the node's defaults
+apply), and hands the rest to :func:`cli_follow.submit_and_save`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from lpnode.node.cli_follow import read_input, submit_and_save
+from lpnode.node.cli_format import job_summary, job_text, jobs_table
+from lpnode.node.cli_progress import ProgressDisplay
+from lpnode.node.client import LpnodeClient
+
+EXIT_INTERRUPTED = 130
+MAX_INPUT_BYTES = 512 * 1024 * 1024  # read into memory and sent whole; the node sets its own (smaller) limit
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    field: str  # the endpoint's field name
+    type: Callable[[str], Any]
+    help: str
+
+
+# flag → endpoint field; each pipeline picks the ones its endpoint takes
+OPTIONS = {
+    o.flag: o
+    for o in (
+        Option("--width", "width", int, "pixels"),
+        Option("--height", "height", int, "pixels"),
+        Option("--steps", "num_inference_steps", int, "denoising steps"),
+        Option("--guidance", "guidance_scale", float, "classifier-free guidance scale"),
+        Option("--negative", "negative_prompt", str, "what the image should not show"),
+        Option("--num-images", "num_images_per_prompt", int, "images to make (out.png → out-0.png, out-1.png, ...)"),
+        Option("--strength", "strength", float, "how much of the input is re-noised, 0..1"),
+        Option("--frames", "num_frames", int, "frames of the video"),
+        Option("--fps", "fps", int, "frames per second of the video"),
+        Option("--motion", "motion_bucket_id", int, "amount of motion, 0..255"),
+        Option("--noise-aug", "noise_aug_strength", float, "noise added to the input image, 0..1"),
+        Option("--min-guidance", "min_guidance_scale", float, "guidance at the first frame"),
+        Option("--max-guidance", "max_guidance_scale", float, "guidance at the last frame"),
+        Option("--decode-chunk-size", "decode_chunk_size", int, "frames decoded at once (memory only)"),
+        Option("--scale", "scale", int, "output side / input side"),
+        Option("--prompt", "prompt", str, "accepted for Livepeer compatibility; unused by upscalers"),
+        Option("--multiplier", "multiplier", int, "output fps / input fps"),
+        # lpnode's job options, every pipeline
+        Option("--model", "model_id", str, "model id (default: the best one on offer)"),
+        Option("--seed", "seed", int, "seed (default: random; image i of several uses seed + i)"),
+        Option("--max-price", "max_price", int, "most micro-credits to pay per job"),
+        Option("--deadline", "deadline", float, "seconds for the whole request"),
+        Option("--priority", "priority", str, "'cost', 'speed' (default) or 'trust'"),
+        Option("--verification", "verification", str, "'none', 'spot' (default) or 'redundant:K'"),
+        Option("--min-reputation", "min_reputation", float, "only peers at least this trusted, 0..1"),
+        Option("--min-vram-gb", "min_vram_gb", float, "only peers with this much GPU memory"),
+    )
+}
+JOB_OPTIONS: tuple[str, ...] = (
+    "--model",
+    "--seed",
+    "--max-price",
+    "--deadline",
+    "--priority",
+    "--verification",
+    "--min-reputation",
+    "--min-vram-gb",
+)
+
+
+@dataclass(frozen=True)
+class PipelineCommand:
+    name: str  # the CLI command
+    pipeline: str  # the endpoint, /<pipeline>
+    input_name: str | None  # the multipart file field, None for text-to-image
+    help: str
+    options: tuple[str, ...]
+
+
+PIPELINE_COMMANDS = {
+    c.name: c
+    for c in (
+        PipelineCommand(
+            "txt2img",
+            "text-to-image",
+            None,
+            "make images from a prompt on the network",
+            ("--width", "--height", "--steps", "--guidance", "--negative", "--num-images"),
+        ),
+        PipelineCommand(
+            "img2img",
+            "image-to-image",
+            "image",
+            "redraw an image after a prompt",
+            ("--strength", "--steps", "--guidance", "--negative", "--num-images"),
+        ),
+        PipelineCommand(
+            "img2vid",
+            "image-to-video",
+            "image",
+            "animate an image into an MP4 video",
+            (
+                "--width",
+                "--height",
+                "--frames",
+                "--fps",
+                "--motion",
+                "--noise-aug",
+                "--steps",
+                "--min-guidance",
+                "--max-guidance",
+                "--decode-chunk-size",
+            ),
+        ),
+        PipelineCommand("upscale", "upscale", "image", "upscale an image", ("--scale", "--prompt")),
+        PipelineCommand(
+            "interpolate", "frame-interpolation", "video", "add frames between a video's frames", ("--multiplier",)
+        ),
+    )
+}
+
+
+def add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Register the job commands on ``commands`` (the ``lpnode`` subparsers)."""
+    for command in PIPELINE_COMMANDS.values():
+        sub = commands.add_parser(command.name, parents=[common], help=command.help)
+        if command.input_name is not None:
+            sub.add_argument(command.input_name, type=Path, metavar=command.input_name.upper())
+        if command.pipeline in ("text-to-image", "image-to-image"):
+            sub.add_argument("prompt", metavar="PROMPT")
+        sub.add_argument("-o", "--output", type=Path, required=True, help="where to save the output")
+        for flag in (*command.options, *JOB_OPTIONS):
+            option = OPTIONS[flag]
+            sub.add_argument(flag, dest=option.field, type=option.type, help=option.help)
+        for flag, what in (("--prefer", "prefer"), ("--avoid", "avoid")):
+            sub.add_argument(flag, action="append", metavar="PEER_ID[,PEER_ID...]", help=f"peers to {what}")
+        sub.add_argument("--allow-local", action="store_true", default=None, help="this node may run the job")
+        sub.add_argument("--json", action="store_true", help="print the final job record as JSON")
+        sub.set_defaults(pipeline_command=command)
+
+    jobs = commands.add_parser("jobs", parents=[common], help="list this node's jobs, newest first")
+    jobs.add_argument("--state", choices=JOB_STATES)
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--json", action="store_true", help="print the RPC API's JSON instead of a table")
+    job = commands.add_parser("job", parents=[common], help="show one job record")
+    job.add_argument("id", metavar="ID")
+    job.add_argument("--json", action="store_true", help="print the RPC API's JSON")
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    cancel.add_argument("id", metavar="ID")
+
+
+def job_fields(args: argparse.Namespace, command: PipelineCommand) -> dict[str, Any]:
+    """The endpoint's fields from parsed flags; what the user left out is left out."""
+    fields: dict[str, Any] = {}
+    if command.pipeline in ("text-to-image", "image-to-image"):
+        fields["prompt"] = args.prompt
+    for flag in (*command.options, *JOB_OPTIONS):
+        value = getattr(args, OPTIONS[flag].field)
+        if value is not None:
+            fields[OPTIONS[flag].field] = value
+    for name in ("prefer", "avoid"):
+        given = getattr(args, name) or []
+        peers = [peer.strip() for item in given for peer in item.split(",") if peer.strip()]
+        if peers:
+            fields[name] = peers
+    if args.allow_local:
+        fields["allow_local"] = True
+    return fields
+
+
+def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
+    command: PipelineCommand = args.pipeline_command
+    fields = job_fields(args, command)
+    files = None
+    if command.input_name is not None:
+        files = {command.input_name: read_input(getattr(args, command.input_name), MAX_INPUT_BYTES)}
+
+    async def main() -> int:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
+            display = ProgressDisplay(sys.stderr, command.name)
+            outcome = await submit_and_save(
+                client, lambda: client.submit(command.pipeline, fields, files=files, wait=False), args.output, display
+            )
+        if isinstance(outcome, str):
+            print(f"lpnode: {outcome}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        record, saved = outcome
+        print(json.dumps(record, indent=2) if args.json else job_summary(saved))
+        return 0
+
+    return trio.run(main)
+
+
+def cmd_jobs(args: argparse.Namespace, data_dir: Path) -> int:
+    async def main() -> list[dict[str, Any]]:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
+            return await client.jobs(state=args.state, limit=args.limit)
+
+    records = trio.run(main)
+    print(json.dumps({"jobs": records}, indent=2) if args.json else jobs_table(records))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace, data_dir: Path) -> int:
+    async def main() -> dict[str, Any]:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
+            return await client.job(args.id)
+
+    record = trio.run(main)
+    print(json.dumps(record, indent=2) if args.json else job_text(record))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, data_dir: Path) -> int:
+    async def main() -> dict[str, Any]:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
+            return await client.cancel_job(args.id)
+
+    record = trio.run(main)
+    print(f"job {record.get('id', args.id)} {record.get('state', 'cancelled')}")
+    return 0
+
+
+def commands_table() -> dict[str, Callable[[argparse.Namespace, Path], int]]:
+    table: dict[str, Callable[[argparse.Namespace, Path], int]] = dict.fromkeys(PIPELINE_COMMANDS, cmd_pipeline)
+    table.update(jobs=cmd_jobs, job=cmd_job, cancel=cmd_cancel)
+    return table
+
+
+__all__ = [
+    "PIPELINE_COMMANDS",
+    "add_job_commands",
+    "commands_table",
+    "job_fields",
+]

@@ -1,0 +1,99 @@
+"""A job's progress on stderr: a redrawn bar on a terminal, a few plain lines anywhere else.
+
+On a terminal one line is redrawn with ``\\r``::
+
+    [##########..........]  50%  step 1/2  running on 12D3KooW…a1b2c3
+
+When stderr is a file or a pipe (CI logs, tests) redrawing would leave
+garbage, so a line is written only on a state change and at each quarter of
+the way. No terminal library: plain text, fixed width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from lpnode.node.cli_format import short_peer_id
+
+BAR_WIDTH = 20
+QUARTERS = 4  # plain lines at 25%, 50%, 75%, 100%
+
+
+def bar_text(label: str, state: str, progress: Mapping[str, Any]) -> str:
+    """One line for ``progress`` = ``{"fraction", "step", "total", "peer_id"}`` (any may be missing)."""
+    fraction = _fraction(progress)
+    filled = round(fraction * BAR_WIDTH)
+    parts = [f"{label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction * 100:3.0f}%"]
+    total = progress.get("total")
+    if isinstance(total, int) and total > 0:
+        parts.append(f"step {progress.get('step', 0)}/{total}")
+    peer_id = progress.get("peer_id")
+    if isinstance(peer_id, str) and peer_id:
+        parts.append(f"{state} on {short_peer_id(peer_id)}")
+    else:
+        parts.append(state)
+    return "  ".join(parts)
+
+
+def _fraction(progress: Mapping[str, Any]) -> float:
+    value = progress.get("fraction")
+    if not isinstance(value, int | float):
+        return 0.0
+    return min(1.0, max(0.0, float(value)))
+
+
+class ProgressDisplay:
+    """Draws one job's progress; feed it :meth:`state` and :meth:`progress`, then :meth:`close`."""
+
+    def __init__(self, out: TextIO, label: str, *, tty: bool | None = None) -> None:
+        self._out = out
+        self._label = label
+        self._tty = out.isatty() if tty is None else tty
+        self._state = "submitted"
+        self._progress: dict[str, Any] = {}
+        self._quarter = -1  # last quarter written as a plain line
+        self._width = 0  # of the drawn line, to blank leftovers when it shrinks
+        self._open = False
+
+    def state(self, state: str) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        if self._tty:
+            self._draw()
+        else:
+            self._line(f"{self._label}: {state}")
+
+    def progress(self, progress: Mapping[str, Any]) -> None:
+        self._progress = dict(progress)
+        if self._state in ("submitted", "queued"):
+            self._state = "running"
+        if self._tty:
+            self._draw()
+            return
+        quarter = int(_fraction(progress) * QUARTERS)
+        if quarter > self._quarter and quarter > 0:
+            self._quarter = quarter
+            self._line(bar_text(self._label, self._state, self._progress))
+
+    def close(self) -> None:
+        """End the redrawn line so what follows starts on its own."""
+        if self._tty and self._open:
+            self._out.write("\n")
+            self._out.flush()
+            self._open = False
+
+    def _draw(self) -> None:
+        text = bar_text(self._label, self._state, self._progress)
+        self._out.write("\r" + text.ljust(self._width))
+        self._out.flush()
+        self._width = len(text)
+        self._open = True
+
+    def _line(self, text: str) -> None:
+        self._out.write(text + "\n")
+        self._out.flush()
+
+
+__all__ = ["ProgressDisplay", "bar_text"]

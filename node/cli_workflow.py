@@ -1,0 +1,160 @@
+"""``lpnode workflow run FILE [-o OUT] [--input FILE]``: a chain of pipelines, each step's output the next one's input.
+
+FILE is TOML or JSON in the shape of ``POST /v1/workflows``::
+
+    deadline = 300
+    [[steps]]
+    pipeline = "text-to-image"
+    params = { prompt = "a lighthouse at dusk", width = 64, height = 64 }
+    [[steps]]
+    pipeline = "image-to-video"
+    params = { num_frames = 4 }
+
+A first step that needs a file takes it from ``--input`` (sent as base64).
+The final output goes to OUT; each step's receipt to ``OUT.step-<k>.receipt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from lpnode.node.cli_follow import (
+    JobNotDone,
+    cancel_quietly,
+    follow,
+    output_paths,
+    read_input,
+    until_interrupted,
+    write_file,
+)
+from lpnode.node.cli_progress import ProgressDisplay
+from lpnode.node.client import LpnodeClient
+from lpnode.protocol.errors import ConfigError, LpnodeError, ReceiptRejected
+from lpnode.protocol.receipts import verify_receipt
+
+EXIT_INTERRUPTED = 130
+MAX_SPEC_BYTES = 1024 * 1024
+MAX_INPUT_BYTES = 512 * 1024 * 1024
+VIDEO_PIPELINES = frozenset({"image-to-video", "frame-interpolation"})  # their output is an MP4
+
+
+def add_workflow_command(commands: Any, common: argparse.ArgumentParser) -> None:
+    workflow = commands.add_parser("workflow", help="run chains of pipelines")
+    actions = workflow.add_subparsers(dest="workflow_command", required=True, metavar="ACTION")
+    run = actions.add_parser("run", parents=[common], help="run a workflow file (TOML or JSON) on the network")
+    run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument("-o", "--output", type=Path, help="the final output (default: FILE's name, .png or .mp4)")
+    run.add_argument("--input", type=Path, metavar="FILE", help="the first step's input image or video")
+    run.add_argument("--json", action="store_true", help="print the final workflow record as JSON")
+
+
+def load_spec(path: Path, input_file: Path | None = None) -> dict[str, Any]:
+    """The workflow body from a TOML (``.toml``) or JSON file; ConfigError says what is wrong."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read workflow {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ConfigError(f"workflow {path} is over {MAX_SPEC_BYTES} bytes")
+    try:
+        spec = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigError(
+            f"workflow {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}"
+        ) from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"workflow {path} must be an object with a 'steps' list")
+    steps = spec.get("steps")
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) and "pipeline" in s for s in steps):
+        raise ConfigError(f"workflow {path} needs 'steps': a non-empty list of tables with a 'pipeline'")
+    if input_file is not None:
+        spec["input"] = base64.b64encode(read_input(input_file, MAX_INPUT_BYTES)).decode()
+    return spec
+
+
+def default_output(spec_path: Path, spec: Mapping[str, Any]) -> Path:
+    last = str(spec["steps"][-1].get("pipeline", ""))
+    return spec_path.with_suffix(".mp4" if last in VIDEO_PIPELINES else ".png")
+
+
+def cmd_workflow(args: argparse.Namespace, data_dir: Path) -> int:
+    spec = load_spec(args.file, args.input)
+    output: Path = args.output or default_output(args.file, spec)
+
+    async def main() -> int:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
+            display = ProgressDisplay(sys.stderr, "workflow")
+            submitted: list[str] = []
+
+            async def run() -> dict[str, Any]:
+                answer = await client.run_workflow(spec, wait=False)
+                if "images" in answer:  # the node ran it synchronously
+                    return {"id": answer.get("request_id"), "state": "succeeded", "result": answer}
+                submitted.append(str(answer["id"]))
+                return await follow(client, answer, display)
+
+            try:
+                record = await until_interrupted(run)
+            finally:
+                display.close()
+            if record is None:
+                why = await cancel_quietly(client, submitted[0]) if submitted else "before the node accepted it"
+                print(f"lpnode: interrupted: {why}", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            if record.get("state") != "succeeded" or not isinstance(record.get("result"), dict):
+                raise JobNotDone(record)
+            lines = await save_workflow(client, record["result"], output)
+        print(json.dumps(record, indent=2) if args.json else "\n".join(lines))
+        return 0
+
+    return trio.run(main)
+
+
+async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output: Path) -> list[str]:
+    """Save the final output(s) and every step's receipts; the summary lines."""
+    media: Sequence[Mapping[str, Any]] = result.get("images") or [{"url": url} for url in result.get("outputs") or []]
+    if not media:
+        raise LpnodeError("the workflow succeeded but names no output")
+    lines: list[str] = []
+    digests: dict[str, Path] = {}
+    for item, path in zip(media, output_paths(output, len(media)), strict=True):
+        data = await client.output(str(item["url"]))
+        write_file(path, data)
+        digests[hashlib.sha256(data).hexdigest()] = path
+        lines.append(f"saved {path} ({len(data)} B)")
+    total = 0
+    last_outputs: set[str] = set()
+    for k, step_id in enumerate(result.get("steps") or []):
+        step = await client.job(str(step_id))
+        jobs = (step.get("result") or {}).get("jobs") or []
+        last_outputs = set()
+        for n, job in enumerate(jobs):
+            receipt_bytes = base64.b64decode(str(job["receipt"]))
+            receipt = verify_receipt(receipt_bytes)
+            last_outputs |= {out.sha256 for out in receipt.outputs}
+            suffix = f".step-{k}.receipt" if len(jobs) == 1 else f".step-{k}-{n}.receipt"
+            path = output.with_name(output.name + suffix)
+            write_file(path, receipt_bytes)
+            total += int(job.get("price", 0))
+            lines.append(
+                f"  step {k} {step.get('kind', '?')}: worker {job.get('worker_peer_id', '?')}, "
+                f"model {job.get('model_id', '?')}, price {job.get('price', '?')}, seed {receipt.spec.seed}, "
+                f"receipt {path}"
+            )
+    if last_outputs and not set(digests) <= last_outputs:
+        raise ReceiptRejected("output_mismatch", "the final output is not what the last step's receipt names")
+    lines.append(f"{len(result.get('steps') or [])} step(s), {total} micro-credits in all")
+    return lines
+
+
+__all__ = ["add_workflow_command", "cmd_workflow", "default_output", "load_spec", "save_workflow"]
