@@ -1,0 +1,440 @@
+"""The node's SQLite store: one database file, versioned schemas per component, transactional writes.
+
+    async with open_store(data_dir / "node.db", [*JOB_MIGRATIONS, *REPUTATION_MIGRATIONS]) as store:
+        await store.execute("INSERT INTO t (a) VALUES (?)", (1,))
+        rows = await store.fetch_all("SELECT a FROM t WHERE a > ?", (0,))
+        async with store.transaction() as tx:          # BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error
+            await tx.execute("UPDATE t SET a = a + 1")
+            row = await tx.fetch_one("SELECT count(*) AS n FROM t")
+
+Each component (``"jobs"``, ``"reputation"``, ...) owns a line of :class:`Migration` s numbered
+1, 2, 3, ...; ``schema_versions`` records how far each component's schema is. Opening applies the
+pending ones, each in its own transaction, and refuses a database whose schema for a component is
+newer than this code (:class:`SchemaTooNew`): an older binary must not write into a newer layout.
+
+Durability: WAL with ``synchronous=NORMAL`` by default. In WAL mode a commit has reached the
+WAL file (the OS page cache) before it returns, so a killed process (kill -9, a crash) loses no
+committed row; only a power cut or kernel panic can lose the last transactions, never corrupt the
+file. ``synchronous="FULL"`` adds an fsync per commit for power-loss durability at a few ms per
+commit on ordinary disks; the node's records (jobs, reputation evidence) are not worth that.
+
+Concurrency: one writer connection behind a ``trio.Lock`` (every write, and every transaction, is
+serialised) and one query-only reader connection for :meth:`Store.fetch_all` / :meth:`Store.fetch_one`,
+so reads never wait behind a transaction and never see its uncommitted rows (WAL snapshots).
+Inside a transaction use the handle's methods: they run on the writer and see its own writes.
+
+aiosqlite speaks asyncio only; lpnode runs on trio. The bridge (``trio_asyncio``) lives in this
+module and nowhere else: :func:`open_store` opens an asyncio loop on top of trio for as long as
+the store is open, and every call is routed to that loop explicitly. A :class:`Store` must
+therefore be used from inside the ``trio.run`` (and while the ``async with`` block) that opened
+it; any task of that run may call it, but not another thread or another ``trio.run``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+import trio
+import trio_asyncio
+from lpnode.protocol.errors import LpnodeError
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "DEFAULT_MAX_ROWS",
+    "ConstraintViolation",
+    "Migration",
+    "Params",
+    "SchemaTooNew",
+    "Store",
+    "StoreError",
+    "Transaction",
+    "Written",
+    "open_store",
+]
+
+DEFAULT_BUSY_TIMEOUT_MS = 5_000  # another process holding the write lock: wait this long, then fail
+DEFAULT_MAX_ROWS = 10_000  # a query returning more than this is a bug (missing LIMIT), not a result
+
+# Positional (``?``) or named (``:name``) parameters, as sqlite3 takes them.
+Params = Sequence[Any] | Mapping[str, Any]
+
+_VERSIONS = "SELECT component, version FROM schema_versions"
+_COMPONENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_T = TypeVar("_T")
+
+
+class StoreError(LpnodeError):
+    """The database cannot be opened, migrated, read or written."""
+
+
+class SchemaTooNew(StoreError):
+    """The database holds a newer schema for ``component`` than this code knows: refuse to touch it."""
+
+    def __init__(self, path: Path, component: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{path}: schema of {component!r} is at version {found}, this lpnode knows up to {known}; "
+            "upgrade lpnode or use another data directory"
+        )
+        self.component = component
+        self.found = found
+        self.known = known
+
+
+class ConstraintViolation(StoreError):
+    """A write broke a UNIQUE, FOREIGN KEY, CHECK or NOT NULL constraint (sqlite3.IntegrityError)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of one component's schema: its ``statements`` run in one transaction.
+
+    Versions of a component start at 1 and have no gaps; a released migration is never edited,
+    a change is a new version. Statements that SQLite refuses inside a transaction
+    (``VACUUM``, ``PRAGMA journal_mode``) do not belong here.
+    """
+
+    component: str  # who owns the tables, e.g. "jobs", "reputation"
+    version: int  # 1, 2, 3, ... per component
+    statements: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not _COMPONENT.fullmatch(self.component):
+            raise ValueError(f"migration component {self.component!r} is not a short lowercase identifier")
+        if self.version < 1:
+            raise ValueError(f"migration {self.component} version {self.version}: versions start at 1")
+        if not self.statements:
+            raise ValueError(f"migration {self.component} v{self.version} has no statements")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write did: rows changed, and the rowid of the last INSERT (None when nothing was inserted)."""
+
+    rowcount: int
+    lastrowid: int | None
+
+
+class _Bridge:
+    """Runs aiosqlite coroutines on the store's asyncio-over-trio loop, mapping sqlite errors to ours."""
+
+    def __init__(self, loop: Any, path: Path) -> None:
+        self._loop = loop
+        self.path = path
+
+    async def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            result: _T = await self._loop.run_aio_coroutine(coro)
+        except sqlite3.IntegrityError as exc:
+            raise ConstraintViolation(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return result
+
+
+async def _aio_write(conn: aiosqlite.Connection, sql: str, params: Params) -> Written:
+    async with conn.execute(sql, params) as cursor:
+        return Written(cursor.rowcount, cursor.lastrowid or None)
+
+
+async def _aio_write_many(conn: aiosqlite.Connection, sql: str, params: Iterable[Params]) -> Written:
+    async with conn.executemany(sql, params) as cursor:
+        return Written(cursor.rowcount, cursor.lastrowid or None)
+
+
+async def _aio_fetch_one(conn: aiosqlite.Connection, sql: str, params: Params) -> sqlite3.Row | None:
+    # "the first row", as sqlite3's fetchone: a query matching several rows is not an error here
+    async with conn.execute(sql, params) as cursor:
+        return await cursor.fetchone()
+
+
+async def _aio_fetch(conn: aiosqlite.Connection, sql: str, params: Params, max_rows: int) -> list[sqlite3.Row]:
+    async with conn.execute(sql, params) as cursor:
+        rows = list(await cursor.fetchmany(max_rows + 1))
+    if len(rows) > max_rows:
+        raise StoreError(f"query returned more than {max_rows} rows (add a LIMIT): {sql[:200]}")
+    return rows
+
+
+class _Statements:
+    """execute / executemany / fetch_all / fetch_one over one connection; shared by Store reads and Transaction."""
+
+    def __init__(self, bridge: _Bridge, conn: aiosqlite.Connection) -> None:
+        self._bridge = bridge
+        self._conn = conn
+
+    async def _execute(self, sql: str, params: Params = ()) -> Written:
+        return await self._bridge.run(_aio_write(self._conn, sql, params))
+
+    async def _executemany(self, sql: str, params: Iterable[Params]) -> Written:
+        return await self._bridge.run(_aio_write_many(self._conn, sql, list(params)))
+
+    async def _fetch_all(self, sql: str, params: Params = (), *, max_rows: int = DEFAULT_MAX_ROWS) -> list[sqlite3.Row]:
+        return await self._bridge.run(_aio_fetch(self._conn, sql, params, max_rows))
+
+    async def _fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        return await self._bridge.run(_aio_fetch_one(self._conn, sql, params))
+
+
+class Transaction(_Statements):
+    """The handle :meth:`Store.transaction` gives: statements on the writer, inside one transaction.
+
+    It sees its own uncommitted writes. It is dead once the ``async with`` block ends.
+    """
+
+    def __init__(self, bridge: _Bridge, conn: aiosqlite.Connection) -> None:
+        super().__init__(bridge, conn)
+        self._open = True
+
+    def _check(self) -> None:
+        if not self._open:
+            raise StoreError("transaction already ended: use the handle only inside its `async with` block")
+
+    async def execute(self, sql: str, params: Params = ()) -> Written:
+        self._check()
+        return await self._execute(sql, params)
+
+    async def executemany(self, sql: str, params: Iterable[Params]) -> Written:
+        self._check()
+        return await self._executemany(sql, params)
+
+    async def fetch_all(self, sql: str, params: Params = (), *, max_rows: int = DEFAULT_MAX_ROWS) -> list[sqlite3.Row]:
+        """Rows of a query (or of a write with ``RETURNING``); more than ``max_rows`` is a StoreError."""
+        self._check()
+        return await self._fetch_all(sql, params, max_rows=max_rows)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        """The first row, or None."""
+        self._check()
+        return await self._fetch_one(sql, params)
+
+
+class Store:
+    """An open database; built by :func:`open_store` only. See the module docstring for the rules."""
+
+    def __init__(self, path: Path, bridge: _Bridge, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._bridge = bridge
+        self._writer = writer
+        self._reads = _Statements(bridge, reader)
+        self._write_lock = trio.Lock()
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.path}: store is closed")
+
+    async def execute(self, sql: str, params: Params = ()) -> Written:
+        """One write statement, committed on its own (SQLite autocommit) before this returns."""
+        self._check()
+        async with self._write_lock:
+            self._check()
+            return await self._bridge.run(_aio_write(self._writer, sql, params))
+
+    async def executemany(self, sql: str, params: Iterable[Params]) -> Written:
+        """One statement for each parameter set, all committed together."""
+        async with self.transaction() as tx:
+            return await tx.executemany(sql, params)
+
+    async def fetch_all(self, sql: str, params: Params = (), *, max_rows: int = DEFAULT_MAX_ROWS) -> list[sqlite3.Row]:
+        """Rows of a read-only query on the latest committed state; more than ``max_rows`` is a StoreError."""
+        self._check()
+        return await self._reads._fetch_all(sql, params, max_rows=max_rows)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        """The first row of a read-only query on the latest committed state, or None."""
+        self._check()
+        return await self._reads._fetch_one(sql, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``BEGIN IMMEDIATE`` (the write lock up front, so no upgrade deadlock with another process);
+        COMMIT when the block ends, ROLLBACK when it raises (cancellation included) and re-raise.
+
+        Writes wait for each other here. Calling the Store's own ``execute`` inside the block
+        is a bug (trio refuses to re-acquire the lock): use the handle.
+        """
+        self._check()
+        async with self._write_lock:
+            self._check()
+            tx = Transaction(self._bridge, self._writer)
+            try:
+                # BEGIN inside the try: a cancel landing while it runs on the thread must still roll back
+                await tx._execute("BEGIN IMMEDIATE")
+                yield tx
+            except BaseException:
+                tx._open = False
+                # Shielded: a cancelled task must still leave the connection outside any transaction.
+                # SQLite's busy timeout bounds how long this can take.
+                with trio.CancelScope(shield=True):
+                    await self._bridge.run(self._writer.rollback())
+                raise
+            tx._open = False
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._bridge.run(self._writer.commit())
+                except BaseException:
+                    # a failed COMMIT (SQLITE_BUSY, disk full) can leave the transaction open;
+                    # sqlite3's rollback() is a no-op when it is not
+                    await self._bridge.run(self._writer.rollback())
+                    raise
+
+    async def versions(self) -> dict[str, int]:
+        """Schema version of every component this database has seen."""
+        rows = await self.fetch_all(_VERSIONS)
+        return {row["component"]: row["version"] for row in rows}
+
+    async def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or the first problems found."""
+        rows = await self.fetch_all("PRAGMA integrity_check", max_rows=100)
+        return "\n".join(str(row[0]) for row in rows)
+
+
+@asynccontextmanager
+async def open_store(
+    path: Path,
+    migrations: Sequence[Migration],
+    *,
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+) -> AsyncIterator[Store]:
+    """Open (create) the database at ``path``, bring each component's schema up to date, yield the Store.
+
+    Raises :class:`SchemaTooNew` for a database written by a newer lpnode, :class:`StoreError`
+    when the file cannot be opened or is not a database, or a migration fails (that
+    migration is rolled back; the ones before it stay).
+    """
+    plan = _plan(migrations)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        async with (
+            trio_asyncio.open_loop() as loop,
+            _connections(_Bridge(loop, path), synchronous, busy_timeout_ms) as store,
+        ):
+            await _migrate(store, plan)
+            try:
+                yield store
+            finally:
+                store._closed = True
+    except BaseExceptionGroup as group:
+        # open_loop runs our body inside its own nurseries, which wrap every exception (the
+        # caller's included) in groups; hand the caller back the one exception it raised.
+        single = _sole_exception(group)
+        if single is None:
+            raise
+        raise single from single.__cause__
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def _connections(bridge: _Bridge, synchronous: str, busy_timeout_ms: int) -> AsyncIterator[Store]:
+    path = bridge.path
+    # The writer first: it switches the file to WAL before the reader opens it.
+    writer = await _connect(bridge, path, synchronous, busy_timeout_ms, query_only=False)
+    try:
+        reader = await _connect(bridge, path, synchronous, busy_timeout_ms, query_only=True)
+        try:
+            yield Store(path, bridge, writer, reader)
+        finally:
+            with trio.CancelScope(shield=True):
+                await bridge.run(reader.close())
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.run(writer.close())
+
+
+def _plan(migrations: Sequence[Migration]) -> list[Migration]:
+    """Migrations in the order to apply: components in order of first appearance, versions ascending."""
+    by_component: dict[str, dict[int, Migration]] = {}
+    for migration in migrations:
+        versions = by_component.setdefault(migration.component, {})
+        if migration.version in versions:
+            raise ValueError(f"migration {migration.component} v{migration.version} given twice")
+        versions[migration.version] = migration
+    plan: list[Migration] = []
+    for component, versions in by_component.items():
+        if sorted(versions) != list(range(1, len(versions) + 1)):
+            raise ValueError(f"migrations of {component!r} must be numbered 1..n without gaps: {sorted(versions)}")
+        plan.extend(versions[v] for v in sorted(versions))
+    return plan
+
+
+async def _connect(
+    bridge: _Bridge, path: Path, synchronous: str, busy_timeout_ms: int, *, query_only: bool
+) -> aiosqlite.Connection:
+    async def connect() -> aiosqlite.Connection:
+        # isolation_level=None: sqlite3 never opens transactions behind our back; Store.transaction does.
+        conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        try:
+            conn.row_factory = sqlite3.Row
+            async with conn.execute("PRAGMA journal_mode=WAL") as cursor:
+                mode = await cursor.fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{path}: SQLite refused WAL mode (got {mode and mode[0]!r})")
+            for pragma in (
+                f"PRAGMA synchronous={synchronous}",
+                "PRAGMA foreign_keys=ON",
+                f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
+                f"PRAGMA query_only={'ON' if query_only else 'OFF'}",
+            ):
+                await conn.execute(pragma)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    try:
+        return await bridge.run(connect())
+    except StoreError as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from exc
+
+
+async def _migrate(store: Store, plan: list[Migration]) -> None:
+    known: dict[str, int] = {}
+    for migration in plan:
+        known[migration.component] = max(known.get(migration.component, 0), migration.version)
+    async with store.transaction() as tx:
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions ("
+            " component TEXT PRIMARY KEY, version INTEGER NOT NULL CHECK (version >= 1)) WITHOUT ROWID"
+        )
+        found = {str(row["component"]): int(row["version"]) for row in await tx.fetch_all(_VERSIONS)}
+    for component, version in found.items():
+        if component in known and version > known[component]:
+            raise SchemaTooNew(store.path, component, version, known[component])
+    for migration in plan:
+        if found.get(migration.component, 0) >= migration.version:
+            continue
+        try:
+            async with store.transaction() as tx:
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                row = await tx.fetch_one(
+                    "SELECT version FROM schema_versions WHERE component = ?", (migration.component,)
+                )
+                if row is not None and int(row["version"]) >= migration.version:
+                    continue
+                for statement in migration.statements:
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_versions (component, version) VALUES (?, ?)"
+                    " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    (migration.component, migration.version),
+                )
+        except StoreError as exc:
+            raise StoreError(
+                f"{store.path}: migration {migration.component} v{migration.version} failed: {exc}"
+            ) from exc
