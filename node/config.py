@@ -59,6 +59,9 @@ class NodeConfig:
     peer_disconnect_grace_s: float = 5.0  # drop a directly connected peer this long after it disconnects
     max_peers: int = 4096  # peer directory capacity
     max_connections: int = 16  # peers we dial from the directory, at most; each costs CPU (pings, flooding)
+    max_input_bytes: int = 64 * 1024 * 1024  # one uploaded input (image, video) of an RPC job; larger: HTTP 413
+    outputs_max_bytes: int = 2 * 1024 * 1024 * 1024  # job outputs kept on disk for download; the oldest go first
+    max_rpc_jobs: int = 64  # RPC requests queued or running at once; more are refused (HTTP 429)
 
     def validate(self) -> NodeConfig:
         """Return self if every value is sane; raise ConfigError otherwise."""
@@ -97,6 +100,9 @@ class NodeConfig:
         _check_range("peer_disconnect_grace_s", self.peer_disconnect_grace_s, 0, 3600)
         _check_range("max_peers", self.max_peers, 1, 1_000_000)
         _check_range("max_connections", self.max_connections, 0, 10_000)
+        _check_range("max_input_bytes", self.max_input_bytes, 1024, 2**40)
+        _check_range("outputs_max_bytes", self.outputs_max_bytes, 1024 * 1024, 2**50)
+        _check_range("max_rpc_jobs", self.max_rpc_jobs, 1, 100_000)
         if self.advert_ttl_s <= self.advert_interval_s:
             raise ConfigError(
                 f"advert_ttl_s ({self.advert_ttl_s}) must exceed advert_interval_s ({self.advert_interval_s}), "

@@ -33,9 +33,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from lpnode.node.daemon import Node
+from lpnode.node.job_manager import JobAlreadyFinished, JobCancelled, JobManager, JobNotFound, ManagerBusy
 from lpnode.node.job_requester import JobFailed, NoCandidates
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
-from lpnode.node.rpc_jobs import OutputStore, jobs_router
+from lpnode.node.rpc_job_bodies import InputTooLarge
+from lpnode.node.rpc_jobs import jobs_router
 from lpnode.node.rpc_models import (
     ErrorBody,
     Health,
@@ -47,6 +49,7 @@ from lpnode.node.rpc_models import (
     directory_version,
     peer_list,
 )
+from lpnode.node.rpc_workflows import workflows_router
 from lpnode.protocol.errors import (
     AdvertRejected,
     ConfigError,
@@ -64,7 +67,10 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # longest long-poll on /v1/peers; keeps a forgotten client from holding a task forever
 _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as libp2p prints peer ids
-_SHUTDOWN_GRACE_S = 1.0  # in-flight requests get this long once the node stops
+_SHUTDOWN_GRACE_S = 1.0
+DEFAULT_MAX_INPUT_BYTES = (
+    64 * 1024 * 1024
+)  # config.max_input_bytes  # in-flight requests get this long once the node stops
 
 # The one place LpnodeError kinds become HTTP statuses; the most derived class listed wins.
 if TYPE_CHECKING:
@@ -80,8 +86,13 @@ ERROR_STATUS: dict[type[LpnodeError], int] = {
     PeerUnreachable: 504,
     NoCandidates: 404,  # nobody offers that model/pipeline; the message lists what the network offers
     JobFailed: 503,  # every candidate refused or failed; the message lists the attempts
+    InputTooLarge: 413,
+    ManagerBusy: 429,
+    JobNotFound: 404,
+    JobAlreadyFinished: 409,
+    JobCancelled: 409,
 }
-_HTTP_ERROR_NAMES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_ERROR_NAMES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "input_too_large"}
 
 
 @runtime_checkable
@@ -89,11 +100,19 @@ class _CountingNetwork(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-def create_app(node: Node, token: str, *, pool: ModelPool | None = None, outputs: OutputStore | None = None) -> FastAPI:
+def create_app(
+    node: Node,
+    token: str,
+    *,
+    pool: ModelPool | None = None,
+    jobs: JobManager | None = None,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+) -> FastAPI:
     """The RPC app for ``node``; requests must carry ``token`` (except ``/health``).
 
-    ``pool`` is the node's model pool; None for a requester-only node. ``outputs``
-    keeps job outputs for download (a fresh bounded store when None).
+    ``pool`` is the node's model pool; None for a requester-only node. ``jobs``
+    runs the pipeline endpoints, job records and workflows (none: those routes
+    are absent). ``max_input_bytes`` bounds one uploaded input.
     """
     app = FastAPI(
         title="lpnode",
@@ -188,7 +207,9 @@ def create_app(node: Node, token: str, *, pool: ModelPool | None = None, outputs
         )
 
     app.include_router(api)
-    app.include_router(jobs_router(node, require_token, outputs or OutputStore()))
+    if jobs is not None:
+        app.include_router(jobs_router(jobs, require_token, max_input_bytes=max_input_bytes))
+        app.include_router(workflows_router(jobs, require_token, max_input_bytes=max_input_bytes))
     return app
 
 

@@ -1,46 +1,61 @@
-"""Jobs through the RPC API, in Livepeer AI's request and response shapes.
+"""Jobs through the RPC API: Livepeer AI's five pipeline endpoints, job records, events, cancel, outputs.
 
-``POST /text-to-image`` takes Livepeer's fields (prompt, model_id, height,
-width, guidance_scale, negative_prompt, seed, num_inference_steps,
-num_images_per_prompt) plus ours (max_price, deadline, prefer, avoid,
-allow_local), runs one job per image on the network and answers
-``{images: [{url, seed, nsfw}], jobs: [...]}``. Each image's ``url`` serves
-the verified bytes by their sha256 from a bounded in-memory store; ``jobs``
-carries who made each image, the price, every attempt and the signed receipt.
+Pipeline endpoints take Livepeer's fields and defaults (``rpc_job_bodies``),
+check them before any peer is contacted (422), read uploads bounded (413), and
+hand the request to the :class:`JobManager`. Synchronous by default: the
+answer is Livepeer's ``{images: [{url, seed, nsfw}]}`` plus ``jobs`` (who made
+each output, the price, every attempt, the signed receipt) and ``request_id``
+(the record in ``/v1/jobs``). A sync request is tied to its HTTP request: if
+the handler is cancelled (the client went away, the node stops) the job is
+cancelled too. With ``Prefer: respond-async`` the answer is 202 with
+``Location: /v1/jobs/<id>`` and the job runs on whatever the client does.
 """
 
 from __future__ import annotations
 
-import base64
-import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
 
-import trio
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
-from lpnode.node.daemon import Node
-from lpnode.node.job_requester import JobOutcome, JobRequest, run_job
-from lpnode.protocol.errors import LpnodeError
-from lpnode.protocol.jobspec import MAX_PROMPT_CHARS, MAX_SEED, Pipeline, TextToImageParams
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, StreamingResponse
+from lpnode.node.job_manager import STATES, JobManager, output_url
+from lpnode.node.rpc_job_bodies import (
+    BODIES,
+    INPUT_FILE,
+    PreparedJob,
+    TextToImageBody,
+    prepare,
+    read_form,
+    read_json,
+    validate,
+)
+from lpnode.node.sse import event_stream
+from lpnode.node.transfer import DEFAULT_MAX_TOTAL_BYTES
+from lpnode.protocol.jobspec import Pipeline
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.status import HTTP_404_NOT_FOUND
+from starlette.status import HTTP_202_ACCEPTED, HTTP_404_NOT_FOUND
 
-DEFAULT_STORE_BYTES = 256 * 1024 * 1024  # outputs kept for download; the oldest go first
-MAX_IMAGES_PER_PROMPT = 8
+DEFAULT_STORE_BYTES = 256 * 1024 * 1024  # outputs kept for download in memory; the oldest go first
+MAX_JSON_BYTES = 1024 * 1024  # a JSON pipeline body (text-to-image): prompts are short
+MAX_LIST = 500
+_JOB_ID = r"^[0-9a-f]{1,64}$"
 
 
 class OutputStore:
-    """Verified outputs by hex sha256, bounded in bytes (least recently stored goes first)."""
+    """Verified outputs by hex sha256 in memory, bounded in bytes (least recently stored goes first).
+
+    The node keeps outputs on disk (``output_files``); this one serves tests and stores-less setups.
+    """
 
     def __init__(self, max_bytes: int = DEFAULT_STORE_BYTES) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._bytes = 0
 
-    def put(self, sha256: str, media_type: str, data: bytes) -> None:
+    async def put(self, sha256: str, media_type: str, data: bytes) -> None:
         if sha256 in self._items or len(data) > self.max_bytes:
             return
         self._items[sha256] = (media_type, data)
@@ -49,27 +64,8 @@ class OutputStore:
             _, (_, old) = self._items.popitem(last=False)
             self._bytes -= len(old)
 
-    def get(self, sha256: str) -> tuple[str, bytes] | None:
+    async def get(self, sha256: str) -> tuple[str, bytes] | None:
         return self._items.get(sha256)
-
-
-class TextToImageBody(BaseModel):
-    """Livepeer AI's text-to-image fields and defaults, plus lpnode's job options."""
-
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    model_id: str = Field("", max_length=128, description="empty: the best text-to-image model on offer")
-    height: int = Field(576, ge=8, le=8192)
-    width: int = Field(1024, ge=8, le=8192)
-    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="empty: a random seed; image i uses seed + i")
-    num_inference_steps: int = Field(50, ge=1, le=1000)
-    num_images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
-    max_price: int = Field(1_000_000, ge=0, description="micro-credits per image, at most")
-    deadline: float = Field(120.0, gt=0, le=3600, description="seconds for the whole request")
-    prefer: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=32)
-    avoid: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=32)
-    allow_local: bool = False
 
 
 class Media(BaseModel):
@@ -88,7 +84,7 @@ class AttemptInfo(BaseModel):
 class JobInfo(BaseModel):
     job_id: str
     worker_peer_id: str
-    model_id: str
+    model_id: str  # the model that made it (the router's choice when the request named none)
     price: int  # micro-credits
     receipt: str  # base64 of the signed receipt bytes (`lpnode receipt verify`)
     attempts: list[AttemptInfo]
@@ -97,58 +93,129 @@ class JobInfo(BaseModel):
 class ImageResponse(BaseModel):
     images: list[Media]
     jobs: list[JobInfo]
+    request_id: str  # the record in /v1/jobs
 
 
-def jobs_router(node: Node, require_token: Callable[..., Awaitable[None]], store: OutputStore) -> APIRouter:
+def wants_async(request: Request) -> bool:
+    """RFC 7240 ``Prefer: respond-async`` (among other preferences, any case)."""
+    prefer = ",".join(request.headers.getlist("prefer")).lower()
+    return any(p.strip().split(";")[0].strip() == "respond-async" for p in prefer.split(","))
+
+
+async def respond(manager: JobManager, job_id: str, request: Request) -> Any:
+    """202 + the record for an async request; the result once the job ends otherwise."""
+    if wants_async(request):
+        record = await manager.get(job_id)
+        return JSONResponse(record, status_code=HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job_id}"})
+    record = await manager.wait_result(job_id)
+    return record["result"]
+
+
+def jobs_router(
+    manager: JobManager,
+    require_token: Callable[..., Awaitable[None]],
+    *,
+    max_input_bytes: int,
+    max_output_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+) -> APIRouter:
     router = APIRouter(dependencies=[Depends(require_token)], tags=["jobs"])
+    statuses = {
+        202: {"description": "accepted (`Prefer: respond-async`): the job record"},
+        404: {"description": "no peer offers the model; the message lists what the network offers"},
+        413: {"description": "input over the node's limit"},
+        429: {"description": "too many requests queued on this node"},
+        503: {"description": "every candidate peer refused or failed"},
+    }
 
-    @router.post("/text-to-image", response_model=ImageResponse)
-    async def text_to_image(body: TextToImageBody) -> ImageResponse:
+    async def submit(prepared: PreparedJob, request: Request) -> Any:
+        return await respond(manager, await manager.submit(prepared), request)
+
+    @router.post(
+        "/text-to-image",
+        response_model=ImageResponse,
+        responses=statuses,  # type: ignore[arg-type]
+        openapi_extra={"requestBody": _json_body(TextToImageBody)},
+    )
+    async def text_to_image(request: Request) -> Any:
         """Generate images on the network; each comes with its worker's verified, signed receipt."""
-        first_seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - MAX_IMAGES_PER_PROMPT)
-        try:
-            params = TextToImageParams(
-                body.prompt,
-                body.width,
-                body.height,
-                body.num_inference_steps,
-                body.guidance_scale,
-                body.negative_prompt,
-            )
-            jobs = [
-                JobRequest(Pipeline.TEXT_TO_IMAGE, params, body.model_id, min(MAX_SEED, first_seed + i))
-                for i in range(body.num_images_per_prompt)
-            ]
-        except ValueError as exc:  # bounds the spec adds to pydantic's
-            raise HTTPException(422, str(exc)) from None
-        outcomes: list[JobOutcome | None] = [None] * len(jobs)
+        body = validate(TextToImageBody, await read_json(request, MAX_JSON_BYTES))
+        return await submit(prepare(body, {}, max_output_bytes), request)
 
-        async def one(index: int) -> None:
-            outcomes[index] = await run_job(
-                node,
-                jobs[index],
-                max_price=body.max_price,
-                deadline_s=body.deadline,
-                prefer=body.prefer,
-                avoid=body.avoid,
-                allow_local=body.allow_local,
-            )
+    def file_endpoint(pipeline: Pipeline) -> Callable[[Request], Awaitable[Any]]:
+        body_type = BODIES[pipeline]
+        file_field = INPUT_FILE[pipeline]
+        assert file_field is not None
 
-        # images run side by side, on different peers where the ranking says so; the first failure
-        # cancels the rest (the response is all images or an error)
-        try:
-            async with trio.open_nursery() as nursery:
-                for index in range(len(jobs)):
-                    nursery.start_soon(one, index)
-        except BaseExceptionGroup as group:
-            # answer with the job's own error (404 no candidates, 503 failed), not a 500 for the group
-            raise _first_lpnode_error(group) or group from None
-        return _response(jobs, [o for o in outcomes if o is not None], store)
+        async def endpoint(request: Request) -> Any:
+            fields, data = await read_form(request, file_field, max_input_bytes)
+            body = validate(body_type, fields)
+            return await submit(prepare(body, {file_field: data}, max_output_bytes), request)
+
+        endpoint.__doc__ = f"{pipeline} on the network: multipart/form-data, file `{file_field}` + the fields."
+        return endpoint
+
+    for pipeline in (Pipeline.IMAGE_TO_IMAGE, Pipeline.IMAGE_TO_VIDEO, Pipeline.UPSCALE, Pipeline.FRAME_INTERPOLATION):
+        router.add_api_route(
+            f"/{pipeline}",
+            file_endpoint(pipeline),
+            methods=["POST"],
+            response_model=ImageResponse,
+            responses=statuses,  # type: ignore[arg-type]
+            openapi_extra={"requestBody": _form_body(BODIES[pipeline], INPUT_FILE[pipeline] or "")},
+            name=str(pipeline).replace("-", "_"),
+        )
+
+    @router.get("/v1/jobs")
+    async def list_jobs(
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
+        state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
+    ) -> dict[str, Any]:
+        """Job records, newest first."""
+        return {"jobs": await manager.list(limit, state)}
+
+    JobId = Annotated[str, PathParam(pattern=_JOB_ID)]
+
+    @router.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: JobId) -> dict[str, Any]:
+        """One job record: state, progress, result or error, attempts."""
+        return await manager.get(job_id)
+
+    @router.delete("/v1/jobs/{job_id}")
+    async def cancel_job(job_id: JobId) -> dict[str, Any]:
+        """Cancel a queued or running job (the worker is told); 409 if it had already ended."""
+        return await manager.cancel(job_id)
+
+    @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse)
+    async def job_events(job_id: JobId) -> StreamingResponse:
+        """Server-sent events: `progress`, `state` on each change, then `done` with the final record."""
+        await manager.get(job_id)  # 404 before the stream starts
+
+        async def stream() -> AsyncIterator[bytes]:
+            async with manager.listen(job_id) as listener:
+                async for chunk in event_stream(listener):
+                    yield chunk
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+
+    async def receipt_response(job_id: str, n: int) -> Response:
+        return Response(await manager.receipt(job_id, n), media_type="application/octet-stream")
+
+    @router.get("/v1/jobs/{job_id}/receipts/{n}", response_class=Response)
+    async def job_receipt_n(job_id: JobId, n: Annotated[int, PathParam(ge=0, le=10_000)]) -> Response:
+        """The n-th network job's signed receipt (what `lpnode receipt verify FILE` reads)."""
+        return await receipt_response(job_id, n)
+
+    @router.get("/v1/jobs/{job_id}/receipt", response_class=Response)
+    async def job_receipt(job_id: JobId) -> Response:
+        """The first network job's signed receipt."""
+        return await receipt_response(job_id, 0)
 
     @router.get("/v1/outputs/{sha256}", response_class=Response)
     async def output(sha256: Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]) -> Response:
         """A verified output by its hex sha256 (as signed in its receipt)."""
-        found = store.get(sha256)
+        found = await manager.outputs.get(sha256)
         if found is None:
             raise HTTPException(HTTP_404_NOT_FOUND, f"no output {sha256} here (never made, or evicted)")
         media_type, data = found
@@ -157,36 +224,21 @@ def jobs_router(node: Node, require_token: Callable[..., Awaitable[None]], store
     return router
 
 
-def _first_lpnode_error(group: BaseExceptionGroup[BaseException]) -> LpnodeError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, LpnodeError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup) and (inner := _first_lpnode_error(exc)) is not None:
-            return inner
-    return None
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _inline(model)}}}
 
 
-def _response(jobs: list[JobRequest], outcomes: list[JobOutcome], store: OutputStore) -> ImageResponse:
-    images: list[Media] = []
-    infos: list[JobInfo] = []
-    for job, outcome in zip(jobs, outcomes, strict=True):
-        for hashes, data in zip(outcome.receipt.outputs, outcome.outputs, strict=True):
-            store.put(hashes.sha256, hashes.media_type, data)
-            images.append(Media(url=f"/v1/outputs/{hashes.sha256}", seed=job.seed, nsfw=False))
-        attempts = [
-            AttemptInfo(peer_id=a.peer_id, outcome=a.outcome, detail=a.detail, price=a.price) for a in outcome.attempts
-        ]
-        infos.append(
-            JobInfo(
-                job_id=outcome.job_id,
-                worker_peer_id=outcome.worker_peer_id,
-                model_id=outcome.model_id,
-                price=outcome.price,
-                receipt=base64.b64encode(outcome.receipt_bytes).decode(),
-                attempts=attempts,
-            )
-        )
-    return ImageResponse(images=images, jobs=infos)
+def _form_body(model: type[BaseModel], file_field: str) -> dict[str, Any]:
+    schema = _inline(model)
+    schema["properties"] = {file_field: {"type": "string", "format": "binary"}, **schema.get("properties", {})}
+    schema["required"] = [file_field, *schema.get("required", [])]
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
-__all__ = ["ImageResponse", "OutputStore", "TextToImageBody", "jobs_router"]
+def _inline(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("$defs", None)
+    return schema
+
+
+__all__ = ["ImageResponse", "OutputStore", "jobs_router", "output_url", "respond", "wants_async"]

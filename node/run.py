@@ -26,10 +26,12 @@ from lpnode.node.config import NodeConfig
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.gossip import WallClock
 from lpnode.node.identity import load_or_create_key
+from lpnode.node.job_manager import JobManager, MemoryRecordBook, open_job_manager, requester_runner
 from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
 from lpnode.node.offer import OfferSource, serve_device_monitor
-from lpnode.node.rpc import create_app, serve_rpc
+from lpnode.node.rpc import create_app, serve_rpc, status_for
 from lpnode.node.rpc_info import check_not_running
+from lpnode.node.rpc_jobs import OutputStore
 from lpnode.node.rpc_token import TOKEN_FILE, load_or_create_token
 from lpnode.protocol.errors import ConfigError, NetworkError
 from lpnode.protocol.names import SOFTWARE_VERSION
@@ -117,10 +119,28 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
                     sequence_path=config.data_dir / "receipt-seq",
                 )
             )
-        app = create_app(node, token, pool=pool)
+        jobs = await stack.enter_async_context(_open_jobs(config, node, wall_clock))
+        app = create_app(node, token, pool=pool, jobs=jobs, max_input_bytes=config.max_input_bytes)
         urls = await node_nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
         _print_banner(out, node, urls, config, pool)
         await trio.sleep_forever()
+
+
+@contextlib.asynccontextmanager
+async def _open_jobs(config: NodeConfig, node: Node, wall_clock: WallClock) -> AsyncIterator[JobManager]:
+    """The RPC job manager: records and outputs kept for the API, jobs sent through this node's requester."""
+    book = MemoryRecordBook()
+    await book.mark_interrupted()  # whatever ran when the node last stopped did not finish
+    outputs = OutputStore()
+    async with open_job_manager(
+        book,
+        outputs,
+        requester_runner(node),
+        max_jobs=config.max_rpc_jobs,
+        status_for=status_for,
+        wall_clock=wall_clock,
+    ) as jobs:
+        yield jobs
 
 
 @contextlib.asynccontextmanager

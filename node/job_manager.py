@@ -1,0 +1,596 @@
+"""The node's RPC jobs: one record per request, each run in its own task, watched, cancellable, persisted.
+
+:func:`open_job_manager` gives a :class:`JobManager` whose nursery holds every
+running request. ``submit`` checks the bounds (at most ``max_jobs`` queued or
+running, refused with :class:`ManagerBusy` beyond; ``max_running`` at once),
+saves a ``queued`` record and starts the task; the caller may wait for the end
+(the sync endpoints) or answer at once (``Prefer: respond-async``).
+
+A task runs the request's network jobs (one per image) through the one
+:data:`JobRunner` it was given, writes the verified outputs to the output
+store and each receipt to the records, and saves the final record. ``cancel``
+cancels the task's scope: the requester's ``finally`` tells the worker, which
+frees its reservation. A node that stops mid-job saves the record as
+``interrupted`` (and a restarted node marks any record left unfinished so).
+
+Progress goes to any number of listeners (:meth:`JobManager.listen`). Each has
+a bounded buffer: a slow listener loses progress events, never ``state`` or
+``done`` (there are only a handful of those per job).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+from lpnode.node.daemon import Node
+from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, JobRequest, ProgressCallback, run_job
+from lpnode.node.rpc_job_bodies import JobOptions, PreparedJob
+from lpnode.protocol.errors import LpnodeError
+from lpnode.protocol.jobs import Progress
+
+log = logging.getLogger(__name__)
+
+# One network job, the single place where the manager meets the requester (run.py builds it)
+JobRunner = Callable[[JobRequest, Mapping[str, bytes], JobOptions, ProgressCallback], Awaitable[JobOutcome]]
+Record = dict[str, Any]  # the contract's record shape (GET /v1/jobs/{id})
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED})
+DEFAULT_MAX_JOBS = 64  # queued + running requests
+DEFAULT_MAX_RUNNING = 16  # requests running at once
+LISTENER_BUFFER = 32  # progress events a listener may fall behind by before losing some
+SAVE_GRACE_S = 5.0  # the final save still gets this long while the node shuts down
+
+
+class ManagerBusy(LpnodeError):
+    """Too many requests queued or running on this node (HTTP 429); try again later."""
+
+
+class JobNotFound(LpnodeError):
+    """No record with that id (HTTP 404)."""
+
+
+class JobAlreadyFinished(LpnodeError):
+    """The job ended before the request could change it (HTTP 409)."""
+
+
+class JobCancelled(LpnodeError):
+    """The job was cancelled, or the node stopped, before it finished (HTTP 409)."""
+
+
+# ---------------------------------------------------------------- where records and outputs live
+
+
+class RecordBook(Protocol):
+    """Persistent job records (the node's SQLite database; a dict in tests)."""
+
+    async def save(self, record: Record) -> None: ...  # insert or replace by id
+    async def get(self, job_id: str) -> Record | None: ...
+    async def list(self, limit: int, state: str | None) -> list[Record]: ...  # newest first
+    async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None: ...
+    async def receipt(self, job_id: str, n: int) -> bytes | None: ...
+    async def mark_interrupted(self) -> int: ...  # unfinished records → interrupted; how many
+
+
+class OutputSink(Protocol):
+    """Verified outputs by hex sha256 (content-addressed files on disk; a dict in tests)."""
+
+    async def put(self, sha256: str, media_type: str, data: bytes) -> None: ...
+    async def get(self, sha256: str) -> tuple[str, bytes] | None: ...
+
+
+class MemoryRecordBook:
+    """Records in a dict: for tests and for a node without a database."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, Record] = {}
+        self._receipts: dict[tuple[str, int], bytes] = {}
+
+    async def save(self, record: Record) -> None:
+        self._records[record["id"]] = _copy(record)
+
+    async def get(self, job_id: str) -> Record | None:
+        found = self._records.get(job_id)
+        return None if found is None else _copy(found)
+
+    async def list(self, limit: int, state: str | None) -> list[Record]:
+        rows = [r for r in self._records.values() if state is None or r["state"] == state]
+        rows.sort(key=lambda r: r["created_at"], reverse=True)
+        return [_copy(r) for r in rows[:limit]]
+
+    async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None:
+        self._receipts[(job_id, n)] = receipt
+
+    async def receipt(self, job_id: str, n: int) -> bytes | None:
+        return self._receipts.get((job_id, n))
+
+    async def mark_interrupted(self) -> int:
+        unfinished = [r for r in self._records.values() if r["state"] not in TERMINAL]
+        for record in unfinished:
+            record["state"] = INTERRUPTED
+        return len(unfinished)
+
+
+# ---------------------------------------------------------------- listeners
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    kind: str  # "progress" | "state" | "done"
+    data: Mapping[str, Any]
+
+
+class EventSink(Protocol):
+    def push(self, event: JobEvent) -> None: ...
+
+
+class Listener:
+    """One watcher's queue of a job's events: progress bounded, state and done never dropped."""
+
+    def __init__(self, max_progress: int = LISTENER_BUFFER) -> None:
+        self._events: deque[JobEvent] = deque()
+        self._progress = 0  # progress events in the queue
+        self._max_progress = max_progress
+        self._wake = trio.Event()
+        self.dropped = 0  # progress events lost to a slow reader
+
+    def push(self, event: JobEvent) -> None:
+        if event.kind == "progress":
+            if self._progress >= self._max_progress:
+                self.dropped += 1
+                return
+            self._progress += 1
+        self._events.append(event)
+        self._wake.set()
+
+    async def next(self) -> JobEvent:
+        while not self._events:
+            await self._wake.wait()
+            self._wake = trio.Event()
+        event = self._events.popleft()
+        if event.kind == "progress":
+            self._progress -= 1
+        return event
+
+
+# ---------------------------------------------------------------- the manager
+
+
+@dataclass
+class _Live:
+    record: Record
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    finished: trio.Event = field(default_factory=trio.Event)
+    listeners: set[EventSink] = field(default_factory=set)
+    error: LpnodeError | None = None  # what a failed job raised, for the sync answer
+    cancel_requested: bool = False
+    receipts: int = 0  # receipts stored so far (their n)
+
+
+StepWork = Callable[["_Live"], Awaitable[dict[str, Any]]]
+
+
+class JobManager:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        book: RecordBook,
+        outputs: OutputSink,
+        runner: JobRunner,
+        *,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        max_running: int = DEFAULT_MAX_RUNNING,
+        status_for: Callable[[LpnodeError], int] = lambda exc: 500,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._nursery = nursery
+        self.book = book
+        self.outputs = outputs
+        self._runner = runner
+        self._max_jobs = max_jobs
+        self._running = trio.CapacityLimiter(max_running)
+        self._status_for = status_for
+        self._wall_clock = wall_clock
+        self._live: dict[str, _Live] = {}  # queued or running (children included)
+
+    # ------------------------------------------------------------ queries
+
+    async def get(self, job_id: str) -> Record:
+        live = self._live.get(job_id)
+        if live is not None:
+            return _copy(live.record)
+        found = await self.book.get(job_id)
+        if found is None:
+            raise JobNotFound(f"no job {job_id} on this node (GET /v1/jobs lists them)")
+        return found
+
+    async def list(self, limit: int = 50, state: str | None = None) -> list[Record]:
+        return await self.book.list(limit, state)
+
+    async def receipt(self, job_id: str, n: int) -> bytes:
+        record = await self.get(job_id)
+        found = await self.book.receipt(job_id, n)
+        if found is None:
+            have = len((record.get("result") or {}).get("jobs", []))
+            raise JobNotFound(f"job {job_id} has no receipt {n} (it has {have}, state {record['state']})")
+        return found
+
+    # ------------------------------------------------------------ submitting
+
+    async def submit(self, prepared: PreparedJob) -> str:
+        """Record ``prepared`` as queued and start it; its id. ManagerBusy when full."""
+        live = await self._admit(prepared.kind, prepared.request, None)
+
+        async def work(live: _Live) -> dict[str, Any]:
+            return await self.execute(live, prepared)
+
+        self._nursery.start_soon(self._run, live, work)
+        return str(live.record["id"])
+
+    async def submit_work(self, kind: str, request: Record, work: StepWork) -> str:
+        """A request whose work is a coroutine of its own (workflows); same bounds and lifecycle."""
+        live = await self._admit(kind, request, None)
+        self._nursery.start_soon(self._run, live, work)
+        return str(live.record["id"])
+
+    async def wait(self, job_id: str) -> Record:
+        """The final record of ``job_id`` once it ends."""
+        live = self._live.get(job_id)
+        if live is not None:
+            await live.finished.wait()
+            return _copy(live.record)
+        return await self.get(job_id)
+
+    async def wait_result(self, job_id: str) -> Record:
+        """The sync endpoints: the result, or the job's own error raised (mapped to its status by the RPC)."""
+        live = self._live.get(job_id)
+        try:
+            record = await self.wait(job_id)
+        finally:
+            # A sync request is its HTTP request: if that goes away (cancelled handler), so does the job.
+            if live is not None and not live.finished.is_set():
+                live.cancel_requested = True
+                live.scope.cancel()
+        if record["state"] == SUCCEEDED:
+            return record
+        if live is not None and live.error is not None:
+            raise live.error
+        raise JobCancelled(f"job {job_id} ended {record['state']}")
+
+    async def cancel(self, job_id: str) -> Record:
+        """Cancel a queued or running job and return its final record; JobAlreadyFinished if it had ended."""
+        live = self._live.get(job_id)
+        if live is None:
+            record = await self.get(job_id)  # JobNotFound if unknown
+            raise JobAlreadyFinished(f"job {job_id} already ended: {record['state']}")
+        live.cancel_requested = True
+        live.scope.cancel()
+        await live.finished.wait()
+        return _copy(live.record)
+
+    @asynccontextmanager
+    async def listen(self, job_id: str, max_progress: int = LISTENER_BUFFER) -> AsyncIterator[Listener]:
+        """Events of ``job_id`` from now on; a finished job's listener holds just its ``done``."""
+        listener = Listener(max_progress)
+        live = self._live.get(job_id)
+        if live is None:
+            listener.push(JobEvent("done", await self.get(job_id)))
+            yield listener
+            return
+        listener.push(JobEvent("state", {"state": live.record["state"]}))
+        live.listeners.add(listener)
+        try:
+            yield listener
+        finally:
+            live.listeners.discard(listener)
+
+    # ------------------------------------------------------------ running
+
+    async def _admit(self, kind: str, request: Record, parent_id: str | None) -> _Live:
+        if parent_id is None:
+            active = sum(1 for live in self._live.values() if live.record["parent_id"] is None)
+            if active >= self._max_jobs:
+                raise ManagerBusy(f"{active} requests are queued or running on this node (its limit); retry later")
+        now = self._wall_clock()
+        record: Record = {
+            "id": secrets.token_hex(8),
+            "kind": kind,
+            "state": QUEUED,
+            "created_at": now,
+            "updated_at": now,
+            "request": request,
+            "progress": {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None},
+            "result": None,
+            "error": None,
+            "attempts": [],
+            "parent_id": parent_id,
+        }
+        live = _Live(record)
+        self._live[record["id"]] = live
+        await self.book.save(record)
+        return live
+
+    async def _run(self, live: _Live, work: StepWork) -> None:
+        """A request's task root: everything that can go wrong ends in the record."""
+        final = FAILED
+        try:
+            with live.scope:
+                async with self._running:
+                    await self._set_state(live, RUNNING)
+                    live.record["result"] = await work(live)
+                    final = SUCCEEDED
+            if live.scope.cancelled_caught:
+                final = CANCELLED
+        except trio.Cancelled:
+            final = INTERRUPTED  # the node is stopping
+            raise
+        except LpnodeError as exc:
+            self._fail(live, exc)
+        except Exception as exc:  # a bug: the request fails, the node keeps serving
+            log.exception("job %s crashed", live.record["id"])
+            self._fail(live, LpnodeError(f"internal error ({type(exc).__name__}); see the node's log"))
+        finally:
+            await self._finish(live, final)
+
+    async def execute(self, live: _Live, prepared: PreparedJob) -> dict[str, Any]:
+        """Run ``prepared``'s network jobs side by side; store outputs and receipts; the sync response."""
+        count = len(prepared.jobs)
+        outcomes: list[JobOutcome | None] = [None] * count
+        steps = [(0, 0)] * count
+
+        def progress_of(index: int) -> ProgressCallback:
+            def on_progress(peer_id: str, message: Progress) -> None:
+                steps[index] = (message.step, message.total)
+                step, total = sum(s for s, _ in steps), sum(t for _, t in steps)
+                fraction = min(1.0, step / total) if total else 0.0
+                self._progress(live, {"fraction": fraction, "step": step, "total": total, "peer_id": peer_id})
+
+            return on_progress
+
+        async def one(index: int) -> None:
+            job = prepared.jobs[index]
+            outcomes[index] = await self._runner(job, prepared.inputs, prepared.options, progress_of(index))
+
+        # images run side by side; the first failure cancels the rest (the answer is all images or an error)
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(count):
+                    nursery.start_soon(one, index)
+        except BaseExceptionGroup as group:
+            failures, rest = group.split(LpnodeError)
+            if rest is not None or failures is None:
+                raise  # cancellation or a bug: not the job's own error
+            first = _leaves(failures)[0]
+            if isinstance(first, JobFailed):
+                live.record["attempts"] = [_attempt(a) for a in first.attempts]
+            raise first from None
+        done = [o for o in outcomes if o is not None]
+        live.record["attempts"] = [_attempt(a) for o in done for a in o.attempts]
+        return await self._response(live, prepared.jobs, done)
+
+    async def _response(self, live: _Live, jobs: Sequence[JobRequest], outcomes: Sequence[JobOutcome]) -> Record:
+        images: list[dict[str, Any]] = []
+        infos: list[dict[str, Any]] = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            for hashes, data in zip(outcome.receipt.outputs, outcome.outputs, strict=True):
+                await self.outputs.put(hashes.sha256, hashes.media_type, data)
+                images.append({"url": output_url(hashes.sha256), "seed": job.seed, "nsfw": False})
+            await self.book.add_receipt(live.record["id"], live.receipts, outcome.receipt_bytes)
+            live.receipts += 1
+            infos.append(
+                {
+                    "job_id": outcome.job_id,
+                    "worker_peer_id": outcome.worker_peer_id,
+                    "model_id": outcome.model_id,
+                    "price": outcome.price,
+                    "receipt": _b64(outcome.receipt_bytes),
+                    "attempts": [_attempt(a) for a in outcome.attempts],
+                }
+            )
+        return {"images": images, "jobs": infos, "request_id": live.record["id"]}
+
+    # ------------------------------------------------------------ children (workflow steps)
+
+    async def run_child(self, parent: _Live, prepared: PreparedJob, share: tuple[int, int]) -> tuple[Record, bytes]:
+        """Run ``prepared`` as a child record of ``parent``; the final child record and its first output.
+
+        ``share`` = (step index, steps) scales the child's progress into the parent's.
+        Runs in the parent's task (and slot): cancelling the parent cancels it.
+        """
+        child = await self._admit(prepared.kind, prepared.request, parent.record["id"])
+        index, count = share
+
+        def forward(progress: dict[str, Any]) -> None:
+            self._progress(parent, progress | {"fraction": (index + progress["fraction"]) / count})
+
+        child.listeners.add(_Forward(forward))
+        final = FAILED
+        try:
+            await self._set_state(child, RUNNING)
+            result = await self.execute(child, prepared)
+            child.record["result"] = result
+            final = SUCCEEDED
+        except trio.Cancelled:
+            final = CANCELLED if parent.cancel_requested else INTERRUPTED
+            raise
+        except LpnodeError as exc:
+            self._fail(child, exc)
+            raise
+        finally:
+            parent.record["attempts"] = [*parent.record["attempts"], *child.record["attempts"]]
+            await self._finish(child, final)
+        receipt = await self.book.receipt(child.record["id"], 0)
+        if receipt is not None:  # the workflow's receipt n is step n's
+            await self.book.add_receipt(parent.record["id"], parent.receipts, receipt)
+            parent.receipts += 1
+        sha = result["images"][0]["url"].rsplit("/", 1)[-1]
+        found = await self.outputs.get(sha)
+        if found is None:  # the store evicted it already: bounded too small for one chain
+            raise LpnodeError(f"output {sha} of step {index} was evicted before the next step could read it")
+        return _copy(child.record), found[1]
+
+    # ------------------------------------------------------------ record changes
+
+    def _fail(self, live: _Live, exc: LpnodeError) -> None:
+        live.error = exc
+        live.record["error"] = {
+            "status": self._status_for(exc),
+            "error": _snake(type(exc).__name__),
+            "message": str(exc),
+        }
+
+    def _progress(self, live: _Live, progress: dict[str, Any]) -> None:
+        live.record["progress"] = progress
+        event = JobEvent("progress", progress)
+        for listener in list(live.listeners):
+            listener.push(event)
+
+    async def _set_state(self, live: _Live, state: str) -> None:
+        live.record["state"] = state
+        live.record["updated_at"] = self._wall_clock()
+        for listener in list(live.listeners):
+            listener.push(JobEvent("state", {"state": state}))
+        await self.book.save(live.record)
+
+    async def _finish(self, live: _Live, state: str) -> None:
+        if state == SUCCEEDED:
+            live.record["progress"] = {**live.record["progress"], "fraction": 1.0}
+        # shielded: the final record is saved even while the node stops (then as interrupted)
+        with trio.CancelScope(shield=True), trio.move_on_after(SAVE_GRACE_S):
+            try:
+                await self._set_state(live, state)
+            except LpnodeError as exc:
+                log.error("job %s ended %s but its record could not be saved: %s", live.record["id"], state, exc)
+        record = _copy(live.record)
+        for listener in list(live.listeners):
+            listener.push(JobEvent("done", record))
+        self._live.pop(live.record["id"], None)
+        live.finished.set()
+
+
+class _Forward:
+    """A listener stand-in that hands a child's progress to its workflow (states stay the child's own)."""
+
+    def __init__(self, forward: Callable[[dict[str, Any]], None]) -> None:
+        self._forward = forward
+
+    def push(self, event: JobEvent) -> None:
+        if event.kind == "progress":
+            self._forward(dict(event.data))
+
+
+@asynccontextmanager
+async def open_job_manager(
+    book: RecordBook,
+    outputs: OutputSink,
+    runner: JobRunner,
+    **options: Any,
+) -> AsyncIterator[JobManager]:
+    """A manager whose jobs live in its own nursery; leaving cancels them (records end ``interrupted``)."""
+    async with trio.open_nursery() as nursery:
+        manager = JobManager(nursery, book, outputs, runner, **options)
+        try:
+            yield manager
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def requester_runner(node: Node) -> JobRunner:
+    """The JobRunner that sends each network job through ``node``'s requester (``run_job``)."""
+
+    async def run(
+        job: JobRequest, inputs: Mapping[str, bytes], options: JobOptions, on_progress: ProgressCallback
+    ) -> JobOutcome:
+        return await run_job(
+            node,
+            job,
+            inputs,
+            max_price=options.max_price,
+            deadline_s=options.deadline,
+            prefer=options.prefer,
+            avoid=options.avoid,
+            allow_local=options.allow_local,
+            on_progress=on_progress,
+        )
+
+    return run
+
+
+def output_url(sha256: str) -> str:
+    return f"/v1/outputs/{sha256}"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _attempt(a: Attempt) -> dict[str, Any]:
+    return {"peer_id": a.peer_id, "outcome": a.outcome, "detail": a.detail, "price": a.price}
+
+
+def _leaves(group: BaseExceptionGroup[LpnodeError]) -> list[LpnodeError]:
+    out: list[LpnodeError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _copy(record: Record) -> Record:
+    """A copy deep enough that a caller's edits never reach the live record."""
+    return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in record.items()}
+
+
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "INTERRUPTED",
+    "QUEUED",
+    "RUNNING",
+    "STATES",
+    "SUCCEEDED",
+    "TERMINAL",
+    "JobAlreadyFinished",
+    "JobCancelled",
+    "JobEvent",
+    "JobManager",
+    "JobNotFound",
+    "JobRunner",
+    "Listener",
+    "ManagerBusy",
+    "MemoryRecordBook",
+    "OutputSink",
+    "RecordBook",
+    "open_job_manager",
+    "output_url",
+    "requester_runner",
+]

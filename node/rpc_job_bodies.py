@@ -1,0 +1,339 @@
+"""Request bodies of the pipeline endpoints → network jobs, inputs and options, checked before any peer is asked.
+
+Each pipeline has one pydantic body with Livepeer AI's field names and
+defaults, plus lpnode's job options (:class:`JobOptions`). Text-to-image and
+workflows are JSON; the file-input pipelines are multipart/form-data (field
+values arrive as strings and pydantic coerces them, so one model serves both).
+
+Uploads are read bounded (:func:`read_body`): a body over the node's input
+limit is refused with :class:`InputTooLarge` (HTTP 413) as soon as it is
+known to be too big, never held whole in memory first. Bad values raise
+FastAPI's :class:`RequestValidationError` (HTTP 422), including the checks the
+job spec adds to pydantic's, so no peer is contacted for a request that
+cannot run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from lpnode.node.job_requester import JobRequest, Params, build_spec
+from lpnode.protocol.errors import LpnodeError
+from lpnode.protocol.jobspec import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    FrameInterpolationParams,
+    ImageToImageParams,
+    ImageToVideoParams,
+    Pipeline,
+    TextToImageParams,
+    UpscaleParams,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+MAX_IMAGES_PER_PROMPT = 8
+MAX_FORM_FIELDS = 64
+MAX_FIELD_BYTES = 64 * 1024  # one non-file form field (a prompt is at most 2000 characters)
+FORM_OVERHEAD_BYTES = 1024 * 1024  # fields and multipart framing on top of the file itself
+PeerId = Annotated[str, Field(max_length=64)]
+
+
+class InputTooLarge(LpnodeError):
+    """A request body or input file over the node's input limit (HTTP 413)."""
+
+
+class JobOptions(BaseModel):
+    """lpnode's options, taken by every pipeline endpoint and by workflows."""
+
+    # unknown fields are ignored, as Livepeer's gateway does (its clients send e.g. safety_check)
+    model_config = ConfigDict(extra="ignore")
+
+    max_price: int = Field(1_000_000, ge=0, description="micro-credits per network job, at most")
+    deadline: float = Field(120.0, gt=0, le=3600, description="seconds for the whole request")
+    priority: Literal["cost", "speed", "trust"] = "speed"
+    verification: str = Field("spot", pattern=r"^(none|spot|redundant:[1-9])$", description="none | spot | redundant:K")
+    min_reputation: float | None = Field(None, ge=0.0, le=1.0)
+    min_vram_gb: float | None = Field(None, ge=0.0, le=4096.0, description="GPU memory the worker must have")
+    prefer: list[PeerId] = Field(default_factory=list, max_length=32)
+    avoid: list[PeerId] = Field(default_factory=list, max_length=32)
+    allow_local: bool = False
+
+    def options(self) -> JobOptions:
+        return JobOptions.model_validate({name: getattr(self, name) for name in JobOptions.model_fields})
+
+
+class _PipelineBody(JobOptions):
+    model_id: str = Field("", max_length=128, description="empty: the best model of the pipeline on offer")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="empty: a random seed; image i uses seed + i")
+
+    pipeline: ClassVar[Pipeline]
+
+    def image_count(self) -> int:
+        """Network jobs for this request (one per image)."""
+        return 1
+
+    def params(self) -> Params:
+        raise NotImplementedError
+
+    def job_requests(self) -> list[JobRequest]:
+        """One network job per image; ValueError for a value the spec refuses."""
+        first = self.seed if self.seed is not None else secrets.randbelow(MAX_SEED - MAX_IMAGES_PER_PROMPT)
+        params = self.params()
+        return [
+            JobRequest(self.pipeline, params, self.model_id, min(MAX_SEED, first + i))
+            for i in range(self.image_count())
+        ]
+
+
+class TextToImageBody(_PipelineBody):
+    """Livepeer AI's text-to-image fields and defaults, plus lpnode's job options."""
+
+    pipeline: ClassVar[Pipeline] = Pipeline.TEXT_TO_IMAGE
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    height: int = Field(576, ge=8, le=8192)
+    width: int = Field(1024, ge=8, le=8192)
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    num_inference_steps: int = Field(50, ge=1, le=1000)
+    num_images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
+
+    def image_count(self) -> int:
+        return self.num_images_per_prompt
+
+    def params(self) -> Params:
+        return TextToImageParams(
+            self.prompt, self.width, self.height, self.num_inference_steps, self.guidance_scale, self.negative_prompt
+        )
+
+
+class ImageToImageBody(_PipelineBody):
+    pipeline: ClassVar[Pipeline] = Pipeline.IMAGE_TO_IMAGE
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    strength: float = Field(0.8, ge=0.01, le=1.0)
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    num_inference_steps: int = Field(100, ge=1, le=1000)
+    num_images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
+
+    def image_count(self) -> int:
+        return self.num_images_per_prompt
+
+    def params(self) -> Params:
+        return ImageToImageParams(
+            self.prompt, self.strength, self.num_inference_steps, self.guidance_scale, self.negative_prompt
+        )
+
+
+class ImageToVideoBody(_PipelineBody):
+    pipeline: ClassVar[Pipeline] = Pipeline.IMAGE_TO_VIDEO
+    height: int = Field(576, ge=8, le=4096)
+    width: int = Field(1024, ge=8, le=4096)
+    fps: int = Field(6, ge=1, le=120)
+    motion_bucket_id: int = Field(127, ge=0, le=255)
+    noise_aug_strength: float = Field(0.02, ge=0.0, le=1.0)
+    num_inference_steps: int = Field(25, ge=1, le=1000)
+    num_frames: int = Field(14, ge=2, le=256)
+    min_guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+    max_guidance_scale: float = Field(3.0, ge=0.0, le=50.0)
+    decode_chunk_size: int = Field(8, ge=1, le=256)
+
+    def params(self) -> Params:
+        return ImageToVideoParams(
+            self.width,
+            self.height,
+            self.num_frames,
+            self.fps,
+            self.motion_bucket_id,
+            self.noise_aug_strength,
+            self.num_inference_steps,
+            self.min_guidance_scale,
+            self.max_guidance_scale,
+            self.decode_chunk_size,
+        )
+
+
+class UpscaleBody(_PipelineBody):
+    pipeline: ClassVar[Pipeline] = Pipeline.UPSCALE
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="accepted for Livepeer; our nets take none")
+    scale: int = Field(4, ge=1, le=16)
+
+    def params(self) -> Params:
+        return UpscaleParams(self.scale)
+
+
+class FrameInterpolationBody(_PipelineBody):
+    pipeline: ClassVar[Pipeline] = Pipeline.FRAME_INTERPOLATION
+    multiplier: int = Field(2, ge=2, le=16)
+
+    def params(self) -> Params:
+        return FrameInterpolationParams(self.multiplier)
+
+
+BODIES: dict[Pipeline, type[_PipelineBody]] = {
+    Pipeline.TEXT_TO_IMAGE: TextToImageBody,
+    Pipeline.IMAGE_TO_IMAGE: ImageToImageBody,
+    Pipeline.IMAGE_TO_VIDEO: ImageToVideoBody,
+    Pipeline.UPSCALE: UpscaleBody,
+    Pipeline.FRAME_INTERPOLATION: FrameInterpolationBody,
+}
+# The file each pipeline takes, and the kind of media it consumes and produces (workflow chains).
+INPUT_FILE: dict[Pipeline, str | None] = {
+    Pipeline.TEXT_TO_IMAGE: None,
+    Pipeline.IMAGE_TO_IMAGE: "image",
+    Pipeline.IMAGE_TO_VIDEO: "image",
+    Pipeline.UPSCALE: "image",
+    Pipeline.FRAME_INTERPOLATION: "video",
+}
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """One RPC request, checked: what the job manager runs and records."""
+
+    kind: str  # the pipeline's wire name
+    jobs: tuple[JobRequest, ...]  # one per image, run side by side
+    inputs: Mapping[str, bytes] = field(repr=False)
+    options: JobOptions
+    request: dict[str, Any]  # the record's `request`: the fields, inputs as sha256 + size only
+
+
+def input_summary(inputs: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
+    return {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for name, data in inputs.items()}
+
+
+def prepare(body: _PipelineBody, inputs: Mapping[str, bytes], max_output_bytes: int) -> PreparedJob:
+    """Build the network jobs of ``body``; RequestValidationError (422) when the spec refuses a value."""
+    try:
+        jobs = tuple(body.job_requests())
+        for job in jobs:
+            build_spec(job, inputs, max_output_bytes)  # the spec's own checks, before any peer is asked
+    except ValueError as exc:
+        raise invalid(str(exc), "body") from None
+    request = body.model_dump(mode="json") | {"inputs": input_summary(inputs)}
+    return PreparedJob(str(body.pipeline), jobs, dict(inputs), body.options(), request)
+
+
+def invalid(message: str, where: str = "body", field_name: str = "request") -> RequestValidationError:
+    return RequestValidationError([{"loc": (where, field_name), "msg": message, "type": "value_error"}])
+
+
+def validate(model: type[BaseModel], values: Mapping[str, Any]) -> Any:
+    """``model`` from ``values``; pydantic's errors become the API's 422."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
+        ) from None
+
+
+# ---------------------------------------------------------------- bounded reading
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with InputTooLarge once it passes ``max_bytes``."""
+    _check_length(request, max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise InputTooLarge(f"request body over the node's limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    raw = await read_body(request, max_bytes)
+    try:
+        value = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise invalid(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise invalid("the body must be a JSON object")
+    return value
+
+
+async def read_form(request: Request, file_field: str, max_input_bytes: int) -> tuple[dict[str, Any], bytes]:
+    """Fields and the one file of a multipart upload, each bounded."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise invalid(f"send multipart/form-data with the file in field {file_field!r}", "header", "content-type")
+    limit = max_input_bytes + FORM_OVERHEAD_BYTES
+    _check_length(request, limit)
+    received = 0
+
+    async def bounded_receive() -> Any:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise InputTooLarge(f"upload over the node's input limit of {max_input_bytes} bytes")
+        return message
+
+    bounded = Request(request.scope, bounded_receive)
+    try:
+        form = await bounded.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except InputTooLarge:
+        raise
+    except Exception as exc:  # starlette's MultiPartException and parser errors: a malformed upload
+        raise invalid(f"malformed multipart body: {exc}") from None
+    try:
+        fields: dict[str, Any] = {}
+        upload: UploadFile | None = None
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != file_field:
+                    raise invalid(f"unexpected file field {name!r} (this endpoint takes {file_field!r})")
+                upload = value
+            elif name in ("prefer", "avoid"):  # repeated fields or comma-separated
+                fields.setdefault(name, []).extend(p.strip() for p in value.split(",") if p.strip())
+            else:
+                fields[name] = value
+        if upload is None:
+            raise invalid(f"missing file field {file_field!r}")
+        if upload.size is not None and upload.size > max_input_bytes:
+            raise InputTooLarge(f"{file_field} is {upload.size} bytes, over the node's input limit {max_input_bytes}")
+        data = await upload.read(max_input_bytes + 1)
+        if len(data) > max_input_bytes:
+            raise InputTooLarge(f"{file_field} is over the node's input limit of {max_input_bytes} bytes")
+        if not data:
+            raise invalid(f"file {file_field!r} is empty")
+        return fields, data
+    finally:
+        await form.close()
+
+
+def _check_length(request: Request, max_bytes: int) -> None:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise InputTooLarge(f"request of {declared} bytes is over the node's limit of {max_bytes} bytes")
+
+
+__all__ = [
+    "BODIES",
+    "INPUT_FILE",
+    "FrameInterpolationBody",
+    "ImageToImageBody",
+    "ImageToVideoBody",
+    "InputTooLarge",
+    "JobOptions",
+    "PreparedJob",
+    "TextToImageBody",
+    "UpscaleBody",
+    "input_summary",
+    "invalid",
+    "prepare",
+    "read_body",
+    "read_form",
+    "read_json",
+    "validate",
+]

@@ -1,0 +1,174 @@
+"""Workflows: a chain of pipeline steps, each step's output the next step's input.
+
+:func:`plan_workflow` is pure: it checks the whole chain before anything runs
+(every step's parameters, as its endpoint would; the media kinds fitting from
+step to step: image → image, image → video, video → video; the input file of
+the first step) and raises the API's 422 for the first problem.
+:func:`run_workflow` runs a plan step by step through the job manager, each
+step a child record of the workflow's, each free to go to another peer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi.exceptions import RequestValidationError
+from lpnode.node.job_requester import media_type_of
+from lpnode.node.rpc_job_bodies import (
+    BODIES,
+    INPUT_FILE,
+    JobOptions,
+    PreparedJob,
+    input_summary,
+    invalid,
+    prepare,
+    validate,
+)
+from lpnode.protocol.jobspec import VIDEO_MP4, Pipeline
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from lpnode.node.job_manager import JobManager, _Live
+
+MAX_STEPS = 8
+IMAGE, VIDEO = "image", "video"
+# what each pipeline consumes (None: nothing) and produces
+CONSUMES: dict[Pipeline, str | None] = {
+    Pipeline.TEXT_TO_IMAGE: None,
+    Pipeline.IMAGE_TO_IMAGE: IMAGE,
+    Pipeline.IMAGE_TO_VIDEO: IMAGE,
+    Pipeline.UPSCALE: IMAGE,
+    Pipeline.FRAME_INTERPOLATION: VIDEO,
+}
+PRODUCES: dict[Pipeline, str] = {
+    Pipeline.TEXT_TO_IMAGE: IMAGE,
+    Pipeline.IMAGE_TO_IMAGE: IMAGE,
+    Pipeline.IMAGE_TO_VIDEO: VIDEO,
+    Pipeline.UPSCALE: IMAGE,
+    Pipeline.FRAME_INTERPOLATION: VIDEO,
+}
+_OPTION_FIELDS = frozenset(JobOptions.model_fields)
+
+
+class StepBody(BaseModel):
+    pipeline: Pipeline
+    model_id: str = Field("", max_length=128)
+    params: dict[str, Any] = Field(default_factory=dict, description="the pipeline endpoint's fields, no file")
+
+
+class WorkflowBody(JobOptions):
+    steps: list[StepBody] = Field(min_length=1, max_length=MAX_STEPS)
+    input: str | None = Field(None, description="base64 of the first step's file, when it takes one")
+
+
+@dataclass(frozen=True)
+class WorkflowPlan:
+    bodies: tuple[Any, ...]  # each step's checked endpoint body (rpc_job_bodies._PipelineBody)
+    first_input: bytes | None = field(repr=False)
+    options: JobOptions
+    request: dict[str, Any]  # the workflow record's `request`
+    max_output_bytes: int
+
+    def step(self, index: int, data: bytes | None) -> PreparedJob:
+        """Step ``index`` with its input (the workflow's file, or the previous step's output)."""
+        body = self.bodies[index]
+        name = INPUT_FILE[body.pipeline]
+        inputs = {name: data} if name is not None and data is not None else {}
+        return prepare(body, inputs, self.max_output_bytes)
+
+
+def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowPlan:
+    """Check a ``POST /v1/workflows`` body; RequestValidationError (422) for the first problem."""
+    workflow: WorkflowBody = validate(WorkflowBody, values)
+    options = workflow.options()
+    first_input = _decode_input(workflow.input)
+    bodies = []
+    have: str | None = _kind_of(first_input)
+    for index, step in enumerate(workflow.steps):
+        where = f"steps.{index}"
+        wants = CONSUMES[step.pipeline]
+        if wants != have:
+            raise invalid(_mismatch(index, step.pipeline, wants, have), "body", where)
+        if options_given := sorted(_OPTION_FIELDS & step.params.keys()):
+            raise invalid(f"job options {options_given} belong to the workflow, not to one step", "body", where)
+        body = _step_body(step, index)
+        if body.image_count() != 1:
+            raise invalid("a workflow step makes one image (num_images_per_prompt = 1)", "body", where)
+        # the spec's own checks, with a stand-in for an input that only the run will make
+        name = INPUT_FILE[step.pipeline]
+        prepare(body, {name: b"\x89PNG\r\n\x1a\n" if wants == IMAGE else b"...."} if name else {}, max_output_bytes)
+        bodies.append(body)
+        have = PRODUCES[step.pipeline]
+    request = workflow.model_dump(mode="json", exclude={"input"})
+    request["inputs"] = input_summary({"input": first_input}) if first_input is not None else {}
+    return WorkflowPlan(tuple(bodies), first_input, options, request, max_output_bytes)
+
+
+async def run_workflow(manager: JobManager, live: _Live, plan: WorkflowPlan) -> dict[str, Any]:
+    """Every step in order, as children of ``live``; the workflow's result."""
+    data = plan.first_input
+    step_ids: list[str] = []
+    jobs: list[Any] = []
+    images: list[Any] = []
+    for index in range(len(plan.bodies)):
+        child, data = await manager.run_child(live, plan.step(index, data), (index, len(plan.bodies)))
+        step_ids.append(child["id"])
+        jobs.extend(child["result"]["jobs"])
+        images = child["result"]["images"]
+    return {
+        "steps": step_ids,
+        "outputs": [image["url"] for image in images],
+        "images": images,
+        "jobs": jobs,
+        "request_id": live.record["id"],
+    }
+
+
+def _step_body(step: StepBody, index: int) -> Any:
+    values = {**step.params, "model_id": step.model_id}
+    try:
+        return validate(BODIES[step.pipeline], values)
+    except RequestValidationError as exc:  # say which step
+        raise invalid(f"step {index} ({step.pipeline}): {'; '.join(_msg(e) for e in exc.errors())}") from None
+
+
+def _msg(error: Any) -> str:
+    loc = ".".join(str(p) for p in error.get("loc", ())[1:])
+    return f"{loc}: {error.get('msg', 'invalid')}"
+
+
+def _decode_input(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("input is not base64", "body", "input") from None
+    if not data:
+        raise invalid("input is empty", "body", "input")
+    return data
+
+
+def _kind_of(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    return VIDEO if media_type_of("input", data) == VIDEO_MP4 else IMAGE
+
+
+def _mismatch(index: int, pipeline: Pipeline, wants: str | None, have: str | None) -> str:
+    if index == 0:
+        if wants is None:
+            return f"step 0 ({pipeline}) takes no input file, but the workflow has one"
+        if have is None:
+            return f"step 0 ({pipeline}) needs an input {wants}: give it as base64 in `input`"
+        return f"step 0 ({pipeline}) needs an input {wants}, but `input` is a {have}"
+    if wants is None:
+        return f"step {index} ({pipeline}) takes no input, so it cannot follow step {index - 1}"
+    return f"step {index} ({pipeline}) needs an {wants} but step {index - 1} makes a {have}"
+
+
+__all__ = ["MAX_STEPS", "StepBody", "WorkflowBody", "WorkflowPlan", "plan_workflow", "run_workflow"]
