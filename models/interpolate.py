@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -147,6 +146,8 @@ def probe_video(data: bytes, max_frames: int) -> VideoProbe:
 
     Counting stops one past ``max_frames`` so an enormous stream costs nothing.
     """
+    import av  # here, not at the top: nodes serving only image models never load FFmpeg
+
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]

@@ -40,15 +40,17 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-import av
 import imagehash
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
 from .errors import ParameterError
+
+if TYPE_CHECKING:
+    import av
 
 RGB = npt.NDArray[np.uint8]  # H × W × 3
 
@@ -272,6 +274,8 @@ def encode_mp4(frames: Sequence[Image.Image | RGB], fps: float) -> bytes:
     width, height = first.size if isinstance(first, Image.Image) else (first.shape[1], first.shape[0])
     if width % 2 or height % 2:
         raise ValueError(f"H.264 yuv420p needs even sides, got {width}x{height}")
+    import av  # PyAV (FFmpeg) loads only where video is made: image-only nodes never need it
+
     rate = Fraction(fps).limit_denominator(1001)
     buf = io.BytesIO()
     # bitexact keeps FFmpeg's version string and timestamps out of the container.
@@ -295,6 +299,8 @@ def encode_mp4(frames: Sequence[Image.Image | RGB], fps: float) -> bytes:
 
 
 def _video_frame(image: Image.Image | RGB) -> av.VideoFrame:
+    import av
+
     if isinstance(image, Image.Image):
         frame: av.VideoFrame = av.VideoFrame.from_image(image.convert("RGB"))  # type: ignore[no-untyped-call]
         return frame
@@ -303,6 +309,8 @@ def _video_frame(image: Image.Image | RGB) -> av.VideoFrame:
 
 def decode_video_bytes(data: bytes, field_name: str = "video") -> tuple[list[Image.Image], float]:
     """Decode every frame of a video to RGB, with its average fps. Bad input is a ParameterError."""
+    import av
+
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
