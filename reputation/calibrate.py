@@ -1,0 +1,224 @@
+"""Calibrate the comparison thresholds: honest variation against cheats, per pipeline, on tiny presets.
+
+    python -m lpnode.reputation.calibrate --out docs/verification.md [--jobs 4]
+
+For every pipeline it runs several jobs (seeds, prompts, inputs) as a reference
+node would, then the same jobs as honest nodes on other "hardware"
+(:class:`~lpnode.reputation.cheats.HonestVariant`) and as cheaters
+(:class:`~lpnode.reputation.cheats.CheatMode`), compares each output with the
+reference through the real encode → decode → :func:`compare_frames` path, and
+reports per metric the honest worst against the cheat best. The policy
+simulation (``policy_sim``) then uses the measured honest disagreement rate.
+Everything runs on the CPU with random-weight tiny presets: the separation it
+shows is that of these models, which DESIGN.md's GPU anchors complement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from lpnode.models import registry
+from lpnode.models.base import ModelAdapter, PipelineKind, Request
+from lpnode.models.outputs import ImageOutput, RawOutput, encode_mp4, encode_png, finish_output
+from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, Pipeline
+
+from .cheats import Cheater, CheatMode, HonestVariant, applicable_cheats, honest_variant_adapter, other_model_adapter
+from .compare import Comparison, Thresholds, Verdict, compare_outputs
+
+__all__ = ["CASES", "Case", "Sample", "main", "measure", "separation_table", "synthetic_frame"]
+
+RGB = npt.NDArray[np.uint8]
+PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "a bowl of ramen", "a city street in the rain")
+
+
+def synthetic_frame(width: int, height: int, seed: int, shift: int = 0) -> RGB:
+    """A smooth, textured test picture (gradients and a disc), so perceptual hashes have structure to see."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    cx, cy, r = rng.uniform(0.3, 0.7) * width + shift, rng.uniform(0.3, 0.7) * height, rng.uniform(0.15, 0.3)
+    disc = ((x - cx) ** 2 + (y - cy) ** 2) < (r * min(width, height)) ** 2
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    channels = [127 + 90 * np.sin((x + shift) / width * 2 * np.pi * (k + 1) + phase[k] + y / height) for k in range(3)]
+    rgb = np.stack(channels, axis=-1)
+    rgb[disc] = rng.uniform(0, 255, 3)
+    out: RGB = np.clip(rgb, 0, 255).astype(np.uint8)
+    return out
+
+
+def _png(seed: int, side: int) -> bytes:
+    from PIL import Image
+
+    return encode_png(Image.fromarray(synthetic_frame(side, side, seed), mode="RGB"))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One pipeline on one tiny preset, and how to build its i-th job."""
+
+    pipeline: Pipeline
+    preset: str
+    build: Callable[[int], dict[str, object]]  # job index → request fields (seed included)
+
+    def request(self, adapter: ModelAdapter, index: int) -> Request:
+        return adapter.spec.build_request(PipelineKind(self.pipeline.value), **self.build(index))
+
+
+CASES: tuple[Case, ...] = (
+    Case(
+        Pipeline.TEXT_TO_IMAGE,
+        "tiny-sdxl",
+        lambda i: {"prompt": PROMPTS[i % len(PROMPTS)], "seed": 1000 + i, "num_inference_steps": 4},
+    ),
+    Case(
+        Pipeline.IMAGE_TO_IMAGE,
+        "tiny-sdxl",
+        lambda i: {
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "image": _png(i, 64),
+            "seed": 2000 + i,
+            "strength": 0.75,
+            "num_inference_steps": 4,
+        },
+    ),
+    Case(
+        Pipeline.IMAGE_TO_VIDEO,
+        "tiny-svd",
+        lambda i: {"image": _png(100 + i, 64), "seed": 3000 + i, "num_inference_steps": 4, "num_frames": 4},
+    ),
+    Case(Pipeline.UPSCALE, "tiny-realesrgan", lambda i: {"image": _png(200 + i, 32), "scale": 4}),
+    Case(
+        Pipeline.FRAME_INTERPOLATION,
+        "tiny-rife",
+        lambda i: {
+            "video": encode_mp4([synthetic_frame(32, 24, 300 + i, shift=3 * k) for k in range(3)], 10.0),
+            "multiplier": 2,
+        },
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    pipeline: Pipeline
+    honest: bool
+    name: str  # the HonestVariant or CheatMode value
+    job: int
+    comparison: Comparison
+
+
+def _encoded(raw: RawOutput) -> bytes:
+    out = finish_output(raw)
+    return out.png if isinstance(out, ImageOutput) else out.mp4
+
+
+def measure(case: Case, jobs: int, thresholds: Thresholds | None = None, *, seed: int = 0) -> list[Sample]:
+    """Run ``jobs`` jobs of ``case`` as reference, honest variants and cheats; compare each with the reference."""
+    thresholds = thresholds or Thresholds()
+    media = OUTPUT_MEDIA_TYPE[case.pipeline]
+    reference = registry.resolve(case.preset)
+    reference.load("cpu")
+    requests = [case.request(reference, i) for i in range(jobs)]
+    ref_raw = [reference.generate(r) for r in requests]
+    ref_bytes = [_encoded(raw) for raw in ref_raw]
+    samples: list[Sample] = []
+
+    def record(honest: bool, name: str, index: int, data: bytes) -> None:
+        comparison = compare_outputs(case.pipeline, ref_bytes[index], data, media, thresholds)
+        samples.append(Sample(case.pipeline, honest, name, index, comparison))
+
+    for variant in HonestVariant:
+        if variant is HonestVariant.REFERENCE:
+            continue
+        adapter = honest_variant_adapter(case.preset, variant, seed=seed)
+        for index, request in enumerate(requests):
+            record(True, variant.value, index, _encoded(adapter.generate(request)))
+        adapter.unload()
+    for mode in applicable_cheats(PipelineKind(case.pipeline.value)):
+        other = other_model_adapter(case.preset) if mode is CheatMode.OTHER_MODEL else None
+        cheater = Cheater(mode, rng=random.Random(seed), other_model=other)
+        # A copier returns the output of the job it ran before (the last job's for the first).
+        cheater.previous = ref_raw[-1]
+        for index, request in enumerate(requests):
+            record(False, mode.value, index, _encoded(cheater.generate(reference, request)))
+            cheater.previous = ref_raw[index]
+        if other is not None:
+            other.unload()
+    reference.unload()
+    return samples
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def separation_table(samples: Sequence[Sample]) -> list[str]:
+    """Markdown rows: per pipeline and variant/cheat, the metric range and the verdicts."""
+    lines = [
+        "| pipeline | run | honest | SSIM median (min) | worst-frame SSIM min–max | pHash max (median) | "
+        "worst-frame PSNR dB min–max | verdicts (agree/inc./disagree) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(s.pipeline, not s.honest, s.name) for s in samples}, key=lambda k: (list(Pipeline).index(k[0]), k[1], k[2])
+    )
+    for pipeline, cheat, name in keys:
+        group = [s for s in samples if (s.pipeline, not s.honest, s.name) == (pipeline, cheat, name)]
+        metric = [s.comparison for s in group if s.comparison.worst is not None and s.comparison.median is not None]
+        counts = [sum(s.comparison.verdict is v for s in group) for v in Verdict]
+        if metric:
+            med_ssim = [c.median.ssim for c in metric if c.median]
+            worst_ssim = [c.worst.ssim for c in metric if c.worst]
+            phash = [c.worst.phash for c in metric if c.worst]
+            worst_psnr = [c.worst.psnr for c in metric if c.worst]
+            cells = [
+                f"{_fmt(statistics.median(med_ssim))} ({_fmt(min(med_ssim))})",
+                f"{_fmt(min(worst_ssim))}–{_fmt(max(worst_ssim))}",
+                f"{max(phash)} ({statistics.median(phash):g})",
+                f"{_fmt(min(worst_psnr))}–{_fmt(max(worst_psnr))}",
+            ]
+        else:
+            cells = ["–"] * 4
+        lines.append(
+            f"| {pipeline.value} | {name} | {'yes' if not cheat else 'no'} | {' | '.join(cells)} | "
+            f"{counts[0]}/{counts[1]}/{counts[2]} |"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lpnode.reputation.calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=4, help="jobs per pipeline (seeds/prompts/inputs)")
+    parser.add_argument("--pipeline", action="append", help="only these pipelines (wire names); default all")
+    parser.add_argument("--out", type=Path, help="write the Markdown report here")
+    args = parser.parse_args(argv)
+    thresholds = Thresholds()
+    start = time.perf_counter()
+    samples: list[Sample] = []
+    for case in CASES:
+        if args.pipeline and case.pipeline.value not in args.pipeline:
+            continue
+        samples.extend(measure(case, args.jobs, thresholds))
+        print(f"{case.pipeline.value}: done after {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    table = separation_table(samples)
+    print("\n".join(table))
+    if args.out is not None:
+        from .report import write_report
+
+        write_report(args.out, samples, thresholds, args.jobs, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
