@@ -9,18 +9,28 @@ verifies, binds this job, quote and worker, and the bytes received hash to
 what the receipt signed. Each try uses a fresh nonce, so each has its own job
 id and a worker's receipt can never be replayed into another try.
 
+The model router: a job without a ``model_id`` is bound, per try, to the model
+the ranking chose on that peer (the spec sent, the receipt, every
+:class:`Attempt` and the :class:`JobOutcome` name it), so the worker runs the
+model that was ranked, not one of its own choosing.
+
+This node is a candidate only with ``allow_local`` and a ``local`` worker
+(:class:`~lpnode.node.local_jobs.LocalWorker`): that try runs through this
+node's own worker over an in-process stream, with the same checks.
+
 Imports nothing from ``lpnode.models``: a requester-only node never loads torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import random
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from lpnode.protocol.errors import (
@@ -53,8 +63,12 @@ from lpnode.protocol.receipts import Receipt
 from .daemon import Node
 from .framing import FramedStream, FramingConfig
 from .job_stream import receive_job_message, send_job_message
-from .peer_choice import Candidate, describe_offers, rank_candidates
+from .network.base import ByteStream
+from .peer_choice import Candidate, Priority, ReputationView, describe_offers, rank_candidates
 from .transfer import DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
+
+if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for the annotation
+    from .local_jobs import LocalWorker
 
 MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allows
 # A worker that says nothing for this long is given up on, so one stalled peer cannot eat the
@@ -81,7 +95,7 @@ class JobRequest:
 @dataclass(frozen=True)
 class Attempt:
     peer_id: str
-    model_id: str  # as the candidate advertised it
+    model_id: str  # the model asked of this peer (the job's, or the one the router chose there)
     job_id: str  # this try's job id (fresh nonce per try)
     outcome: str  # "done", "refused:busy", "error:out_of_memory", "disconnected", "violation:bad_receipt", ...
     detail: str  # for people
@@ -90,10 +104,10 @@ class Attempt:
 
 @dataclass(frozen=True)
 class JobOutcome:
-    spec: JobSpec
+    spec: JobSpec  # as run: with the router's model_id when the job named none
     job_id: str
     worker_peer_id: str
-    model_id: str
+    model_id: str  # the model that ran it, as the receipt signs it
     price: int  # micro-credits, as quoted and signed
     outputs: tuple[bytes, ...]  # in receipt order, each checked against its signed sha256
     receipt: Receipt
@@ -158,6 +172,11 @@ async def run_job(
     prefer: Sequence[str] = (),
     avoid: Sequence[str] = (),
     allow_local: bool = False,
+    priority: Priority = Priority.SPEED,
+    min_vram_bytes: int = 0,
+    reputation: ReputationView | None = None,
+    min_reputation: float = 0.0,
+    local: LocalWorker | None = None,
     rng: random.Random | None = None,
     on_progress: ProgressCallback | None = None,
     max_output_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
@@ -165,14 +184,30 @@ async def run_job(
     quote_timeout_s: float = DEFAULT_QUOTE_TIMEOUT_S,
     silence_s: float = DEFAULT_SILENCE_S,
 ) -> JobOutcome:
-    """Get ``job`` done by the best peer that will; raises NoCandidates or JobFailed (with every attempt)."""
+    """Get ``job`` done by the best peer that will; raises NoCandidates or JobFailed (with every attempt).
+
+    ``priority``, ``min_vram_bytes``, ``reputation`` and ``min_reputation`` shape the
+    ranking (``peer_choice``). This node is a candidate only when ``allow_local`` is set
+    and ``local`` is this node's worker; otherwise the job always goes to another peer.
+    """
+    if local is not None and local.peer_id != node.peer_id:
+        raise ValueError(f"the local worker is {local.peer_id}, not this node {node.peer_id}")
     inputs = dict(inputs or {})
     spec = build_spec(job, inputs, max_output_bytes)
-    adverts = [record.advert for record in node.directory]
-    if allow_local:
+    adverts = [record.advert for record in node.directory if record.advert.peer_id != node.peer_id]
+    if allow_local and local is not None:
         adverts.append(node.publisher.build())  # the directory never holds our own advert
     candidates = rank_candidates(
-        adverts, spec, max_price=max_price, rng=rng or random.Random(), prefer=prefer, avoid=avoid
+        adverts,
+        spec,
+        max_price=max_price,
+        rng=rng or random.Random(),
+        prefer=prefer,
+        avoid=avoid,
+        priority=priority,
+        min_vram_bytes=min_vram_bytes,
+        reputation=reputation,
+        min_reputation=min_reputation,
     )
     if not candidates:
         raise NoCandidates(spec, describe_offers(adverts), max_price)
@@ -182,13 +217,16 @@ async def run_job(
         remaining = give_up_at - trio.current_time()
         if remaining <= 0:
             break
-        try_ = _Try(node, candidate, spec, inputs, max_price, remaining, on_progress, framing or FramingConfig())
+        # the router's choice is bound into what this peer is asked, so it runs the ranked model
+        try_spec = spec if spec.model_id else dataclasses.replace(spec, model_id=candidate.model_id)
+        try_ = _Try(node, candidate, try_spec, inputs, max_price, remaining, on_progress, framing or FramingConfig())
         try_.quote_timeout_s, try_.silence_s = quote_timeout_s, silence_s
+        try_.local = local if candidate.peer_id == node.peer_id else None
         outcome = await try_.run()
         attempts.append(try_.attempt())
         if outcome is not None:
             return JobOutcome(
-                spec=spec,
+                spec=try_spec,
                 job_id=try_.machine.job_id,
                 worker_peer_id=candidate.peer_id,
                 model_id=outcome[0].model_id,
@@ -228,15 +266,19 @@ class _Try:
         self.framed: FramedStream | None = None
         self.quote_timeout_s = DEFAULT_QUOTE_TIMEOUT_S
         self.silence_s = DEFAULT_SILENCE_S
+        self.local: LocalWorker | None = None  # set when the candidate is this node itself
+        self.send_error = ""  # the first send that failed, if any
 
     def attempt(self) -> Attempt:
         machine = self.machine
-        outcome = self.outcome or machine.reason or str(machine.phase)
+        outcome = self.outcome or machine.reason or ("disconnected" if self.send_error else str(machine.phase))
         detail = self.detail
         if not detail and machine.refusal is not None:
             detail = machine.refusal.message
         if not detail and machine.error is not None:
             detail = machine.error.message
+        if not detail:
+            detail = self.send_error
         price = machine.quote.price if machine.quote is not None else None
         return Attempt(self.candidate.peer_id, self.candidate.model_id, machine.job_id, outcome, detail, price)
 
@@ -245,31 +287,35 @@ class _Try:
             self.outcome, self.detail = outcome, detail
 
     async def run(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
-        if self.candidate.peer_id == self.node.peer_id:
-            # Neither network backend opens a stream to its own host; running on this node's
-            # own pool needs an in-process path that is not built yet.
-            self._end("unreachable", "running a job on this node itself is not supported yet")
-            return None
         with trio.move_on_after(self.time_left_s) as scope:
-            try:
-                stream = await self.node.network.open_stream(self.candidate.peer_id, JOB_PROTOCOL, self.candidate.addrs)
-            except NetworkError as exc:
-                self._end("unreachable", str(exc))
-                return None
-            self.framed = FramedStream(stream, self.framing)
-            try:
-                return await self._negotiate()
-            finally:
-                # Tell the worker we gave up (deadline, a bad result, our caller's cancel),
-                # briefly and shielded: this may run while a cancellation unwinds.
-                with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S):
-                    if not self.machine.ended:
-                        await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
-                    with contextlib.suppress(NetworkError):  # already reset by the peer or by us
-                        await stream.aclose()
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    stream = await self._open(stack)
+                except NetworkError as exc:
+                    self._end("unreachable", str(exc))
+                    return None
+                self.framed = FramedStream(stream, self.framing)
+                try:
+                    return await self._negotiate()
+                finally:
+                    # Tell the worker we gave up (deadline, a bad result, our caller's cancel),
+                    # briefly and shielded: this may run while a cancellation unwinds.
+                    with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S):
+                        if not self.machine.ended:
+                            await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
+                        with contextlib.suppress(NetworkError):  # already reset by the peer or by us
+                            await stream.aclose()
         if scope.cancelled_caught:
             self._end("deadline", f"no verified result within {self.time_left_s:.1f} s")
         return None
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> ByteStream:
+        """A job stream to the candidate: over the network, or in process to this node's own worker."""
+        if self.candidate.peer_id != self.node.peer_id:
+            return await self.node.network.open_stream(self.candidate.peer_id, JOB_PROTOCOL, self.candidate.addrs)
+        if self.local is None:  # run_job never ranks this node without a local worker; kept as a guard
+            raise NetworkError("this node has no local worker to run the job on")
+        return await stack.enter_async_context(self.local.open_stream())
 
     async def _negotiate(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
         machine = self.machine
@@ -365,7 +411,9 @@ class _Try:
                 try:
                     await send_job_message(self.framed, action.message, self.node.key)
                 except NetworkError as exc:
-                    self._end("disconnected", str(exc))
+                    # Not the outcome yet: a worker that closed its side may have said why first
+                    # (an expired quote, a deadline) and the next read finds that, or the end.
+                    self.send_error = self.send_error or str(exc)
 
 
 __all__ = [
@@ -374,6 +422,8 @@ __all__ = [
     "JobOutcome",
     "JobRequest",
     "NoCandidates",
+    "Priority",
+    "ReputationView",
     "build_spec",
     "run_job",
 ]

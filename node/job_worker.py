@@ -68,6 +68,7 @@ class WorkerHooks:
     """Test-only seams; production leaves them empty."""
 
     tamper_output: Callable[[bytes], bytes] | None = None  # applied to output bytes after they were signed
+    tamper_receipt: Callable[[Receipt], Receipt] | None = None  # applied to the receipt before it is signed
     run_started: Callable[[], None] | None = None  # called when a job is handed to the pool
 
 
@@ -319,6 +320,8 @@ class JobWorker:
             seq=self.sequence.next(),
             issued_at_ms=self.now_ms(),
         )
+        if self.hooks.tamper_receipt is not None:
+            receipt = self.hooks.tamper_receipt(receipt)
         try:
             await job.apply(machine.finish((encoded.blob,), sign_receipt(self.key, receipt), self.now_ms()))
         except InvalidTransition:

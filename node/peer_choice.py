@@ -1,21 +1,44 @@
 """Choosing which peers to ask for a job: pure ranking over the directory's verified adverts.
 
-No I/O and no clock: the requester passes the adverts it knows and a seeded
-``random.Random``, so a ranking is reproducible in tests and simulations.
+No I/O and no clock: the requester passes the adverts it knows, a seeded
+``random.Random`` and (optionally) a reputation view, so a ranking is
+reproducible in tests and simulations.
 
-The order, and why:
+Who is a candidate at all (every priority):
 
-1. ``prefer`` peers first: the user named them, they know something we don't.
-2. Warm before cold: a cold model costs a load (seconds to minutes) before the first step.
-3. Within those, the best expected turnaround per price: measured speed
-   (megapixel-steps/s) divided by the work already queued there, then the
-   cheaper one. An unmeasured peer (speed 0) ranks last among its peers.
-4. Exploration: with probability ``explore_share`` one candidate from the
-   lower part of the list is moved to the front, so newcomers (no measured
-   speed yet) get work and can build a record (DESIGN.md, step 3).
+* the peer offers the job's pipeline, and its model when the spec names one;
+* the job's price at the peer's advertised rate is within ``max_price``;
+* its queue was not full when it last advertised (it would only refuse us);
+* it is not in ``avoid``, not banned, and scores at least ``min_reputation``;
+* with ``min_vram_bytes > 0``, it advertises a GPU with at least that much
+  total VRAM (CPU devices advertise 0, so CPU-only peers drop out).
 
-A reputation score will join step 3 when the reputation store exists; until
-then every peer is neutral.
+What the ranking then estimates for each (peer, model) pair:
+
+* ``expected_s``, the time to a result there: the queued jobs ahead of us
+  (each taken as long as ours), a cold-load penalty (:data:`COLD_LOAD_S`) if
+  the model is not warm, and our own work in megapixel-steps over the measured
+  speed. An unmeasured model is taken at :data:`UNMEASURED_RUN_S`, the same
+  guess a worker quotes, so a newcomer is neither favoured nor shut out
+  (exploration gives it work to be measured on).
+* ``reputation``, 0..1 from the :class:`ReputationView` (0.5, neutral, when
+  there is none), read as the chance that a try ends in a verified result, so
+  the expected time to a *verified* result is ``expected_s / reputation``.
+
+and the requester's :class:`Priority` decides the order:
+
+* ``speed``: least expected time to a verified result, then cheaper.
+* ``cost``: cheapest, then least expected time to a verified result.
+* ``trust``: highest reputation (in steps of 0.01, so noise in the score does
+  not override a large speed difference), then least expected time, then cheaper.
+
+``prefer`` peers come first whatever the priority: the user named them. With
+an empty ``model_id`` each (peer, model) of the pipeline is ranked and a peer
+keeps its best: the model router, which picks per priority (the cheapest model
+for ``cost``) and binds the choice into the job (``Candidate.model_id``).
+Last, exploration: with probability ``explore_share`` one candidate from the
+rest of the list is moved to the front, so newcomers get work and can build a
+record (DESIGN.md, step 3); never in front of a preferred peer.
 """
 
 from __future__ import annotations
@@ -24,12 +47,40 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
 
 from lpnode.protocol.advert import CapabilityAdvert, ModelOffer
 from lpnode.protocol.jobspec import JobSpec
 
 DEFAULT_EXPLORE_SHARE = 0.05  # one job in twenty tries a peer the ranking would not have picked first
 UNMEASURED_SPEED = 0.0
+UNMEASURED_RUN_S = 30.0  # run time assumed where no speed is measured (a worker's unmeasured ETA is the same)
+COLD_LOAD_S = 30.0  # loading a cold model: seconds for a tiny one, a minute for SDXL from disk
+NEUTRAL_REPUTATION = 0.5
+_MIN_SUCCESS = 0.05  # floor of the success chance, so a 0 score gives a long expected time, not a division by 0
+
+
+class Priority(StrEnum):
+    """What the requester optimises; see the module docstring for the exact order each gives."""
+
+    COST = "cost"
+    SPEED = "speed"
+    TRUST = "trust"
+
+
+class ReputationView(Protocol):
+    """What the ranking reads from the reputation store (the reputation issue implements it).
+
+    ``model_family`` is the advertised model id: adverts carry no architecture
+    family, so an implementation that groups models (e.g. "sdxl") maps ids itself.
+    """
+
+    def score(self, peer_id: str, model_family: str) -> float:
+        """0..1; 0.5 = unknown or neutral."""
+        ...
+
+    def is_banned(self, peer_id: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -38,13 +89,15 @@ class Candidate:
 
     peer_id: str
     addrs: tuple[str, ...]  # dial hints from the advert
-    model_id: str  # the model this peer would run (the spec's, or its best for the pipeline)
+    model_id: str  # the model this peer would run (the spec's, or the router's choice for the pipeline)
     warm: bool
     speed_mpx_steps_per_s: float  # 0.0 = not measured yet
     price: int  # micro-credits, estimated from the advert's price per mpx-step
     queue_depth: int
     queue_capacity: int
     preferred: bool
+    expected_s: float = 0.0  # seconds to a result there: queue + cold load + our work / speed
+    reputation: float = NEUTRAL_REPUTATION  # 0..1, the reputation view's score
 
 
 def job_mpx_steps(spec: JobSpec) -> float:
@@ -74,6 +127,19 @@ def job_price(spec: JobSpec, price_per_mpx_step: int) -> int:
     return math.ceil(job_mpx_steps(spec) * price_per_mpx_step)
 
 
+def expected_seconds(work_mpx_steps: float, *, speed: float, warm: bool, queue_depth: int) -> float:
+    """Seconds until a job of ``work_mpx_steps`` is done on a peer (see the module docstring)."""
+    run_s = work_mpx_steps / speed if speed > 0 else UNMEASURED_RUN_S
+    return queue_depth * run_s + (0.0 if warm else COLD_LOAD_S) + run_s
+
+
+def has_vram(advert: CapabilityAdvert, min_vram_bytes: int) -> bool:
+    """Whether ``advert`` shows one device with at least ``min_vram_bytes`` of total VRAM (0: any peer)."""
+    if min_vram_bytes <= 0:
+        return True
+    return any(gpu.kind != "cpu" and gpu.vram_total_bytes >= min_vram_bytes for gpu in advert.gpus)
+
+
 def _offers_for(advert: CapabilityAdvert, spec: JobSpec) -> list[ModelOffer]:
     return [
         offer
@@ -82,15 +148,16 @@ def _offers_for(advert: CapabilityAdvert, spec: JobSpec) -> list[ModelOffer]:
     ]
 
 
-def _best_offer(offers: Sequence[ModelOffer]) -> ModelOffer:
-    # The model router: warm first, then the fastest measured (a peer routes "" the same way).
-    return max(offers, key=lambda o: (o.warm, o.speed_mpx_steps_per_s, o.model_id))
-
-
-def _merit(candidate: Candidate) -> float:
-    """Expected throughput share per credit: higher is better."""
-    waiting = 1 + candidate.queue_depth
-    return candidate.speed_mpx_steps_per_s / waiting / (1 + candidate.price)
+def _order_key(candidate: Candidate, priority: Priority) -> tuple[object, ...]:
+    success = max(candidate.reputation, _MIN_SUCCESS)
+    to_verified_s = candidate.expected_s / success
+    first = (not candidate.preferred,)
+    last = (candidate.model_id, candidate.peer_id)  # ties give one order on every run
+    if priority is Priority.COST:
+        return (*first, candidate.price, to_verified_s, *last)
+    if priority is Priority.TRUST:
+        return (*first, -round(candidate.reputation, 2), candidate.expected_s, candidate.price, *last)
+    return (*first, to_verified_s, candidate.price, *last)
 
 
 def rank_candidates(
@@ -102,39 +169,59 @@ def rank_candidates(
     prefer: Sequence[str] = (),
     avoid: Sequence[str] = (),
     explore_share: float = DEFAULT_EXPLORE_SHARE,
+    priority: Priority = Priority.SPEED,
+    min_vram_bytes: int = 0,
+    reputation: ReputationView | None = None,
+    min_reputation: float = 0.0,
 ) -> list[Candidate]:
-    """Peers able to run ``spec`` within ``max_price``, best first (see the module docstring)."""
+    """Peers able to run ``spec`` within ``max_price``, best first, one entry per peer (see the module docstring)."""
     if not 0.0 <= explore_share <= 1.0:
         raise ValueError(f"explore_share must be in [0, 1], got {explore_share}")
+    if not 0.0 <= min_reputation <= 1.0:
+        raise ValueError(f"min_reputation must be in [0, 1], got {min_reputation}")
+    priority = Priority(priority)
     preferred, avoided = set(prefer), set(avoid)
-    candidates: list[Candidate] = []
+    work = job_mpx_steps(spec)
+    pairs: list[Candidate] = []
     for advert in adverts:
-        if advert.peer_id in avoided:
-            continue
-        offers = _offers_for(advert, spec)
-        if not offers:
-            continue
-        offer = _best_offer(offers)
-        price = job_price(spec, offer.price_per_mpx_step)
-        if price > max_price:
+        if advert.peer_id in avoided or not has_vram(advert, min_vram_bytes):
             continue
         if advert.queue_capacity and advert.queue_depth >= advert.queue_capacity:
             continue  # full when it last advertised: it would only refuse us
-        candidates.append(
-            Candidate(
-                peer_id=advert.peer_id,
-                addrs=advert.listen_addrs,
-                model_id=offer.model_id,
-                warm=offer.warm,
-                speed_mpx_steps_per_s=offer.speed_mpx_steps_per_s,
-                price=price,
-                queue_depth=advert.queue_depth,
-                queue_capacity=advert.queue_capacity,
-                preferred=advert.peer_id in preferred,
+        if reputation is not None and reputation.is_banned(advert.peer_id):
+            continue
+        for offer in _offers_for(advert, spec):
+            price = job_price(spec, offer.price_per_mpx_step)
+            if price > max_price:
+                continue
+            score = NEUTRAL_REPUTATION if reputation is None else reputation.score(advert.peer_id, offer.model_id)
+            score = min(1.0, max(0.0, score))  # a view out of range must not turn the order upside down
+            if score < min_reputation:
+                continue
+            pairs.append(
+                Candidate(
+                    peer_id=advert.peer_id,
+                    addrs=advert.listen_addrs,
+                    model_id=offer.model_id,
+                    warm=offer.warm,
+                    speed_mpx_steps_per_s=offer.speed_mpx_steps_per_s,
+                    price=price,
+                    queue_depth=advert.queue_depth,
+                    queue_capacity=advert.queue_capacity,
+                    preferred=advert.peer_id in preferred,
+                    expected_s=expected_seconds(
+                        work, speed=offer.speed_mpx_steps_per_s, warm=offer.warm, queue_depth=advert.queue_depth
+                    ),
+                    reputation=score,
+                )
             )
-        )
-    # peer_id breaks ties so equal merits give one order on every run
-    candidates.sort(key=lambda c: (not c.preferred, not c.warm, -_merit(c), c.price, c.peer_id))
+    pairs.sort(key=lambda c: _order_key(c, priority))
+    candidates: list[Candidate] = []
+    seen: set[str] = set()
+    for candidate in pairs:  # a peer keeps its best model: retries go to other peers
+        if candidate.peer_id not in seen:
+            seen.add(candidate.peer_id)
+            candidates.append(candidate)
     if len(candidates) > 1 and not candidates[0].preferred and rng.random() < explore_share:
         pick = rng.randrange(1, len(candidates))
         candidates.insert(0, candidates.pop(pick))
@@ -147,9 +234,16 @@ def describe_offers(adverts: Iterable[CapabilityAdvert]) -> list[str]:
 
 
 __all__ = [
+    "COLD_LOAD_S",
     "DEFAULT_EXPLORE_SHARE",
+    "NEUTRAL_REPUTATION",
+    "UNMEASURED_RUN_S",
     "Candidate",
+    "Priority",
+    "ReputationView",
     "describe_offers",
+    "expected_seconds",
+    "has_vram",
     "job_mpx_steps",
     "job_price",
     "rank_candidates",

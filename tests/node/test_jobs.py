@@ -35,7 +35,7 @@ from lpnode.protocol.advert import ModelOffer
 from lpnode.protocol.jobs import QuoteRequest, Refusal, RefusalReason
 from lpnode.protocol.jobspec import Pipeline, TextToImageParams
 from lpnode.protocol.names import JOB_PROTOCOL
-from lpnode.protocol.receipts import verify_receipt
+from lpnode.protocol.receipts import Receipt, verify_receipt
 
 from .test_gossip import CPU, config, key_for, virtual_wall_clock
 
@@ -431,3 +431,154 @@ async def test_image_to_image_inputs_travel_hash_checked(pool: ModelPool) -> Non
     assert outcome.receipt.spec.inputs[0].sha256 == hashlib.sha256(png()).hexdigest()  # the receipt signs the input
     assert isinstance(answer, JobError) and answer.code is ErrorCode.INPUT_MISMATCH
     assert worker.worker is not None and worker.worker.completed == 1 and worker.worker.reservations == set()
+
+
+# --- the allow_local path -------------------------------------------------------------------------
+
+
+async def test_allow_local_runs_on_this_nodes_own_pool_with_a_receipt_it_signed(pool: ModelPool) -> None:
+    from lpnode.node.local_jobs import LocalWorker
+
+    async with open_memory_hub() as hub, peers(hub) as start:
+        alone: Peer = await start(0, pool=pool)  # type: ignore[assignment]
+        assert alone.worker is not None
+        local = LocalWorker(alone.worker)
+        with pytest.raises(NoCandidates):  # without allow_local this node is never a candidate
+            await run_job(alone.node, T2I, max_price=10_000, deadline_s=5, local=local)
+        with pytest.raises(NoCandidates):  # allow_local, but no worker to run it on
+            await run_job(alone.node, T2I, max_price=10_000, deadline_s=5, allow_local=True)
+        progress: list[int] = []
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(
+                alone.node,
+                T2I,
+                max_price=10_000,
+                deadline_s=BOUND_S,
+                allow_local=True,
+                local=local,
+                on_progress=lambda p, m: progress.append(m.step),
+            )
+    receipt = verify_receipt(outcome.receipt_bytes)
+    assert receipt.worker_peer_id == receipt.requester_peer_id == alone.peer_id == outcome.worker_peer_id
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [(alone.peer_id, "done")]
+    assert [o.sha256 for o in receipt.outputs] == [hashlib.sha256(b).hexdigest() for b in outcome.outputs]
+    assert progress
+    # the whole worker ran it: a reservation taken and freed, one job completed, the stream closed
+    assert alone.worker.completed == 1 and alone.worker.reservations == set() and alone.worker.open_streams == 0
+
+
+async def test_a_local_worker_of_another_node_is_refused(pool: ModelPool) -> None:
+    from lpnode.node.local_jobs import LocalWorker
+
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        assert worker.worker is not None
+        with pytest.raises(ValueError, match="local worker"):
+            await run_job(
+                requester.node, T2I, max_price=10_000, deadline_s=5, allow_local=True, local=LocalWorker(worker.worker)
+            )
+
+
+async def test_model_router_binds_its_choice_into_the_job_the_attempts_and_the_outcome(pool: ModelPool) -> None:
+    any_model = JobRequest(T2I.pipeline, T2I.params, "", seed=7)
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, any_model, max_price=10_000, deadline_s=BOUND_S)
+    assert outcome.model_id == outcome.spec.model_id == outcome.receipt.spec.model_id == MODEL
+    assert [(a.model_id, a.outcome) for a in outcome.attempts] == [(MODEL, "done")]
+
+
+# --- every failure is an attempt, and the job completes once on the next candidate ---------------
+
+
+def completed(*workers: Peer) -> list[int]:
+    return [w.worker.completed if w.worker is not None else 0 for w in workers]
+
+
+async def test_a_refusal_moves_the_job_to_the_next_candidate(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        dear: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        cheap: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        assert dear.worker is not None
+        dear.worker.config = WorkerConfig(price_per_mpx_step=10**9)  # quotes far above what it advertises
+        await sees_models(requester.node, [dear, cheap])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[dear.peer_id])
+    assert [(a.peer_id, a.outcome, a.price) for a in outcome.attempts] == [
+        (dear.peer_id, "refused:price", None),
+        (cheap.peer_id, "done", 1),
+    ]
+    assert "max_price" in outcome.attempts[0].detail
+    assert completed(dear, cheap) == [0, 1]
+
+
+async def test_an_expired_quote_moves_the_job_to_the_next_candidate(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        far: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        near: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        assert far.worker is not None
+        # the Accept arrives two one-way delays (0.4 s) after the quote left, its 50 ms long gone
+        far.worker.config = WorkerConfig(quote_ttl_ms=50)
+        await sees_models(requester.node, [far, near])
+        hub.set_link_delay(requester.peer_id, far.peer_id, 0.2)
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[far.peer_id])
+        with trio.fail_after(BOUND_S):
+            while far.worker.reservations:  # freed when the quote expired, not only when a Cancel came
+                await trio.testing.wait_all_tasks_blocked()
+    # The worker said quote_expired and closed the stream before the Accept arrived, so the Accept's
+    # write fails and the stream is reset under the unread error: what the requester sees is the drop.
+    assert [(a.peer_id, a.outcome, a.price) for a in outcome.attempts] == [
+        (far.peer_id, "disconnected", 1),
+        (near.peer_id, "done", 1),
+    ]
+    assert completed(far, near) == [0, 1]
+
+
+async def test_a_receipt_that_does_not_bind_the_quote_moves_the_job_to_the_next_candidate(pool: ModelPool) -> None:
+    import dataclasses
+
+    def overcharge(receipt: Receipt) -> Receipt:
+        return dataclasses.replace(receipt, price=receipt.price + 1)  # signs a price it never quoted
+
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        cheat: Peer = await start(1, pool=pool, hooks=WorkerHooks(tamper_receipt=overcharge))  # type: ignore[assignment]
+        honest: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [cheat, honest])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[cheat.peer_id])
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [
+        (cheat.peer_id, "violation:receipt_mismatch"),
+        (honest.peer_id, "done"),
+    ]
+    assert "price" in outcome.attempts[0].detail or "quote" in outcome.attempts[0].detail
+    assert outcome.receipt.worker_peer_id == honest.peer_id and verify_receipt(outcome.receipt_bytes)
+    assert completed(honest) == [1]
+
+
+async def test_an_unreachable_peer_is_an_attempt_too(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        gone: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        honest: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [gone, honest])
+        hub.partition([gone.peer_id])  # its advert stays in the directory; its streams and dials stall
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(
+                requester.node,
+                T2I,
+                max_price=10_000,
+                deadline_s=BOUND_S,
+                prefer=[gone.peer_id],
+                quote_timeout_s=0.5,
+            )
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts][-1] == (honest.peer_id, "done")
+    assert outcome.attempts[0].peer_id == gone.peer_id and outcome.attempts[0].outcome in ("unreachable", "timeout")
+    assert completed(gone, honest) == [0, 1]
