@@ -1,0 +1,124 @@
+"""Output files on disk: round trip, hash and name checks, eviction by size, restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from lpnode.node.output_files import OutputFileError, OutputFiles
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+MP4 = b"\x00\x00\x00\x18ftypmp42" + bytes(300)
+
+
+async def test_put_get_round_trip_through_a_thread(tmp_path: Path) -> None:
+    files = OutputFiles(tmp_path / "outputs", max_bytes=10_000)
+    entry = await trio.to_thread.run_sync(files.put, sha(PNG), "image/png", PNG)
+    assert entry.path == tmp_path / "outputs" / f"{sha(PNG)}.png" and entry.size_bytes == len(PNG)
+    assert await trio.to_thread.run_sync(files.get, sha(PNG)) == ("image/png", PNG)
+    files.put(sha(MP4), "video/mp4", MP4)
+    assert files.get(sha(MP4)) == ("video/mp4", MP4)
+    assert files.path(sha(MP4)) == tmp_path / "outputs" / f"{sha(MP4)}.mp4"
+    assert files.get(sha(b"missing")) is None and files.path(sha(b"missing")) is None
+    assert files.total_bytes == len(PNG) + len(MP4)
+    assert not [p for p in (tmp_path / "outputs").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_any_media_type_round_trips_in_the_file_name(tmp_path: Path) -> None:
+    files = OutputFiles(tmp_path, max_bytes=10_000)
+    data = b"custom"
+    entry = files.put(sha(data), "Image/Vnd.Foo+Bar", data)
+    assert entry.path.name == f"{sha(data)}.image~vnd.foo+bar"
+    assert files.get(sha(data)) == ("image/vnd.foo+bar", data)
+    assert OutputFiles(tmp_path, max_bytes=10_000).get(sha(data)) == ("image/vnd.foo+bar", data)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../" + "a" * 61,
+        "A" * 64,  # uppercase is not our spelling
+        "a" * 63,
+        "a" * 65,
+        "a" * 63 + "/",
+        "/etc/passwd",
+        "a" * 64 + "\x00",
+        "",
+    ],
+)
+def test_names_that_are_not_lowercase_sha256_are_refused(tmp_path: Path, name: str) -> None:
+    files = OutputFiles(tmp_path / "outputs", max_bytes=10_000)
+    for call in (files.get, files.path, files.entry):
+        with pytest.raises(OutputFileError) as caught:
+            call(name)
+        assert caught.value.reason == "bad_name"
+    with pytest.raises(OutputFileError, match="bad_name"):
+        files.put(name, "image/png", PNG)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "outputs"]
+
+
+@pytest.mark.parametrize("media_type", ["image", "../x/y", "image/png/../..", "image/", "/png", "a b/c", "x~y/z"])
+def test_bad_media_types_are_refused(tmp_path: Path, media_type: str) -> None:
+    files = OutputFiles(tmp_path, max_bytes=10_000)
+    with pytest.raises(OutputFileError) as caught:
+        files.put(sha(PNG), media_type, PNG)
+    assert caught.value.reason == "bad_media_type"
+
+
+def test_bytes_that_do_not_match_their_hash_are_refused(tmp_path: Path) -> None:
+    files = OutputFiles(tmp_path, max_bytes=10_000)
+    with pytest.raises(OutputFileError) as caught:
+        files.put(sha(MP4), "image/png", PNG)
+    assert caught.value.reason == "hash_mismatch"
+    assert len(files) == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_least_recently_written_go_first_and_the_directory_stays_bounded(tmp_path: Path) -> None:
+    files = OutputFiles(tmp_path, max_bytes=1_000)
+    blobs = [bytes([i]) * 300 for i in range(5)]
+    for blob in blobs[:3]:
+        files.put(sha(blob), "image/png", blob)
+    files.put(sha(blobs[0]), "image/png", blobs[0])  # written again: now the newest
+    files.put(sha(blobs[3]), "image/png", blobs[3])  # 1200 bytes > 1000: blobs[1] goes
+    assert files.get(sha(blobs[1])) is None
+    assert all(files.get(sha(b)) is not None for b in (blobs[0], blobs[2], blobs[3]))
+    files.put(sha(blobs[4]), "image/png", blobs[4])  # blobs[2] goes
+    assert files.get(sha(blobs[2])) is None
+    assert files.total_bytes == 900
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) == 900
+    with pytest.raises(OutputFileError, match="too_large"):
+        files.put(sha(bytes(1_001)), "image/png", bytes(1_001))
+
+
+def test_outputs_survive_a_restart_in_write_order_and_leftovers_are_cleaned(tmp_path: Path) -> None:
+    files = OutputFiles(tmp_path, max_bytes=1_000)
+    blobs = [bytes([i]) * 300 for i in range(3)]
+    for when, blob in enumerate(blobs):
+        entry = files.put(sha(blob), "video/mp4", blob)
+        os.utime(entry.path, ns=(when * 10**9, when * 10**9))  # distinct mtimes on any filesystem
+    (tmp_path / ".tmp-deadbeef").write_bytes(b"half a write")
+    (tmp_path / "README").write_text("not ours")
+
+    again = OutputFiles(tmp_path, max_bytes=700)  # smaller bound: the oldest goes at once
+    assert not (tmp_path / ".tmp-deadbeef").exists()
+    assert (tmp_path / "README").exists()
+    assert again.get(sha(blobs[0])) is None
+    assert again.get(sha(blobs[1])) == ("video/mp4", blobs[1])
+    assert again.get(sha(blobs[2])) == ("video/mp4", blobs[2])
+    assert again.total_bytes == 600
+
+
+def test_a_file_changed_on_disk_is_not_served(tmp_path: Path) -> None:
+    files = OutputFiles(tmp_path, max_bytes=10_000)
+    entry = files.put(sha(PNG), "image/png", PNG)
+    entry.path.write_bytes(b"tampered")
+    assert files.get(sha(PNG)) is None
+    assert not entry.path.exists() and len(files) == 0
