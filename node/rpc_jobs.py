@@ -42,6 +42,8 @@ DEFAULT_STORE_BYTES = 256 * 1024 * 1024  # outputs kept for download in memory; 
 MAX_JSON_BYTES = 1024 * 1024  # a JSON pipeline body (text-to-image): prompts are short
 MAX_LIST = 500
 _JOB_ID = r"^[0-9a-f]{1,64}$"
+# module level: FastAPI resolves the (string) annotations of the handlers in module globals
+JobId = Annotated[str, PathParam(pattern=_JOB_ID)]
 
 
 class OutputStore:
@@ -172,8 +174,6 @@ def jobs_router(
     ) -> dict[str, Any]:
         """Job records, newest first."""
         return {"jobs": await manager.list(limit, state)}
-
-    JobId = Annotated[str, PathParam(pattern=_JOB_ID)]
 
     @router.get("/v1/jobs/{job_id}")
     async def get_job(job_id: JobId) -> dict[str, Any]:
