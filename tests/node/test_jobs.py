@@ -582,3 +582,20 @@ async def test_an_unreachable_peer_is_an_attempt_too(pool: ModelPool) -> None:
     assert [(a.peer_id, a.outcome) for a in outcome.attempts][-1] == (honest.peer_id, "done")
     assert outcome.attempts[0].peer_id == gone.peer_id and outcome.attempts[0].outcome in ("unreachable", "timeout")
     assert completed(gone, honest) == [0, 1]
+
+
+async def test_a_local_job_past_its_deadline_leaves_nothing_running(autojump_clock: trio.testing.MockClock) -> None:
+    from lpnode.node.local_jobs import LocalWorker
+
+    stuck = StuckPool()
+    async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
+        alone: Peer = await start(0, pool=stuck)  # type: ignore[assignment]
+        assert alone.worker is not None
+        with pytest.raises(JobFailed, match="deadline") as failed:
+            await run_job(
+                alone.node, T2I, max_price=10_000, deadline_s=20, allow_local=True, local=LocalWorker(alone.worker)
+            )
+        # run_job returned only after the worker's side of the local job ended
+        assert stuck.running.is_set() and stuck.cancelled.is_set()
+        assert alone.worker.reservations == set() and alone.worker.open_streams == 0
+    assert [(a.peer_id, a.outcome) for a in failed.value.attempts] == [(alone.peer_id, "deadline")]
