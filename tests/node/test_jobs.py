@@ -599,3 +599,26 @@ async def test_a_local_job_past_its_deadline_leaves_nothing_running(autojump_clo
         assert stuck.running.is_set() and stuck.cancelled.is_set()
         assert alone.worker.reservations == set() and alone.worker.open_streams == 0
     assert [(a.peer_id, a.outcome) for a in failed.value.attempts] == [(alone.peer_id, "deadline")]
+
+
+async def test_inputs_above_the_workers_limit_are_refused_before_any_byte_moves(pool: ModelPool) -> None:
+    from lpnode.protocol.jobspec import ImageToImageParams
+
+    i2i = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 2, 0.0, ""), MODEL, seed=3)
+    image = png()
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        small: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        roomy: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        assert small.worker is not None
+        small.worker.config = WorkerConfig(max_input_bytes=len(image) - 1)
+        await sees_models(requester.node, [small, roomy])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(
+                requester.node, i2i, {"image": image}, max_price=10_000, deadline_s=BOUND_S, prefer=[small.peer_id]
+            )
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [
+        (small.peer_id, "refused:input_too_large"),
+        (roomy.peer_id, "done"),
+    ]
+    assert completed(small, roomy) == [0, 1] and small.worker.reservations == set()
