@@ -127,10 +127,11 @@ class JobFailed(LpnodeError):
 class NoCandidates(JobFailed):
     """No known peer serves the job's model/pipeline within ``max_price``; ``offered`` lists what is on offer."""
 
-    def __init__(self, spec: JobSpec, offered: Sequence[str], max_price: int) -> None:
+    def __init__(self, spec: JobSpec, offered: Sequence[str], max_price: int, requirements: str = "") -> None:
         wanted = f"{spec.pipeline} {spec.model_id or '(any model)'}"
         on_offer = ", ".join(offered) or "nothing (no peers known)"
-        super().__init__(f"no peer offers {wanted} within max_price {max_price}; the network offers: {on_offer}")
+        within = f"max_price {max_price}" + (f", {requirements}" if requirements else "")
+        super().__init__(f"no peer offers {wanted} within {within}; the network offers: {on_offer}")
         self.offered = tuple(offered)
 
 
@@ -210,7 +211,10 @@ async def run_job(
         min_reputation=min_reputation,
     )
     if not candidates:
-        raise NoCandidates(spec, describe_offers(adverts), max_price)
+        required = [f"min_vram_bytes {min_vram_bytes}"] if min_vram_bytes > 0 else []
+        if reputation is not None:
+            required.append(f"min_reputation {min_reputation}, banned peers excluded")
+        raise NoCandidates(spec, describe_offers(adverts), max_price, ", ".join(required))
     attempts: list[Attempt] = []
     give_up_at = trio.current_time() + deadline_s
     for candidate in candidates[:MAX_ATTEMPTS]:

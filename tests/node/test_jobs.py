@@ -622,3 +622,22 @@ async def test_inputs_above_the_workers_limit_are_refused_before_any_byte_moves(
         (roomy.peer_id, "done"),
     ]
     assert completed(small, roomy) == [0, 1] and small.worker.reservations == set()
+
+
+async def test_requirements_that_leave_no_peer_say_so() -> None:
+    class BanAll:
+        def score(self, peer_id: str, model_family: str) -> float:
+            return 0.5
+
+        def is_banned(self, peer_id: str) -> bool:
+            return True
+
+    offer = ModelOffer("text-to-image", MODEL, "0" * 64, True, 10.0, 1)
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        cpu_only: Peer = await start(1, models=[offer])  # type: ignore[assignment]
+        await sees_models(requester.node, [cpu_only])
+        with pytest.raises(NoCandidates, match=r"within max_price 10000, min_vram_bytes 1024;.*tiny-sdxl"):
+            await run_job(requester.node, T2I, max_price=10_000, deadline_s=5, min_vram_bytes=1024)
+        with pytest.raises(NoCandidates, match="banned peers excluded"):
+            await run_job(requester.node, T2I, max_price=10_000, deadline_s=5, reputation=BanAll())
