@@ -340,13 +340,16 @@ class JobManager:
                     final = SUCCEEDED
             if live.scope.cancelled_caught:
                 final = CANCELLED
-        except trio.Cancelled:
-            final = INTERRUPTED  # the node is stopping
-            raise
         except LpnodeError as exc:
             self._fail(live, exc)
-        except Exception as exc:  # a bug: the request fails, the node keeps serving
-            log.exception("job %s crashed", live.record["id"])
+        except BaseException as exc:
+            if _cancelled(exc):
+                final = INTERRUPTED  # the node is stopping
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            # a bug: the request fails, the node keeps serving
+            log.error("job %s crashed", live.record["id"], exc_info=exc)
             self._fail(live, LpnodeError(f"internal error ({type(exc).__name__}); see the node's log"))
         finally:
             await self._finish(live, final)
@@ -429,11 +432,12 @@ class JobManager:
             result = await self.execute(child, prepared)
             child.record["result"] = result
             final = SUCCEEDED
-        except trio.Cancelled:
-            final = CANCELLED if parent.cancel_requested else INTERRUPTED
-            raise
         except LpnodeError as exc:
             self._fail(child, exc)
+            raise
+        except BaseException as exc:
+            if _cancelled(exc):
+                final = CANCELLED if parent.cancel_requested else INTERRUPTED
             raise
         finally:
             parent.record["attempts"] = [*parent.record["attempts"], *child.record["attempts"]]
@@ -545,6 +549,13 @@ def sha256_hex(data: bytes) -> str:
 
 def _attempt(a: Attempt) -> dict[str, Any]:
     return {"peer_id": a.peer_id, "outcome": a.outcome, "detail": a.detail, "price": a.price}
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """A trio.Cancelled, bare or in exception groups (a nursery wraps it so)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_cancelled(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 def _leaves(group: BaseExceptionGroup[LpnodeError]) -> list[LpnodeError]:

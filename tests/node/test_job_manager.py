@@ -1,0 +1,112 @@
+"""The job manager: cancel reaches the worker, bounds refuse, a stopping node leaves ``interrupted`` records.
+
+Runs in virtual time (MockClock) against a worker whose pool never finishes a
+run (``StuckPool``), so "while running" is a state the test waits for, not a race.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from lpnode.node.job_manager import (
+    CANCELLED,
+    INTERRUPTED,
+    JobAlreadyFinished,
+    JobEvent,
+    JobManager,
+    Listener,
+    ManagerBusy,
+    MemoryRecordBook,
+    open_job_manager,
+    requester_runner,
+)
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.rpc import status_for
+from lpnode.node.rpc_job_bodies import PreparedJob, TextToImageBody, prepare
+from lpnode.node.rpc_jobs import OutputStore
+
+from .test_gossip import virtual_wall_clock
+from .test_jobs import MODEL, Peer, StuckPool, peers, sees_models
+
+T2I = TextToImageBody(prompt="a lighthouse", model_id=MODEL, width=64, height=64, num_inference_steps=2, seed=1)
+
+
+def job(deadline: float = 600) -> PreparedJob:
+    return prepare(T2I.model_copy(update={"deadline": deadline}), {}, 1 << 20)
+
+
+async def running(manager: JobManager, job_id: str) -> None:
+    async with manager.listen(job_id) as listener:
+        while (await listener.next()).data.get("state") != "running":
+            pass
+
+
+async def test_cancel_stops_the_network_job_and_frees_the_workers_reservation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stuck = StuckPool()
+    book = MemoryRecordBook()
+    async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=stuck)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        runner = requester_runner(requester.node)
+        async with open_job_manager(book, OutputStore(), runner, status_for=status_for, max_jobs=1) as manager:
+            job_id = await manager.submit(job())
+            with pytest.raises(ManagerBusy):  # one request at a time on this manager
+                await manager.submit(job())
+            await running(manager, job_id)
+            await stuck.running.wait()
+            record = await manager.cancel(job_id)
+            with trio.fail_after(5):
+                await stuck.cancelled.wait()
+                while worker.worker is not None and worker.worker.reservations:
+                    await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(JobAlreadyFinished):
+                await manager.cancel(job_id)
+            assert await manager.submit(job())  # the slot is free again
+    assert record["state"] == CANCELLED and (await book.get(job_id) or {})["state"] == CANCELLED
+
+
+async def test_a_node_stopping_mid_job_leaves_the_record_interrupted(autojump_clock: trio.testing.MockClock) -> None:
+    stuck = StuckPool()
+    book = MemoryRecordBook()
+    async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=stuck)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with open_job_manager(book, OutputStore(), requester_runner(requester.node)) as manager:
+            job_id = await manager.submit(job())
+            await stuck.running.wait()
+        assert (await book.get(job_id) or {})["state"] == INTERRUPTED
+        # a record left unfinished by a crash (no final save) is marked so at the next start
+        await book.save((await book.get(job_id) or {}) | {"id": "c0ffee", "state": "running"})
+        assert await book.mark_interrupted() == 1
+        assert (await book.get("c0ffee") or {})["state"] == INTERRUPTED
+
+
+async def test_a_failed_job_keeps_its_error_and_attempts(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        async with open_job_manager(
+            MemoryRecordBook(), OutputStore(), requester_runner(requester.node), status_for=status_for
+        ) as manager:
+            record = await manager.wait(await manager.submit(job()))
+    assert record["state"] == "failed"
+    assert record["error"]["status"] == 404 and record["error"]["error"] == "no_candidates"
+
+
+async def test_a_slow_listener_loses_progress_but_never_state_or_done() -> None:
+    listener = Listener(max_progress=4)
+    for step in range(100):
+        listener.push(JobEvent("progress", {"step": step}))
+    listener.push(JobEvent("state", {"state": "succeeded"}))
+    listener.push(JobEvent("done", {"id": "x"}))
+    kinds = [(await listener.next()).kind for _ in range(6)]
+    assert kinds == ["progress"] * 4 + ["state", "done"] and listener.dropped == 96
+    # a reader that keeps up loses nothing
+    for step in range(10):
+        listener.push(JobEvent("progress", {"step": step}))
+        assert (await listener.next()).data == {"step": step}
+    assert listener.dropped == 96

@@ -1,0 +1,97 @@
+"""Workflows: the chain checked before anything runs, then each step a child record on the network."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from typing import Any
+
+import pytest
+import trio
+from fastapi.exceptions import RequestValidationError
+from lpnode.models.pool import ModelPool
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.workflows import plan_workflow
+from lpnode.protocol.receipts import verify_receipt
+
+from .test_jobs import BOUND_S, Peer, peers, png, sees_models
+from .test_rpc_jobs import AUTH, pool4, rpc
+
+__all__ = ["pool4"]
+
+T2I = {"pipeline": "text-to-image", "params": {"prompt": "a lighthouse", "width": 32, "height": 32}}
+UPSCALE = {"pipeline": "upscale", "params": {"scale": 2}}
+I2V = {"pipeline": "image-to-video", "params": {"width": 64, "height": 64, "num_frames": 4, "fps": 4}}
+INTERPOLATE = {"pipeline": "frame-interpolation", "params": {"multiplier": 2}}
+I2I = {"pipeline": "image-to-image", "params": {"prompt": "x", "strength": 0.5}}
+
+
+def rejected(body: dict[str, Any]) -> str:
+    with pytest.raises(RequestValidationError) as caught:
+        plan_workflow(body, 1 << 20)
+    return str(caught.value.errors())
+
+
+def test_a_chain_whose_media_fit_is_planned_with_each_steps_checked_body() -> None:
+    plan = plan_workflow({"steps": [T2I, UPSCALE, I2V, INTERPOLATE], "max_price": 7}, 1 << 20)
+    assert [type(b).__name__ for b in plan.bodies] == [
+        "TextToImageBody",
+        "UpscaleBody",
+        "ImageToVideoBody",
+        "FrameInterpolationBody",
+    ]
+    assert plan.options.max_price == 7 and plan.request["steps"][1]["pipeline"] == "upscale"
+    with_file = plan_workflow({"steps": [I2I], "input": base64.b64encode(png(8, 8)).decode()}, 1 << 20)
+    assert with_file.first_input == png(8, 8) and with_file.request["inputs"]["input"]["size"] == len(png(8, 8))
+
+
+def test_chains_that_do_not_fit_are_refused_before_running() -> None:
+    assert "needs an image but step 1 makes a video" in rejected({"steps": [T2I, I2V, UPSCALE]})
+    assert "takes no input" in rejected({"steps": [T2I, T2I]})
+    assert "give it as base64" in rejected({"steps": [UPSCALE]})
+    assert "takes no input file" in rejected({"steps": [T2I], "input": base64.b64encode(png()).decode()})
+    assert "not base64" in rejected({"steps": [UPSCALE], "input": "%%%"})
+    # the step's own parameters, as its endpoint checks them; options belong to the workflow
+    assert "step 1 (upscale)" in rejected({"steps": [T2I, {"pipeline": "upscale", "params": {"scale": 99}}]})
+    assert "belong to the workflow" in rejected({"steps": [T2I | {"params": {"prompt": "x", "max_price": 1}}]})
+    assert "num_images_per_prompt" in rejected(
+        {"steps": [T2I | {"params": {"prompt": "x", "num_images_per_prompt": 2}}]}
+    )
+    assert "steps" in rejected({"steps": []})
+
+
+async def test_four_step_workflow_runs_each_step_as_a_child_with_its_receipt(pool4: ModelPool) -> None:
+    two_steps = {"num_inference_steps": 2}
+    steps = [
+        T2I | {"params": T2I["params"] | two_steps},
+        UPSCALE,
+        I2V | {"params": I2V["params"] | two_steps},
+        INTERPOLATE,
+    ]
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool4)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with rpc(requester.node) as (client, _):
+            with trio.fail_after(BOUND_S):
+                answer = await client.post("/v1/workflows", json={"steps": steps, "deadline": BOUND_S}, headers=AUTH)
+                assert answer.status_code == 200, answer.text
+                result = answer.json()
+                record = (await client.get(f"/v1/jobs/{result['request_id']}", headers=AUTH)).json()
+                children = [(await client.get(f"/v1/jobs/{c}", headers=AUTH)).json() for c in result["steps"]]
+                receipts = [
+                    (await client.get(f"/v1/jobs/{result['request_id']}/receipts/{n}", headers=AUTH)).content
+                    for n in range(4)
+                ]
+                final = await client.get(result["outputs"][0], headers=AUTH)
+                bad = await client.post("/v1/workflows", json={"steps": [T2I, I2V, UPSCALE]}, headers=AUTH)
+    assert record["kind"] == "workflow" and record["state"] == "succeeded" and record["result"] == result
+    assert [c["kind"] for c in children] == ["text-to-image", "upscale", "image-to-video", "frame-interpolation"]
+    assert all(c["parent_id"] == record["id"] and c["state"] == "succeeded" for c in children)
+    # each step's input is the previous step's output, as signed in the receipts
+    signed = [verify_receipt(r) for r in receipts]
+    for before, after in itertools.pairwise(signed):
+        assert [b.sha256 for b in after.spec.inputs] == [before.outputs[0].sha256]
+    assert signed[-1].outputs[0].sha256 == result["outputs"][0].rsplit("/", 1)[1]
+    assert final.status_code == 200 and final.content[4:8] == b"ftyp"
+    assert bad.status_code == 422
