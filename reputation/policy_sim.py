@@ -1,0 +1,154 @@
+"""Simulate the spot-check policy and scoring against cheaters and honest peers: pure, seeded, no network.
+
+One requester gives a *subject* peer its jobs one after another (one a minute
+of virtual time, for the decay). The subject cheats on a share of its jobs;
+an honest subject's output is "off" (differs from everyone's, as odd hardware
+might) on a small share. Checkers and tie-breakers are honest peers with that
+same off rate. Each duplicated job is compared (a cheated or off output agrees
+with nothing), a third peer is asked when the two do not agree,
+:func:`~lpnode.reputation.policy.resolve` names the odd one out, and
+:mod:`~lpnode.reputation.scoring` records the evidence and decides the ban.
+
+    outcomes = simulate(SimConfig(), [SimPeer("cheat-10", cheat_rate=0.10)] * 100)
+
+simnet reuses :func:`simulate_peer` with its own peers; calibration writes the
+figures to docs/verification.md.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lpnode.protocol.jobspec import Pipeline
+
+from .compare import Verdict
+from .policy import PeerHistory, SpotCheckConfig, SpotCheckPolicy, resolve
+from .scoring import Evidence, ScoringConfig, record, should_ban
+
+__all__ = ["PeerOutcome", "SimConfig", "SimPeer", "Summary", "simulate", "simulate_peer", "summarise"]
+
+SUBJECT, CHECKER, THIRD = "subject", "checker", "third"
+
+
+@dataclass(frozen=True)
+class SimPeer:
+    name: str
+    cheat_rate: float = 0.0  # share of its jobs it cheats on
+    off_rate: float | None = None  # share of honest outputs that agree with nobody; None: SimConfig.honest_off_rate
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    jobs_per_peer: int = 10_000
+    honest_off_rate: float = 0.002  # per output; calibration measured none on tiny presets (docs/verification.md)
+    job_interval_s: float = 60.0  # virtual seconds between the subject's jobs
+    established_after: int = 1_000  # jobs; overhead "once established" counts jobs after this
+    pipeline: Pipeline = Pipeline.TEXT_TO_IMAGE
+    spot: SpotCheckConfig = field(default_factory=SpotCheckConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PeerOutcome:
+    peer: SimPeer
+    jobs: int  # jobs the subject ran (up to and including the one that got it banned)
+    banned_at: int | None  # job number (1-based) after which it was banned; None: never
+    blames: int
+    agreements: int
+    checks: int  # jobs duplicated
+    extra_runs: int  # checker and tie-breaker runs
+    established_jobs: int  # jobs after SimConfig.established_after
+    established_extra_runs: int  # extra runs spent on those jobs
+
+
+def simulate_peer(peer: SimPeer, config: SimConfig, rng: random.Random) -> PeerOutcome:
+    policy = SpotCheckPolicy(config.spot)
+    off_rate = config.honest_off_rate if peer.off_rate is None else peer.off_rate
+    history, evidence = PeerHistory(), Evidence()
+    blames = agreements = checks = extra = est_jobs = est_extra = 0
+    banned_at: int | None = None
+    job = 0
+    for job in range(1, config.jobs_per_peer + 1):
+        now = job * config.job_interval_s
+        established = job > config.established_after
+        est_jobs += established
+        duplicate = policy.should_duplicate(history, config.pipeline, rng)
+        history = history.after_job()
+        # Drawn for every job, checked or not: the subject cannot know which ones are checked.
+        subject_bad = rng.random() < peer.cheat_rate or rng.random() < off_rate
+        if not duplicate:
+            continue
+        checks += 1
+        runs = 1
+        checker_bad = rng.random() < config.honest_off_rate
+        verdicts = {frozenset((SUBJECT, CHECKER)): _verdict(subject_bad, checker_bad)}
+        outcome = resolve((SUBJECT, CHECKER), verdicts)
+        if outcome.need_more:
+            runs += 1
+            third_bad = rng.random() < config.honest_off_rate
+            verdicts[frozenset((SUBJECT, THIRD))] = _verdict(subject_bad, third_bad)
+            verdicts[frozenset((CHECKER, THIRD))] = _verdict(checker_bad, third_bad)
+            outcome = resolve((SUBJECT, CHECKER, THIRD), verdicts)
+        extra += runs
+        est_extra += runs if established else 0
+        if SUBJECT in outcome.blamed:
+            blames += 1
+            history = history.after_blame()
+            evidence = record(evidence, now, config.scoring, bad=1.0)
+            if should_ban(evidence, now, config.scoring):
+                banned_at = job
+                break
+        elif SUBJECT in outcome.credited:
+            agreements += 1
+            history = history.after_agreement()
+            evidence = record(evidence, now, config.scoring, good=1.0)
+    return PeerOutcome(peer, job, banned_at, blames, agreements, checks, extra, est_jobs, est_extra)
+
+
+def _verdict(a_bad: bool, b_bad: bool) -> Verdict:
+    # A bad output (cheated or off) is unrelated to every other output, so it agrees with none.
+    return Verdict.DISAGREE if a_bad or b_bad else Verdict.AGREE
+
+
+def simulate(config: SimConfig, peers: Sequence[SimPeer]) -> list[PeerOutcome]:
+    """Each peer as its own subject, with its own seeded random stream (order-independent)."""
+    return [simulate_peer(p, config, random.Random(f"{config.seed}/{i}/{p.name}")) for i, p in enumerate(peers)]
+
+
+@dataclass(frozen=True)
+class Summary:
+    name: str
+    cheat_rate: float
+    peers: int
+    banned: int
+    median_jobs_to_ban: float | None  # over banned peers
+    p90_jobs_to_ban: float | None
+    max_jobs_to_ban: int | None
+    banned_within_50: int
+    blame_rate: float  # blames per check, over all peers of this kind
+    overhead: float  # extra runs per job, over all jobs
+    established_overhead: float | None  # extra runs per job after established_after
+
+
+def summarise(name: str, outcomes: Sequence[PeerOutcome]) -> Summary:
+    bans = sorted(o.banned_at for o in outcomes if o.banned_at is not None)
+    checks = sum(o.checks for o in outcomes)
+    jobs = sum(o.jobs for o in outcomes)
+    est_jobs = sum(o.established_jobs for o in outcomes)
+    return Summary(
+        name=name,
+        cheat_rate=outcomes[0].peer.cheat_rate if outcomes else 0.0,
+        peers=len(outcomes),
+        banned=len(bans),
+        median_jobs_to_ban=float(statistics.median(bans)) if bans else None,
+        p90_jobs_to_ban=float(bans[min(len(bans) - 1, int(0.9 * len(bans)))]) if bans else None,
+        max_jobs_to_ban=bans[-1] if bans else None,
+        banned_within_50=sum(b <= 50 for b in bans),
+        blame_rate=sum(o.blames for o in outcomes) / checks if checks else 0.0,
+        overhead=sum(o.extra_runs for o in outcomes) / jobs if jobs else 0.0,
+        established_overhead=sum(o.established_extra_runs for o in outcomes) / est_jobs if est_jobs else None,
+    )

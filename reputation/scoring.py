@@ -1,0 +1,152 @@
+"""Beta reputation with time decay, ranked by a lower confidence bound; ban rules.
+
+Per (peer, model family) the store keeps two decayed counts: ``good`` (checks
+the peer passed) and ``bad`` (checks it was blamed for). Good evidence fades
+faster than bad (two half-lives): a peer cannot bank a long honest past and
+then cheat on credit, while an old blame still weighs after weeks.
+
+The score is the lower bound of a Wilson interval on the Beta posterior's
+mean, with a weak prior (one good, one bad): a new peer scores low enough that
+proven peers come first, yet well above a proven cheater, so exploration (the
+peer choice's job) keeps newcomers reachable.
+
+A ban needs confidence, not one unlucky check: at least ``ban_min_bad`` decayed
+blames *and* a failure rate whose lower confidence bound exceeds
+``ban_fail_rate``. Two conflicting receipts signed by one worker for one job id
+(:func:`equivocation`) are proof and ban at once.
+
+Pure functions over an explicit ``now`` (unix seconds); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lpnode.protocol.errors import ConfigError
+from lpnode.protocol.receipts import Receipt, conflicting
+
+__all__ = [
+    "Evidence",
+    "ScoringConfig",
+    "ban_until",
+    "decay",
+    "equivocation",
+    "expected_trust",
+    "fail_rate_lower_bound",
+    "record",
+    "score",
+    "should_ban",
+    "wilson_lower_bound",
+]
+
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    prior_good: float = 1.0  # pseudo-counts a new peer starts with
+    prior_bad: float = 1.0
+    good_half_life_s: float = 14 * _DAY  # seconds; good evidence fades faster ...
+    bad_half_life_s: float = 90 * _DAY  # ... than bad
+    z: float = 1.645  # one-sided 95 % for the score's lower bound
+    ban_z: float = 2.326  # one-sided 99 % for the failure-rate bound a ban needs
+    ban_min_bad: float = 3.0  # decayed blames before any ban
+    ban_fail_rate: float = 0.02  # ban when the failure rate is confidently above this
+    ban_duration_s: float = 30 * _DAY  # seconds a ban lasts (doubled per earlier ban by the store)
+
+    def __post_init__(self) -> None:
+        if self.prior_good <= 0 or self.prior_bad <= 0:
+            raise ConfigError("scoring priors must be positive")
+        if not 0 < self.good_half_life_s <= self.bad_half_life_s:
+            raise ConfigError("need 0 < good_half_life_s <= bad_half_life_s (good evidence fades faster)")
+        if self.z <= 0 or self.ban_z <= 0 or self.ban_min_bad < 1 or not 0 < self.ban_fail_rate < 1:
+            raise ConfigError(f"invalid ban or confidence settings: {self}")
+        if self.ban_duration_s <= 0:
+            raise ConfigError("ban_duration_s must be positive")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Decayed counts for one (peer, model family) as of ``at`` (unix seconds)."""
+
+    good: float = 0.0
+    bad: float = 0.0
+    at: float = 0.0
+
+
+def _fade(value: float, elapsed: float, half_life: float) -> float:
+    return value * math.pow(0.5, max(0.0, elapsed) / half_life)
+
+
+def decay(evidence: Evidence, now: float, config: ScoringConfig) -> Evidence:
+    """The counts as they stand at ``now``. A ``now`` before ``at`` (clock went back) decays nothing."""
+    elapsed = now - evidence.at
+    if elapsed <= 0:
+        return evidence
+    return Evidence(
+        good=_fade(evidence.good, elapsed, config.good_half_life_s),
+        bad=_fade(evidence.bad, elapsed, config.bad_half_life_s),
+        at=now,
+    )
+
+
+def record(evidence: Evidence, now: float, config: ScoringConfig, *, good: float = 0.0, bad: float = 0.0) -> Evidence:
+    """Add evidence at ``now`` (after decaying what was there)."""
+    if good < 0 or bad < 0:
+        raise ValueError("evidence weights are non-negative")
+    current = decay(evidence, now, config)
+    return Evidence(current.good + good, current.bad + bad, max(now, current.at))
+
+
+def wilson_lower_bound(successes: float, trials: float, z: float) -> float:
+    """Lower end of the Wilson score interval for a success rate (real-valued counts allowed)."""
+    if trials <= 0:
+        return 0.0
+    p = min(1.0, max(0.0, successes / trials))
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    spread = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return max(0.0, (centre - spread) / (1 + z2 / trials))
+
+
+def score(evidence: Evidence, now: float, config: ScoringConfig) -> float:
+    """Trust in [0, 1]: the lower confidence bound of the Beta posterior's mean. New peer (prior only): ~0.12."""
+    current = decay(evidence, now, config)
+    alpha = config.prior_good + current.good
+    beta = config.prior_bad + current.bad
+    return wilson_lower_bound(alpha, alpha + beta, config.z)
+
+
+def expected_trust(evidence: Evidence, now: float, config: ScoringConfig) -> float:
+    """The Beta posterior's mean (for display beside the score)."""
+    current = decay(evidence, now, config)
+    alpha = config.prior_good + current.good
+    return alpha / (alpha + config.prior_bad + current.bad)
+
+
+def fail_rate_lower_bound(evidence: Evidence, now: float, config: ScoringConfig) -> float:
+    """How often, at least (99 % one-sided), this peer fails its checks. No prior: only evidence counts."""
+    current = decay(evidence, now, config)
+    return wilson_lower_bound(current.bad, current.good + current.bad, config.ban_z)
+
+
+def should_ban(evidence: Evidence, now: float, config: ScoringConfig) -> bool:
+    """Enough blames, and a failure rate confidently above what honest hardware differences explain."""
+    current = decay(evidence, now, config)
+    return current.bad >= config.ban_min_bad and fail_rate_lower_bound(current, now, config) > config.ban_fail_rate
+
+
+def ban_until(now: float, earlier_bans: int, config: ScoringConfig) -> float:
+    """When a ban issued at ``now`` ends: the base duration doubled per earlier ban (capped at 2**6)."""
+    if earlier_bans < 0:
+        raise ValueError("earlier_bans is a count")
+    return now + config.ban_duration_s * float(2 ** min(earlier_bans, 6))
+
+
+def equivocation(a: Receipt, b: Receipt) -> bool:
+    """Proof of cheating: one worker signed two receipts for one job id with different outputs.
+
+    Pass only receipts that passed ``verify_receipt``; the pair is the evidence to keep.
+    """
+    return conflicting(a, b)
