@@ -150,6 +150,29 @@ class JobRecord:
             "parent_id": self.parent_id,
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobRecord:
+        """A record from the API's shape (the inverse of :meth:`to_json`); InvalidRecord when it does not fit."""
+        try:
+            record = cls(
+                id=str(data["id"]),
+                kind=str(data["kind"]),
+                state=JobState(data["state"]),
+                created_at=float(data["created_at"]),
+                updated_at=float(data["updated_at"]),
+                request=dict(data["request"]),
+                result=None if data.get("result") is None else dict(data["result"]),
+                error=None if data.get("error") is None else dict(data["error"]),
+                attempts=[dict(a) for a in data.get("attempts", [])],
+                progress=dict(data.get("progress") or initial_progress()),
+                parent_id=None if data.get("parent_id") is None else str(data["parent_id"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRecord(f"not a job record: {exc!r}") from exc
+        if not _JOB_ID.fullmatch(record.id):
+            raise InvalidRecord(f"job id {record.id[:80]!r} is not 'job_' and 24 hex digits")
+        return record
+
 
 JOB_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -183,6 +206,7 @@ JOB_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_JOB_ID = re.compile(r"job_[0-9a-f]{24}")
 _COLUMNS = "id, kind, state, created_at, updated_at, request, result, error, attempts, progress, parent_id"
 
 
@@ -286,6 +310,50 @@ class JobRecords:
         record = _record(row)
         self._remember(record, persisted_at=now)
         return record
+
+    async def save(self, record: JobRecord) -> None:
+        """Insert ``record`` as it is, or replace the stored one with the same id (for a manager that
+        builds records itself). ``kind``, ``created_at``, ``request`` and ``parent_id`` of a stored
+        record never change; a terminal stored record may only be saved again unchanged
+        (:class:`JobFinished` otherwise)."""
+        if not _KIND.fullmatch(record.kind):
+            raise InvalidRecord(f"job kind {record.kind!r} is not a short lowercase name")
+        if not _JOB_ID.fullmatch(record.id):
+            raise InvalidRecord(f"job id {record.id[:80]!r} is not 'job_' and 24 hex digits")
+        values = {
+            "id": record.id,
+            "kind": record.kind,
+            "state": JobState(record.state).value,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "request": _encode("request", record.request),
+            "result": None if record.result is None else _encode("result", record.result),
+            "error": None if record.error is None else _encode("error", record.error),
+            "attempts": _encode("attempts", record.attempts),
+            "progress": _encode("progress", record.progress),
+            "parent_id": record.parent_id,
+        }
+        saved = _record(values)  # a copy: the caller's dicts may change after this
+        columns = ", ".join(values)
+        placeholders = ", ".join(f":{column}" for column in values)
+        changing = ("state", "updated_at", "result", "error", "attempts", "progress")
+        assignments = ", ".join(f"{column} = excluded.{column}" for column in changing)
+        try:
+            written = await self._store.execute(
+                f"INSERT INTO jobs ({columns}) VALUES ({placeholders})"
+                f" ON CONFLICT (id) DO UPDATE SET {assignments} WHERE jobs.state IN {_LIVE_STATES}",
+                values,
+            )
+        except ConstraintViolation as exc:
+            if record.parent_id is not None and "FOREIGN KEY" in str(exc):
+                raise UnknownJob(record.parent_id) from exc
+            raise
+        if written.rowcount == 0:
+            stored = await self.get(record.id)
+            if stored is not None and stored != saved:
+                self._live.pop(record.id, None)
+                raise JobFinished(record.id, stored.state)
+        self._remember(saved, persisted_at=record.updated_at)
 
     async def _progress_only(self, live: _Live, progress: dict[str, Any], progress_json: str, now: float) -> JobRecord:
         live.record = replace(live.record, progress=progress, updated_at=now)
@@ -417,7 +485,7 @@ def _encode(what: str, value: dict[str, Any] | list[dict[str, Any]]) -> str:
     return text
 
 
-def _record(row: sqlite3.Row) -> JobRecord:
+def _record(row: sqlite3.Row | Mapping[str, Any]) -> JobRecord:
     return JobRecord(
         id=row["id"],
         kind=row["kind"],

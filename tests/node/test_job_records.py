@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from lpnode.node.job_records import (
     MAX_LIST,
     InvalidRecord,
     JobFinished,
+    JobRecord,
     JobRecords,
     JobState,
     RecordTooLarge,
@@ -282,3 +284,37 @@ async def test_committed_records_survive_kill_9_mid_write(tmp_path: Path) -> Non
         halves = {row["n"]: row["halves"] for row in rows}
         assert all(count == 2 for count in halves.values())  # every transaction whole or absent
         assert set(reported_pairs) <= set(halves)
+
+
+async def test_save_inserts_or_replaces_a_record_built_elsewhere(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    async with open_records(path) as records:
+        built = JobRecord.from_json(
+            {
+                "id": "job_" + "ab" * 12,
+                "kind": "workflow",
+                "state": "running",
+                "created_at": 10.0,
+                "updated_at": 11.0,
+                "request": {"steps": []},
+                "progress": {"fraction": 0.5, "step": 1, "total": 2, "peer_id": None},
+                "result": None,
+                "error": None,
+                "attempts": [],
+                "parent_id": None,
+            }
+        )
+        await records.save(built)
+        assert await records.get(built.id) == built
+        finished = replace(built, state=JobState.SUCCEEDED, updated_at=12.0, result={"steps": [], "outputs": []})
+        await records.save(finished)
+        await records.save(finished)  # saving the same final record again is harmless
+        with pytest.raises(JobFinished):
+            await records.save(replace(finished, state=JobState.RUNNING))
+        with pytest.raises(InvalidRecord, match="job id"):
+            await records.save(replace(built, id="../x"))
+        with pytest.raises(InvalidRecord, match="not a job record"):
+            JobRecord.from_json({"id": built.id})
+    async with open_records(path) as records:
+        assert await records.get(built.id) == finished
+        assert JobRecord.from_json(finished.to_json()) == finished
