@@ -1,0 +1,147 @@
+"""The report folder of a run: ``metrics.json``, ``summary.md`` and PNG plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .metrics import HISTOGRAM_MS, Recorder
+
+PLOTS = ("advert_propagation.png", "job_latency.png", "throughput.png", "load_spread.png")
+
+
+def write_report(out: Path, metrics: dict[str, Any], recorder: Recorder, *, plots: bool = True) -> list[Path]:
+    """Write the report into ``out`` (created); returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json", out / "summary.md"]
+    written[0].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    written[1].write_text(summary_markdown(metrics))
+    if plots:
+        written += _plots(out, metrics, recorder)
+    return written
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _pct(share: float | None) -> str:
+    return "—" if share is None else f"{share * 100:.1f} %"
+
+
+def summary_markdown(m: dict[str, Any]) -> str:
+    s, jobs, load, adverts = m["scenario"], m["jobs"], m["load"], m["adverts"]
+    lat = jobs["latency_s"]
+    notes = m["notes"]
+    lines = [
+        f"# simnet: {s['name']}",
+        "",
+        f"{s['workers']} workers, {s['requesters']} requesters, {s['duration_s']:.0f} virtual s of workload, "
+        f"seed {s['seed']}; wall-clock cost {notes.get('wall_s', 0):.1f} s.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| jobs submitted / completed | {jobs['submitted']} / {jobs['completed']} |",
+        f"| success rate | {_pct(jobs['success_rate'])} |",
+        f"| failures | {', '.join(f'{k}: {v}' for k, v in jobs['failures'].items()) or 'none'} |",
+        f"| latency p50 / p95 / p99 | {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])} |",
+        f"| jobs retried | {jobs['retried']} ({jobs['attempts_per_job'] or 0:.2f} attempts per job) |",
+        f"| attempt outcomes | {', '.join(f'{k}: {v}' for k, v in sorted(jobs['attempt_outcomes'].items()))} |",
+        f"| throughput | {jobs['throughput_per_s'] or 0:.2f} jobs/s |",
+        f"| bad outputs accepted (oracle) | {jobs['bad_outputs_accepted']} of {jobs['outputs_checked']} |",
+        f"| load spread (Gini) / busiest worker's share | {load['gini']:.2f} / {_pct(load['max_share'])} |",
+        f"| idle workers | {load['idle_workers']} |",
+        f"| jobs by GPU | {', '.join(f'{k}: {v}' for k, v in sorted(load['by_gpu'].items()))} |",
+        f"| jobs by behaviour | {', '.join(f'{k}: {v}' for k, v in sorted(load['by_behaviour'].items()))} |",
+        f"| adverts reaching every online node | {_pct(adverts['reached_all_share'])} of {adverts['seen']} |",
+        f"| advert time to all p50 / p95 / max | {_ms(adverts['to_all_s']['p50'])} / {_ms(adverts['to_all_s']['p95'])} / {_ms(adverts['to_all_s']['max'])} |",
+        f"| advert delivery p50 / p95 / p99 | {_ms(adverts['delivery_s']['p50'])} / {_ms(adverts['delivery_s']['p95'])} / {_ms(adverts['delivery_s']['p99'])} |",
+        f"| model loads / evictions | {notes['pools']['loads']} / {notes['pools']['evictions']} |",
+        f"| cheated outputs produced | {notes['pools']['cheated_jobs']} |",
+        f"| jobs dropped by flaky workers | {notes['flaky_drops']} |",
+        "",
+        "Reputation (spot-check overhead, time to ban each cheater, false blames) is not measured yet:",
+        "the node has no spot checks or reputation store wired into the requester.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plots(out: Path, m: dict[str, Any], rec: Recorder) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / name for name in PLOTS]
+
+    # advert propagation: CDF of per-delivery delays from the 1 ms histogram
+    fig, ax = plt.subplots(figsize=(6, 4))
+    total = sum(rec.advert_histogram)
+    if total:
+        last = max(i for i, c in enumerate(rec.advert_histogram) if c)
+        xs, ys, running = [], [], 0
+        for ms in range(last + 1):
+            running += rec.advert_histogram[ms]
+            xs.append(ms)
+            ys.append(running / total)
+        ax.plot(xs, ys, label="each delivery")
+        to_all = sorted(a.last_delay_s * 1000 for a in rec.adverts.values() if a.reached >= a.online - 1)
+        if to_all:
+            ax.plot(to_all, [(i + 1) / len(to_all) for i in range(len(to_all))], label="time to reach all")
+        ax.legend()
+    ax.set_xlabel(f"ms after issue (capped at {HISTOGRAM_MS} ms)")
+    ax.set_ylabel("share")
+    ax.set_title("Advert propagation")
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+
+    # job latency distribution
+    fig, ax = plt.subplots(figsize=(6, 4))
+    latencies = [j.latency_s for j in rec.jobs if j.ok]
+    if latencies:
+        ax.hist(latencies, bins=50)
+    ax.set_xlabel("seconds from submit to verified result")
+    ax.set_ylabel("jobs")
+    ax.set_title(f"Job latency ({len(latencies)} completed)")
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+
+    # throughput and online workers over time
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = m["jobs"]["throughput_bins"]
+    width = bins["bin_s"]
+    counts = bins["completed"]
+    ax.bar([i * width for i in range(len(counts))], [c / width for c in counts], width=width, align="edge", alpha=0.6)
+    ax.set_xlabel("virtual s")
+    ax.set_ylabel("completed jobs/s")
+    twin = ax.twinx()
+    twin.plot([s.t_s for s in rec.samples], [s.online_workers for s in rec.samples], color="C1", label="online workers")
+    twin.plot([s.t_s for s in rec.samples], [s.jobs_in_flight for s in rec.samples], color="C2", label="jobs in flight")
+    twin.legend(loc="upper right")
+    for event in m["notes"].get("events", []):
+        ax.axvline(event["at_s"], color="grey", linestyle="--")
+    ax.set_title("Throughput over time")
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=100)
+    plt.close(fig)
+
+    # load spread: jobs per worker, sorted
+    fig, ax = plt.subplots(figsize=(6, 4))
+    per_worker = sorted(m["load"]["per_worker"], reverse=True)
+    ax.bar(range(len(per_worker)), per_worker)
+    ax.set_xlabel("workers, busiest first")
+    ax.set_ylabel("jobs completed")
+    ax.set_title(f"Load spread (Gini {m['load']['gini']:.2f})")
+    fig.tight_layout()
+    fig.savefig(paths[3], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+__all__ = ["PLOTS", "summary_markdown", "write_report"]

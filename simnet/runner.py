@@ -1,0 +1,418 @@
+"""The in-memory backend: a whole scenario in one ``trio.run``, in virtual time, deterministic for its seed.
+
+Every node is the production stack — ``serve_node`` (gossip, directory, dialer),
+``serve_model_offers`` and ``serve_job_worker`` for workers, ``run_job`` for
+requesters — on a :class:`~lpnode.node.network.memory.MemoryHub`, with a
+:class:`~lpnode.simnet.sim_pool.SimPool` as the GPU. Time is trio's autojump
+MockClock, and each node's wall clock is a fixed epoch plus trio time, so
+adverts expire, quotes time out and GPUs compute in virtual seconds: a run of
+minutes with hundreds of nodes takes seconds to minutes of real time.
+
+Determinism: every random choice comes from a ``random.Random`` derived from
+the scenario's seed (workload, links, churn, flakiness, peer choice), and trio's
+own scheduler shuffle is seeded too (see :func:`run_scenario`). The same seed in
+the same process gives the same metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio.testing
+from lpnode.node.config import NodeConfig
+from lpnode.node.daemon import Node, serve_node
+from lpnode.node.gossip import Offer
+from lpnode.node.job_convert import model_request
+from lpnode.node.job_quote import WorkerConfig
+from lpnode.node.job_requester import JobFailed, JobOutcome, NoCandidates, run_job
+from lpnode.node.job_worker import serve_job_worker
+from lpnode.node.network.base import Network
+from lpnode.node.network.memory import LatencyModel, MemoryHub, open_memory_hub
+from lpnode.node.offer import OfferSource
+from lpnode.node.serving import serve_model_offers
+from lpnode.protocol.advert import CapabilityAdvert, GpuInfo
+from lpnode.protocol.signing import NodeKey
+
+from .behaviours import FlakyNetwork, churn_schedule, lying_offer
+from .gpus import GpuProfile, profile
+from .metrics import JobRecord, Recorder, Sample, summarise
+from .scenario import NodeGroup, Scenario
+from .sim_pool import SimPoolConfig, hamming, open_sim_pool, standin_frames
+from .workload import PlannedJob, plan_jobs
+
+log = logging.getLogger(__name__)
+
+EPOCH_S = 1_800_000_000.0  # the virtual wall clock: this plus trio time
+SAMPLES = 100  # progress/timeline samples over the workload
+PHASH_TOLERANCE = 10  # bits of 64: honest stand-ins differ by ~0-4, unrelated pictures by ~32
+
+
+def virtual_wall_clock() -> float:
+    return EPOCH_S + trio.current_time()
+
+
+@dataclass(frozen=True)
+class Progress:
+    virtual_s: float  # workload clock
+    total_s: float
+    submitted: int
+    completed: int
+    failed: int
+    online_workers: int
+    wall_s: float
+
+
+@dataclass
+class SimResult:
+    scenario: Scenario
+    metrics: dict[str, Any]
+    recorder: Recorder
+    wall_s: float  # real seconds the run took
+
+
+@dataclass(frozen=True)
+class _WorkerSpec:
+    index: int
+    group: NodeGroup
+    gpu: GpuProfile
+
+
+def node_key(seed: int, index: int) -> NodeKey:
+    return NodeKey(hashlib.sha256(f"simnet/{seed}/{index}".encode()).digest())
+
+
+def _latency(name: str) -> LatencyModel:
+    if name == "zero":
+        return LatencyModel.constant(0.0)
+    if name == "lan":
+        return LatencyModel.constant(0.001)
+    return LatencyModel.home_internet()
+
+
+class _Sim:
+    """One run's state; the methods are its tasks."""
+
+    def __init__(self, scenario: Scenario, hub: MemoryHub, progress: Callable[[Progress], None] | None) -> None:
+        self.s = scenario
+        self.hub = hub
+        self.progress = progress
+        self.rec = Recorder()
+        self.workers = [
+            _WorkerSpec(i, g, profile(g.gpu)) for i, g in enumerate(g for g in scenario.nodes for _ in range(g.count))
+        ]
+        for w in self.workers:
+            self.rec.worker_gpu[w.index] = w.gpu.name
+            self.rec.worker_behaviour[w.index] = w.group.behaviour
+        self.n_workers = len(self.workers)
+        self.n_nodes = self.n_workers + scenario.workload.requesters
+        self.keys = [node_key(scenario.seed, i) for i in range(self.n_nodes)]
+        self.peer_index = {k.peer_id: i for i, k in enumerate(self.keys)}
+        self.online: dict[int, Node] = {}
+        self.config = NodeConfig(
+            listen=("/memory/0",),
+            mdns=False,
+            advert_interval_s=scenario.advert_interval_s,
+            advert_ttl_s=scenario.advert_ttl_s,
+            max_connections=scenario.max_connections,
+        ).validate()
+        self.workload_start = scenario.warmup_s
+        self.submitted = 0
+        self.in_flight = 0
+        self.completed = 0
+        self.failed = 0
+        self.wall0 = time.perf_counter()
+        self.dropped_by_flaky = 0
+        self.pool_stats: dict[int, list[Any]] = {}
+
+    def now_s(self) -> float:
+        """Workload clock: virtual seconds since the first job could arrive."""
+        return trio.current_time() - self.workload_start
+
+    # --- nodes -------------------------------------------------------------------------
+
+    async def _join(self, index: int, net: Network, rng: random.Random) -> None:
+        """Dial ``degree`` random online nodes, as a bootstrap list would."""
+        others = [i for i in self.online if i != index]
+        for j in rng.sample(others, min(len(others), self.s.degree)):
+            try:
+                await net.connect(self.online[j].network.listen_addrs()[0])
+            except Exception as exc:  # a peer that just left; the node's dialer finds others
+                log.debug("node %d could not reach %d: %s", index, j, exc)
+
+    def _observe(self, node_index: int, advert: CapabilityAdvert) -> None:
+        delay = virtual_wall_clock() - advert.issued_at_ms / 1000
+        self.rec.advert_arrived(advert.peer_id, advert.seq, delay, self.now_s(), len(self.online))
+
+    async def _run_node(
+        self,
+        index: int,
+        offer: Callable[[], Offer],
+        rng: random.Random,
+        *,
+        task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+        worker: _WorkerSpec | None = None,
+    ) -> None:
+        key = self.keys[index]
+        async with self.hub.open_network(key) as memory_net, trio.open_nursery() as nursery:
+            net: Network = memory_net
+            flaky: FlakyNetwork | None = None
+            if worker is not None and worker.group.behaviour == "flaky":
+                flaky = FlakyNetwork(memory_net, worker.group.drop_share, random.Random(f"{self.s.seed}/flaky/{index}"))
+                net = flaky
+            await self._join(index, net, rng)
+            if worker is None:
+                node: Node = await nursery.start(
+                    functools.partial(serve_node, self.config, key, net, offer, wall_clock=virtual_wall_clock)
+                )
+                node.gossip_stats.observers.append(functools.partial(self._observe, index))
+                self.online[index] = node
+                task_status.started(node)
+                await trio.sleep_forever()
+            assert worker is not None and isinstance(offer, OfferSource)
+            g = worker.group
+            pool_config = SimPoolConfig(
+                serve=g.serve,
+                pinned=g.pinned,
+                slowdown=g.slowdown if g.behaviour == "slow" else 1.0,
+                device_seed=index,
+                cheat=g.cheat if g.behaviour == "cheater" else "",
+                cheat_share=g.cheat_share if g.behaviour == "cheater" else 0.0,
+            )
+            async with open_sim_pool(worker.gpu, pool_config) as pool:
+                advertised = lying_offer(offer, g.lie) if g.behaviour == "liar" else offer
+                node = await nursery.start(
+                    functools.partial(serve_node, self.config, key, net, advertised, wall_clock=virtual_wall_clock)
+                )
+                node.gossip_stats.observers.append(functools.partial(self._observe, index))
+                await nursery.start(serve_model_offers, pool, offer, g.price_per_mpx_step, node.publisher.poke)
+                await nursery.start(
+                    functools.partial(
+                        serve_job_worker,
+                        net,
+                        key,
+                        pool,
+                        WorkerConfig(price_per_mpx_step=g.price_per_mpx_step),
+                        wall_clock=virtual_wall_clock,
+                    )
+                )
+                self.online[index] = node
+                self.pool_stats.setdefault(index, []).append(pool.stats)
+                task_status.started(node)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self.online.pop(index, None)
+                    if flaky is not None:
+                        self.dropped_by_flaky += flaky.dropped
+
+    async def _worker_life(self, w: _WorkerSpec, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the worker; if it churns, stop and restart it on its schedule."""
+        rng = random.Random(f"{self.s.seed}/links/{w.index}")
+        gpu_info = (
+            GpuInfo(name=w.gpu.name, kind="cuda", vram_total_bytes=w.gpu.vram_bytes, vram_free_bytes=w.gpu.vram_bytes),
+        )
+        spells: list[tuple[float, float]] = []
+        if w.group.behaviour == "churn":
+            horizon = self.s.duration_s + self.s.workload.deadline_s
+            spells = churn_schedule(
+                random.Random(f"{self.s.seed}/churn/{w.index}"),
+                up_s=w.group.up_s,
+                down_s=w.group.down_s,
+                until_s=horizon,
+            )
+        started = False
+        while True:
+            offer = OfferSource(queue_capacity=4, devices=gpu_info)
+            with trio.CancelScope() as scope:
+                if spells:
+                    scope.deadline = self.workload_start + spells[0][0]
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(functools.partial(self._run_node, w.index, offer, rng, worker=w))
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep_forever()
+            if not spells:
+                return
+            _, back = spells.pop(0)
+            await trio.sleep_until(self.workload_start + back)
+
+    # --- the workload ------------------------------------------------------------------
+
+    async def _job(self, job: PlannedJob, requester: Node) -> None:
+        submitted = self.now_s()
+        self.submitted += 1
+        self.in_flight += 1
+        outcome: JobOutcome | None = None
+        attempts: tuple[str, ...] = ()
+        why = "done"
+        try:
+            outcome = await run_job(
+                requester,
+                job.request,
+                job.inputs,
+                max_price=self.s.workload.max_price,
+                deadline_s=self.s.workload.deadline_s,
+                rng=random.Random(f"{self.s.seed}/choice/{job.index}"),
+            )
+            attempts = tuple(a.outcome for a in outcome.attempts)
+        except NoCandidates:
+            why = "no_candidates"
+        except JobFailed as exc:
+            why = "failed"
+            attempts = tuple(a.outcome for a in exc.attempts)
+        self.in_flight -= 1
+        worker = None
+        good = None
+        if outcome is not None:
+            self.completed += 1
+            worker = self.peer_index.get(outcome.worker_peer_id)
+            good = self._oracle(outcome, job)
+        else:
+            self.failed += 1
+        self.rec.job_ended(
+            JobRecord(
+                index=job.index,
+                requester=job.requester,
+                pipeline=job.request.pipeline.value,
+                submitted_s=submitted,
+                ended_s=self.now_s(),
+                ok=outcome is not None,
+                outcome=why,
+                worker=worker,
+                attempts=max(1, len(attempts)),
+                attempt_outcomes=attempts,
+                price=outcome.price if outcome is not None else None,
+                output_good=good,
+            )
+        )
+
+    def _oracle(self, outcome: JobOutcome, job: PlannedJob) -> bool | None:
+        """Ground truth only a simulation has: is this the picture an honest worker would have made?"""
+        try:
+            request = model_request(outcome.spec, job.inputs)
+        except Exception:
+            return None
+        import imagehash
+        from PIL import Image
+
+        truth = standin_frames(outcome.receipt.weights_sha256, request)[0]
+        expected = str(imagehash.phash(Image.fromarray(truth, mode="RGB").convert("L")))
+        got = outcome.receipt.outputs[0].phash[0]
+        honest_weights = hashlib.sha256(f"simnet-weights/{outcome.model_id}".encode()).hexdigest()
+        return outcome.receipt.weights_sha256 == honest_weights and hamming(expected, got) <= PHASH_TOLERANCE
+
+    async def _workload(self, requesters: list[Node]) -> None:
+        jobs = plan_jobs(self.s.workload, self.s.duration_s, self.s.seed)
+        self.rec.notes["planned_jobs"] = len(jobs)
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                await trio.sleep_until(self.workload_start + job.at_s)
+                nursery.start_soon(self._job, job, requesters[job.requester])
+
+    async def _events(self) -> None:
+        for event in sorted(self.s.events, key=lambda e: e.at_s):
+            await trio.sleep_until(self.workload_start + event.at_s)
+            if event.kind == "partition":
+                groups = [
+                    [k.peer_id for i, k in enumerate(self.keys) if i % event.groups == g] for g in range(event.groups)
+                ]
+                self.hub.partition(*groups)
+            else:
+                self.hub.heal()
+            self.rec.notes.setdefault("events", []).append({"at_s": event.at_s, "kind": event.kind})
+
+    async def _sampler(self) -> None:
+        step = self.s.duration_s / SAMPLES
+        while True:
+            sample = Sample(
+                t_s=round(self.now_s(), 6),
+                online_workers=sum(1 for i in self.online if i < self.n_workers),
+                jobs_in_flight=self.in_flight,
+                completed=self.completed,
+                failed=self.failed,
+            )
+            self.rec.samples.append(sample)
+            if self.progress is not None:
+                self.progress(
+                    Progress(
+                        virtual_s=sample.t_s,
+                        total_s=self.s.duration_s,
+                        submitted=self.submitted,
+                        completed=self.completed,
+                        failed=self.failed,
+                        online_workers=sample.online_workers,
+                        wall_s=time.perf_counter() - self.wall0,
+                    )
+                )
+            await trio.sleep(step)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            requesters: list[Node] = []
+            for r in range(self.s.workload.requesters):
+                index = self.n_workers + r
+                rng = random.Random(f"{self.s.seed}/links/{index}")
+                requesters.append(await nursery.start(self._run_node, index, OfferSource(queue_capacity=0), rng))
+            for w in self.workers:
+                await nursery.start(self._worker_life, w)
+            self.rec.notes["started_virtual_s"] = trio.current_time()
+            self.rec.notes["started_wall_s"] = time.perf_counter() - self.wall0
+            self.workload_start = max(self.s.warmup_s, trio.current_time())
+            await trio.sleep_until(self.workload_start)
+            nursery.start_soon(self._events)
+            nursery.start_soon(self._sampler)
+            await self._workload(requesters)
+            self.rec.notes["ended_virtual_s"] = self.now_s()
+            nursery.cancel_scope.cancel()
+
+
+async def simulate(scenario: Scenario, progress: Callable[[Progress], None] | None = None) -> SimResult:
+    """Run ``scenario`` in the current trio run (which should use an autojump MockClock)."""
+    wall0 = time.perf_counter()
+    async with open_memory_hub(latency=_latency(scenario.latency), loss=scenario.loss, seed=scenario.seed) as hub:
+        sim = _Sim(scenario, hub, progress)
+        await sim.run()
+        rec = sim.rec
+        rec.notes["hub"] = {k: v for k, v in vars(hub.stats).items()}
+    rec.notes["flaky_drops"] = sim.dropped_by_flaky
+    stats = [s for runs in sim.pool_stats.values() for s in runs]
+    rec.notes["pools"] = {
+        "loads": sum(s.loads for s in stats),
+        "evictions": sum(s.evictions for s in stats),
+        "cheated_jobs": sum(s.cheated for s in stats),
+        "device_busy_s": round(sum(s.busy_s for s in stats), 3),
+    }
+    wall = time.perf_counter() - wall0
+    rec.notes["wall_s"] = round(wall, 3)
+    metrics = summarise(rec, duration_s=scenario.duration_s, workers=sim.n_workers)
+    metrics["scenario"] = {
+        "name": scenario.name,
+        "seed": scenario.seed,
+        "workers": sim.n_workers,
+        "requesters": scenario.workload.requesters,
+        "duration_s": scenario.duration_s,
+    }
+    return SimResult(scenario, metrics, rec, wall)
+
+
+def run_scenario(scenario: Scenario, progress: Callable[[Progress], None] | None = None) -> SimResult:
+    """Run ``scenario`` in a fresh ``trio.run`` under an autojump MockClock, deterministically for its seed."""
+    # trio shuffles each batch of runnable tasks with a module-level Random (trio/_core/_run.py `_r`,
+    # the one it registers with hypothesis for the same reason): seeding it makes the interleaving,
+    # and so the whole run, repeatable. Without it runs agree only statistically.
+    scheduler_rng = getattr(trio._core._run, "_r", None)
+    if isinstance(scheduler_rng, random.Random):
+        scheduler_rng.seed(scenario.seed)
+    return trio.run(simulate, scenario, progress, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+__all__ = ["EPOCH_S", "Progress", "SimResult", "node_key", "run_scenario", "simulate", "virtual_wall_clock"]
