@@ -5,8 +5,8 @@ On a terminal one line is redrawn with ``\\r``::
     [##########..........]  50%  step 1/2  running on 12D3KooW…a1b2c3
 
 When stderr is a file or a pipe (CI logs, tests) redrawing would leave
-garbage, so a line is written only on a state change and at each quarter of
-the way. No terminal library: plain text, fixed width.
+garbage, so a line is written only on a state change, at the first progress
+and at each quarter of the way. No terminal library: plain text, fixed width.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ProgressDisplay:
             self._draw()
             return
         quarter = int(_fraction(progress) * QUARTERS)
-        if quarter > self._quarter and quarter > 0:
+        if quarter > self._quarter:  # the first progress (the job runs), then each quarter
             self._quarter = quarter
             self._line(bar_text(self._label, self._state, self._progress))
 

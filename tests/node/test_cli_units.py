@@ -134,7 +134,7 @@ def test_progress_redraws_on_a_terminal_and_writes_few_lines_elsewhere() -> None
     display.close()
     lines = plain.getvalue().splitlines()
     assert lines[0] == "t: queued" and lines[-1] == "t: succeeded"
-    assert [line.split("]")[1].split("%")[0].strip() for line in lines[1:-1]] == ["30", "50", "80", "100"]
+    assert [line.split("]")[1].split("%")[0].strip() for line in lines[1:-1]] == ["10", "30", "50", "80", "100"]
     assert "\r" not in plain.getvalue()
 
 

@@ -1,0 +1,312 @@
+"""The job CLI against two real ``lpnode run`` processes on 127.0.0.1: one requester, one worker with tiny presets.
+
+The two processes live for the whole module (starting them costs most of the
+time); each test drives the requester through ``lpnode`` commands, called in
+this process (``cli.main``, output captured) or, where a signal is needed, as a
+child process. Waits are on events (the banner, peer long-polls, progress lines
+on stderr), each bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from lpnode.node.cli import main
+from lpnode.node.client import LpnodeClient
+from lpnode.protocol.receipts import verify_receipt
+
+from .test_three_nodes import FAST_GOSSIP, LPNODE, STARTUP_S
+
+pytestmark = pytest.mark.slow
+
+WORKER_MODELS = "tiny-sdxl,tiny-svd,tiny-realesrgan,tiny-rife"
+PIPELINES = {"text-to-image", "image-to-image", "image-to-video", "upscale", "frame-interpolation"}
+TINY = ["--max-price", "1000", "--deadline", "90"]
+T2I = ["--width", "64", "--height", "64", "--steps", "2", "--guidance", "0", *TINY]
+
+
+@dataclass
+class Started:
+    name: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    peer_id: str = ""
+    addr: str = ""
+
+
+@dataclass
+class Nodes:
+    requester: Started
+    worker: Started
+
+
+def _launch(tmp: Path, name: str, config: Path, serve: str, bootstrap: str | None = None) -> Started:
+    data_dir = tmp / name
+    data_dir.mkdir()
+    args = [
+        *LPNODE,
+        "run",
+        f"--data-dir={data_dir}",
+        f"--config={config}",
+        "--listen=/ip4/127.0.0.1/tcp/0",
+        "--rpc=127.0.0.1:0",
+        "--no-mdns",
+        f"--serve={serve}",
+        *([f"--bootstrap={bootstrap}"] if bootstrap else []),
+    ]
+    with (data_dir / "node.log").open("wb") as log:
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+    return Started(name, process, data_dir)
+
+
+def _wait_banner(node: Started) -> None:
+    """Read stdout until the banner's last line ("data dir"), bounded by STARTUP_S."""
+    assert node.process.stdout is not None
+    fd, text = node.process.stdout.fileno(), b""
+    until = time.monotonic() + STARTUP_S
+    while b"data dir" not in text:
+        ready, _, _ = select.select([fd], [], [], max(0.0, until - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{node.name} printed no banner within {STARTUP_S} s")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"{node.name} exited with {node.process.wait()} before it was ready")
+        text += chunk
+
+
+async def _identify_and_meet(nodes: Nodes) -> None:
+    for node in (nodes.worker, nodes.requester):
+        async with LpnodeClient.from_data_dir(node.data_dir) as client:
+            info = await client.node()
+            node.peer_id = info["peer_id"]
+            node.addr = next(a for a in info["listen_addrs"] if a.startswith("/ip4/127.0.0.1/"))
+
+
+async def _wait_for_offers(nodes: Nodes) -> None:
+    async with LpnodeClient.from_data_dir(nodes.requester.data_dir) as client:
+        answer = await client.peers()
+        while not any(
+            p["peer_id"] == nodes.worker.peer_id and {m["pipeline"] for m in p["models"]} >= PIPELINES
+            for p in answer["peers"]
+        ):
+            answer = await client.peers(changed_since=answer["version"], wait_s=5)
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    tmp = tmp_path_factory.mktemp("cli-e2e")
+    config = tmp / "fast-gossip.toml"
+    config.write_text(FAST_GOSSIP)
+    started: list[Started] = []
+    try:
+        worker = _launch(tmp, "worker", config, WORKER_MODELS)
+        started.append(worker)
+        _wait_banner(worker)
+        pair = Nodes(requester=worker, worker=worker)
+        trio.run(_identify_and_meet, pair)
+        requester = _launch(tmp, "requester", config, "none", bootstrap=worker.addr)
+        started.append(requester)
+        _wait_banner(requester)
+        pair = Nodes(requester=requester, worker=worker)
+        trio.run(_identify_and_meet, pair)
+
+        async def meet() -> None:
+            with trio.fail_after(30):
+                await _wait_for_offers(pair)
+
+        trio.run(meet)
+        yield pair
+    except BaseException:
+        for node in started:
+            print(f"--- {node.name} ---\n{(node.data_dir / 'node.log').read_text()}", file=sys.stderr)
+        raise
+    finally:
+        for node in started:
+            node.process.kill()
+            node.process.wait()
+
+
+def lpnode(capsys: pytest.CaptureFixture[str], nodes: Nodes, *args: str | Path) -> tuple[int, str, str]:
+    offline = args[0] == "receipt"  # needs no node, takes no --data-dir
+    code = main([*(str(a) for a in args), *([] if offline else [f"--data-dir={nodes.requester.data_dir}"])])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ask(nodes: Nodes, call: Any) -> Any:
+    async def run() -> Any:
+        async with LpnodeClient.from_data_dir(nodes.requester.data_dir) as client:
+            with trio.fail_after(60):
+                return await call(client)
+
+    return trio.run(run)
+
+
+def test_txt2img_saves_the_image_and_a_receipt_that_verifies(
+    nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    code, stdout, stderr = lpnode(capsys, nodes, "txt2img", "a lighthouse at dusk", "-o", out, "--seed", "11", *T2I)
+    assert code == 0, stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert f"saved {out}" in stdout and f"worker   {nodes.worker.peer_id}" in stdout
+    assert "model    lpnode/tiny-sdxl" in stdout and "seed     11" in stdout
+    assert f"receipt  {out}.receipt (signature verified" in stdout
+    assert "txt2img" in stderr and "succeeded" in stderr  # progress lines (stderr is not a terminal here)
+    receipt = verify_receipt((tmp_path / "out.png.receipt").read_bytes())
+    assert receipt.worker_peer_id == nodes.worker.peer_id and receipt.spec.seed == 11
+
+    code, stdout, stderr = lpnode(capsys, nodes, "receipt", "verify", f"{out}.receipt", "--output", out)
+    assert code == 0, stderr
+    assert stdout.startswith("VALID receipt") and f"worker     {nodes.worker.peer_id}" in stdout
+    code, _, stderr = lpnode(capsys, nodes, "receipt", "verify", f"{out}.receipt", "--output", f"{out}.receipt")
+    assert code == 1 and "output_mismatch" in stderr
+
+
+def test_several_images_are_numbered(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "many.png"
+    code, stdout, stderr = lpnode(
+        capsys, nodes, "txt2img", "two lighthouses", "-o", out, "--num-images", "2", "--seed", "5", "--json", *T2I
+    )
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert record["state"] == "succeeded" and [i["seed"] for i in record["result"]["images"]] == [5, 6]
+    for i in range(2):
+        image = tmp_path / f"many-{i}.png"
+        assert image.read_bytes().startswith(b"\x89PNG")
+        assert verify_receipt((tmp_path / f"many-{i}.png.receipt").read_bytes()).spec.seed == 5 + i
+
+
+def test_readable_errors(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.png"
+    code, stdout, stderr = lpnode(capsys, nodes, "txt2img", "x", "-o", out, "--model", "nobody/has-this", *T2I)
+    assert (code, stdout) == (1, "")
+    assert "Traceback" not in stderr
+    stderr = stderr.splitlines()[-1]  # after the progress lines: the one line of error
+    assert (
+        stderr.startswith("lpnode: job ")
+        and "no peer offers text-to-image nobody/has-this" in stderr
+        and "lpnode/tiny-sdxl" in stderr
+    )
+    assert "(HTTP 404" in stderr
+
+    code, _, stderr = lpnode(capsys, nodes, "txt2img", "x", "-o", out, "--width", "4", *T2I[2:])
+    assert code == 1 and "(HTTP 422" in stderr and stderr.count("\n") == 1  # refused before any job ran
+
+    code, _, stderr = main(["txt2img", "x", "-o", str(out), f"--data-dir={tmp_path}"]), *capsys.readouterr()
+    assert code == 1 and "no node running with data dir" in stderr
+    code, _, stderr = lpnode(capsys, nodes, "upscale", tmp_path / "missing.png", "-o", out)
+    assert code == 1 and "cannot read" in stderr
+    assert not out.exists()
+
+
+def test_img2img_img2vid_upscale_interpolate(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "in.png"
+    assert lpnode(capsys, nodes, "txt2img", "a lighthouse", "-o", image, "--seed", "1", *T2I)[0] == 0
+    runs = [
+        ("img2img", image, "make it night", "-o", tmp_path / "night.png", "--strength", "0.5", "--steps", "2"),
+        ("img2vid", image, "-o", tmp_path / "clip.mp4", "--width", "64", "--height", "64", "--frames", "4"),
+        ("upscale", image, "-o", tmp_path / "big.png", "--scale", "2"),
+    ]
+    for run in runs:
+        extra = ("--steps", "2") if run[0] == "img2vid" else ()
+        code, _, stderr = lpnode(capsys, nodes, *run, *extra, "--seed", "2", *TINY)
+        assert code == 0, f"{run[0]}: {stderr}"
+    assert (tmp_path / "night.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "big.png").read_bytes().startswith(b"\x89PNG")
+    assert b"ftyp" in (tmp_path / "clip.mp4").read_bytes()[:16]
+    code, _, stderr = lpnode(
+        capsys, nodes, "interpolate", tmp_path / "clip.mp4", "-o", tmp_path / "smooth.mp4", "--multiplier", "2", *TINY
+    )
+    assert code == 0, stderr
+    for name in ("night.png", "clip.mp4", "big.png", "smooth.mp4"):
+        code, _, stderr = lpnode(
+            capsys, nodes, "receipt", "verify", tmp_path / f"{name}.receipt", "--output", tmp_path / name
+        )
+        assert code == 0, f"{name}: {stderr}"
+    pipeline = verify_receipt((tmp_path / "smooth.mp4.receipt").read_bytes()).spec.pipeline
+    assert pipeline == "frame-interpolation"
+
+
+def test_workflow_run_saves_the_output_and_every_step_receipt(
+    nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "chain.toml"
+    spec.write_text(
+        "max_price = 1000\ndeadline = 90\n"
+        '[[steps]]\npipeline = "text-to-image"\n'
+        'params = { prompt = "a lighthouse", width = 64, height = 64, num_inference_steps = 2, guidance_scale = 0.0 }\n'
+        '[[steps]]\npipeline = "upscale"\nparams = { scale = 2 }\n'
+    )
+    code, stdout, stderr = lpnode(capsys, nodes, "workflow", "run", spec)
+    assert code == 0, stderr
+    out = tmp_path / "chain.png"
+    assert out.read_bytes().startswith(b"\x89PNG") and f"saved {out}" in stdout
+    first = verify_receipt((tmp_path / "chain.png.step-0.receipt").read_bytes())
+    last = verify_receipt((tmp_path / "chain.png.step-1.receipt").read_bytes())
+    assert (first.spec.pipeline, last.spec.pipeline) == ("text-to-image", "upscale")
+    assert lpnode(capsys, nodes, "receipt", "verify", tmp_path / "chain.png.step-1.receipt", "--output", out)[0] == 0
+    assert "2 step(s)" in stdout
+
+
+async def _start_slow_job(client: LpnodeClient) -> str:
+    """A job that runs for minutes on this CPU (the tiny preset's largest size and most steps), once it runs."""
+    record = await client.text_to_image(
+        "a slow lighthouse", width=256, height=256, num_inference_steps=50, max_price=10**9, deadline=600, wait=False
+    )
+    async with contextlib.aclosing(client.job_events(record["id"])) as events:
+        async for event in events:
+            assert event.name != "done", event.data.get("error")
+            if event.name == "progress":
+                break  # the worker is running it
+    return str(record["id"])
+
+
+def test_jobs_job_and_cancel(nodes: Nodes, capsys: pytest.CaptureFixture[str]) -> None:
+    job_id = ask(nodes, _start_slow_job)
+    code, stdout, stderr = lpnode(capsys, nodes, "cancel", job_id)
+    assert (code, stdout.strip()) == (0, f"job {job_id} cancelled"), stderr
+    code, stdout, _ = lpnode(capsys, nodes, "job", job_id)
+    assert code == 0 and f"id        {job_id}" in stdout and "state     cancelled" in stdout
+    code, stdout, _ = lpnode(capsys, nodes, "jobs", "--state", "cancelled")
+    assert code == 0 and job_id in stdout and stdout.startswith("ID")
+    code, _, stderr = lpnode(capsys, nodes, "cancel", job_id)
+    assert code == 1 and "(HTTP 409" in stderr
+    code, _, stderr = lpnode(capsys, nodes, "job", "0000000000000000")
+    assert code == 1 and "(HTTP 404" in stderr
+
+
+def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Nodes, tmp_path: Path) -> None:
+    args = [*LPNODE, "txt2img", "a slow lighthouse", "-o", str(tmp_path / "never.png")]
+    args += ["--width", "256", "--height", "256", "--steps", "50", "--max-price", "1000000000", "--deadline", "600"]
+    args += [f"--data-dir={nodes.requester.data_dir}"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        seen = b""
+        while b"%" not in seen:  # the first progress line: the job runs on the worker
+            line = process.stderr.readline()
+            assert line, f"exited early: {seen.decode()}"
+            seen += line
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err.decode()
+    assert "interrupted: job" in err.decode() and "cancelled" in err.decode()
+    assert not (tmp_path / "never.png").exists()
+    latest = ask(nodes, lambda c: c.jobs(limit=1))[0]
+    assert latest["state"] == "cancelled"
