@@ -30,14 +30,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from lpnode.node.daemon import Node
 from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, JobRequest, ProgressCallback, run_job
+from lpnode.node.peer_choice import Priority
 from lpnode.node.rpc_job_bodies import JobOptions, PreparedJob
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobs import Progress
+
+if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch
+    from lpnode.node.local_jobs import LocalWorker
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +85,15 @@ class JobCancelled(LpnodeError):
 
 
 class RecordBook(Protocol):
-    """Persistent job records (the node's SQLite database; a dict in tests)."""
+    """Persistent job records (:class:`StoredRecords` over SQLite; :class:`MemoryRecordBook` in tests)."""
 
-    async def save(self, record: Record) -> None: ...  # insert or replace by id
+    async def create(self, kind: str, request: Record, parent_id: str | None, now: float) -> Record: ...
+    async def update(self, record: Record, now: float) -> None: ...  # state, result, error, attempts, progress
     async def get(self, job_id: str) -> Record | None: ...
     async def list(self, limit: int, state: str | None) -> list[Record]: ...  # newest first
     async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None: ...
     async def receipt(self, job_id: str, n: int) -> bytes | None: ...
-    async def mark_interrupted(self) -> int: ...  # unfinished records → interrupted; how many
+    async def mark_interrupted(self, now: float) -> int: ...  # unfinished records → interrupted; how many
 
 
 class OutputSink(Protocol):
@@ -105,8 +110,25 @@ class MemoryRecordBook:
         self._records: dict[str, Record] = {}
         self._receipts: dict[tuple[str, int], bytes] = {}
 
-    async def save(self, record: Record) -> None:
+    async def create(self, kind: str, request: Record, parent_id: str | None, now: float) -> Record:
+        record: Record = {
+            "id": "job_" + secrets.token_hex(12),
+            "kind": kind,
+            "state": QUEUED,
+            "created_at": now,
+            "updated_at": now,
+            "request": request,
+            "progress": {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None},
+            "result": None,
+            "error": None,
+            "attempts": [],
+            "parent_id": parent_id,
+        }
         self._records[record["id"]] = _copy(record)
+        return record
+
+    async def update(self, record: Record, now: float) -> None:
+        self._records[record["id"]] = _copy(record) | {"updated_at": now}
 
     async def get(self, job_id: str) -> Record | None:
         found = self._records.get(job_id)
@@ -123,10 +145,11 @@ class MemoryRecordBook:
     async def receipt(self, job_id: str, n: int) -> bytes | None:
         return self._receipts.get((job_id, n))
 
-    async def mark_interrupted(self) -> int:
+    async def mark_interrupted(self, now: float) -> int:
         unfinished = [r for r in self._records.values() if r["state"] not in TERMINAL]
         for record in unfinished:
             record["state"] = INTERRUPTED
+            record["updated_at"] = now
         return len(unfinished)
 
 
@@ -310,23 +333,9 @@ class JobManager:
             active = sum(1 for live in self._live.values() if live.record["parent_id"] is None)
             if active >= self._max_jobs:
                 raise ManagerBusy(f"{active} requests are queued or running on this node (its limit); retry later")
-        now = self._wall_clock()
-        record: Record = {
-            "id": secrets.token_hex(8),
-            "kind": kind,
-            "state": QUEUED,
-            "created_at": now,
-            "updated_at": now,
-            "request": request,
-            "progress": {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None},
-            "result": None,
-            "error": None,
-            "attempts": [],
-            "parent_id": parent_id,
-        }
+        record = await self.book.create(kind, request, parent_id, self._wall_clock())
         live = _Live(record)
         self._live[record["id"]] = live
-        await self.book.save(record)
         return live
 
     async def _run(self, live: _Live, work: StepWork) -> None:
@@ -470,10 +479,10 @@ class JobManager:
 
     async def _set_state(self, live: _Live, state: str) -> None:
         live.record["state"] = state
-        live.record["updated_at"] = self._wall_clock()
+        live.record["updated_at"] = now = self._wall_clock()
         for listener in list(live.listeners):
             listener.push(JobEvent("state", {"state": state}))
-        await self.book.save(live.record)
+        await self.book.update(live.record, now)
 
     async def _finish(self, live: _Live, state: str) -> None:
         if state == SUCCEEDED:
@@ -518,12 +527,16 @@ async def open_job_manager(
             nursery.cancel_scope.cancel()
 
 
-def requester_runner(node: Node) -> JobRunner:
-    """The JobRunner that sends each network job through ``node``'s requester (``run_job``)."""
+def requester_runner(node: Node, local: LocalWorker | None = None) -> JobRunner:
+    """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
+
+    ``local`` is this node's own worker, the candidate a job with ``allow_local`` may use.
+    """
 
     async def run(
         job: JobRequest, inputs: Mapping[str, bytes], options: JobOptions, on_progress: ProgressCallback
     ) -> JobOutcome:
+        min_vram_gb = options.min_vram_gb or 0.0
         return await run_job(
             node,
             job,
@@ -533,6 +546,10 @@ def requester_runner(node: Node) -> JobRunner:
             prefer=options.prefer,
             avoid=options.avoid,
             allow_local=options.allow_local,
+            local=local,
+            priority=Priority(options.priority),
+            min_vram_bytes=int(min_vram_gb * 1024**3),
+            min_reputation=options.min_reputation or 0.0,
             on_progress=on_progress,
         )
 

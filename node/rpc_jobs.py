@@ -41,7 +41,7 @@ from starlette.status import HTTP_202_ACCEPTED, HTTP_404_NOT_FOUND
 DEFAULT_STORE_BYTES = 256 * 1024 * 1024  # outputs kept for download in memory; the oldest go first
 MAX_JSON_BYTES = 1024 * 1024  # a JSON pipeline body (text-to-image): prompts are short
 MAX_LIST = 500
-_JOB_ID = r"^[0-9a-f]{1,64}$"
+_JOB_ID = r"^[0-9a-z_]{1,64}$"
 # module level: FastAPI resolves the (string) annotations of the handlers in module globals
 JobId = Annotated[str, PathParam(pattern=_JOB_ID)]
 

@@ -26,18 +26,19 @@ from lpnode.node.config import NodeConfig
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.gossip import WallClock
 from lpnode.node.identity import load_or_create_key
-from lpnode.node.job_manager import JobManager, MemoryRecordBook, open_job_manager, requester_runner
+from lpnode.node.job_manager import JobManager, open_job_manager, requester_runner
+from lpnode.node.job_storage import open_job_storage
 from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
 from lpnode.node.offer import OfferSource, serve_device_monitor
 from lpnode.node.rpc import create_app, serve_rpc, status_for
 from lpnode.node.rpc_info import check_not_running
-from lpnode.node.rpc_jobs import OutputStore
 from lpnode.node.rpc_token import TOKEN_FILE, load_or_create_token
 from lpnode.protocol.errors import ConfigError, NetworkError
 from lpnode.protocol.names import SOFTWARE_VERSION
 
 if TYPE_CHECKING:
     from lpnode.models.pool import ModelPool
+    from lpnode.node.local_jobs import LocalWorker
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,14 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
         node: Node = await node_nursery.start(
             functools.partial(serve_node, config, key, network, offer, wall_clock=wall_clock)
         )
+        local = None  # this node's own worker, for jobs that allow_local
         if pool is not None:
             from lpnode.node.job_worker import WorkerConfig, serve_job_worker
+            from lpnode.node.local_jobs import LocalWorker
             from lpnode.node.serving import serve_model_offers
 
             await node_nursery.start(serve_model_offers, pool, offer, config.price_per_mpx_step, node.publisher.poke)
-            await node_nursery.start(
+            worker = await node_nursery.start(
                 functools.partial(
                     serve_job_worker,
                     network,
@@ -119,7 +122,8 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
                     sequence_path=config.data_dir / "receipt-seq",
                 )
             )
-        jobs = await stack.enter_async_context(_open_jobs(config, node, wall_clock))
+            local = LocalWorker(worker)
+        jobs = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock))
         app = create_app(node, token, pool=pool, jobs=jobs, max_input_bytes=config.max_input_bytes)
         urls = await node_nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
         _print_banner(out, node, urls, config, pool)
@@ -127,19 +131,21 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
 
 
 @contextlib.asynccontextmanager
-async def _open_jobs(config: NodeConfig, node: Node, wall_clock: WallClock) -> AsyncIterator[JobManager]:
+async def _open_jobs(
+    config: NodeConfig, node: Node, local: LocalWorker | None, wall_clock: WallClock
+) -> AsyncIterator[JobManager]:
     """The RPC job manager: records and outputs kept for the API, jobs sent through this node's requester."""
-    book = MemoryRecordBook()
-    await book.mark_interrupted()  # whatever ran when the node last stopped did not finish
-    outputs = OutputStore()
-    async with open_job_manager(
-        book,
-        outputs,
-        requester_runner(node),
-        max_jobs=config.max_rpc_jobs,
-        status_for=status_for,
-        wall_clock=wall_clock,
-    ) as jobs:
+    async with (
+        open_job_storage(config.data_dir, config.outputs_max_bytes, wall_clock()) as (book, outputs),
+        open_job_manager(
+            book,
+            outputs,
+            requester_runner(node, local),
+            max_jobs=config.max_rpc_jobs,
+            status_for=status_for,
+            wall_clock=wall_clock,
+        ) as jobs,
+    ):
         yield jobs
 
 

@@ -81,9 +81,10 @@ async def test_a_node_stopping_mid_job_leaves_the_record_interrupted(autojump_cl
             await stuck.running.wait()
         assert (await book.get(job_id) or {})["state"] == INTERRUPTED
         # a record left unfinished by a crash (no final save) is marked so at the next start
-        await book.save((await book.get(job_id) or {}) | {"id": "c0ffee", "state": "running"})
-        assert await book.mark_interrupted() == 1
-        assert (await book.get("c0ffee") or {})["state"] == INTERRUPTED
+        crashed = await book.create("text-to-image", {}, None, 0.0)
+        await book.update(crashed | {"state": "running"}, 1.0)
+        assert await book.mark_interrupted(2.0) == 1
+        assert (await book.get(crashed["id"]) or {})["state"] == INTERRUPTED
 
 
 async def test_a_failed_job_keeps_its_error_and_attempts(autojump_clock: trio.testing.MockClock) -> None:

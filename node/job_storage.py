@@ -1,0 +1,88 @@
+"""Where the job manager keeps things on a real node: records in SQLite, outputs as files.
+
+Adapters from the store engineer's :class:`JobRecords` and :class:`OutputFiles`
+to the manager's :class:`RecordBook` and :class:`OutputSink`: the manager speaks
+the API's record dicts; file I/O runs off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from lpnode.node.job_manager import Record
+from lpnode.node.job_records import JOB_MIGRATIONS, JobRecords, JobState
+from lpnode.node.output_files import OutputFiles
+from lpnode.node.store import open_store
+
+DATABASE_FILE = "lpnode.db"
+OUTPUTS_DIR = "outputs"
+
+
+class StoredRecords:
+    """:class:`RecordBook` over :class:`JobRecords`."""
+
+    def __init__(self, records: JobRecords) -> None:
+        self._records = records
+
+    async def create(self, kind: str, request: Record, parent_id: str | None, now: float) -> Record:
+        return (await self._records.create(kind, request, parent_id=parent_id, now=now)).to_json()
+
+    async def update(self, record: Record, now: float) -> None:
+        await self._records.update(
+            record["id"],
+            state=JobState(record["state"]),
+            result=record["result"],
+            error=record["error"],
+            attempts=record["attempts"],
+            progress=record["progress"],
+            now=now,
+        )
+
+    async def get(self, job_id: str) -> Record | None:
+        found = await self._records.get(job_id)
+        return None if found is None else found.to_json()
+
+    async def list(self, limit: int, state: str | None) -> list[Record]:
+        rows = await self._records.list(limit=limit, state=None if state is None else JobState(state))
+        return [row.to_json() for row in rows]
+
+    async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None:
+        await self._records.add_receipt(job_id, n, receipt)
+
+    async def receipt(self, job_id: str, n: int) -> bytes | None:
+        return await self._records.receipt(job_id, n)
+
+    async def mark_interrupted(self, now: float) -> int:
+        return await self._records.mark_interrupted(now)
+
+
+class FileOutputs:
+    """:class:`OutputSink` over :class:`OutputFiles`, its disk work in a thread."""
+
+    def __init__(self, files: OutputFiles) -> None:
+        self._files = files
+
+    async def put(self, sha256: str, media_type: str, data: bytes) -> None:
+        await trio.to_thread.run_sync(self._files.put, sha256, media_type, data)
+
+    async def get(self, sha256: str) -> tuple[str, bytes] | None:
+        found: tuple[str, bytes] | None = await trio.to_thread.run_sync(self._files.get, sha256)
+        return found
+
+
+@asynccontextmanager
+async def open_job_storage(
+    data_dir: Path, outputs_max_bytes: int, now: float
+) -> AsyncIterator[tuple[StoredRecords, FileOutputs]]:
+    """Records in ``<data_dir>/lpnode.db`` (unfinished ones marked interrupted) and outputs in ``<data_dir>/outputs``."""
+    async with open_store(data_dir / DATABASE_FILE, JOB_MIGRATIONS) as store:
+        records = StoredRecords(JobRecords(store))
+        await records.mark_interrupted(now)  # whatever ran when the node last stopped did not finish
+        files = await trio.to_thread.run_sync(OutputFiles, data_dir / OUTPUTS_DIR, outputs_max_bytes)
+        yield records, FileOutputs(files)
+
+
+__all__ = ["DATABASE_FILE", "OUTPUTS_DIR", "FileOutputs", "StoredRecords", "open_job_storage"]
