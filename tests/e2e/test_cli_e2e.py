@@ -263,9 +263,9 @@ def test_workflow_run_saves_the_output_and_every_step_receipt(
 
 
 async def _start_slow_job(client: LpnodeClient) -> str:
-    """A job that runs for minutes on this CPU (the tiny preset's largest size and most steps), once it runs."""
+    """A job that runs for tens of seconds here (the preset's most steps; a deadline its ETA fits), once it runs."""
     record = await client.text_to_image(
-        "a slow lighthouse", width=256, height=256, num_inference_steps=50, max_price=10**9, deadline=600, wait=False
+        "a slow lighthouse", width=128, height=128, num_inference_steps=50, max_price=10**9, deadline=3600, wait=False
     )
     async with contextlib.aclosing(client.job_events(record["id"])) as events:
         async for event in events:
@@ -291,7 +291,7 @@ def test_jobs_job_and_cancel(nodes: Nodes, capsys: pytest.CaptureFixture[str]) -
 
 def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Nodes, tmp_path: Path) -> None:
     args = [*LPNODE, "txt2img", "a slow lighthouse", "-o", str(tmp_path / "never.png")]
-    args += ["--width", "256", "--height", "256", "--steps", "50", "--max-price", "1000000000", "--deadline", "600"]
+    args += ["--width", "128", "--height", "128", "--steps", "50", "--max-price", "1000000000", "--deadline", "3600"]
     args += [f"--data-dir={nodes.requester.data_dir}"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
