@@ -1,0 +1,143 @@
+"""Spot-check policy, resolution, verification parsing, scoring and the policy simulation (pure, seeded)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from lpnode.protocol.errors import ConfigError
+from lpnode.protocol.jobspec import Pipeline
+from lpnode.reputation.compare import NearExactThresholds, Thresholds, Verdict
+from lpnode.reputation.errors import BadVerification
+from lpnode.reputation.policy import (
+    Candidate,
+    NoVerification,
+    PeerHistory,
+    Redundant,
+    SpotCheck,
+    SpotCheckConfig,
+    SpotCheckPolicy,
+    choose_checker,
+    parse_verification,
+    resolve,
+)
+from lpnode.reputation.policy_sim import SimConfig, SimPeer, simulate, summarise
+from lpnode.reputation.scoring import Evidence, ScoringConfig, decay, record, score, should_ban
+
+CFG = ScoringConfig()
+DAY = 86_400.0
+
+
+def established(agreements: int, jobs: int = 1_000) -> PeerHistory:
+    return PeerHistory(jobs=jobs, consecutive_agreements=agreements)
+
+
+def test_first_jobs_always_checked_then_rate_falls_to_the_floor() -> None:
+    policy = SpotCheckPolicy()
+    rng = random.Random(1)
+    history = PeerHistory()
+    for _ in range(policy.config.initial_checks):
+        assert policy.should_duplicate(history, Pipeline.TEXT_TO_IMAGE, rng)
+        history = history.after_job().after_agreement()
+    rates = [policy.probability(established(a), Pipeline.TEXT_TO_IMAGE) for a in (20, 40, 80, 1_000, 100_000)]
+    assert rates == sorted(rates, reverse=True) and rates[-1] == policy.config.floor_rate
+    assert policy.probability(established(100_000), Pipeline.IMAGE_TO_VIDEO) == policy.config.video_floor_rate
+    hits = sum(policy.should_duplicate(established(100_000), Pipeline.TEXT_TO_IMAGE, rng) for _ in range(20_000))
+    assert 0.04 < hits / 20_000 < 0.06
+
+
+def test_blame_duplicates_everything_for_a_while() -> None:
+    policy = SpotCheckPolicy(SpotCheckConfig(post_blame_jobs=5))
+    history = established(100_000).after_blame()
+    for _ in range(5):
+        assert policy.probability(history, Pipeline.TEXT_TO_IMAGE) == 1.0
+        history = history.after_job()
+    assert policy.probability(history, Pipeline.TEXT_TO_IMAGE) == 1.0  # agreements were reset too
+    for _ in range(1_000):
+        history = history.after_agreement()
+    assert policy.probability(history, Pipeline.TEXT_TO_IMAGE) == policy.config.floor_rate
+
+
+def test_odd_one_out_is_blamed() -> None:
+    ab = frozenset(("a", "b"))
+    assert resolve(("a", "b"), {ab: Verdict.AGREE}).credited == ("a", "b")
+    assert resolve(("a", "b"), {ab: Verdict.DISAGREE}).need_more
+    three = {ab: Verdict.DISAGREE, frozenset(("a", "c")): Verdict.AGREE, frozenset(("b", "c")): Verdict.INCONCLUSIVE}
+    outcome = resolve(("a", "b", "c"), three)
+    assert outcome.blamed == ("b",) and set(outcome.credited) == {"a", "c"}
+    nobody = {k: Verdict.DISAGREE for k in three}
+    assert resolve(("a", "b", "c"), nobody).blamed == ()
+
+
+def test_checker_is_never_the_first_and_prefers_unrelated_good_peers() -> None:
+    first = Candidate("first", 0.9, addr_prefix="10.0.0")
+    same_owner = Candidate("sibling", 0.95, addr_prefix="10.0.0")
+    other = Candidate("other", 0.8, addr_prefix="10.9.9")
+    shady = Candidate("new", 0.1, addr_prefix="10.7.7")
+    rng = random.Random(0)
+    assert choose_checker([first, same_owner, other, shady], "first", rng) == other
+    assert choose_checker([first, same_owner], "first", rng) == same_owner
+    assert choose_checker([first], "first", rng) is None
+
+
+def test_verification_parsing() -> None:
+    assert isinstance(parse_verification("none"), NoVerification)
+    assert isinstance(parse_verification("spot"), SpotCheck)
+    method = parse_verification("redundant:3")
+    assert isinstance(method, Redundant) and method.name == "redundant:3"
+    peers = [Candidate(f"p{i}", 0.9, addr_prefix=f"10.{i}") for i in range(5)]
+    plan = method.plan("p0", PeerHistory(), Pipeline.TEXT_TO_IMAGE, peers, random.Random(0))
+    assert plan.copies == 2 and len(set(plan.peers)) == 2 and "p0" not in plan.peers
+    for bad in ("redundant:1", "redundant:6", "redundant:x", "always"):
+        with pytest.raises(BadVerification):
+            parse_verification(bad)
+
+
+def test_thresholds_from_config() -> None:
+    t = Thresholds.from_config({"upscale": {"psnr_agree": 45}, "text-to-image": {"phash_agree": 6}, "max_frames": 9})
+    assert t.upscale == NearExactThresholds(45.0, 30.0) and t.text_to_image.phash_agree == 6 and t.max_frames == 9
+    assert Thresholds.from_config(t.to_config()) == t
+    for bad in ({"nope": {}}, {"upscale": {"ssim_agree": 1}}, {"upscale": {"psnr_agree": 10}}):
+        with pytest.raises(ConfigError):
+            Thresholds.from_config(bad)
+
+
+def test_new_peer_scores_between_proven_good_and_proven_bad() -> None:
+    new = score(Evidence(), 0.0, CFG)
+    good = score(Evidence(good=50), 0.0, CFG)
+    bad = score(Evidence(good=2, bad=20), 0.0, CFG)  # mostly blamed
+    assert bad < new < good
+
+
+def test_good_evidence_fades_faster_than_bad() -> None:
+    later = decay(Evidence(good=10, bad=10, at=0.0), 30 * DAY, CFG)
+    assert later.good < later.bad < 10
+
+
+@given(st.floats(0, 100), st.floats(0, 100), st.floats(0, 1e8))
+def test_score_is_a_probability_and_more_good_never_lowers_it(good: float, bad: float, now: float) -> None:
+    ev = Evidence(good, bad, 0.0)
+    s = score(ev, now, CFG)
+    assert 0.0 <= s <= 1.0
+    assert score(record(ev, now, CFG, good=1.0), now, CFG) >= s - 1e-12
+    assert score(record(ev, now, CFG, bad=1.0), now, CFG) <= s + 1e-12
+
+
+def test_ban_needs_several_blames_and_a_high_failure_rate() -> None:
+    assert not should_ban(Evidence(good=0, bad=2), 0.0, CFG)  # two unlucky checks are not enough
+    assert should_ban(Evidence(good=0, bad=3), 0.0, CFG)
+    assert not should_ban(Evidence(good=1_000, bad=5), 0.0, CFG)  # 0.5 % fails: hardware noise, not cheating
+
+
+def test_policy_simulation_meets_the_targets() -> None:
+    config = SimConfig(jobs_per_peer=2_000, established_after=500)
+    cheaters = summarise("cheat-10", simulate(config, [SimPeer("cheat-10", 0.10)] * 60))
+    assert cheaters.banned == 60
+    assert cheaters.median_jobs_to_ban is not None and cheaters.median_jobs_to_ban <= 50
+    always = summarise("cheat-100", simulate(config, [SimPeer("cheat-100", 1.0)] * 20))
+    assert always.max_jobs_to_ban is not None and always.max_jobs_to_ban <= 10
+    honest = summarise("honest", simulate(SimConfig(jobs_per_peer=10_000), [SimPeer("honest")] * 2))
+    assert honest.banned == 0
+    assert honest.established_overhead is not None and honest.established_overhead <= 0.07
