@@ -1,18 +1,32 @@
-"""The RPC client against the real app (httpx ASGITransport under trio), and the CLI's tables."""
+"""The RPC client against the real app (httpx ASGITransport under trio): node and peers, jobs on the in-memory network."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 import trio.testing
+from lpnode.models.pool import ModelPool
 from lpnode.node.cli_format import node_table, peers_table, short_peer_id
 from lpnode.node.client import LpnodeClient, RpcError
-from lpnode.node.rpc import create_app
+from lpnode.node.job_manager import MemoryRecordBook, open_job_manager, requester_runner
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.rpc import create_app, status_for
+from lpnode.node.rpc_jobs import OutputStore
+from lpnode.protocol.errors import LpnodeError
+from lpnode.protocol.receipts import verify_receipt
 
+from .test_jobs import BOUND_S, Peer, peers, pool, sees_models
 from .test_rpc import GPU, MODEL, TOKEN, two_nodes
+
+__all__ = ["pool"]  # the fixture, shared with test_jobs
+
+OPTIONS = {"max_price": 1_000_000, "deadline": BOUND_S}
+TINY_T2I = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 0.0, **OPTIONS}
 
 
 @pytest.fixture
@@ -69,3 +83,66 @@ async def test_tables_show_what_the_api_says(autojump_clock: trio.testing.MockCl
     assert f"peer id    {a.peer_id}" in text
     assert "1 known, 1 connected" in text
     assert GPU.name not in text  # node a offers no GPU; its row says so rather than borrowing b's
+
+
+async def test_client_runs_jobs_sync_and_async_and_follows_their_events(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with open_job_manager(
+            MemoryRecordBook(), OutputStore(), requester_runner(requester.node), status_for=status_for
+        ) as jobs:
+            app = create_app(requester.node, TOKEN, jobs=jobs, max_input_bytes=64 * 1024)
+            with trio.fail_after(BOUND_S):
+                async with client(app) as rpc:
+                    done = await rpc.text_to_image("a lighthouse", seed=3, **TINY_T2I)
+                    image = await rpc.output(done["images"][0]["url"])
+                    by_hash = await rpc.output(hashlib.sha256(image).hexdigest())
+
+                    record = await rpc.image_to_image(
+                        image, "at night", strength=0.5, num_inference_steps=2, guidance_scale=0.0,
+                        prefer=[worker.peer_id], allow_local=False, wait=False, **OPTIONS,
+                    )  # fmt: skip
+                    assert record["state"] in ("queued", "running") and record["kind"] == "image-to-image"
+                    events = [event async for event in rpc.job_events(record["id"])]
+                    receipt = await rpc.receipt(record["id"], 0)
+                    listed = await rpc.jobs(limit=5)
+                    final = await rpc.job(record["id"])
+                    with pytest.raises(RpcError) as finished:
+                        await rpc.cancel_job(record["id"])
+                    with pytest.raises(RpcError) as too_big:
+                        await rpc.upscale(b"\x89PNG" + bytes(64 * 1024), **OPTIONS)
+                    with pytest.raises(RpcError) as invalid:
+                        await rpc.text_to_image("x", **(TINY_T2I | {"width": 4}))
+    assert image.startswith(b"\x89PNG") and by_hash == image
+    assert verify_receipt(base64.b64decode(done["jobs"][0]["receipt"])).outputs[0].sha256 == sha(image)
+    names = [event.name for event in events]
+    assert names[-1] == "done" and set(names) <= {"progress", "state", "done"}
+    assert events[-1].data == final and final["state"] == "succeeded"
+    assert final["request"]["prefer"] == [worker.peer_id] and final["request"]["strength"] == 0.5
+    assert verify_receipt(receipt).worker_peer_id == worker.peer_id
+    assert base64.b64decode(final["result"]["jobs"][0]["receipt"]) == receipt
+    assert listed[0]["id"] == record["id"]
+    assert (finished.value.status_code, too_big.value.status_code, invalid.value.status_code) == (409, 413, 422)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_the_event_stream_of_an_unknown_job_is_a_404() -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        async with (
+            open_job_manager(
+                MemoryRecordBook(), OutputStore(), requester_runner(requester.node), status_for=status_for
+            ) as jobs,
+            client(create_app(requester.node, TOKEN, jobs=jobs)) as rpc,
+        ):
+            with pytest.raises(RpcError) as unknown:
+                async for _ in rpc.job_events("job_0000"):
+                    pass
+            with pytest.raises(LpnodeError, match="not a job id"):
+                await rpc.job("../node")
+    assert unknown.value.status_code == 404
