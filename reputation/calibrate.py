@@ -33,6 +33,7 @@ from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, Pipeline
 
 from .cheats import Cheater, CheatMode, HonestVariant, applicable_cheats, honest_variant_adapter, other_model_adapter
 from .compare import Comparison, Thresholds, Verdict, compare_outputs
+from .policy_sim import SimConfig, SimPeer, Summary, simulate, summarise
 
 __all__ = ["CASES", "Case", "Sample", "main", "measure", "separation_table", "synthetic_frame"]
 
@@ -213,11 +214,74 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{case.pipeline.value}: done after {time.perf_counter() - start:.1f} s", file=sys.stderr)
     table = separation_table(samples)
     print("\n".join(table))
+    sim = simulation_table(samples)
+    print("\n".join(sim))
     if args.out is not None:
-        from .report import write_report
-
-        write_report(args.out, samples, thresholds, args.jobs, time.perf_counter() - start)
+        args.out.write_text(_report(table, sim, thresholds, args.jobs, time.perf_counter() - start))
     return 0
+
+
+def honest_disagreement_rate(samples: Sequence[Sample]) -> float:
+    honest = [s for s in samples if s.honest]
+    return sum(s.comparison.verdict is not Verdict.AGREE for s in honest) / len(honest) if honest else 0.0
+
+
+def simulation_table(samples: Sequence[Sample], seed: int = 0) -> list[str]:
+    """The policy simulation, with the honest off rate at least the measured honest disagreement rate."""
+    measured = honest_disagreement_rate(samples)
+    lines = [
+        "| peers | honest off rate | banned | jobs to ban: median / p90 / max | banned within 50 jobs | "
+        "blames per check | extra runs per job (all / once established) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for off in sorted({max(measured, 0.002), 0.01}):
+        config = SimConfig(honest_off_rate=off, seed=seed)
+        for name, rate, count in (("cheat 100 %", 1.0, 200), ("cheat 10 %", 0.10, 300), ("cheat 1 %", 0.01, 50)):
+            lines.append(_sim_row(summarise(name, simulate(config, [SimPeer(name, rate)] * count)), off))
+        lines.append(_sim_row(summarise("honest", simulate(config, [SimPeer("honest")] * 20)), off))
+    return lines
+
+
+def _sim_row(s: Summary, off: float) -> str:
+    def num(v: float | None) -> str:
+        return "–" if v is None else f"{v:g}"
+
+    est = "–" if s.established_overhead is None else f"{100 * s.established_overhead:.1f} %"
+    return (
+        f"| {s.peers} × {s.name} | {100 * off:g} % | {s.banned}/{s.peers} | {num(s.median_jobs_to_ban)} / "
+        f"{num(s.p90_jobs_to_ban)} / {num(s.max_jobs_to_ban)} | {s.banned_within_50}/{s.peers} | "
+        f"{s.blame_rate:.4f} | {100 * s.overhead:.1f} % / {est} |"
+    )
+
+
+def _report(table: list[str], sim: list[str], thresholds: Thresholds, jobs: int, seconds: float) -> str:
+    import json
+
+    head = ""
+    return "\n".join(
+        [
+            "# Verification: comparison thresholds and the spot-check policy",
+            "",
+            head + f"Produced by `python -m lpnode.reputation.calibrate --jobs {jobs} --out docs/verification.md` "
+            f"({seconds:.0f} s). Tiny presets (random weights) on the CPU, outputs through the real PNG / H.264 "
+            "output stage and compared as bytes. Each row compares a run with the reference run of the same job.",
+            "",
+            "## Honest variation against cheats",
+            "",
+            *table,
+            "",
+            "## Thresholds in force (defaults; `Thresholds.from_config` reads the node config's table)",
+            "",
+            "```json",
+            json.dumps(thresholds.to_config(), indent=1),
+            "```",
+            "",
+            "## Policy simulation (`reputation/policy_sim.py`, seeded, no network)",
+            "",
+            *sim,
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":
