@@ -11,7 +11,7 @@ and at each quarter of the way. No terminal library: plain text, fixed width.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from lpnode.node.cli_format import short_peer_id
@@ -77,6 +77,11 @@ class ProgressDisplay:
             self._quarter = quarter
             self._line(bar_text(self._label, self._state, self._progress))
 
+    def relabel(self, label: str) -> None:
+        """A new phase (a workflow's next step): its own label, and its own quarters from 0."""
+        self._label = label
+        self._quarter = -1
+
     def close(self) -> None:
         """End the redrawn line so what follows starts on its own."""
         if self._tty and self._open:
@@ -96,4 +101,32 @@ class ProgressDisplay:
         self._out.flush()
 
 
-__all__ = ["ProgressDisplay", "bar_text"]
+class WorkflowProgress(ProgressDisplay):
+    """A workflow's progress shown per step.
+
+    The node scales each step's progress into the workflow's (``fraction`` =
+    (step index + the step's own fraction) / steps), so the step and its share
+    are recovered here.
+    """
+
+    def __init__(self, out: TextIO, pipelines: Sequence[str], *, tty: bool | None = None) -> None:
+        super().__init__(out, self._step_label(0, pipelines), tty=tty)
+        self._pipelines = list(pipelines) or ["?"]
+        self._index = 0
+
+    @staticmethod
+    def _step_label(index: int, pipelines: Sequence[str]) -> str:
+        name = pipelines[index] if index < len(pipelines) else "?"
+        return f"step {index + 1}/{max(1, len(pipelines))} {name}"
+
+    def progress(self, progress: Mapping[str, Any]) -> None:
+        count = len(self._pipelines)
+        overall = _fraction(progress) * count
+        index = min(count - 1, int(overall))
+        if index != self._index:
+            self._index = index
+            self.relabel(self._step_label(index, self._pipelines))
+        super().progress({**progress, "fraction": overall - index})
+
+
+__all__ = ["ProgressDisplay", "WorkflowProgress", "bar_text"]

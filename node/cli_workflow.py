@@ -36,7 +36,7 @@ from lpnode.node.cli_follow import (
     until_interrupted,
     write_file,
 )
-from lpnode.node.cli_progress import ProgressDisplay
+from lpnode.node.cli_progress import WorkflowProgress
 from lpnode.node.client import LpnodeClient
 from lpnode.protocol.errors import ConfigError, LpnodeError, ReceiptRejected
 from lpnode.protocol.receipts import verify_receipt
@@ -93,7 +93,7 @@ def cmd_workflow(args: argparse.Namespace, data_dir: Path) -> int:
 
     async def main() -> int:
         async with LpnodeClient.from_data_dir(data_dir) as client:
-            display = ProgressDisplay(sys.stderr, "workflow")
+            display = WorkflowProgress(sys.stderr, [str(step["pipeline"]) for step in spec["steps"]])
             submitted: list[str] = []
 
             async def run() -> dict[str, Any]:

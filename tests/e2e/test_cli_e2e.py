@@ -259,7 +259,7 @@ def test_workflow_run_saves_the_output_and_every_step_receipt(
     last = verify_receipt((tmp_path / "chain.png.step-1.receipt").read_bytes())
     assert (first.spec.pipeline, last.spec.pipeline) == ("text-to-image", "upscale")
     assert lpnode(capsys, nodes, "receipt", "verify", tmp_path / "chain.png.step-1.receipt", "--output", out)[0] == 0
-    assert "2 step(s)" in stdout
+    assert "2 step(s)" in stdout and "step 1/2 text-to-image" in stderr  # progress per step
 
 
 async def _start_slow_job(client: LpnodeClient) -> str:

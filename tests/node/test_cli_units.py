@@ -12,7 +12,7 @@ from lpnode.node.cli import build_parser
 from lpnode.node.cli_follow import JobNotDone, output_paths, receipt_path
 from lpnode.node.cli_format import job_summary, job_text, jobs_table
 from lpnode.node.cli_jobs import PIPELINE_COMMANDS, job_fields
-from lpnode.node.cli_progress import ProgressDisplay, bar_text
+from lpnode.node.cli_progress import ProgressDisplay, WorkflowProgress, bar_text
 from lpnode.node.cli_workflow import default_output, load_spec
 from lpnode.node.client_sse import MAX_LINE_BYTES, Event, EventParser, EventStreamError
 from lpnode.protocol.errors import ConfigError
@@ -232,3 +232,15 @@ def test_workflow_files_in_toml_and_json(tmp_path: Path) -> None:
             load_spec(as_json)
     with pytest.raises(ConfigError, match="cannot read"):
         load_spec(tmp_path / "missing.toml")
+
+
+def test_workflow_progress_is_shown_per_step() -> None:
+    out = io.StringIO()
+    display = WorkflowProgress(out, ["text-to-image", "upscale"], tty=False)
+    display.state("running")
+    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+        display.progress({"fraction": fraction, "step": 1, "total": 2})
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "step 1/2 text-to-image: running"
+    assert [line.split(" [")[0] for line in lines[1:]] == ["step 1/2 text-to-image"] * 2 + ["step 2/2 upscale"] * 3
+    assert [line.split("]")[1].split("%")[0].strip() for line in lines[1:]] == ["0", "50", "0", "50", "100"]
