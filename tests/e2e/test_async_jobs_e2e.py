@@ -1,0 +1,110 @@
+"""Async jobs between real ``lpnode run`` processes: SSE progress, cancel mid-run, records across a restart.
+
+One worker (tiny-sdxl) and one requester. A long job (many steps at the
+preset's largest size) is submitted with ``Prefer: respond-async``; its event
+stream is read over real HTTP until the first progress event, then the job is
+cancelled: the record says ``cancelled``, the stream ends with ``done``, and the
+worker's advert shows its queue empty again. A finished job's record and output
+survive a restart of the requester; a job running when the requester was
+killed is ``interrupted`` after it comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from lpnode.node.client import LpnodeClient
+
+from .test_three_nodes import LPNODE, STARTUP_S, NodeProcess, _read_banner, cluster, wait_for_peers
+from .test_workflow_e2e import http
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3, "deadline": 60}
+# the worker refuses what its measured speed says it cannot finish in time: a long deadline (the job is cancelled)
+LONG = QUICK | {"width": 256, "height": 256, "num_inference_steps": 50, "deadline": 3600}
+
+
+async def relaunch(nodes: Any, node: NodeProcess, bootstrap: str) -> NodeProcess:
+    """``node`` again on its data dir (Cluster.launch always makes a fresh one)."""
+    args = [
+        *LPNODE,
+        "run",
+        f"--data-dir={node.data_dir}",
+        f"--config={nodes.config_file}",
+        "--listen=/ip4/127.0.0.1/tcp/0",
+        "--rpc=127.0.0.1:0",
+        "--no-mdns",
+        "--serve=none",
+        f"--bootstrap={bootstrap}",
+    ]
+    log = node.data_dir / "node-2.log"
+    with log.open("wb") as log_file:
+        process = await trio.lowlevel.open_process(args, stdout=-1, stderr=log_file)
+    nodes.processes.append((node.name + "-again", process, log))
+    with trio.fail_after(STARTUP_S):
+        banner = await _read_banner(process)
+    client = LpnodeClient.from_data_dir(node.data_dir)
+    nodes.clients.append(client)
+    return NodeProcess(node.name, process, node.data_dir, banner, client, node.peer_id, node.addr)
+
+
+async def test_async_job_streams_progress_cancels_and_records_survive_a_restart(tmp_path: Path) -> None:
+    with trio.fail_after(240):
+        async with cluster(tmp_path) as nodes:
+            worker = await nodes.launch("worker", serve="tiny-sdxl")
+            requester = await nodes.launch("requester", bootstrap=[worker.addr])
+            with trio.fail_after(30):
+                await wait_for_peers(
+                    requester, lambda ps: any(p["peer_id"] == worker.peer_id and p["models"] for p in ps)
+                )
+            async with http(requester) as client:
+                done = (await client.post("/text-to-image", json=QUICK)).json()
+                accepted = await client.post("/text-to-image", json=LONG, headers={"Prefer": "respond-async"})
+                assert accepted.status_code == 202, accepted.text
+                location = accepted.headers["location"]
+                events: list[tuple[str, dict[str, Any]]] = []
+                async with client.stream("GET", location + "/events") as stream:
+                    kind = ""
+                    async for line in stream.aiter_lines():
+                        if line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("data: "):
+                            events.append((kind, json.loads(line[6:])))
+                            if kind == "progress" and not any(k == "progress" for k, _ in events[:-1]):
+                                cancelled = await client.delete(location)
+                # the worker dropped the run: its advert's queue is empty again
+                with trio.fail_after(20):
+                    await wait_for_peers(
+                        requester, lambda ps: any(p["peer_id"] == worker.peer_id and p["queue_depth"] == 0 for p in ps)
+                    )
+                # a job running when the requester dies ...
+                interrupted = await client.post("/text-to-image", json=LONG, headers={"Prefer": "respond-async"})
+                running_record = interrupted.json()["id"]
+                async with client.stream("GET", f"/v1/jobs/{running_record}/events") as stream:
+                    async for line in stream.aiter_lines():
+                        if line.startswith("event: progress"):
+                            break
+            requester.process.send_signal(signal.SIGKILL)
+            await requester.process.wait()
+            again = await relaunch(nodes, requester, worker.addr)
+            async with http(again) as client:
+                old = (await client.get(f"/v1/jobs/{done['request_id']}")).json()
+                image = await client.get(done["images"][0]["url"])
+                receipt = await client.get(f"/v1/jobs/{done['request_id']}/receipt")
+                after_kill = (await client.get(f"/v1/jobs/{running_record}")).json()
+                was_cancelled = (await client.get(location)).json()
+    assert "cancelled" in locals(), f"no progress before the end: {events[-1]}"
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert events[0] in (("state", {"state": "queued"}), ("state", {"state": "running"}))
+    assert events[-1][0] == "done" and events[-1][1]["state"] == "cancelled"
+    assert ("state", {"state": "cancelled"}) in events
+    assert old["state"] == "succeeded" and image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert receipt.status_code == 200 and receipt.content
+    assert after_kill["state"] == "interrupted"
+    assert was_cancelled["state"] == "cancelled"
