@@ -92,12 +92,18 @@ class ProgressBar:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._tty = stream.isatty()
+        self._last_tenth = -1
 
     def __call__(self, p: Any) -> None:
         share = min(1.0, max(0.0, p.virtual_s / p.total_s)) if p.total_s else 1.0
+        if not self._tty:  # a log file gets a line per tenth, not a hundred carriage returns
+            if int(share * 10) == self._last_tenth:
+                return
+            self._last_tenth = int(share * 10)
         filled = int(share * self.WIDTH)
         self._stream.write(
-            f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share * 100:5.1f}%  t={p.virtual_s:7.1f}s  "
+            f"{'' if self._tty else chr(10)}\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share * 100:5.1f}%  t={p.virtual_s:7.1f}s  "
             f"jobs {p.completed}/{p.submitted} ok, {p.failed} failed  workers online {p.online_workers}  "
             f"wall {p.wall_s:6.1f}s"
         )

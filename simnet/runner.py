@@ -115,7 +115,8 @@ class _Sim:
         self.n_nodes = self.n_workers + scenario.workload.requesters
         self.keys = [node_key(scenario.seed, i) for i in range(self.n_nodes)]
         self.peer_index = {k.peer_id: i for i, k in enumerate(self.keys)}
-        self.online: dict[int, Node] = {}
+        self.online: dict[int, Node] = {}  # nodes running
+        self.reachable: dict[int, str] = {}  # nodes on the network (maybe still starting): their address
         self.config = NodeConfig(
             listen=("/memory/0",),
             mdns=False,
@@ -140,10 +141,10 @@ class _Sim:
 
     async def _join(self, index: int, net: Network, rng: random.Random) -> None:
         """Dial ``degree`` random online nodes, as a bootstrap list would."""
-        others = [i for i in self.online if i != index]
+        others = [i for i in self.reachable if i != index]
         for j in rng.sample(others, min(len(others), self.s.degree)):
             try:
-                await net.connect(self.online[j].network.listen_addrs()[0])
+                await net.connect(self.reachable[j])
             except Exception as exc:  # a peer that just left; the node's dialer finds others
                 log.debug("node %d could not reach %d: %s", index, j, exc)
 
@@ -163,6 +164,7 @@ class _Sim:
         key = self.keys[index]
         async with self.hub.open_network(key) as memory_net, trio.open_nursery() as nursery:
             net: Network = memory_net
+            self.reachable[index] = memory_net.listen_addrs()[0]
             flaky: FlakyNetwork | None = None
             if worker is not None and worker.group.behaviour == "flaky":
                 flaky = FlakyNetwork(memory_net, worker.group.drop_share, random.Random(f"{self.s.seed}/flaky/{index}"))
@@ -210,6 +212,7 @@ class _Sim:
                     await trio.sleep_forever()
                 finally:
                     self.online.pop(index, None)
+                    self.reachable.pop(index, None)
                     if flaky is not None:
                         self.dropped_by_flaky += flaky.dropped
 
@@ -362,8 +365,21 @@ class _Sim:
                 index = self.n_workers + r
                 rng = random.Random(f"{self.s.seed}/links/{index}")
                 requesters.append(await nursery.start(self._run_node, index, OfferSource(queue_capacity=0), rng))
-            for w in self.workers:
+            # all workers start at once, as in a running network (one after another, each pool's pinned
+            # load would add its virtual seconds to the start-up, and periodic adverts with it)
+            up = 0
+            all_up = trio.Event()
+
+            async def start_worker(w: _WorkerSpec) -> None:
+                nonlocal up
                 await nursery.start(self._worker_life, w)
+                up += 1
+                if up == len(self.workers):
+                    all_up.set()
+
+            for w in self.workers:
+                nursery.start_soon(start_worker, w)
+            await all_up.wait()
             self.rec.notes["started_virtual_s"] = trio.current_time()
             self.rec.notes["started_wall_s"] = time.perf_counter() - self.wall0
             self.workload_start = max(self.s.warmup_s, trio.current_time())
