@@ -41,7 +41,7 @@ def churn_run() -> SimResult:
 
 
 def test_bundled_scenarios_load_and_unknown_keys_are_refused() -> None:
-    assert scenarios.names() == ["baseline", "cheaters", "churn", "flash_crowd", "partition_heal"]
+    assert scenarios.names() == ["baseline", "cheaters", "churn", "flash_crowd", "large", "partition_heal"]
     for name in scenarios.names():
         assert load_scenario(scenarios.path(name)).worker_count >= 20
     with pytest.raises(ScenarioError, match="unknown key"):
