@@ -95,7 +95,7 @@ def test_empty_model_id_routes_to_any_model_of_the_pipeline_preferring_warm_and_
     assert [(c.peer_id, c.model_id) for c in candidates] == [("a", "fast"), ("b", "x")]
 
 
-def test_warm_first_then_speed_per_queued_job_then_price() -> None:
+def test_speed_orders_by_expected_time_with_queue_and_cold_load() -> None:
     adverts = [
         advert("cold-fast", offer(warm=False, speed=100.0)),
         advert("warm-slow", offer(speed=1.0)),
