@@ -465,6 +465,7 @@ def split_times(
     for i, total in enumerate(network_s):
         job, pool_run, recv = by["run_job"][i], by["pool_run"][i], by["receive_output"][i]
         values = {
+            "overhead": total - (pool_run["end"] - pool_run["start"]),  # everything but the worker's pool.run
             "rpc": total - (job["end"] - job["start"]),
             "before_run": pool_run["start"] - job["start"],
             "pool_run": pool_run["end"] - pool_run["start"],
@@ -520,6 +521,9 @@ def report(path: Path) -> str:
         ]  # fmt: skip
         if b := r["breakdown_ms"]:
             lines += [
+                "",
+                f"Measured inside the same jobs (probe stamps): the network job minus the worker's own `pool.run` "
+                f"is **{b['overhead']} ms = {100 * b['overhead'] / raw:.1f} %** of the {raw_name}.",
                 "",
                 "| part of a network job (probe stamps, medians) | ms |",
                 "|---|---|",

@@ -7,6 +7,8 @@ prints one JSON line and appends it to ``--out``; ``report`` turns those lines i
     python bench/models.py eager-and-cold --cache DIR --out results.jsonl   # baselines, pool eager, batching, cold compile
     python bench/models.py warm-cache --cache DIR --out results.jsonl       # a new process: compile with the cache filled
     python bench/models.py svd --out results.jsonl                          # SVD-XT-size, eager, SVD_FRAMES frames
+    python bench/models.py ab --out results.jsonl                           # interleaved bare eager vs pool eager
+    python bench/models.py ab-and-compiled --cache DIR --out results.jsonl  # that, then the compiled phase
     python bench/models.py report results.jsonl
 
 ``--smoke`` runs every phase on the CPU with tiny configs, to check the code before spending GPU time.
@@ -19,7 +21,11 @@ Phases (all in one device call, so ratios compare figures from the same machine 
    concurrent jobs with batches of up to 8 against a pool whose model takes batches of 1;
 4. compiled: a pool with compile="auto" (load + torch.compile + CUDA-graph warm-up timed), then its batch-1
    latency and a batch-1 stream; ``warm-cache`` repeats that in a fresh process reading the same inductor cache;
-5. svd: the SVD-XT-size pipeline, bare call against ``await pool.run`` (H.264 encoding in the output stage).
+5. svd: the SVD-XT-size pipeline, bare call against ``await pool.run`` (H.264 encoding in the output stage);
+6. ab: the "≤ 3 % overhead when both are eager" question. Eager figures of this launch-bound UNet move by
+   ±25 % between phases, so single medians taken minutes apart cannot answer it: this phase alternates one
+   bare call and one ``await pool.run`` (which goes first alternates too), AB_PAIRS times, and reports the
+   median of the per-pair ratios with a seeded bootstrap 95 % interval.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import dataclasses
 import io
 import json
+import random
 import statistics
 import sys
 import time
@@ -70,6 +77,7 @@ MODEL = "bench-sdxl-turbo-size"
 MODEL_B1 = "bench-sdxl-turbo-size-b1"  # the same model taking batches of 1: the unbatched stream, and compiled runs
 SVD_MODEL = "bench-svd-xt-size"
 BATCH = 8
+AB_PAIRS = 60  # interleaved bare/pool pairs in the ab phase
 SVD_FRAMES = 14  # SVD-XT makes 25; 14 keeps the phase near a minute (DESIGN.md: 10.9 s a call at 25 steps)
 
 # stabilityai/sdxl-turbo unet/config.json (2.57B parameters).
@@ -487,6 +495,62 @@ async def svd(out: Path) -> None:
     )
 
 
+def bootstrap_median_ci(values: Sequence[float], rounds: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval of the median of ``values`` (seeded: the same data, the same interval)."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
+
+
+async def ab(out: Path) -> None:
+    """Interleaved pairs: a bare eager diffusers call and an eager ``await pool.run``, on the same thread."""
+    async with open_pool(MODEL_B1, "off", Path("/tmp/lpnode-bench-unused"), 0.0) as (pool, _):
+        slot = pool._slots[MODEL_B1]
+        adapter = slot.adapter
+        assert isinstance(adapter, BenchSDXL)
+        req = request(1)
+
+        def bare_once() -> float:
+            with torch.inference_mode():
+                return timed(lambda: bare_call(adapter, [1], req))
+
+        async def pool_once(seed: int) -> tuple[float, float, float]:
+            sync()
+            start = time.perf_counter()
+            out = await pool.run(MODEL_B1, request(seed))
+            return time.perf_counter() - start, out.timings_ms["device"] / 1000, out.timings_ms["encode"] / 1000
+
+        for i in range(5):
+            await pool._in_slot_thread(slot, bare_once)
+            await pool_once(900 + i)
+        got: dict[str, list[float]] = {"bare": [], "wall": [], "device": [], "encode": []}
+        for i in range(SETUP.repeats * 6 if SETUP is SMOKE else AB_PAIRS):
+            for kind in ("bare", "pool") if i % 2 == 0 else ("pool", "bare"):
+                if kind == "bare":
+                    got["bare"].append(await pool._in_slot_thread(slot, bare_once))
+                else:
+                    wall, device, encode = await pool_once(i)
+                    got["wall"].append(wall)
+                    got["device"].append(device)
+                    got["encode"].append(encode)
+    record: dict[str, Any] = {"phase": "ab", "pairs": len(got["bare"])}
+    record |= {f"{k}_ms": median_ms(v) for k, v in got.items()}
+    for name in ("device", "wall"):
+        ratios = [p / b for p, b in zip(got[name], got["bare"], strict=True)]
+        low, high = bootstrap_median_ci(ratios)
+        record |= {
+            f"{name}_over_bare": round(statistics.median(ratios), 4),
+            f"{name}_over_bare_ci": [round(low, 4), round(high, 4)],
+        }
+    record["bare_spread_ms"] = [round(min(got["bare"]) * 1000, 2), round(max(got["bare"]) * 1000, 2)]
+    emit(out, record)
+
+
+async def ab_and_compiled(cache: Path, out: Path) -> None:
+    await ab(out)
+    await compiled("compiled_cold", cache, out)
+
+
 def speed(base_ms: float, ms: float) -> str:
     return f"{base_ms / ms:.2f}× faster" if ms <= base_ms else f"{ms / base_ms:.2f}× slower"
 
@@ -576,7 +640,7 @@ def report(path: Path) -> str:
 def main(argv: Sequence[str]) -> None:
     global SETUP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("phase", choices=("eager-and-cold", "warm-cache", "svd", "report"))
+    parser.add_argument("phase", choices=("eager-and-cold", "warm-cache", "svd", "ab", "ab-and-compiled", "report"))
     parser.add_argument("file", nargs="?", type=Path)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lpnode-bench-inductor"))
     parser.add_argument("--out", type=Path, default=Path("bench-models.jsonl"))
@@ -590,6 +654,10 @@ def main(argv: Sequence[str]) -> None:
         trio.run(eager_and_cold, args.cache, args.out)
     elif args.phase == "svd":
         trio.run(svd, args.out)
+    elif args.phase == "ab":
+        trio.run(ab, args.out)
+    elif args.phase == "ab-and-compiled":
+        trio.run(ab_and_compiled, args.cache, args.out)
     else:
         trio.run(compiled, "compiled_warm", args.cache, args.out)
 
