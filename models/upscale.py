@@ -143,6 +143,34 @@ def _image_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
+# What the tiny net's output is rescaled to on a fixed probe image: mid-grey with visible
+# contrast, so its images are neither black nor saturated after the clamp to [0, 1].
+_TINY_OUTPUT_MEAN = 0.5
+_TINY_OUTPUT_STD = 0.2
+_TINY_PROBE_SIDE = 32
+
+
+@torch.no_grad()
+def _centre_tiny_output(net: RRDBNet) -> None:
+    """Rescale a random RRDBNet's last conv so its outputs land mid-range.
+
+    Left as built, a random-weight RRDBNet answers every image with values
+    around -0.06 ± 0.03: black after the clamp, so a blank (cheating) output
+    would look exactly like an honest one and comparisons would mean nothing.
+    Shifting and scaling ``conv_last`` per channel (an affine map of the same
+    architecture, decided by a probe image drawn from the tiny seed) keeps the
+    output a function of the input and the weights hash stable.
+    """
+    probe = torch.rand(1, net.config.num_in_ch, _TINY_PROBE_SIDE, _TINY_PROBE_SIDE)
+    out = net(probe)
+    mean = out.mean(dim=(0, 2, 3))
+    std = out.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    gain = _TINY_OUTPUT_STD / std
+    net.conv_last.weight.mul_(gain.view(-1, 1, 1, 1))
+    assert net.conv_last.bias is not None  # built with bias=True
+    net.conv_last.bias.sub_(mean).mul_(gain).add_(_TINY_OUTPUT_MEAN)
+
+
 class UpscaleAdapter(SingleNetworkAdapter[RRDBNet, UpscalerSetup]):
     """Serves ``upscale`` with one RRDBNet; see the module docstring for tiling."""
 
@@ -150,7 +178,9 @@ class UpscaleAdapter(SingleNetworkAdapter[RRDBNet, UpscalerSetup]):
 
     def _build_tiny(self) -> RRDBNet:
         with tiny_init(TINY_SEED):
-            return RRDBNet(self.setup.config)
+            net = RRDBNet(self.setup.config)
+            _centre_tiny_output(net)
+        return net
 
     def _read_real(self) -> RRDBNet:
         path = self._weight_path()
