@@ -32,6 +32,7 @@ class JobRecord:
     worker: int | None  # index of the worker that delivered
     attempts: int  # tries, the successful one included
     attempt_outcomes: tuple[str, ...]
+    attempt_details: tuple[str, ...]  # for people: why each try ended (in step with attempt_outcomes)
     price: int | None  # micro-credits
     output_good: bool | None  # the oracle: did the output match the honest stand-in? (None: no output)
 
@@ -133,6 +134,11 @@ def summarise(rec: Recorder, *, duration_s: float, workers: int) -> dict[str, An
         throughput[slot] += 1
     attempt_outcomes: Counter[str] = Counter(o for j in jobs for o in j.attempt_outcomes)
     checked = [j for j in done if j.output_good is not None]
+    examples: dict[str, list[str]] = {}
+    for j in jobs:
+        for outcome, detail in zip(j.attempt_outcomes, j.attempt_details, strict=True):
+            if outcome != "done" and len(shown := examples.setdefault(outcome, [])) < 3:
+                shown.append(detail[:300])
     return {
         "jobs": {
             "submitted": len(jobs),
@@ -151,6 +157,7 @@ def summarise(rec: Recorder, *, duration_s: float, workers: int) -> dict[str, An
             "retried": sum(1 for j in jobs if j.attempts > 1),
             "attempts_per_job": statistics.fmean(j.attempts for j in jobs) if jobs else None,
             "attempt_outcomes": dict(attempt_outcomes),
+            "attempt_examples": examples,  # a few details per unsuccessful outcome
             "throughput_per_s": len(done) / duration_s if duration_s else None,
             "throughput_bins": {"bin_s": THROUGHPUT_BIN_S, "completed": throughput},
             "bad_outputs_accepted": sum(1 for j in checked if not j.output_good),

@@ -32,7 +32,7 @@ from lpnode.node.daemon import Node, serve_node
 from lpnode.node.gossip import Offer
 from lpnode.node.job_convert import model_request
 from lpnode.node.job_quote import WorkerConfig
-from lpnode.node.job_requester import JobFailed, JobOutcome, NoCandidates, run_job
+from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, NoCandidates, run_job
 from lpnode.node.job_worker import serve_job_worker
 from lpnode.node.network.base import Network
 from lpnode.node.network.memory import LatencyModel, MemoryHub, open_memory_hub
@@ -255,7 +255,7 @@ class _Sim:
         self.submitted += 1
         self.in_flight += 1
         outcome: JobOutcome | None = None
-        attempts: tuple[str, ...] = ()
+        attempts: tuple[Attempt, ...] = ()
         why = "done"
         try:
             outcome = await run_job(
@@ -266,12 +266,12 @@ class _Sim:
                 deadline_s=self.s.workload.deadline_s,
                 rng=random.Random(f"{self.s.seed}/choice/{job.index}"),
             )
-            attempts = tuple(a.outcome for a in outcome.attempts)
+            attempts = outcome.attempts
         except NoCandidates:
             why = "no_candidates"
         except JobFailed as exc:
             why = "failed"
-            attempts = tuple(a.outcome for a in exc.attempts)
+            attempts = exc.attempts
         self.in_flight -= 1
         worker = None
         good = None
@@ -292,7 +292,8 @@ class _Sim:
                 outcome=why,
                 worker=worker,
                 attempts=max(1, len(attempts)),
-                attempt_outcomes=attempts,
+                attempt_outcomes=tuple(a.outcome for a in attempts),
+                attempt_details=tuple(a.detail for a in attempts),
                 price=outcome.price if outcome is not None else None,
                 output_good=good,
             )

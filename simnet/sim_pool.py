@@ -220,6 +220,7 @@ class SimPool:
             seconds = self.config.slowdown * self.gpu.run_s(
                 request.kind, width=width, height=height, steps=steps, frames=frames, batch=len(batch)
             )
+            honest_seconds = seconds  # a cheater advertises the speed of honest work: it wants to be chosen
             cheat = self.config.cheat if self._cheat_rng.random() < self.config.cheat_share else ""
             if cheat:
                 seconds *= CHEAT_TIME[cheat]
@@ -234,8 +235,7 @@ class SimPool:
             await trio.sleep(max(seconds * DECODE_SHARE, MIN_DECODE_S))
             self.stats.busy_s += seconds
             self.stats.runs += 1
-            if seconds > 0:
-                slot.speeds.append(len(batch) * width * height * frames * steps / 1e6 / seconds)
+            slot.speeds.append(len(batch) * width * height * frames * steps / 1e6 / honest_seconds)
             for job in batch:
                 if not job.abandoned:
                     job.output = self._output(slot, job.request, cheat)
