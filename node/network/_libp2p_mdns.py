@@ -14,15 +14,22 @@ We use py-libp2p's broadcaster and listener but not its ``MDNSDiscovery``
 Here zeroconf is bound to the chosen interface, blocking calls run in worker
 threads, and each discovered peer goes through a bounded channel (handed over
 with ``TrioToken.run_sync_soon``, the thread-safe way in) to a task that dials it.
+
+Zeroconf runs on an asyncio loop of our own, in a thread of our own. Left to
+itself it would make one with ``asyncio.new_event_loop()``, which trio-asyncio
+(imported by the node's store) patches process-wide to return a loop that only
+works inside trio: zeroconf's thread would then fail at close.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import trio
 from libp2p.discovery.mdns.broadcaster import PeerBroadcaster
@@ -35,6 +42,56 @@ log = logging.getLogger("lpnode.network.libp2p")
 
 _SERVICE_TYPE = "_p2p._udp.local."
 _DISCOVERY_QUEUE = 64  # discovered peers waiting to be dialled; more are dropped (and re-announced later)
+_LOOP_START_TIMEOUT_S = 10.0
+
+
+@contextlib.contextmanager
+def _asyncio_loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """A plain asyncio loop running in a daemon thread, stopped and closed at exit (blocking)."""
+    # the policy's own factory, not asyncio.new_event_loop(): trio-asyncio replaces that one
+    loop = asyncio.DefaultEventLoopPolicy().new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="lpnode-mdns", daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(_LOOP_START_TIMEOUT_S):
+            raise RuntimeError("mDNS: the asyncio loop thread did not start")
+        yield loop
+    finally:
+        # zeroconf leaves announcement tasks pending at close: end them before the loop goes
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), loop).result(_LOOP_START_TIMEOUT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _open_zeroconf(interfaces: Sequence[str] | InterfaceChoice) -> tuple[Zeroconf, contextlib.ExitStack]:
+    """Zeroconf on its own loop thread (blocking); closing the stack stops that thread."""
+    stack = contextlib.ExitStack()
+    loop = stack.enter_context(_asyncio_loop_thread())
+
+    async def create() -> Zeroconf:  # inside the loop, so zeroconf adopts it instead of making one
+        return Zeroconf(interfaces=interfaces)
+
+    try:
+        zc = asyncio.run_coroutine_threadsafe(create(), loop).result(_LOOP_START_TIMEOUT_S)
+    except BaseException:
+        stack.close()
+        raise
+    return zc, stack
 
 
 def service_type(network_tag: str | None) -> str:
@@ -81,7 +138,7 @@ async def serve_mdns(
     stype = service_type(network_tag)
     own_name = f"{secrets.token_hex(16)}.{stype}"
     interfaces = [interface_addr] if interface_addr else InterfaceChoice.All
-    zc = await trio.to_thread.run_sync(lambda: Zeroconf(interfaces=interfaces))
+    zc, loop_thread = await trio.to_thread.run_sync(_open_zeroconf, interfaces)
     found_send, found_recv = trio.open_memory_channel[PeerInfo](_DISCOVERY_QUEUE)
     token = trio.lowlevel.current_trio_token()
 
@@ -123,9 +180,12 @@ async def serve_mdns(
             listener.stop()
 
         def shut_down() -> None:
-            if announce_addrs:
-                broadcaster.unregister()
-            zc.close()
+            try:
+                if announce_addrs:
+                    broadcaster.unregister()
+                zc.close()
+            finally:
+                loop_thread.close()
 
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(shut_down)

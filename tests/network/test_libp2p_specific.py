@@ -16,6 +16,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import multiaddr
 import pytest
 import trio
+
+# imported by every node (its store's asyncio bridge): it patches asyncio.new_event_loop process-wide,
+# which once broke zeroconf's own loop thread at close; mDNS must work with it loaded
+import trio_asyncio  # noqa: F401
 from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
