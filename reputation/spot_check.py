@@ -1,0 +1,382 @@
+"""Verification on the requester's side: spot checks in the background, redundant runs before answering.
+
+:class:`SpotChecker` wraps the job manager's runner (one network job through
+``run_job``) and has the same signature, so the manager never knows it is
+there. After a job succeeds:
+
+* ``verification: "none"``: nothing more (the job still counts in the peer's history);
+* ``"spot"`` (the default): the policy (:class:`~.policy.SpotCheck`, seeded rng)
+  decides whether to duplicate. A duplicate is the same spec (params, seed and
+  the model that ran) sent as an ordinary job, with a fresh nonce like every
+  try, to a checker in good standing other than the first worker. It runs in
+  the checker's own nursery: the user's answer is not delayed;
+* ``"redundant:K"``: K peers in all run the job *before* the answer; the
+  majority's result is returned (:class:`NoMajority` when there is none).
+
+Outputs are compared (:func:`~.compare.compare_receipts`, then pixels with
+:func:`~.compare.compare_outputs` in a thread); two that do not agree bring
+in a third peer and the odd one out is blamed (:func:`~.policy.resolve`).
+Every settled check, with all its signed receipts, goes to the
+:class:`~.store.ReputationStore`, which updates scores and bans; the compute
+spent on copies is counted there too (the overhead figure).
+
+Bounded: at most ``max_pending`` background checks at once (more are skipped
+and counted), and at most three peers per spot check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from lpnode.node.daemon import Node
+from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, ProgressCallback
+from lpnode.node.peer_choice import job_mpx_steps
+from lpnode.node.rpc_job_bodies import JobOptions
+from lpnode.protocol.errors import LpnodeError
+from lpnode.protocol.jobs import Progress
+
+from .compare import Comparison, Thresholds, Verdict, compare_outputs, compare_receipts, worst_verdict
+from .errors import OutputUndecodable
+from .policy import (
+    Candidate,
+    NoVerification,
+    Redundant,
+    Resolution,
+    SpotCheckPolicy,
+    choose_checker,
+    parse_verification,
+    resolve,
+)
+from .store import CheckEvidence, ReputationStore, model_family
+
+__all__ = ["DEFAULT_MAX_PENDING", "NoMajority", "Runner", "SpotChecker", "compare_pair", "open_spot_checker"]
+
+log = logging.getLogger(__name__)
+
+# The manager's JobRunner, spelled out here (job_manager imports this module's user, not the other way)
+Runner = Callable[[JobRequest, Mapping[str, bytes], JobOptions, ProgressCallback], Awaitable[JobOutcome]]
+DEFAULT_MAX_PENDING = 16  # background checks at once; each holds a job's inputs and outputs in memory
+SPOT_PEERS = 3  # first worker, checker, tie-breaker
+
+
+class NoMajority(JobFailed):
+    """``redundant:K``: the peers that ran the job do not agree in a majority, so no result is trusted."""
+
+
+def _ignore_progress(peer_id: str, message: Progress) -> None:
+    """Copies report no progress to the user: they are not the user's job."""
+
+
+async def compare_pair(a: JobOutcome, b: JobOutcome, thresholds: Thresholds) -> Comparison:
+    """The verdict on two runs of one spec: from the receipts when they settle it, else from decoded pixels."""
+    quick = compare_receipts(a.receipt, b.receipt)
+    if quick is not None:
+        return quick
+    results: list[Comparison] = []
+    for hashes, out_a, out_b in zip(a.receipt.outputs, a.outputs, b.outputs, strict=True):
+        try:
+            # decoding and SSIM take milliseconds to seconds of CPU: off the event loop
+            result = await trio.to_thread.run_sync(
+                compare_outputs, a.spec.pipeline, out_a, out_b, hashes.media_type, thresholds
+            )
+        except OutputUndecodable as exc:
+            # the bytes matched a signed receipt, so an undecodable output is its signer's doing
+            result = Comparison(Verdict.DISAGREE, f"undecodable_{exc.side}")
+        results.append(result)
+    verdict = worst_verdict(r.verdict for r in results)
+    return next(r for r in results if r.verdict is verdict)
+
+
+def _detail(pair: frozenset[str], comparison: Comparison) -> dict[str, Any]:
+    metrics = None
+    if comparison.median is not None and comparison.worst is not None:
+        metrics = {"median": dataclasses.asdict(comparison.median), "worst": dataclasses.asdict(comparison.worst)}
+    return {
+        "peers": sorted(pair),
+        "verdict": comparison.verdict.value,
+        "reason": comparison.reason,
+        "frames": comparison.frames,
+        "metrics": metrics,
+    }
+
+
+def _addr_prefix(addrs: Sequence[str]) -> str:
+    """The /24 of the first IPv4 address (or the /48 of an IPv6 one): same prefix, maybe same owner."""
+    for addr in addrs:
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[1] == "ip4":
+            return ".".join(parts[2].split(".")[:3])
+        if len(parts) > 2 and parts[1] == "ip6":
+            return ":".join(parts[2].split(":")[:3])
+    return ""
+
+
+@dataclass
+class _Run:
+    """The runs of one job gathered for a verdict, and the pairwise verdicts so far."""
+
+    outcomes: dict[str, JobOutcome]  # by worker peer id, first worker first
+    verdicts: dict[frozenset[str], Comparison]
+
+
+class SpotChecker:
+    """A :data:`Runner` that verifies what the wrapped runner returns; from :func:`open_spot_checker`."""
+
+    def __init__(
+        self,
+        node: Node,
+        runner: Runner,
+        reputation: ReputationStore,
+        nursery: trio.Nursery,
+        *,
+        policy: SpotCheckPolicy,
+        thresholds: Thresholds,
+        rng: random.Random,
+        max_pending: int,
+    ) -> None:
+        self.node = node
+        self.runner = runner
+        self.reputation = reputation
+        self.policy = policy
+        self.thresholds = thresholds
+        self.rng = rng
+        self.max_pending = max_pending
+        self._nursery = nursery
+        self._pending = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------ the Runner
+
+    async def __call__(
+        self, job: JobRequest, inputs: Mapping[str, bytes], options: JobOptions, on_progress: ProgressCallback
+    ) -> JobOutcome:
+        method = parse_verification(options.verification, self.policy)
+        outcome = await self.runner(job, inputs, options, on_progress)
+        first = outcome.worker_peer_id
+        if first == self.node.peer_id:
+            return outcome  # this node ran it itself: checking ourselves proves nothing
+        family = model_family(outcome.model_id)
+        history = self.reputation.history(first, family)  # before this job: the policy's "first jobs" count
+        await self.reputation.note_job(first, family, job_mpx_steps(outcome.spec))
+        if isinstance(method, NoVerification):
+            return outcome
+        plan = method.plan(first, history, outcome.spec.pipeline, self._candidates(outcome, {first}), self.rng)
+        if isinstance(method, Redundant):
+            return await self._redundant(method.k, job, inputs, options, outcome, plan.peers)
+        if plan.copies == 0:
+            return outcome
+        if not plan.peers or self._pending >= self.max_pending:
+            await self.reputation.note_check_compute(0, 0.0, skipped=1)
+            return outcome
+        self._pending += 1
+        self._idle = trio.Event()
+        self._nursery.start_soon(self._background, job, inputs, options, outcome, plan.peers)
+        return outcome
+
+    async def wait_idle(self) -> None:
+        """Until no background check is running (tests, and a clean shutdown)."""
+        await self._idle.wait()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    # ------------------------------------------------------------ checks
+
+    async def _background(
+        self,
+        job: JobRequest,
+        inputs: Mapping[str, bytes],
+        options: JobOptions,
+        outcome: JobOutcome,
+        checkers: Sequence[str],
+    ) -> None:
+        try:
+            run = await self._settle(job, inputs, options, outcome, checkers, SPOT_PEERS)
+            await self._record(run)
+        except LpnodeError as exc:
+            # a lost check is a lost sample, never the user's problem: log it and carry on
+            log.warning("spot check of job %s on %s lost: %s", outcome.job_id[:12], outcome.worker_peer_id, exc)
+        except Exception:
+            log.exception("spot check of job %s crashed", outcome.job_id[:12])
+        finally:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+
+    async def _redundant(
+        self,
+        k: int,
+        job: JobRequest,
+        inputs: Mapping[str, bytes],
+        options: JobOptions,
+        outcome: JobOutcome,
+        checkers: Sequence[str],
+    ) -> JobOutcome:
+        run = await self._settle(job, inputs, options, outcome, checkers, k + 1)
+        resolution = await self._record(run)
+        if resolution is None or not resolution.credited:
+            attempts = [a for o in run.outcomes.values() for a in o.attempts]
+            raise NoMajority(f"redundant:{k}: {len(run.outcomes)} peer(s) ran the job without a majority", attempts)
+        winner = outcome.worker_peer_id if outcome.worker_peer_id in resolution.credited else resolution.credited[0]
+        return run.outcomes[winner]
+
+    async def _settle(
+        self,
+        job: JobRequest,
+        inputs: Mapping[str, bytes],
+        options: JobOptions,
+        first: JobOutcome,
+        checkers: Sequence[str],
+        max_peers: int,
+    ) -> _Run:
+        """Run copies on ``checkers`` side by side, then one more peer at a time while there is no majority."""
+        run = _Run({first.worker_peer_id: first}, {})
+        copies: list[JobOutcome | None] = [None] * len(checkers)
+
+        async def one(index: int, peer: str) -> None:
+            copies[index] = await self._copy(job, inputs, options, first, peer, exclude=set(run.outcomes))
+
+        async with trio.open_nursery() as nursery:
+            for index, peer in enumerate(checkers):
+                nursery.start_soon(one, index, peer)
+        for copy in copies:
+            if copy is not None and copy.worker_peer_id not in run.outcomes:
+                run.outcomes[copy.worker_peer_id] = copy
+        resolution = await self._resolve(run)
+        while (resolution is None or resolution.need_more) and len(run.outcomes) < max_peers:
+            candidates = self._candidates(first, set(run.outcomes))
+            pick = choose_checker(candidates, first.worker_peer_id, self.rng, exclude=frozenset(run.outcomes))
+            if pick is None:
+                break
+            copy = await self._copy(job, inputs, options, first, pick.peer_id, exclude=set(run.outcomes))
+            if copy is None or copy.worker_peer_id in run.outcomes:
+                break
+            run.outcomes[copy.worker_peer_id] = copy
+            resolution = await self._resolve(run)
+        return run
+
+    async def _copy(
+        self,
+        job: JobRequest,
+        inputs: Mapping[str, bytes],
+        options: JobOptions,
+        first: JobOutcome,
+        peer: str,
+        *,
+        exclude: set[str],
+    ) -> JobOutcome | None:
+        """The same spec as ``first`` (its model bound), an ordinary job to ``peer`` (others if it refuses)."""
+        same = dataclasses.replace(job, model_id=first.model_id)
+        avoid = sorted({*exclude, *options.avoid, self.node.peer_id} - {peer})
+        copy_options = options.model_copy(update={"prefer": [peer], "avoid": avoid, "allow_local": False})
+        try:
+            outcome = await self.runner(same, inputs, copy_options, _ignore_progress)
+        except LpnodeError as exc:
+            log.info("check copy of job %s on %s failed: %s", first.job_id[:12], peer, exc)
+            await self.reputation.note_check_compute(0, 0.0, skipped=1)
+            return None
+        await self.reputation.note_check_compute(1, job_mpx_steps(outcome.spec))
+        if outcome.spec != first.spec:  # cannot happen through run_job; a guard for other runners
+            log.warning("check copy of job %s ran another spec; dropped", first.job_id[:12])
+            return None
+        return outcome
+
+    async def _resolve(self, run: _Run) -> Resolution | None:
+        peers = list(run.outcomes)
+        if len(peers) < 2:
+            return None
+        for i, a in enumerate(peers):
+            for b in peers[i + 1 :]:
+                pair = frozenset((a, b))
+                if pair not in run.verdicts:
+                    run.verdicts[pair] = await compare_pair(run.outcomes[a], run.outcomes[b], self.thresholds)
+        return resolve(peers, {pair: c.verdict for pair, c in run.verdicts.items()})
+
+    async def _record(self, run: _Run) -> Resolution | None:
+        """Store the check (when at least two peers ran it); the resolution, None with a single run."""
+        resolution = await self._resolve(run)
+        if resolution is None:
+            return None
+        if resolution.blamed:
+            verdict = Verdict.DISAGREE
+        elif resolution.credited:
+            verdict = Verdict.AGREE
+        else:
+            verdict = Verdict.INCONCLUSIVE
+        peers = list(run.outcomes)
+        first = run.outcomes[peers[0]]
+        await self.reputation.record_check(
+            CheckEvidence(
+                spec=first.spec,
+                model_family=model_family(first.model_id),
+                verdict=verdict,
+                receipts=[o.receipt_bytes for o in run.outcomes.values()],
+                blamed=resolution.blamed,
+                credited=resolution.credited,
+                detail=[_detail(pair, c) for pair, c in run.verdicts.items()],
+            )
+        )
+        if resolution.blamed:
+            log.info("check of job %s: blamed %s", first.job_id[:12], ", ".join(resolution.blamed))
+        return resolution
+
+    def _candidates(self, outcome: JobOutcome, exclude: set[str]) -> list[Candidate]:
+        """Peers that serve the job's pipeline and model, not banned, with their scores (the first one included,
+        so :func:`choose_checker` can tell who is related to it)."""
+        family = model_family(outcome.model_id)
+        pipeline = outcome.spec.pipeline.value
+        out: list[Candidate] = []
+        for record in self.node.directory:
+            advert = record.advert
+            peer = advert.peer_id
+            if peer == self.node.peer_id or self.reputation.is_banned(peer):
+                continue
+            if peer in exclude and peer != outcome.worker_peer_id:
+                continue
+            if not any(o.pipeline == pipeline and o.model_id == outcome.model_id for o in advert.models):
+                continue
+            gpu = advert.gpus[0].name if advert.gpus else ""
+            out.append(Candidate(peer, self.reputation.score(peer, family), _addr_prefix(advert.listen_addrs), gpu))
+        return out
+
+
+@asynccontextmanager
+async def open_spot_checker(
+    node: Node,
+    runner: Runner,
+    reputation: ReputationStore,
+    *,
+    policy: SpotCheckPolicy | None = None,
+    thresholds: Thresholds | None = None,
+    rng: random.Random | None = None,
+    max_pending: int = DEFAULT_MAX_PENDING,
+) -> AsyncIterator[SpotChecker]:
+    """A checker whose background checks live in its own nursery; leaving cancels those still running.
+
+    ``rng`` defaults to one seeded from the OS: which jobs are checked must not be predictable to workers.
+    """
+    async with trio.open_nursery() as nursery:
+        checker = SpotChecker(
+            node,
+            runner,
+            reputation,
+            nursery,
+            policy=policy or SpotCheckPolicy(),
+            thresholds=thresholds or Thresholds(),
+            rng=rng or random.Random(secrets.randbits(64)),
+            max_pending=max_pending,
+        )
+        try:
+            yield checker
+        finally:
+            nursery.cancel_scope.cancel()

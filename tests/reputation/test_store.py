@@ -1,0 +1,204 @@
+"""The reputation store on real SQLite files: checks, scores, bans, equivocation proof, reload, kill -9."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from lpnode.node.job_records import JOB_MIGRATIONS
+from lpnode.node.store import open_store
+from lpnode.protocol.receipts import verify_receipt
+from lpnode.reputation.compare import Verdict
+from lpnode.reputation.errors import ReputationError
+from lpnode.reputation.scoring import ScoringConfig
+from lpnode.reputation.store import (
+    REPUTATION_MIGRATIONS,
+    CheckEvidence,
+    NotEquivocation,
+    ReputationStore,
+    model_family,
+    open_reputation,
+)
+
+from tests.reputation.receipt_factory import KEYS, signed
+
+A, B, C = (k.peer_id for k in KEYS[:3])
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def opened(
+    path: Path, clock: Callable[[], float], config: ScoringConfig | None = None
+) -> AsyncIterator[ReputationStore]:
+    async with open_store(path, [*JOB_MIGRATIONS, *REPUTATION_MIGRATIONS]) as store:
+        yield await open_reputation(store, config=config, clock=clock)
+
+
+def check(n: int, blamed: tuple[str, ...] = (C,)) -> CheckEvidence:
+    """A, B and C ran one job; the peers in ``blamed`` returned something else."""
+    receipts = [signed(k, b"bad%d" % n if k.peer_id in blamed else b"good%d" % n) for k in KEYS[:3]]
+    spec = verify_receipt(receipts[0]).spec
+    credited = tuple(p for p in (A, B, C) if p not in blamed)
+    return CheckEvidence(
+        spec=spec,
+        model_family=model_family(spec.model_id),
+        verdict=Verdict.DISAGREE if blamed else Verdict.AGREE,
+        receipts=receipts,
+        blamed=blamed,
+        credited=credited,
+        detail=[{"peers": [A, C], "verdict": "disagree", "reason": "ssim"}],
+    )
+
+
+async def test_blames_lower_a_score_and_three_of_them_ban(tmp_path: Path) -> None:
+    clock = Clock()
+    family = model_family(verify_receipt(signed(KEYS[0], b"x")).model_id)
+    async with opened(tmp_path / "lpnode.db", clock) as rep:
+        new = rep.score(A, family)
+        assert 0.05 < new < 0.2  # a newcomer: neither trusted nor shut out
+        for n in range(2):
+            await rep.record_check(check(n))
+            assert not rep.is_banned(C)
+        await rep.record_check(check(2))
+        assert rep.is_banned(C) and not rep.is_banned(A) and not rep.is_banned(B)
+        ban = rep.ban(C)
+        assert ban is not None and ban.reason == "failed checks" and ban.until > clock.now
+        assert rep.score(A, family) > new > rep.score(C, family)
+        assert rep.state(C, family).blames == 3 and rep.state(A, family).checks == 3
+        assert rep.history(C, family).consecutive_agreements == 0
+        assert rep.history(A, family).consecutive_agreements == 3
+        evidence = await rep.evidence(peer_id=C)
+        assert [e["verdict"] for e in evidence] == ["disagree"] * 3
+        assert all(len(e["receipts"]) == 3 and e["blamed"] == [C] for e in evidence)
+        assert await rep.evidence_count(C) == 3
+        described = rep.describe(C)
+        assert described["banned"] and described["families"][0]["blames"] == 3
+        clock.now = ban.until + 1  # the ban ends on its own
+        assert not rep.is_banned(C)
+        await rep.record_check(check(3))  # blamed again: banned again, for twice as long
+        again = rep.ban(C)
+        assert again is not None and again.bans == 2
+        assert again.until - again.at == pytest.approx(2 * (ban.until - ban.at))
+        scores = {p: rep.score(p, family) for p in (A, B, C)}
+    # everything comes back from the file
+    async with opened(tmp_path / "lpnode.db", clock) as rep:
+        assert {p: rep.score(p, family) for p in (A, B, C)} == scores
+        assert rep.is_banned(C) and rep.ban(C) == again
+        assert rep.counters()["checks"] == 4
+
+
+async def test_honest_agreement_raises_both_scores(tmp_path: Path) -> None:
+    clock = Clock()
+    async with opened(tmp_path / "lpnode.db", clock) as rep:
+        family = model_family(verify_receipt(signed(KEYS[0], b"x")).model_id)
+        for n in range(10):
+            await rep.record_check(check(n, blamed=()))
+        assert all(rep.score(p, family) > 0.6 for p in (A, B, C))  # 11 good of 12 with the prior
+        assert not any(rep.is_banned(p) for p in (A, B, C))
+        history = await rep.note_job(A, family, 2.5)
+        assert history.jobs == 1 and rep.counters()["job_mpx_steps"] == 2.5
+        await rep.note_check_compute(1, 0.5)
+        assert rep.overhead() == pytest.approx(0.2)
+
+
+async def test_two_conflicting_receipts_for_one_job_id_ban_at_once(tmp_path: Path) -> None:
+    nonce = b"\x01" * 16
+    first, second = signed(KEYS[3], b"one", nonce=nonce), signed(KEYS[3], b"two", nonce=nonce)
+    async with opened(tmp_path / "lpnode.db", Clock()) as rep:
+        with pytest.raises(NotEquivocation):
+            await rep.record_equivocation(first, signed(KEYS[3], b"one", nonce=b"\x02" * 16))
+        with pytest.raises(ReputationError):  # a receipt that does not verify is no evidence
+            await rep.record_equivocation(first, second[:-1] + bytes([second[-1] ^ 1]))
+        evidence_id = await rep.record_equivocation(first, second)
+        ban = rep.ban(KEYS[3].peer_id)
+        assert rep.is_banned(KEYS[3].peer_id) and ban is not None and ban.reason == "equivocation"
+        (row,) = await rep.evidence(peer_id=KEYS[3].peer_id)
+        assert row["id"] == evidence_id and row["kind"] == "equivocation"
+        assert [r["receipt"] for r in row["receipts"]] == [first, second]
+
+
+async def test_a_check_receipt_conflicting_with_a_stored_one_is_proof(tmp_path: Path) -> None:
+    nonce = b"\x07" * 16
+    honest = [signed(KEYS[0], b"same"), signed(KEYS[1], b"same")]
+    async with opened(tmp_path / "lpnode.db", Clock()) as rep:
+        spec = verify_receipt(honest[0]).spec
+        base = CheckEvidence(spec, model_family(spec.model_id), Verdict.AGREE, [], (), (A, B, KEYS[4].peer_id), [])
+        await rep.record_check(
+            CheckEvidence(**{**base.__dict__, "receipts": [*honest, signed(KEYS[4], b"same", nonce=nonce)]})
+        )
+        assert not rep.is_banned(KEYS[4].peer_id)
+        # the same worker, the same job id, another output: the two receipts convict it
+        await rep.record_check(
+            CheckEvidence(
+                **{
+                    **base.__dict__,
+                    "credited": (A, B),
+                    "receipts": [*honest, signed(KEYS[4], b"other", nonce=nonce)],
+                }
+            )
+        )
+        ban = rep.ban(KEYS[4].peer_id)
+        assert ban is not None and ban.reason == "equivocation"
+
+
+async def test_a_check_needs_two_receipts_of_one_spec(tmp_path: Path) -> None:
+    async with opened(tmp_path / "lpnode.db", Clock()) as rep:
+        good = check(0)
+        with pytest.raises(ReputationError):
+            await rep.record_check(CheckEvidence(**{**good.__dict__, "receipts": good.receipts[:1]}))
+        assert await rep.evidence() == [] and rep.counters()["checks"] == 0
+
+
+@pytest.mark.slow
+async def test_committed_verdicts_survive_kill_9_mid_write(tmp_path: Path) -> None:
+    """A real child process records checks in a loop; SIGKILL lands mid-write; nothing it reported is lost."""
+    path = tmp_path / "lpnode.db"
+    reported: list[int] = []
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tests.reputation.reputation_kill_writer", str(path)],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert process.stdout is not None
+        buffered = b""
+        try:
+            while len(reported) < 40:
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"writer exited early with {await process.wait()}"
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                reported.extend(int(line.split()[1]) for line in lines)
+        finally:
+            process.kill()  # SIGKILL: no cleanup, no final COMMIT, no WAL checkpoint
+            assert await process.wait() == -signal.SIGKILL
+            await process.stdout.aclose()
+
+    async with open_store(path, [*JOB_MIGRATIONS, *REPUTATION_MIGRATIONS]) as store:
+        assert await store.integrity_check() == "ok"
+        rep = await open_reputation(store)
+        rows = await store.fetch_all("SELECT id FROM rep_evidence", max_rows=100_000)
+        ids = {row["id"] for row in rows}
+        assert set(reported) <= ids  # every reported verdict committed
+        receipts = await store.fetch_all(
+            "SELECT evidence_id, count(*) AS n FROM rep_receipts GROUP BY evidence_id", max_rows=100_000
+        )
+        assert {row["evidence_id"]: row["n"] for row in receipts} == dict.fromkeys(ids, 3)  # transactions whole
+        family = model_family(verify_receipt(signed(KEYS[0], b"x")).model_id)
+        # the aggregates moved in the same transactions as the evidence
+        assert rep.state(C, family).blames == len(ids) == rep.state(A, family).checks
+        assert rep.counters()["checks"] == len(ids)
