@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 from lpnode.node.daemon import Node
 from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, JobRequest, ProgressCallback, run_job
-from lpnode.node.peer_choice import Priority
+from lpnode.node.peer_choice import Priority, ReputationView
 from lpnode.node.rpc_job_bodies import JobOptions, PreparedJob
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobs import Progress
@@ -527,10 +527,13 @@ async def open_job_manager(
             nursery.cancel_scope.cancel()
 
 
-def requester_runner(node: Node, local: LocalWorker | None = None) -> JobRunner:
+def requester_runner(
+    node: Node, local: LocalWorker | None = None, reputation: ReputationView | None = None
+) -> JobRunner:
     """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
 
-    ``local`` is this node's own worker, the candidate a job with ``allow_local`` may use.
+    ``local`` is this node's own worker, the candidate a job with ``allow_local`` may use;
+    ``reputation`` (the reputation store) steers the ranking: banned peers are never chosen.
     """
 
     async def run(
@@ -549,6 +552,7 @@ def requester_runner(node: Node, local: LocalWorker | None = None) -> JobRunner:
             local=local,
             priority=Priority(options.priority),
             min_vram_bytes=int(min_vram_gb * 1024**3),
+            reputation=reputation,
             min_reputation=options.min_reputation or 0.0,
             on_progress=on_progress,
         )
