@@ -28,24 +28,20 @@ from typing import Any
 import trio
 import trio.testing
 from lpnode.node.config import NodeConfig
-from lpnode.node.daemon import Node, serve_node
-from lpnode.node.gossip import Offer
+from lpnode.node.daemon import Node
 from lpnode.node.job_convert import model_request
-from lpnode.node.job_quote import WorkerConfig
 from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, NoCandidates, run_job
-from lpnode.node.job_worker import serve_job_worker
 from lpnode.node.network.base import Network
 from lpnode.node.network.memory import LatencyModel, MemoryHub, open_memory_hub
-from lpnode.node.offer import OfferSource
-from lpnode.node.serving import serve_model_offers
-from lpnode.protocol.advert import CapabilityAdvert, GpuInfo
+from lpnode.protocol.advert import CapabilityAdvert
 from lpnode.protocol.signing import NodeKey
 
-from .behaviours import FlakyNetwork, churn_schedule, lying_offer
-from .gpus import GpuProfile, profile
+from .behaviours import churn_schedule
+from .gpus import profile
 from .metrics import JobRecord, Recorder, Sample, summarise
-from .scenario import NodeGroup, Scenario
-from .sim_pool import SimPoolConfig, hamming, open_sim_pool, standin_frames
+from .scenario import Scenario
+from .sim_pool import hamming, standin_frames
+from .stack import SimNode, WorkerSpec, serve_sim_node
 from .workload import PlannedJob, plan_jobs
 
 log = logging.getLogger(__name__)
@@ -78,13 +74,6 @@ class SimResult:
     wall_s: float  # real seconds the run took
 
 
-@dataclass(frozen=True)
-class _WorkerSpec:
-    index: int
-    group: NodeGroup
-    gpu: GpuProfile
-
-
 def node_key(seed: int, index: int) -> NodeKey:
     return NodeKey(hashlib.sha256(f"simnet/{seed}/{index}".encode()).digest())
 
@@ -106,7 +95,7 @@ class _Sim:
         self.progress = progress
         self.rec = Recorder()
         self.workers = [
-            _WorkerSpec(i, g, profile(g.gpu)) for i, g in enumerate(g for g in scenario.nodes for _ in range(g.count))
+            WorkerSpec(i, g, profile(g.gpu)) for i, g in enumerate(g for g in scenario.nodes for _ in range(g.count))
         ]
         for w in self.workers:
             self.rec.worker_gpu[w.index] = w.gpu.name
@@ -155,73 +144,42 @@ class _Sim:
     async def _run_node(
         self,
         index: int,
-        offer: Callable[[], Offer],
         rng: random.Random,
         *,
         task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
-        worker: _WorkerSpec | None = None,
+        worker: WorkerSpec | None = None,
     ) -> None:
         key = self.keys[index]
-        async with self.hub.open_network(key) as memory_net, trio.open_nursery() as nursery:
-            net: Network = memory_net
-            self.reachable[index] = memory_net.listen_addrs()[0]
-            flaky: FlakyNetwork | None = None
-            if worker is not None and worker.group.behaviour == "flaky":
-                flaky = FlakyNetwork(memory_net, worker.group.drop_share, random.Random(f"{self.s.seed}/flaky/{index}"))
-                net = flaky
+        async with self.hub.open_network(key) as net, trio.open_nursery() as nursery:
+            self.reachable[index] = net.listen_addrs()[0]
             await self._join(index, net, rng)
-            if worker is None:
-                node: Node = await nursery.start(
-                    functools.partial(serve_node, self.config, key, net, offer, wall_clock=virtual_wall_clock)
+            sim: SimNode = await nursery.start(
+                functools.partial(
+                    serve_sim_node,
+                    key,
+                    net,
+                    self.config,
+                    worker,
+                    seed=self.s.seed,
+                    wall_clock=virtual_wall_clock,
+                    observe=functools.partial(self._observe, index),
                 )
-                node.gossip_stats.observers.append(functools.partial(self._observe, index))
-                self.online[index] = node
-                task_status.started(node)
-                await trio.sleep_forever()
-            assert worker is not None and isinstance(offer, OfferSource)
-            g = worker.group
-            pool_config = SimPoolConfig(
-                serve=g.serve,
-                pinned=g.pinned,
-                slowdown=g.slowdown if g.behaviour == "slow" else 1.0,
-                device_seed=index,
-                cheat=g.cheat if g.behaviour == "cheater" else "",
-                cheat_share=g.cheat_share if g.behaviour == "cheater" else 0.0,
             )
-            async with open_sim_pool(worker.gpu, pool_config) as pool:
-                advertised = lying_offer(offer, g.lie) if g.behaviour == "liar" else offer
-                node = await nursery.start(
-                    functools.partial(serve_node, self.config, key, net, advertised, wall_clock=virtual_wall_clock)
-                )
-                node.gossip_stats.observers.append(functools.partial(self._observe, index))
-                await nursery.start(serve_model_offers, pool, offer, g.price_per_mpx_step, node.publisher.poke)
-                await nursery.start(
-                    functools.partial(
-                        serve_job_worker,
-                        net,
-                        key,
-                        pool,
-                        WorkerConfig(price_per_mpx_step=g.price_per_mpx_step),
-                        wall_clock=virtual_wall_clock,
-                    )
-                )
-                self.online[index] = node
-                self.pool_stats.setdefault(index, []).append(pool.stats)
-                task_status.started(node)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self.online.pop(index, None)
-                    self.reachable.pop(index, None)
-                    if flaky is not None:
-                        self.dropped_by_flaky += flaky.dropped
+            self.online[index] = sim.node
+            if sim.pool_stats is not None:
+                self.pool_stats.setdefault(index, []).append(sim.pool_stats)
+            task_status.started(sim.node)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.online.pop(index, None)
+                self.reachable.pop(index, None)
+                if sim.flaky is not None:
+                    self.dropped_by_flaky += sim.flaky.dropped
 
-    async def _worker_life(self, w: _WorkerSpec, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _worker_life(self, w: WorkerSpec, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the worker; if it churns, stop and restart it on its schedule."""
         rng = random.Random(f"{self.s.seed}/links/{w.index}")
-        gpu_info = (
-            GpuInfo(name=w.gpu.name, kind="cuda", vram_total_bytes=w.gpu.vram_bytes, vram_free_bytes=w.gpu.vram_bytes),
-        )
         spells: list[tuple[float, float]] = []
         if w.group.behaviour == "churn":
             horizon = self.s.duration_s + self.s.workload.deadline_s
@@ -233,12 +191,11 @@ class _Sim:
             )
         started = False
         while True:
-            offer = OfferSource(queue_capacity=4, devices=gpu_info)
             with trio.CancelScope() as scope:
                 if spells:
                     scope.deadline = self.workload_start + spells[0][0]
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(functools.partial(self._run_node, w.index, offer, rng, worker=w))
+                    await nursery.start(functools.partial(self._run_node, w.index, rng, worker=w))
                     if not started:
                         started = True
                         task_status.started()
@@ -365,13 +322,13 @@ class _Sim:
             for r in range(self.s.workload.requesters):
                 index = self.n_workers + r
                 rng = random.Random(f"{self.s.seed}/links/{index}")
-                requesters.append(await nursery.start(self._run_node, index, OfferSource(queue_capacity=0), rng))
+                requesters.append(await nursery.start(self._run_node, index, rng))
             # all workers start at once, as in a running network (one after another, each pool's pinned
             # load would add its virtual seconds to the start-up, and periodic adverts with it)
             up = 0
             all_up = trio.Event()
 
-            async def start_worker(w: _WorkerSpec) -> None:
+            async def start_worker(w: WorkerSpec) -> None:
                 nonlocal up
                 await nursery.start(self._worker_life, w)
                 up += 1
