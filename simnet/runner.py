@@ -29,8 +29,6 @@ import trio
 import trio.testing
 from lpnode.node.config import NodeConfig
 from lpnode.node.daemon import Node
-from lpnode.node.job_convert import model_request
-from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, NoCandidates, run_job
 from lpnode.node.network.base import Network
 from lpnode.node.network.memory import LatencyModel, MemoryHub, open_memory_hub
 from lpnode.protocol.advert import CapabilityAdvert
@@ -38,9 +36,9 @@ from lpnode.protocol.signing import NodeKey
 
 from .behaviours import churn_schedule
 from .gpus import profile
-from .metrics import JobRecord, Recorder, Sample, summarise
+from .jobs import run_planned_job
+from .metrics import Recorder, Sample, summarise
 from .scenario import Scenario
-from .sim_pool import hamming, standin_frames
 from .stack import SimNode, WorkerSpec, serve_sim_node
 from .workload import PlannedJob, plan_jobs
 
@@ -48,7 +46,6 @@ log = logging.getLogger(__name__)
 
 EPOCH_S = 1_800_000_000.0  # the virtual wall clock: this plus trio time
 SAMPLES = 100  # progress/timeline samples over the workload
-PHASH_TOLERANCE = 10  # bits of 64: honest stand-ins differ by ~0-4, unrelated pictures by ~32
 
 
 def virtual_wall_clock() -> float:
@@ -208,68 +205,17 @@ class _Sim:
     # --- the workload ------------------------------------------------------------------
 
     async def _job(self, job: PlannedJob, requester: Node) -> None:
-        submitted = self.now_s()
         self.submitted += 1
         self.in_flight += 1
-        outcome: JobOutcome | None = None
-        attempts: tuple[Attempt, ...] = ()
-        why = "done"
-        try:
-            outcome = await run_job(
-                requester,
-                job.request,
-                job.inputs,
-                max_price=self.s.workload.max_price,
-                deadline_s=self.s.workload.deadline_s,
-                rng=random.Random(f"{self.s.seed}/choice/{job.index}"),
-            )
-            attempts = outcome.attempts
-        except NoCandidates:
-            why = "no_candidates"
-        except JobFailed as exc:
-            why = "failed"
-            attempts = exc.attempts
+        record = await run_planned_job(
+            job, requester, self.s.workload, seed=self.s.seed, now_s=self.now_s, peer_index=self.peer_index
+        )
         self.in_flight -= 1
-        worker = None
-        good = None
-        if outcome is not None:
+        if record.ok:
             self.completed += 1
-            worker = self.peer_index.get(outcome.worker_peer_id)
-            good = self._oracle(outcome, job)
         else:
             self.failed += 1
-        self.rec.job_ended(
-            JobRecord(
-                index=job.index,
-                requester=job.requester,
-                pipeline=job.request.pipeline.value,
-                submitted_s=submitted,
-                ended_s=self.now_s(),
-                ok=outcome is not None,
-                outcome=why,
-                worker=worker,
-                attempts=max(1, len(attempts)),
-                attempt_outcomes=tuple(a.outcome for a in attempts),
-                attempt_details=tuple(a.detail for a in attempts),
-                price=outcome.price if outcome is not None else None,
-                output_good=good,
-            )
-        )
-
-    def _oracle(self, outcome: JobOutcome, job: PlannedJob) -> bool | None:
-        """Ground truth only a simulation has: is this the picture an honest worker would have made?"""
-        try:
-            request = model_request(outcome.spec, job.inputs)
-        except Exception:
-            return None
-        import imagehash
-        from PIL import Image
-
-        truth = standin_frames(outcome.receipt.weights_sha256, request)[0]
-        expected = str(imagehash.phash(Image.fromarray(truth, mode="RGB").convert("L")))
-        got = outcome.receipt.outputs[0].phash[0]
-        honest_weights = hashlib.sha256(f"simnet-weights/{outcome.model_id}".encode()).hexdigest()
-        return outcome.receipt.weights_sha256 == honest_weights and hamming(expected, got) <= PHASH_TOLERANCE
+        self.rec.job_ended(record)
 
     async def _workload(self, requesters: list[Node]) -> None:
         jobs = plan_jobs(self.s.workload, self.s.duration_s, self.s.seed)

@@ -125,8 +125,7 @@ class SimPool:
         self._models: dict[str, _Model] = {}
         for name in config.serve:
             spec = registry.spec(name)
-            digest = hashlib.sha256(f"simnet-weights/{spec.model_id}".encode()).hexdigest()
-            self._models[name] = _Model(spec, digest, pinned=name in config.pinned)
+            self._models[name] = _Model(spec, honest_weights_sha256(spec.model_id), pinned=name in config.pinned)
         self._queue: list[_Job] = []
         self._running = 0
         self._running_model = ""
@@ -373,6 +372,11 @@ def _work(request: Request) -> tuple[int, int, int, int]:
     return width, height, steps, frames
 
 
+def honest_weights_sha256(model_id: str) -> str:
+    """The weights hash every honest simulated worker reports for ``model_id``."""
+    return hashlib.sha256(f"simnet-weights/{model_id}".encode()).hexdigest()
+
+
 def _output_type(request: Request) -> type:
     return VideoOutput if isinstance(request, ImageToVideoRequest) else ImageOutput
 
@@ -431,4 +435,13 @@ def hamming(a: str, b: str) -> int:
     return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
-__all__ = ["CHEAT_TIME", "SimPool", "SimPoolConfig", "SimPoolStats", "hamming", "open_sim_pool", "standin_frames"]
+__all__ = [
+    "CHEAT_TIME",
+    "SimPool",
+    "SimPoolConfig",
+    "SimPoolStats",
+    "hamming",
+    "honest_weights_sha256",
+    "open_sim_pool",
+    "standin_frames",
+]

@@ -1,0 +1,82 @@
+"""Running one planned job from a requester node and judging what came back (shared by both backends)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+
+import imagehash
+from lpnode.models.errors import ModelError
+from lpnode.node.daemon import Node
+from lpnode.node.job_convert import model_request
+from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, NoCandidates, run_job
+from PIL import Image
+
+from .metrics import JobRecord
+from .scenario import Workload
+from .sim_pool import hamming, honest_weights_sha256, standin_frames
+from .workload import PlannedJob
+
+PHASH_TOLERANCE = 10  # bits of 64: honest stand-ins differ by ~0-4, unrelated pictures by ~32
+
+
+async def run_planned_job(
+    job: PlannedJob,
+    requester: Node,
+    workload: Workload,
+    *,
+    seed: int,
+    now_s: Callable[[], float],
+    peer_index: Mapping[str, int],
+) -> JobRecord:
+    """Submit ``job`` through the production requester and describe how it ended."""
+    submitted = now_s()
+    outcome: JobOutcome | None = None
+    attempts: tuple[Attempt, ...] = ()
+    why = "done"
+    try:
+        outcome = await run_job(
+            requester,
+            job.request,
+            job.inputs,
+            max_price=workload.max_price,
+            deadline_s=workload.deadline_s,
+            rng=random.Random(f"{seed}/choice/{job.index}"),
+        )
+        attempts = outcome.attempts
+    except NoCandidates:
+        why = "no_candidates"
+    except JobFailed as exc:
+        why = "failed"
+        attempts = exc.attempts
+    return JobRecord(
+        index=job.index,
+        requester=job.requester,
+        pipeline=job.request.pipeline.value,
+        submitted_s=submitted,
+        ended_s=now_s(),
+        ok=outcome is not None,
+        outcome=why,
+        worker=peer_index.get(outcome.worker_peer_id) if outcome is not None else None,
+        attempts=max(1, len(attempts)),
+        attempt_outcomes=tuple(a.outcome for a in attempts),
+        attempt_details=tuple(a.detail for a in attempts),
+        price=outcome.price if outcome is not None else None,
+        output_good=oracle(outcome, job) if outcome is not None else None,
+    )
+
+
+def oracle(outcome: JobOutcome, job: PlannedJob) -> bool | None:
+    """Ground truth only a simulation has: is this the picture an honest worker would have made?"""
+    try:
+        request = model_request(outcome.spec, job.inputs)
+    except ModelError:
+        return None
+    honest = honest_weights_sha256(outcome.model_id)
+    truth = standin_frames(honest, request)[0]
+    expected = str(imagehash.phash(Image.fromarray(truth, mode="RGB").convert("L")))
+    got = outcome.receipt.outputs[0].phash[0]
+    return outcome.receipt.weights_sha256 == honest and hamming(expected, got) <= PHASH_TOLERANCE
+
+
+__all__ = ["PHASH_TOLERANCE", "oracle", "run_planned_job"]
