@@ -7,7 +7,8 @@ pixels, nothing encoded. The *output stage* (:func:`finish_output`) turns them i
 It touches no device and is thread-safe, and zlib, x264 and hashlib release the GIL
 for most of it, so the pool runs it in worker threads outside the device limiter:
 on an H100 it took 64-88 ms per 512² image, as long as a compiled SDXL-Turbo call,
-and used to hold the GPU idle for that time (docs/benchmarks.md).
+and used to hold the GPU idle for that time (docs/benchmarks.md); with the PNG writer
+below it takes 18-23 ms there.
 
 Two hashes per output, because they answer different questions: ``sha256`` over
 the encoded bytes says "this is the file I sent", ``pixel_sha256`` over the
@@ -26,7 +27,7 @@ filters on every row and then runs zlib's LZ77 search, 38-111 ms for a 512² ima
 on the dev box (level 1 and 6), while one ``Sub`` filter for every row (computed in
 numpy) and zlib's run-length strategy take 6-8 ms for the same pixels; on smooth
 generated images the file is no larger than Pillow's level 6 (~400 KB a 512² image),
-on noise both store ~1 byte per sample (bench/e2e.py and docs/benchmarks.md).
+on noise both store ~1 byte per sample (docs/benchmarks.md, Models).
 It is still a standard lossless PNG that any decoder reads.
 """
 
