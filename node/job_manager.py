@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import random
 import re
 import secrets
 import time
@@ -528,12 +529,16 @@ async def open_job_manager(
 
 
 def requester_runner(
-    node: Node, local: LocalWorker | None = None, reputation: ReputationView | None = None
+    node: Node,
+    local: LocalWorker | None = None,
+    reputation: ReputationView | None = None,
+    rng: random.Random | None = None,
 ) -> JobRunner:
     """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
 
     ``local`` is this node's own worker, the candidate a job with ``allow_local`` may use;
     ``reputation`` (the reputation store) steers the ranking: banned peers are never chosen.
+    ``rng`` drives the ranking's exploration (seeded in tests; default: one per job).
     """
 
     async def run(
@@ -554,6 +559,7 @@ def requester_runner(
             min_vram_bytes=int(min_vram_gb * 1024**3),
             reputation=reputation,
             min_reputation=options.min_reputation or 0.0,
+            rng=rng,
             on_progress=on_progress,
         )
 
