@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 _DAY = 86_400.0
+# Blames decay from the moment they are recorded, so three blames seconds apart sum to 2.99999...:
+# a blame that faded by less than this still counts whole towards ban_min_bad (~1 day at 90 days' half-life).
+BAN_COUNT_SLACK = 0.02
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def fail_rate_lower_bound(evidence: Evidence, now: float, config: ScoringConfig)
 def should_ban(evidence: Evidence, now: float, config: ScoringConfig) -> bool:
     """Enough blames, and a failure rate confidently above what honest hardware differences explain."""
     current = decay(evidence, now, config)
-    return current.bad >= config.ban_min_bad and fail_rate_lower_bound(current, now, config) > config.ban_fail_rate
+    enough = current.bad >= config.ban_min_bad - BAN_COUNT_SLACK
+    return enough and fail_rate_lower_bound(current, now, config) > config.ban_fail_rate
 
 
 def ban_until(now: float, earlier_bans: int, config: ScoringConfig) -> float:
