@@ -1,0 +1,113 @@
+"""``lpnode reputation [PEER]`` and ``lpnode reputation export -o FILE``: a running node's view of its peers.
+
+Without PEER: one line per peer with evidence (score per model family, checks,
+blames, ban); with PEER: that peer's families and recent verdicts. ``export``
+pages through ``/v1/reputation/evidence`` and writes every row with its signed
+receipts (:mod:`lpnode.reputation.export`), for anyone to check offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from lpnode.protocol.errors import ConfigError
+
+EXPORT = "export"
+MAX_EXPORT_PAGES = 10_000  # pages of 500 rows: a bound, not a limit anyone should reach
+
+
+def add_reputation_command(commands: Any, common: argparse.ArgumentParser) -> None:
+    sub = commands.add_parser(
+        "reputation", parents=[common], help="show peers' scores, evidence and bans, or export the evidence"
+    )
+    sub.add_argument("peer", nargs="?", metavar="PEER | export", help="one peer's detail, or 'export'")
+    sub.add_argument("-o", "--output", type=Path, help="with export: the JSON file to write")
+    sub.add_argument("--json", action="store_true", help="print the RPC API's JSON instead of a table")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _ban(peer: dict[str, Any]) -> str:
+    ban = peer.get("ban")
+    if not peer.get("banned") or ban is None:
+        return "-"
+    return f"banned until {_when(ban['until'])} ({ban['reason']})"
+
+
+def summary_table(answer: dict[str, Any]) -> str:
+    lines = [f"{'PEER':<54} {'MODEL FAMILY':<24} {'SCORE':>5} {'CHECKS':>6} {'BLAMES':>6}  BAN"]
+    for peer in answer["peers"]:
+        families = peer["families"] or [{"model_family": "-", "score": 0.0, "checks": 0, "blames": 0}]
+        for family in families:
+            lines.append(
+                f"{peer['peer_id']:<54} {family['model_family'][:24]:<24} {family['score']:>5.2f}"
+                f" {family['checks']:>6} {family['blames']:>6}  {_ban(peer)}"
+            )
+    counters = answer.get("counters", {})
+    lines.append(
+        f"jobs {int(counters.get('jobs', 0))}, checks {int(counters.get('checks', 0))},"
+        f" check overhead {100 * answer.get('check_overhead', 0.0):.1f}% of compute"
+    )
+    return "\n".join(lines)
+
+
+def peer_table(peer: dict[str, Any]) -> str:
+    lines = [f"peer      {peer['peer_id']}", f"ban       {_ban(peer)}", f"evidence  {peer['evidence_count']} checks"]
+    for family in peer["families"]:
+        lines.append(
+            f"  {family['model_family']}: score {family['score']:.2f} (mean {family['expected_trust']:.2f}),"
+            f" {family['jobs']} jobs, {family['checks']} checks, {family['blames']} blames"
+        )
+    for item in peer.get("recent", []):
+        lines.append(f"  #{item['id']:<6} {_when(item['at'])}  {item['kind']:<12} {item['verdict']:<12} {item['role']}")
+    return "\n".join(lines)
+
+
+async def _export(client: Any) -> dict[str, Any]:
+    from lpnode.reputation.export import export_document
+
+    rows: list[dict[str, Any]] = []
+    after = 0
+    for _ in range(MAX_EXPORT_PAGES):
+        page = await client._get("/v1/reputation/evidence", params={"after": after, "limit": 500})
+        rows.extend(page["evidence"])
+        if page["next_after"] is None:
+            break
+        after = int(page["next_after"])
+    return export_document(rows, time.time())
+
+
+def cmd_reputation(args: argparse.Namespace, data_dir: Path) -> int:
+    from lpnode.node.client import LpnodeClient
+
+    if args.peer == EXPORT and args.output is None:
+        raise ConfigError("lpnode reputation export needs -o FILE")
+
+    async def ask() -> dict[str, Any]:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
+            if args.peer == EXPORT:
+                return await _export(client)
+            if args.peer:
+                answer: dict[str, Any] = await client._get(f"/v1/reputation/{args.peer}")
+                return answer
+            return await client._get("/v1/reputation")
+
+    answer = trio.run(ask)
+    if args.peer == EXPORT:
+        args.output.write_text(json.dumps(answer, indent=1))
+        print(f"{len(answer['evidence'])} evidence rows written to {args.output}")
+    elif args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(peer_table(answer) if args.peer else summary_table(answer))
+    return 0

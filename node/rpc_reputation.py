@@ -1,0 +1,66 @@
+"""``/v1/reputation``: what this node's reputation store says about its peers, and the evidence behind it.
+
+* ``GET /v1/reputation``: every peer with evidence or a ban (score per model
+  family, checks, blames, ban state and expiry), and the check counters
+  (compute given to users' jobs and to checks: the overhead);
+* ``GET /v1/reputation/evidence?after=&limit=&peer_id=``: evidence rows in id
+  order with their signed receipts (base64), a page at a time (``next_after``);
+  ``lpnode reputation export`` pages through it;
+* ``GET /v1/reputation/{peer_id}``: one peer, with its evidence count and most
+  recent verdicts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi import Path as PathParam
+from lpnode.reputation.export import wire_row
+from lpnode.reputation.store import MAX_EVIDENCE_PAGE, ReputationStore
+
+__all__ = ["RECENT_VERDICTS", "reputation_router"]
+
+RECENT_VERDICTS = 20  # verdicts shown per peer
+_PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as in rpc.py
+
+
+def _recent(row: dict[str, Any], peer_id: str) -> dict[str, Any]:
+    role = "blamed" if peer_id in row["blamed"] else "credited" if peer_id in row["credited"] else "undecided"
+    return {"id": row["id"], "at": row["at"], "kind": row["kind"], "verdict": row["verdict"], "role": role}
+
+
+def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1/reputation", dependencies=[Depends(require_token)], tags=["reputation"])
+
+    @router.get("")
+    async def summary() -> dict[str, Any]:
+        """Every peer this node has evidence about or has banned, and the check counters."""
+        peers = []
+        for peer_id in reputation.peers():
+            described = reputation.describe(peer_id)
+            described["evidence_count"] = await reputation.evidence_count(peer_id)
+            peers.append(described)
+        return {"peers": peers, "counters": reputation.counters(), "check_overhead": reputation.overhead()}
+
+    # before /{peer_id}: "evidence" is a valid base58 string too
+    @router.get("/evidence")
+    async def evidence(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_EVIDENCE_PAGE)] = 100,
+        peer_id: Annotated[str | None, Query(pattern=_PEER_ID_PATTERN)] = None,
+    ) -> dict[str, Any]:
+        """Evidence rows after id ``after``, oldest first, each with its signed receipts (base64)."""
+        rows = await reputation.evidence(peer_id=peer_id, after_id=after, limit=limit)
+        return {"evidence": [wire_row(r) for r in rows], "next_after": rows[-1]["id"] if rows else None}
+
+    @router.get("/{peer_id}")
+    async def peer(peer_id: Annotated[str, PathParam(pattern=_PEER_ID_PATTERN)]) -> dict[str, Any]:
+        """One peer: scores per model family, ban state and expiry, evidence count, recent verdicts."""
+        described = reputation.describe(peer_id)
+        described["evidence_count"] = await reputation.evidence_count(peer_id)
+        rows = await reputation.evidence(peer_id=peer_id, newest_first=True, limit=RECENT_VERDICTS)
+        described["recent"] = [_recent(row, peer_id) for row in rows]
+        return described
+
+    return router
