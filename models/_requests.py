@@ -143,15 +143,22 @@ class ImageToVideoRequest:
 
 @dataclass(frozen=True)
 class UpscaleRequest:
-    """Single pass, no noise: ``seed`` is kept only so every request and receipt has one."""
+    """Exactly one of ``image`` (PNG/JPEG → PNG) and ``video`` (MP4 → MP4, every frame, same fps and count).
+
+    Single pass, no noise: ``seed`` is kept only so every request and receipt has one.
+    """
 
     kind: ClassVar[PipelineKind] = PipelineKind.UPSCALE
-    image: bytes = field(repr=False)
+    image: bytes | None = field(default=None, repr=False)  # PNG or JPEG
     scale: int = 4  # output side / input side; must be one of spec.limits.scales
     seed: int = 0
+    video: bytes | None = field(default=None, repr=False)  # MP4 (any codec FFmpeg decodes); last, so image stays first
 
     def __post_init__(self) -> None:
-        _check_bytes("image", self.image)
+        given = [name for name in ("image", "video") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ParameterError("image/video", given or "neither", "exactly one of image and video")
+        _check_bytes(given[0], getattr(self, given[0]))
         check_int("scale", self.scale, 1, 16)
         check_int("seed", self.seed, 0, MAX_SEED)
 

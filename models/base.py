@@ -126,6 +126,7 @@ __all__ = [
     "check_int",
     "check_multiple",
     "check_output_size",
+    "check_video_output",
     "make_generator",
     "to_uint8_rgb",
 ]
@@ -144,6 +145,9 @@ class Limits:
     size_multiple: int = 8  # output width and height must be multiples (VAE downsampling)
     max_steps: int = 50  # num_inference_steps
     max_frames: int = 1  # output frames (video pipelines), input frames × multiplier for interpolation
+    # Output pixels of one job over all its frames; 0 = max_pixels × max_frames. Upscaling a video
+    # keeps every output frame in memory until it is encoded, and its frames may each be as large as an image.
+    max_total_pixels: int = 0
     max_batch: int = 1  # requests per run_batch call
     scales: tuple[int, ...] = ()  # allowed upscale factors / interpolation multipliers
 
@@ -478,6 +482,15 @@ def check_output_size(limits: Limits, width: int, height: int) -> None:
     check_multiple("height", height, limits.size_multiple)
     if width * height > limits.max_pixels:
         raise ParameterError("width*height", width * height, f"at most {limits.max_pixels} pixels")
+
+
+def check_video_output(limits: Limits, width: int, height: int, num_frames: int) -> None:
+    """A video output's frame size, frame count and total pixels against a model's limits."""
+    check_output_size(limits, width, height)
+    check_int("frames", num_frames, 1, limits.max_frames)
+    total = limits.max_total_pixels or limits.max_pixels * limits.max_frames
+    if width * height * num_frames > total:
+        raise ParameterError("frames*width*height", width * height * num_frames, f"at most {total} output pixels")
 
 
 def _no_progress(_: StepProgress) -> None:

@@ -1,14 +1,19 @@
-"""Image upscaling with Real-ESRGAN's RRDBNet: PNG in, PNG at ×2 or ×4 out.
+"""Upscaling with Real-ESRGAN's RRDBNet at ×2 or ×4: an image (PNG in, PNG out) or a video (MP4 in, MP4 out).
 
-Device stages: (1) decode the image, (2) run the network tile by tile; the
-output stage (``ModelAdapter.finish``, off the device) encodes the PNG.
+Device stages: (1) decode the image or every frame of the video, (2) run the
+network tile by tile (frame after frame for a video); the output stage
+(``ModelAdapter.finish``, off the device) encodes the PNG, or the frames as
+H.264 at the input's frame rate, so a video keeps its frame count and duration.
+Frames are upscaled independently, exactly as images are: no temporal model,
+so each output frame is the image upscale of its input frame.
 
 Tiling is part of the *model definition* here, not a node setting: a tile's
 output depends (slightly) on how much context it saw, so every honest node
 must cut the same tiles to produce the same pixels. Each preset therefore fixes
 ``tile`` (input pixels per tile side) and ``tile_pad`` (input pixels of context
 read around each tile and thrown away after). Peak memory is bounded by one
-tile's activations plus the uint8 output image.
+tile's activations plus the uint8 output image (every output frame, for a
+video: hence the preset's ``max_total_pixels``).
 
 A ×2 request on a ×4 network averages each 2×2 block of the ×4 output (the role
 of Real-ESRGAN's ``--outscale``, which resizes with Lanczos; the box filter is
@@ -17,6 +22,7 @@ exact, needs no resampling library and aligns with tile seams).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,14 +48,25 @@ from .base import (
     StepProgress,
     UpscaleRequest,
     check_output_size,
+    check_video_output,
 )
 from .errors import ModelLoadError, ParameterError
-from .outputs import RawImage, RawOutput, decode_image_bytes
+from .interpolate import probe_video
+from .outputs import RGB, RawImage, RawOutput, RawVideo, decode_image_bytes, decode_video_bytes
 from .rrdbnet import RRDBNet, RRDBNetConfig, infer_rrdbnet_config, unwrap_esrgan_state
 from .statedict import StateDictError, load_published, read_published
 from .weights import tiny_init
 
-__all__ = ["PRESETS", "UpscaleAdapter", "UpscalerSetup", "tile_grid", "upscale_array"]
+__all__ = [
+    "PRESETS",
+    "UpscaleAdapter",
+    "UpscaleInput",
+    "UpscalerSetup",
+    "check_upscale_input",
+    "probe_upscale_input",
+    "tile_grid",
+    "upscale_array",
+]
 
 TINY_SEED = 0
 _MIB = 1 << 20
@@ -143,6 +160,55 @@ def _image_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
+@dataclass(frozen=True)
+class UpscaleInput:
+    """An upscale request's input as its header or container describes it (nothing decoded)."""
+
+    width: int  # pixels
+    height: int  # pixels
+    num_frames: int  # 1 for an image; for a video the packets counted, capped at the probe's limit + 1
+    fps: float  # frames per second of a video; 0.0 for an image or a container that does not say
+
+
+def probe_upscale_input(request: UpscaleRequest, max_frames: int) -> UpscaleInput:
+    """Size (and frame count and rate, for a video) of the request's input; ParameterError if undecodable."""
+    if request.video is not None:
+        probe = probe_video(request.video, max_frames)
+        return UpscaleInput(probe.width, probe.height, probe.num_frames, probe.fps)
+    assert request.image is not None  # UpscaleRequest holds exactly one
+    width, height = _image_size(request.image)
+    return UpscaleInput(width, height, 1, 0.0)
+
+
+def check_upscale_input(limits: Limits, request: UpscaleRequest) -> UpscaleInput:
+    """The output an upscale request would make, against ``limits``, from the input's header alone."""
+    found = probe_upscale_input(request, limits.max_frames)
+    width, height = found.width * request.scale, found.height * request.scale
+    if request.video is None:
+        check_output_size(limits, width, height)
+        return found
+    if found.num_frames > limits.max_frames:
+        raise ParameterError("video", f"more than {limits.max_frames} frames", f"1 to {limits.max_frames} frames")
+    if found.num_frames < 1:
+        raise ParameterError("video", "no frames", f"1 to {limits.max_frames} frames")
+    check_video_output(limits, width, height, found.num_frames)
+    if found.fps <= 0:
+        raise ParameterError("video", "no frame rate", "a video whose container states its frame rate")
+    return found
+
+
+def _check_decoded(limits: Limits, frames: Sequence[RGB], scale: int) -> None:
+    """The probe read the container; the decoded stream must still hold one size and a bounded count."""
+    first = frames[0]
+    for index, frame in enumerate(frames):
+        if frame.shape != first.shape:
+            shown = f"{frame.shape[1]}x{frame.shape[0]}"
+            raise ParameterError(
+                f"video frame {index}", shown, f"the size of frame 0, {first.shape[1]}x{first.shape[0]}"
+            )
+    check_video_output(limits, int(first.shape[1]) * scale, int(first.shape[0]) * scale, len(frames))
+
+
 # What the tiny net's output is rescaled to on a fixed probe image: mid-grey with visible
 # contrast, so its images are neither black nor saturated after the clamp to [0, 1].
 _TINY_OUTPUT_MEAN = 0.5
@@ -200,8 +266,7 @@ class UpscaleAdapter(SingleNetworkAdapter[RRDBNet, UpscalerSetup]):
     def check_inputs(self, request: Request) -> None:
         super().check_inputs(request)
         if isinstance(request, UpscaleRequest):
-            width, height = _image_size(request.image)
-            check_output_size(self.spec.limits, width * request.scale, height * request.scale)
+            check_upscale_input(self.spec.limits, request)
 
     def _generate(
         self, requests: Sequence[Request], cancel: CancelToken, progress: ProgressCallback
@@ -210,6 +275,10 @@ class UpscaleAdapter(SingleNetworkAdapter[RRDBNet, UpscalerSetup]):
         outputs: list[RawOutput] = []
         for request in requests:
             assert isinstance(request, UpscaleRequest)
+            if request.video is not None:
+                outputs.append(self._upscale_video(request.video, request.scale, cancel, progress))
+                continue
+            assert request.image is not None
             timer = StageTimer()
             with timer.stage("decode"):
                 rgb = np.asarray(decode_image_bytes(request.image), dtype=np.uint8)
@@ -219,6 +288,21 @@ class UpscaleAdapter(SingleNetworkAdapter[RRDBNet, UpscalerSetup]):
                 )
             outputs.append(RawImage(out, timer.ms))
         return outputs
+
+    def _upscale_video(self, video: bytes, scale: int, cancel: CancelToken, progress: ProgressCallback) -> RawVideo:
+        assert self._net is not None
+        timer = StageTimer()
+        with timer.stage("decode"):
+            images, fps = decode_video_bytes(video)
+            frames = [np.asarray(image, dtype=np.uint8) for image in images]
+        _check_decoded(self.spec.limits, frames, scale)
+        out: list[RGB] = []
+        with timer.stage("upscale"):
+            for index, frame in enumerate(frames, start=1):
+                # tiles report nothing here: a video's progress is its frames
+                out.append(upscale_array(self._net, frame, scale, self.setup.tile, self.setup.tile_pad, cancel))
+                progress(StepProgress("frame", index, len(frames)))
+        return RawVideo(tuple(out), fps, timer.ms)
 
 
 # --- presets -------------------------------------------------------------------------------
@@ -254,6 +338,11 @@ def _factory(setup: UpscalerSetup) -> Callable[[ModelSpec, Path | None], ModelAd
 
 
 _UPSCALE = frozenset({PipelineKind.UPSCALE})
+# A video's output frames wait in memory for the encoder: 2**27 output pixels (~400 MB of
+# RGB) is 16 frames of 4K or 64 of 1080p.
+_REAL_LIMITS = Limits(
+    max_pixels=4096 * 4096, max_side=8192, size_multiple=2, scales=(2, 4), max_frames=1024, max_total_pixels=1 << 27
+)
 
 PRESETS: tuple[Preset, ...] = (
     Preset(
@@ -262,7 +351,14 @@ PRESETS: tuple[Preset, ...] = (
             model_id="lpnode/tiny-realesrgan",
             family="rrdbnet",
             pipelines=_UPSCALE,
-            limits=Limits(max_pixels=512 * 512, max_side=512, size_multiple=2, scales=(2, 4)),
+            limits=Limits(
+                max_pixels=512 * 512,
+                max_side=512,
+                size_multiple=2,
+                scales=(2, 4),
+                max_frames=32,
+                max_total_pixels=1 << 20,
+            ),
             vram_bytes=64 * _MIB,
             tiny=True,
         ),
@@ -274,7 +370,7 @@ PRESETS: tuple[Preset, ...] = (
             model_id="xinntao/RealESRGAN_x4plus",
             family="rrdbnet",
             pipelines=_UPSCALE,
-            limits=Limits(max_pixels=4096 * 4096, max_side=8192, size_multiple=2, scales=(2, 4)),
+            limits=_REAL_LIMITS,
             # fp16 weights (33 MB) plus one 288×288-input tile's activations, the
             # largest being a few 64-channel maps at 1152×1152.
             vram_bytes=1536 * _MIB,
@@ -290,7 +386,7 @@ PRESETS: tuple[Preset, ...] = (
             model_id="xinntao/RealESRGAN_x2plus",
             family="rrdbnet",
             pipelines=_UPSCALE,
-            limits=Limits(max_pixels=4096 * 4096, max_side=8192, size_multiple=2, scales=(2,)),
+            limits=dataclasses.replace(_REAL_LIMITS, scales=(2,)),
             vram_bytes=1024 * _MIB,
             tiny=False,
             weights_subdir="realesrgan",

@@ -1,4 +1,4 @@
-"""Upscaling: RRDBNet layout compatibility, tiling, bounds and determinism (CPU, tiny sizes)."""
+"""Upscaling: RRDBNet layout compatibility, tiling, bounds and determinism, images and videos (CPU, tiny sizes)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy.typing as npt
 import pytest
 import torch
 from lpnode.models.base import CancelToken, ModelSpec, StepProgress, UpscaleRequest
-from lpnode.models.errors import Cancelled, ModelLoadError, ParameterError, WeightsMissing
-from lpnode.models.outputs import ImageOutput
+from lpnode.models.errors import Cancelled, ModelLoadError, NotLoaded, ParameterError, WeightsMissing
+from lpnode.models.outputs import ImageOutput, RawImage, RawVideo, VideoOutput, decode_video_bytes, encode_mp4
 from lpnode.models.rrdbnet import RRDBNet, RRDBNetConfig, infer_rrdbnet_config, unwrap_esrgan_state
-from lpnode.models.upscale import PRESETS, UpscaleAdapter, tile_grid, upscale_array
+from lpnode.models.upscale import PRESETS, UpscaleAdapter, probe_upscale_input, tile_grid, upscale_array
 from PIL import Image
 
 SPECS = {p.spec.name: p for p in PRESETS}
@@ -243,3 +243,85 @@ def test_cancel_between_tiles(tiny: UpscaleAdapter) -> None:
     with pytest.raises(Cancelled):
         tiny.run(UpscaleRequest(image=png(gradient(64, 64)), scale=4), cancel=token, progress=on_progress)
     assert [(s.stage, s.step, s.total) for s in seen] == [("tile", 1, 4)]
+
+
+# --- video: frame by frame ----------------------------------------------------------------------
+
+
+def mp4(frames: list[npt.NDArray[np.uint8]], fps: float = 8.0) -> bytes:
+    return encode_mp4(frames, fps)
+
+
+def moving(width: int, height: int, count: int) -> list[npt.NDArray[np.uint8]]:
+    return [np.roll(gradient(width, height), 2 * k, axis=1) for k in range(count)]
+
+
+def test_video_is_upscaled_frame_by_frame(tiny: UpscaleAdapter) -> None:
+    video = mp4(moving(32, 32, 4), fps=8.0)
+    events: list[StepProgress] = []
+    out = tiny.run(UpscaleRequest(video=video, scale=4), progress=events.append)
+    assert isinstance(out, VideoOutput)
+    assert (out.width, out.height, out.num_frames, out.fps) == (128, 128, 4, 8.0)
+    assert len(out.frame_phash) == len(out.frame_dhash) == 4
+    assert [(e.stage, e.step, e.total) for e in events] == [("frame", i, 4) for i in range(1, 5)]
+    # each output frame, before H.264, is exactly the image upscale of its decoded input frame
+    raw = tiny.generate(UpscaleRequest(video=video, scale=4))
+    assert isinstance(raw, RawVideo)
+    for index, frame in enumerate(decode_video_bytes(video)[0]):
+        expected = tiny.generate(UpscaleRequest(image=png(np.asarray(frame)), scale=4))
+        assert isinstance(expected, RawImage)
+        assert np.array_equal(raw.frames[index], expected.pixels)
+    assert tiny.finish(raw).sha256 == out.sha256  # deterministic bytes
+
+
+def test_video_x2_keeps_fps_and_count(tiny: UpscaleAdapter) -> None:
+    raw = tiny.generate(UpscaleRequest(video=mp4(moving(16, 12, 3), fps=30000 / 1001), scale=2))
+    assert isinstance(raw, RawVideo)
+    assert (raw.width, raw.height, raw.num_frames) == (32, 24, 3)
+    assert abs(raw.fps - 30000 / 1001) < 1e-6
+
+
+def test_request_takes_exactly_one_input() -> None:
+    with pytest.raises(ParameterError, match="exactly one of image and video"):
+        UpscaleRequest(scale=4)
+    with pytest.raises(ParameterError, match="exactly one of image and video"):
+        UpscaleRequest(image=b"\x89PNG", video=b"....ftyp", scale=4)
+    with pytest.raises(ParameterError, match="video"):
+        UpscaleRequest(video=b"", scale=4)
+    assert "video" not in repr(UpscaleRequest(video=b"\x00" * 100))
+
+
+def test_video_bounds_are_checked_from_the_container_unloaded() -> None:
+    adapter = make_adapter("tiny-realesrgan")  # never loaded: the checks need no device
+    limits = tiny_spec().limits
+    assert limits.max_frames == 32 and limits.max_total_pixels == 1 << 20
+    with pytest.raises(ParameterError, match="more than 32 frames"):
+        adapter.check_inputs(UpscaleRequest(video=mp4(moving(8, 8, 33)), scale=2))
+    # 5 frames of 128x128 make 5 × 512² output pixels, over the 2**20 total though each frame fits
+    with pytest.raises(ParameterError, match=r"frames\*width\*height"):
+        adapter.check_inputs(UpscaleRequest(video=mp4(moving(128, 128, 5)), scale=4))
+    with pytest.raises(ParameterError, match="width"):  # a frame over max_side
+        adapter.check_inputs(UpscaleRequest(video=mp4(moving(160, 16, 2)), scale=4))
+    with pytest.raises(ParameterError, match="decodable video"):
+        adapter.check_inputs(UpscaleRequest(video=b"\x00\x00\x00\x18ftypmp42 not really", scale=4))
+    adapter.check_inputs(UpscaleRequest(video=mp4(moving(128, 128, 4)), scale=4))  # exactly 2**20: fits
+    with pytest.raises(NotLoaded):
+        adapter.run(UpscaleRequest(video=mp4(moving(8, 8, 2)), scale=2))
+
+
+def test_probe_reads_the_input_without_decoding() -> None:
+    found = probe_upscale_input(UpscaleRequest(video=mp4(moving(16, 12, 3), fps=12.0)), 32)
+    assert (found.width, found.height, found.num_frames, found.fps) == (16, 12, 3, 12.0)
+    image = probe_upscale_input(UpscaleRequest(image=png(gradient(10, 6))), 32)
+    assert (image.width, image.height, image.num_frames, image.fps) == (10, 6, 1, 0.0)
+
+
+def test_cancel_between_video_frames(tiny: UpscaleAdapter) -> None:
+    token = CancelToken()
+
+    def on_progress(event: StepProgress) -> None:
+        if event.step == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        tiny.run(UpscaleRequest(video=mp4(moving(16, 16, 4)), scale=2), cancel=token, progress=on_progress)
