@@ -15,6 +15,7 @@ Errors the user can fix are one line on stderr, never a traceback: exit code
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warm", metavar="MODEL[,MODEL...]", help="served models to load at start and keep loaded")
     run.add_argument("--weights-dir", type=Path, help="where real presets' weights are (default: <data-dir>/weights)")
     run.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
+    run.add_argument("--cheat", help=argparse.SUPPRESS)  # tests only; see tests/e2e/test_reputation_e2e.py
 
     commands.add_parser("id", parents=[common], help="print this node's peer id (creating its key if needed)")
     for name, what in (("peers", "the peers a running node knows"), ("node", "a running node's own state")):
@@ -69,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     # job commands import only argparse-light modules here; httpx and trio load when one runs
     from lpnode.node.cli_jobs import add_job_commands
     from lpnode.node.cli_receipt import add_receipt_command
+    from lpnode.node.cli_reputation import add_reputation_command
     from lpnode.node.cli_workflow import add_workflow_command
 
     add_job_commands(commands, common)
     add_workflow_command(commands, common)
     add_receipt_command(commands)
+    add_reputation_command(commands, common)
     return parser
 
 
@@ -131,7 +135,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     from lpnode.node.run import run_node  # libp2p, FastAPI and torch load only for `run`
 
-    trio.run(run_node, config)
+    if args.cheat is not None:
+        from lpnode.reputation.cheat_pool import parse_cheat
+
+        parse_cheat(args.cheat)  # a bad value is a config error (exit 2) before anything starts
+    trio.run(functools.partial(run_node, config, cheat=args.cheat))
     return 0
 
 
@@ -212,6 +220,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lpnode.node.cli_receipt import cmd_receipt
 
         return cmd_receipt(args)
+    if args.command == "reputation":
+        from lpnode.node.cli_reputation import cmd_reputation
+
+        return cmd_reputation(args, _config(args).data_dir)
     if args.command == "workflow":
         from lpnode.node.cli_workflow import cmd_workflow
 

@@ -7,7 +7,7 @@ the API's record dicts; file I/O runs off the event loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import trio
 from lpnode.node.job_manager import Record
 from lpnode.node.job_records import JOB_MIGRATIONS, JobRecords, JobState
 from lpnode.node.output_files import OutputFiles
-from lpnode.node.store import open_store
+from lpnode.node.store import Migration, Store, open_store
 
 DATABASE_FILE = "lpnode.db"
 OUTPUTS_DIR = "outputs"
@@ -24,8 +24,9 @@ OUTPUTS_DIR = "outputs"
 class StoredRecords:
     """:class:`RecordBook` over :class:`JobRecords`."""
 
-    def __init__(self, records: JobRecords) -> None:
+    def __init__(self, records: JobRecords, store: Store | None = None) -> None:
         self._records = records
+        self.store = store  # the node's database, shared with other components (the reputation store)
 
     async def create(self, kind: str, request: Record, parent_id: str | None, now: float) -> Record:
         return (await self._records.create(kind, request, parent_id=parent_id, now=now)).to_json()
@@ -75,11 +76,14 @@ class FileOutputs:
 
 @asynccontextmanager
 async def open_job_storage(
-    data_dir: Path, outputs_max_bytes: int, now: float
+    data_dir: Path, outputs_max_bytes: int, now: float, *, extra_migrations: Sequence[Migration] = ()
 ) -> AsyncIterator[tuple[StoredRecords, FileOutputs]]:
-    """Records in ``<data_dir>/lpnode.db`` (unfinished ones marked interrupted) and outputs in ``<data_dir>/outputs``."""
-    async with open_store(data_dir / DATABASE_FILE, JOB_MIGRATIONS) as store:
-        records = StoredRecords(JobRecords(store))
+    """Records in ``<data_dir>/lpnode.db`` (unfinished ones marked interrupted) and outputs in ``<data_dir>/outputs``.
+
+    ``extra_migrations``: other components' schemas in the same database (``records.store``).
+    """
+    async with open_store(data_dir / DATABASE_FILE, [*JOB_MIGRATIONS, *extra_migrations]) as store:
+        records = StoredRecords(JobRecords(store), store)
         await records.mark_interrupted(now)  # whatever ran when the node last stopped did not finish
         files = await trio.to_thread.run_sync(OutputFiles, data_dir / OUTPUTS_DIR, outputs_max_bytes)
         yield records, FileOutputs(files)

@@ -49,6 +49,7 @@ from lpnode.node.rpc_models import (
     directory_version,
     peer_list,
 )
+from lpnode.node.rpc_reputation import reputation_router
 from lpnode.node.rpc_workflows import workflows_router
 from lpnode.protocol.errors import (
     AdvertRejected,
@@ -75,6 +76,7 @@ DEFAULT_MAX_INPUT_BYTES = (
 # The one place LpnodeError kinds become HTTP statuses; the most derived class listed wins.
 if TYPE_CHECKING:
     from lpnode.models.pool import ModelPool
+    from lpnode.reputation.store import ReputationStore
 
 ERROR_STATUS: dict[type[LpnodeError], int] = {
     LpnodeError: 500,
@@ -107,6 +109,7 @@ def create_app(
     pool: ModelPool | None = None,
     jobs: JobManager | None = None,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+    reputation: ReputationStore | None = None,
 ) -> FastAPI:
     """The RPC app for ``node``; requests must carry ``token`` (except ``/health``).
 
@@ -210,6 +213,8 @@ def create_app(
     if jobs is not None:
         app.include_router(jobs_router(jobs, require_token, max_input_bytes=max_input_bytes))
         app.include_router(workflows_router(jobs, require_token, max_input_bytes=max_input_bytes))
+    if reputation is not None:  # /v1/reputation: scores, bans and evidence of the node's reputation store
+        app.include_router(reputation_router(reputation, require_token))
     return app
 
 

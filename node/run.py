@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -35,9 +36,12 @@ from lpnode.node.rpc_info import check_not_running
 from lpnode.node.rpc_token import TOKEN_FILE, load_or_create_token
 from lpnode.protocol.errors import ConfigError, NetworkError
 from lpnode.protocol.names import SOFTWARE_VERSION
+from lpnode.reputation.spot_check import open_spot_checker
+from lpnode.reputation.store import REPUTATION_MIGRATIONS, ReputationStore, open_reputation
 
 if TYPE_CHECKING:
     from lpnode.models.pool import ModelPool
+    from lpnode.node.inference import InferencePool
     from lpnode.node.local_jobs import LocalWorker
 
 log = logging.getLogger(__name__)
@@ -68,13 +72,18 @@ def libp2p_config(config: NodeConfig) -> Libp2pConfig:
         raise ConfigError(str(exc)) from None
 
 
-async def run_node(config: NodeConfig, *, out: TextIO = sys.stdout, wall_clock: WallClock = time.time) -> None:
-    """Run a node until SIGINT or SIGTERM; return after a clean shutdown."""
+async def run_node(
+    config: NodeConfig, *, out: TextIO = sys.stdout, wall_clock: WallClock = time.time, cheat: str | None = None
+) -> None:
+    """Run a node until SIGINT or SIGTERM; return after a clean shutdown.
+
+    ``cheat`` (``MODE[:RATE]``, tests only): the worker cheats (``lpnode.reputation.cheat_pool``).
+    """
     setup_logging(config.log_level)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
-            await _serve(config, out, wall_clock)
+            await _serve(config, out, wall_clock, cheat)
     log.info("node stopped")
 
 
@@ -85,7 +94,7 @@ async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope
         return
 
 
-async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None:
+async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock, cheat: str | None = None) -> None:
     check_not_running(config.data_dir)
     key = load_or_create_key(config.data_dir)
     token = load_or_create_token(config.data_dir)
@@ -115,7 +124,7 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
                     serve_job_worker,
                     network,
                     key,
-                    pool,
+                    pool if cheat is None else _cheating(pool, cheat),
                     WorkerConfig(max_jobs=config.queue_capacity, price_per_mpx_step=config.price_per_mpx_step),
                     wall_clock=wall_clock,
                     # receipt numbers must keep increasing across restarts (job_proof.ReceiptSequence)
@@ -123,8 +132,10 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
                 )
             )
             local = LocalWorker(worker)
-        jobs = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock))
-        app = create_app(node, token, pool=pool, jobs=jobs, max_input_bytes=config.max_input_bytes)
+        jobs, reputation = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock))
+        app = create_app(
+            node, token, pool=pool, jobs=jobs, max_input_bytes=config.max_input_bytes, reputation=reputation
+        )
         urls = await node_nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
         _print_banner(out, node, urls, config, pool)
         await trio.sleep_forever()
@@ -133,20 +144,36 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock) -> None
 @contextlib.asynccontextmanager
 async def _open_jobs(
     config: NodeConfig, node: Node, local: LocalWorker | None, wall_clock: WallClock
-) -> AsyncIterator[JobManager]:
-    """The RPC job manager: records and outputs kept for the API, jobs sent through this node's requester."""
-    async with (
-        open_job_storage(config.data_dir, config.outputs_max_bytes, wall_clock()) as (book, outputs),
-        open_job_manager(
-            book,
-            outputs,
-            requester_runner(node, local),
-            max_jobs=config.max_rpc_jobs,
-            status_for=status_for,
-            wall_clock=wall_clock,
-        ) as jobs,
-    ):
-        yield jobs
+) -> AsyncIterator[tuple[JobManager, ReputationStore]]:
+    """The RPC job manager: records and outputs kept for the API, jobs sent through this node's requester,
+    steered by the reputation store (same database) and spot-checked (``lpnode.reputation.spot_check``)."""
+    async with open_job_storage(
+        config.data_dir, config.outputs_max_bytes, wall_clock(), extra_migrations=REPUTATION_MIGRATIONS
+    ) as (book, outputs):
+        assert book.store is not None
+        reputation = await open_reputation(book.store, clock=wall_clock)
+        runner = requester_runner(node, local, reputation=reputation)
+        async with (
+            open_spot_checker(node, runner, reputation) as checker,
+            open_job_manager(
+                book,
+                outputs,
+                checker,
+                max_jobs=config.max_rpc_jobs,
+                status_for=status_for,
+                wall_clock=wall_clock,
+            ) as jobs,
+        ):
+            yield jobs, reputation
+
+
+def _cheating(pool: ModelPool, cheat: str) -> InferencePool:
+    """Tests only (``lpnode run --cheat``): the pool the worker runs jobs on cheats."""
+    from lpnode.reputation.cheat_pool import CheatingPool, parse_cheat
+
+    mode, rate = parse_cheat(cheat)
+    log.warning("--cheat %s: this worker cheats on %.0f%% of its jobs (a test setting)", mode, 100 * rate)
+    return CheatingPool(pool, mode, rate, rng=random.Random())
 
 
 @contextlib.asynccontextmanager

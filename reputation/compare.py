@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeAlias
 
-import av
 import imagehash
 import numpy as np
 import numpy.typing as npt
@@ -290,6 +289,8 @@ def _decode_image(data: bytes, max_pixels: int, side: Side) -> RGB:
 
 
 def _decode_video(data: bytes, max_pixels: int, max_frames: int, side: Side) -> list[RGB]:
+    import av  # FFmpeg loads only where a video is compared (an image-only node never needs it)
+
     frames: list[RGB] = []
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
