@@ -36,6 +36,7 @@ from lpnode.node.cli_follow import (
     until_interrupted,
     write_file,
 )
+from lpnode.node.cli_format import size_text
 from lpnode.node.cli_progress import WorkflowProgress
 from lpnode.node.client import LpnodeClient
 from lpnode.protocol.errors import ConfigError, LpnodeError, ReceiptRejected
@@ -131,7 +132,7 @@ async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output:
         data = await client.output(str(item["url"]))
         write_file(path, data)
         digests[hashlib.sha256(data).hexdigest()] = path
-        lines.append(f"saved {path} ({len(data)} B)")
+        lines.append(f"saved {path} ({size_text(len(data))})")
     total = 0
     last_outputs: set[str] = set()
     for k, step_id in enumerate(result.get("steps") or []):
