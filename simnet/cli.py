@@ -37,6 +37,10 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     run.add_argument("--scale", type=float, default=1.0, help="multiply node counts and job rates")
     run.add_argument("--duration", type=float, default=None, help="override duration_s (virtual seconds)")
+    run.add_argument(
+        "--backend", choices=("memory", "libp2p"), default="memory", help="in-memory in virtual time, or real libp2p"
+    )
+    run.add_argument("--processes", type=int, default=4, help="libp2p backend: worker processes")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(sim_handler=_run)
@@ -67,7 +71,12 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
     scenario = prepare(args)
     bar = None if args.quiet else ProgressBar(sys.stderr)
-    result = run_scenario(scenario, progress=bar)
+    if args.backend == "libp2p":
+        from .libp2p_backend import run_libp2p
+
+        result = run_libp2p(scenario, processes=args.processes, progress=bar)
+    else:
+        result = run_scenario(scenario, progress=bar)
     if bar is not None:
         bar.close()
 
