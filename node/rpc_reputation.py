@@ -2,7 +2,8 @@
 
 * ``GET /v1/reputation``: every peer with evidence or a ban (score per model
   family, checks, blames, ban state and expiry), and the check counters
-  (compute given to users' jobs and to checks: the overhead);
+  (compute given to users' jobs and to checks: the overhead); a long-poll
+  with ``checks_above=K&wait_s=N`` (checks settle in the background);
 * ``GET /v1/reputation/evidence?after=&limit=&peer_id=``: evidence rows in id
   order with their signed receipts (base64), a page at a time (``next_after``);
   ``lpnode reputation export`` pages through it;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import trio
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from lpnode.reputation.export import wire_row
@@ -22,6 +24,7 @@ from lpnode.reputation.store import MAX_EVIDENCE_PAGE, ReputationStore
 __all__ = ["RECENT_VERDICTS", "reputation_router"]
 
 RECENT_VERDICTS = 20  # verdicts shown per peer
+MAX_WAIT_S = 60.0  # longest long-poll, as on /v1/peers
 _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as in rpc.py
 
 
@@ -34,8 +37,21 @@ def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRou
     router = APIRouter(prefix="/v1/reputation", dependencies=[Depends(require_token)], tags=["reputation"])
 
     @router.get("")
-    async def summary() -> dict[str, Any]:
-        """Every peer this node has evidence about or has banned, and the check counters."""
+    async def summary(
+        checks_above: Annotated[
+            int | None, Query(ge=0, description="wait until more than this many checks are settled")
+        ] = None,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="how long to wait (with checks_above)")] = 0.0,
+    ) -> dict[str, Any]:
+        """Every peer this node has evidence about or has banned, and the check counters.
+
+        Long-poll: with `checks_above=K&wait_s=N` the answer comes once more than K checks
+        are settled (`counters.checks`), or after N seconds.
+        """
+        if checks_above is not None:
+            with trio.move_on_after(wait_s):
+                while reputation.counters()["checks"] <= checks_above:
+                    await reputation.changed.wait()
         peers = []
         for peer_id in reputation.peers():
             described = reputation.describe(peer_id)

@@ -1,0 +1,137 @@
+"""A cheater among real ``lpnode run`` processes is caught by spot checks and banned; honest workers keep a good score.
+
+Four processes on 127.0.0.1: a requester (serves nothing) and three tiny-sdxl
+workers. One worker runs with the test-only flag ``--cheat other_seed`` (hidden
+from ``lpnode run --help``; documented only here): it runs every job with a
+seed of its own and signs the result as if honest, and it undercuts the
+others' price, so a requester asking ``priority: cost`` keeps choosing it.
+``--cheat MODE[:RATE]`` takes any ``lpnode.reputation.cheats.CheatMode`` but
+``other_model`` and the share of jobs to cheat on (default 1.0).
+
+The requester submits jobs one at a time until ``GET /v1/reputation/{cheater}``
+says banned (bounded); each job's check settles in the background and the
+test waits for it with the long-poll ``GET /v1/reputation?checks_above=K``.
+Then the evidence export must check out offline.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from lpnode.node.client import LpnodeClient
+from lpnode.reputation.export import check_export
+
+from .test_three_nodes import FAST_GOSSIP, LPNODE, STARTUP_S, Cluster, NodeProcess, _read_banner, cli, cluster
+
+pytestmark = pytest.mark.slow
+
+MAX_JOBS_TO_BAN = 8  # every job of a new peer is checked and three blames ban: 3 expected
+HONEST_PRICE, CHEAP_PRICE = 10_000, 100  # per mpx-step: 82 and 1 micro-credits for these jobs
+JOB = {
+    "prompt": "a lighthouse at dusk",
+    "width": 64,
+    "height": 64,
+    "guidance_scale": 0.0,
+    "num_inference_steps": 2,
+    "max_price": 1_000,
+    "deadline": 60,
+    "priority": "cost",
+}
+
+
+async def launch(nodes: Cluster, name: str, *, serve: str, price: int, extra: tuple[str, ...] = ()) -> NodeProcess:
+    """Like ``Cluster.launch``, with a price of its own and extra flags (``--cheat``)."""
+    data_dir = nodes.tmp_path / name
+    data_dir.mkdir()
+    config = data_dir / "node.toml"
+    config.write_text(FAST_GOSSIP + f"price_per_mpx_step = {price}\n")
+    log = data_dir / "node.log"
+    args = [
+        *LPNODE,
+        "run",
+        f"--data-dir={data_dir}",
+        f"--config={config}",
+        "--listen=/ip4/127.0.0.1/tcp/0",
+        "--rpc=127.0.0.1:0",
+        "--no-mdns",
+        f"--serve={serve}",
+        *extra,
+    ]
+    with log.open("wb") as log_file:
+        process = await trio.lowlevel.open_process(args, stdout=-1, stderr=log_file)
+    nodes.processes.append((name, process, log))
+    with trio.fail_after(STARTUP_S):
+        banner = await _read_banner(process)
+    client = LpnodeClient.from_data_dir(data_dir)
+    nodes.clients.append(client)
+    info = await client.node()
+    addr = next(a for a in info["listen_addrs"] if a.startswith("/ip4/127.0.0.1/"))
+    return NodeProcess(name, process, data_dir, banner, client, info["peer_id"], addr)
+
+
+async def reputation(client: LpnodeClient, path: str = "", **params: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = await client._get(f"/v1/reputation{path}", params=params, extra_timeout_s=60)
+    return answer
+
+
+async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_score(tmp_path: Path) -> None:
+    with trio.fail_after(240):
+        async with cluster(tmp_path) as nodes:
+            requester = await launch(nodes, "requester", serve="none", price=HONEST_PRICE)
+            bootstrap = f"--bootstrap={requester.addr}"
+            workers: dict[str, NodeProcess] = {}
+
+            async def start(name: str, price: int, *extra: str) -> None:
+                workers[name] = await launch(nodes, name, serve="tiny-sdxl", price=price, extra=(bootstrap, *extra))
+
+            async with trio.open_nursery() as nursery:  # three torch imports at once: the slow part
+                nursery.start_soon(start, "honest-1", HONEST_PRICE)
+                nursery.start_soon(start, "honest-2", HONEST_PRICE)
+                nursery.start_soon(start, "cheater", CHEAP_PRICE, "--cheat=other_seed")
+            cheater = workers["cheater"].peer_id
+            honest = [workers["honest-1"].peer_id, workers["honest-2"].peer_id]
+            with trio.fail_after(30):
+                answer = await requester.client.peers()
+                while sum(1 for p in answer["peers"] if p["models"]) < 3:
+                    answer = await requester.client.peers(changed_since=answer["version"], wait_s=10)
+
+            jobs = 0
+            while not (await reputation(requester.client, f"/{cheater}"))["banned"]:
+                assert jobs < MAX_JOBS_TO_BAN, await reputation(requester.client)
+                jobs += 1
+                result = await requester.client.text_to_image(**JOB, seed=jobs)
+                if jobs == 1:
+                    assert result["jobs"][0]["worker_peer_id"] == cheater  # the cheapest
+                # every job of a new peer is checked, in the background: wait for its verdict
+                settled = await reputation(requester.client, checks_above=jobs - 1, wait_s=50)
+                assert settled["counters"]["checks"] == jobs
+            # banned: an honest peer runs the next job, and its checker agrees
+            result = await requester.client.text_to_image(**JOB, seed=100)
+            assert result["jobs"][0]["worker_peer_id"] in honest
+            summary = await reputation(requester.client, checks_above=jobs, wait_s=50)
+
+            detail = await reputation(requester.client, f"/{cheater}")
+            table = await cli("reputation", f"--data-dir={requester.data_dir}")
+            export = tmp_path / "evidence.json"
+            await cli("reputation", "export", "-o", str(export), f"--data-dir={requester.data_dir}")
+            help_text = await cli("run", "--help")
+
+    print(f"jobs until the ban of an always-cheater: {jobs}", file=sys.stderr)
+    assert jobs == 3
+    assert detail["banned"] and detail["ban"]["reason"] == "failed checks"
+    assert detail["evidence_count"] == 3 and all(r["role"] == "blamed" for r in detail["recent"])
+    peers = {p["peer_id"]: p for p in summary["peers"]}
+    for peer in honest:
+        (family,) = peers[peer]["families"]
+        assert not peers[peer]["banned"] and family["blames"] == 0 and family["checks"] >= 2
+        assert family["score"] > 0.3  # above the newcomer's ~0.12: in good standing as a checker
+    assert summary["counters"]["checks"] == 4
+    assert "banned until" in table and cheater in table
+    document = json.loads(export.read_text())
+    assert len(document["evidence"]) == 4 and check_export(document) == []
+    assert "cheat" not in help_text
