@@ -126,3 +126,17 @@ def test_report_folder_and_command_line(tmp_path: Path) -> None:
     assert code == 0 and "# simnet: baseline" in out.getvalue()
     assert (tmp_path / "cli" / "metrics.json").exists() and not (tmp_path / "cli" / "throughput.png").exists()
     assert main(["run", "no-such-scenario"], out=io.StringIO()) == 2
+
+
+@pytest.mark.slow
+def test_libp2p_backend_runs_the_same_stacks_over_real_hosts() -> None:
+    from lpnode.simnet.libp2p_backend import run_libp2p
+
+    scenario = small("baseline", scale=0.1, duration_s=6.0)  # 4 workers and a requester, 2 processes
+    m = run_libp2p(scenario, processes=2).metrics
+    assert m["scenario"]["backend"] == "libp2p"
+    assert m["jobs"]["submitted"] >= 2 and m["jobs"]["success_rate"] == 1.0, m["jobs"]
+    assert m["jobs"]["bad_outputs_accepted"] == 0
+    assert m["adverts"]["seen"] > 0
+    with pytest.raises(ScenarioError, match="no churn"):
+        run_libp2p(small("churn"))
