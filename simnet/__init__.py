@@ -7,6 +7,8 @@ What it offers:
 * :func:`write_report` — ``metrics.json``, ``summary.md`` and PNG plots for a result;
 * :class:`SimPool` / :func:`open_sim_pool` — a model pool on a simulated GPU (:data:`PROFILES`),
   usable wherever the node takes an ``InferencePool``;
+* ``lpnode.simnet.libp2p_backend.run_libp2p`` — the same stacks on real libp2p hosts over several
+  processes, in real time (imported on demand: it loads py-libp2p);
 * ``python -m lpnode.simnet run <scenario> --out DIR`` — the command line (:func:`main`).
 """
 
