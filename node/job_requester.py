@@ -44,7 +44,6 @@ from lpnode.protocol.errors import (
 from lpnode.protocol.jobs import JobMessage, Progress, QuoteRequest
 from lpnode.protocol.jobspec import (
     IMAGE_PNG,
-    OUTPUT_MEDIA_TYPE,
     VIDEO_MP4,
     BlobDescriptor,
     FrameInterpolationParams,
@@ -55,6 +54,7 @@ from lpnode.protocol.jobspec import (
     Pipeline,
     TextToImageParams,
     UpscaleParams,
+    output_media_type,
 )
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.negotiation import Action, Phase, RequesterNegotiation, Send
@@ -158,7 +158,7 @@ def build_spec(job: JobRequest, inputs: Mapping[str, bytes], max_output_bytes: i
         model_id=job.model_id,
         seed=job.seed,
         inputs=blobs,
-        output=OutputExpectation(OUTPUT_MEDIA_TYPE[job.pipeline], max_output_bytes),
+        output=OutputExpectation(output_media_type(job.pipeline, inputs), max_output_bytes),
         **params,
     )
 

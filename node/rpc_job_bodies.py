@@ -5,6 +5,11 @@ defaults, plus lpnode's job options (:class:`JobOptions`). Text-to-image and
 workflows are JSON; the file-input pipelines are multipart/form-data (field
 values arrive as strings and pydantic coerces them, so one model serves both).
 
+A file-input endpoint takes exactly one file. Its bytes, not the form field
+it came in, say which input it is (an MP4 sent to ``/upscale`` is a video to
+upscale, whether the field is ``image`` or ``video``): :func:`prepare` names the
+input after its content and refuses (422) a kind the pipeline does not take.
+
 Uploads are read bounded (:func:`read_body`): a body over the node's input
 limit is refused with :class:`InputTooLarge` (HTTP 413) as soon as it is
 known to be too big, never held whole in memory first. Bad values raise
@@ -24,11 +29,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from lpnode.node.job_requester import JobRequest, Params, build_spec
+from lpnode.node.job_requester import JobRequest, Params, build_spec, media_type_of
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobspec import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
+    PIPELINE_IO,
     FrameInterpolationParams,
     ImageToImageParams,
     ImageToVideoParams,
@@ -184,14 +190,43 @@ BODIES: dict[Pipeline, type[_PipelineBody]] = {
     Pipeline.UPSCALE: UpscaleBody,
     Pipeline.FRAME_INTERPOLATION: FrameInterpolationBody,
 }
-# The file each pipeline takes, and the kind of media it consumes and produces (workflow chains).
-INPUT_FILE: dict[Pipeline, str | None] = {
-    Pipeline.TEXT_TO_IMAGE: None,
-    Pipeline.IMAGE_TO_IMAGE: "image",
-    Pipeline.IMAGE_TO_VIDEO: "image",
-    Pipeline.UPSCALE: "image",
-    Pipeline.FRAME_INTERPOLATION: "video",
+IMAGE, VIDEO = "image", "video"  # the kinds of input file, named as the spec names its inputs
+# The kinds of file each pipeline takes (one per request), from the spec's input choices.
+INPUT_FILES: dict[Pipeline, tuple[str, ...]] = {
+    pipeline: tuple(name for names, _ in choices for name in sorted(names)) for pipeline, choices in PIPELINE_IO.items()
 }
+# The form field each file endpoint documents (Livepeer's name: upscale's is "image"), None: no file.
+INPUT_FILE: dict[Pipeline, str | None] = {pipeline: next(iter(names), None) for pipeline, names in INPUT_FILES.items()}
+FILE_FIELDS = frozenset({IMAGE, VIDEO})  # form fields a file may come in; its bytes decide what it is
+
+
+def input_kind(data: bytes) -> str | None:
+    """``"image"`` (PNG, JPEG) or ``"video"`` (MP4) from the first bytes, as the spec's media type is; None: unknown."""
+    media_type = media_type_of("", data)
+    if media_type.startswith("image/"):
+        return IMAGE
+    if media_type.startswith("video/"):
+        return VIDEO
+    return None
+
+
+def name_inputs(pipeline: Pipeline, inputs: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``inputs`` named by what their bytes are (an unknown format keeps its given name); 422 for a kind not taken."""
+    accepted = INPUT_FILES[pipeline]
+    named: dict[str, bytes] = {}
+    for given, data in inputs.items():
+        name = input_kind(data) or given
+        if name not in accepted:
+            takes = " or ".join(accepted) or "no file"
+            raise invalid(f"{pipeline} takes {takes}, but the file {given!r} is {_a(name)}", "body", given)
+        if name in named:
+            raise invalid(f"{pipeline} takes one file, got two of kind {name}", "body", given)
+        named[name] = data
+    return named
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 
 @dataclass(frozen=True)
@@ -210,7 +245,11 @@ def input_summary(inputs: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
 
 
 def prepare(body: _PipelineBody, inputs: Mapping[str, bytes], max_output_bytes: int) -> PreparedJob:
-    """Build the network jobs of ``body``; RequestValidationError (422) when the spec refuses a value."""
+    """Build the network jobs of ``body``; RequestValidationError (422) when the spec refuses a value.
+
+    Inputs are renamed after their content first (see the module docstring), so their given names are only labels.
+    """
+    inputs = name_inputs(body.pipeline, inputs)
     try:
         jobs = tuple(body.job_requests())
         for job in jobs:
@@ -263,7 +302,10 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
 
 
 async def read_form(request: Request, file_field: str, max_input_bytes: int) -> tuple[dict[str, Any], bytes]:
-    """Fields and the one file of a multipart upload, each bounded."""
+    """Fields and the one file of a multipart upload, each bounded.
+
+    The file may come in ``file_field`` or any of :data:`FILE_FIELDS`: :func:`prepare` names it after its bytes.
+    """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise invalid(f"send multipart/form-data with the file in field {file_field!r}", "header", "content-type")
     limit = max_input_bytes + FORM_OVERHEAD_BYTES
@@ -291,7 +333,7 @@ async def read_form(request: Request, file_field: str, max_input_bytes: int) -> 
         upload: UploadFile | None = None
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if name != file_field:
+                if name != file_field and name not in FILE_FIELDS:
                     raise invalid(f"unexpected file field {name!r} (this endpoint takes {file_field!r})")
                 upload = value
             elif name in ("prefer", "avoid"):  # repeated fields or comma-separated
@@ -320,7 +362,11 @@ def _check_length(request: Request, max_bytes: int) -> None:
 
 __all__ = [
     "BODIES",
+    "FILE_FIELDS",
+    "IMAGE",
     "INPUT_FILE",
+    "INPUT_FILES",
+    "VIDEO",
     "FrameInterpolationBody",
     "ImageToImageBody",
     "ImageToVideoBody",
@@ -329,8 +375,10 @@ __all__ = [
     "PreparedJob",
     "TextToImageBody",
     "UpscaleBody",
+    "input_kind",
     "input_summary",
     "invalid",
+    "name_inputs",
     "prepare",
     "read_body",
     "read_form",

@@ -2,8 +2,9 @@
 
 :func:`plan_workflow` is pure: it checks the whole chain before anything runs
 (every step's parameters, as its endpoint would; the media kinds fitting from
-step to step: image → image, image → video, video → video; the input file of
-the first step) and raises the API's 422 for the first problem.
+step to step, as the job spec's input choices say: text → image, image → image,
+image → video, video → video, and upscaling both image → image and video →
+video; the input file of the first step) and raises the API's 422 for the first problem.
 :func:`run_workflow` runs a plan step by step through the job manager, each
 step a child record of the workflow's, each free to go to another peer.
 """
@@ -17,40 +18,34 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
-from lpnode.node.job_requester import media_type_of
 from lpnode.node.rpc_job_bodies import (
     BODIES,
+    IMAGE,
     INPUT_FILE,
+    VIDEO,
     JobOptions,
     PreparedJob,
+    input_kind,
     input_summary,
     invalid,
     prepare,
     validate,
 )
-from lpnode.protocol.jobspec import VIDEO_MP4, Pipeline
+from lpnode.protocol.jobspec import PIPELINE_IO, VIDEO_MP4, Pipeline
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from lpnode.node.job_manager import JobManager, _Live
 
 MAX_STEPS = 8
-IMAGE, VIDEO = "image", "video"
-# what each pipeline consumes (None: nothing) and produces
-CONSUMES: dict[Pipeline, str | None] = {
-    Pipeline.TEXT_TO_IMAGE: None,
-    Pipeline.IMAGE_TO_IMAGE: IMAGE,
-    Pipeline.IMAGE_TO_VIDEO: IMAGE,
-    Pipeline.UPSCALE: IMAGE,
-    Pipeline.FRAME_INTERPOLATION: VIDEO,
+# What each pipeline makes of each kind of input it takes (None: no input), from the job
+# spec's input choices so the chain check cannot disagree with what a spec accepts.
+MAKES: dict[Pipeline, dict[str | None, str]] = {
+    pipeline: {next(iter(names), None): VIDEO if media == VIDEO_MP4 else IMAGE for names, media in choices}
+    for pipeline, choices in PIPELINE_IO.items()
 }
-PRODUCES: dict[Pipeline, str] = {
-    Pipeline.TEXT_TO_IMAGE: IMAGE,
-    Pipeline.IMAGE_TO_IMAGE: IMAGE,
-    Pipeline.IMAGE_TO_VIDEO: VIDEO,
-    Pipeline.UPSCALE: IMAGE,
-    Pipeline.FRAME_INTERPOLATION: VIDEO,
-}
+# Stand-ins for an input only the run will make, so planning can run each step's spec checks.
+_STAND_IN = {IMAGE: b"\x89PNG\r\n\x1a\n", VIDEO: b"\x00\x00\x00\x18ftypisom"}
 _OPTION_FIELDS = frozenset(JobOptions.model_fields)
 
 
@@ -90,9 +85,9 @@ def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowP
     have: str | None = _kind_of(first_input)
     for index, step in enumerate(workflow.steps):
         where = f"steps.{index}"
-        wants = CONSUMES[step.pipeline]
-        if wants != have:
-            raise invalid(_mismatch(index, step.pipeline, wants, have), "body", where)
+        makes = MAKES[step.pipeline]
+        if have not in makes:
+            raise invalid(_mismatch(index, step.pipeline, list(makes), have), "body", where)
         if options_given := sorted(_OPTION_FIELDS & step.params.keys()):
             raise invalid(f"job options {options_given} belong to the workflow, not to one step", "body", where)
         body = _step_body(step, index)
@@ -100,9 +95,9 @@ def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowP
             raise invalid("a workflow step makes one image (num_images_per_prompt = 1)", "body", where)
         # the spec's own checks, with a stand-in for an input that only the run will make
         name = INPUT_FILE[step.pipeline]
-        prepare(body, {name: b"\x89PNG\r\n\x1a\n" if wants == IMAGE else b"...."} if name else {}, max_output_bytes)
+        prepare(body, {name: _STAND_IN[have]} if name and have else {}, max_output_bytes)
         bodies.append(body)
-        have = PRODUCES[step.pipeline]
+        have = makes[have]
     request = workflow.model_dump(mode="json", exclude={"input"})
     request["inputs"] = input_summary({"input": first_input}) if first_input is not None else {}
     return WorkflowPlan(tuple(bodies), first_input, options, request, max_output_bytes)
@@ -156,19 +151,24 @@ def _decode_input(text: str | None) -> bytes | None:
 def _kind_of(data: bytes | None) -> str | None:
     if data is None:
         return None
-    return VIDEO if media_type_of("input", data) == VIDEO_MP4 else IMAGE
+    return input_kind(data) or IMAGE  # an unknown format goes on as an image: its step's worker decides
 
 
-def _mismatch(index: int, pipeline: Pipeline, wants: str | None, have: str | None) -> str:
+def _mismatch(index: int, pipeline: Pipeline, takes: list[str | None], have: str | None) -> str:
+    wants = " or ".join(_a(kind) for kind in takes if kind is not None)
     if index == 0:
-        if wants is None:
+        if None in takes:
             return f"step 0 ({pipeline}) takes no input file, but the workflow has one"
         if have is None:
-            return f"step 0 ({pipeline}) needs an input {wants}: give it as base64 in `input`"
-        return f"step 0 ({pipeline}) needs an input {wants}, but `input` is a {have}"
-    if wants is None:
+            return f"step 0 ({pipeline}) needs {wants}: give it as base64 in `input`"
+        return f"step 0 ({pipeline}) needs {wants}, but `input` is {_a(have)}"
+    if None in takes:
         return f"step {index} ({pipeline}) takes no input, so it cannot follow step {index - 1}"
-    return f"step {index} ({pipeline}) needs an {wants} but step {index - 1} makes a {have}"
+    return f"step {index} ({pipeline}) needs {wants} but step {index - 1} makes {_a(have)}"
 
 
-__all__ = ["MAX_STEPS", "StepBody", "WorkflowBody", "WorkflowPlan", "plan_workflow", "run_workflow"]
+def _a(kind: str | None) -> str:
+    return f"an {kind}" if kind == IMAGE else f"a {kind}"
+
+
+__all__ = ["MAKES", "MAX_STEPS", "StepBody", "WorkflowBody", "WorkflowPlan", "plan_workflow", "run_workflow"]

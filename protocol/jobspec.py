@@ -17,6 +17,7 @@ spec into a model request.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Annotated, Any
@@ -46,22 +47,39 @@ class Pipeline(StrEnum):
 IMAGE_PNG = "image/png"
 VIDEO_MP4 = "video/mp4"
 
-# The named bulky inputs each pipeline needs (the bytes fields of its model request),
-# and the media type of what it produces (models/outputs.py encodes PNG and H.264 MP4).
-REQUIRED_INPUTS: dict[Pipeline, frozenset[str]] = {
-    Pipeline.TEXT_TO_IMAGE: frozenset(),
-    Pipeline.IMAGE_TO_IMAGE: frozenset({"image"}),
-    Pipeline.IMAGE_TO_VIDEO: frozenset({"image"}),
-    Pipeline.UPSCALE: frozenset({"image"}),
-    Pipeline.FRAME_INTERPOLATION: frozenset({"video"}),
+_NONE: frozenset[str] = frozenset()
+_IMAGE = frozenset({"image"})
+_VIDEO = frozenset({"video"})
+
+# What each pipeline takes and makes: the sets of named bulky inputs it accepts (the bytes
+# fields of its model request; exactly one set per spec) and, for each, the media type of
+# what it produces (models/outputs.py encodes PNG and H.264 MP4). Upscaling maps an image
+# to an image and a video to a video, so a spec's output type follows from its inputs.
+PIPELINE_IO: dict[Pipeline, tuple[tuple[frozenset[str], str], ...]] = {
+    Pipeline.TEXT_TO_IMAGE: ((_NONE, IMAGE_PNG),),
+    Pipeline.IMAGE_TO_IMAGE: ((_IMAGE, IMAGE_PNG),),
+    Pipeline.IMAGE_TO_VIDEO: ((_IMAGE, VIDEO_MP4),),
+    Pipeline.UPSCALE: ((_IMAGE, IMAGE_PNG), (_VIDEO, VIDEO_MP4)),
+    Pipeline.FRAME_INTERPOLATION: ((_VIDEO, VIDEO_MP4),),
 }
-OUTPUT_MEDIA_TYPE: dict[Pipeline, str] = {
-    Pipeline.TEXT_TO_IMAGE: IMAGE_PNG,
-    Pipeline.IMAGE_TO_IMAGE: IMAGE_PNG,
-    Pipeline.IMAGE_TO_VIDEO: VIDEO_MP4,
-    Pipeline.UPSCALE: IMAGE_PNG,
-    Pipeline.FRAME_INTERPOLATION: VIDEO_MP4,
+# Every media type each pipeline may produce, whatever its inputs.
+OUTPUT_MEDIA_TYPES: dict[Pipeline, frozenset[str]] = {
+    pipeline: frozenset(media for _, media in choices) for pipeline, choices in PIPELINE_IO.items()
 }
+# What each pipeline makes from its first input choice (an image, for upscaling). A spec's
+# own output type is output_media_type(spec.pipeline, <its input names>).
+OUTPUT_MEDIA_TYPE: dict[Pipeline, str] = {pipeline: choices[0][1] for pipeline, choices in PIPELINE_IO.items()}
+
+
+def output_media_type(pipeline: Pipeline, input_names: Iterable[str]) -> str:
+    """The media type ``pipeline`` produces from inputs named ``input_names``; ValueError if it takes other inputs."""
+    names = frozenset(input_names)
+    for accepted, media_type in PIPELINE_IO[pipeline]:
+        if names == accepted:
+            return media_type
+    takes = " or ".join(str(sorted(accepted)) for accepted, _ in PIPELINE_IO[pipeline])
+    raise ValueError(f"{pipeline} takes inputs {takes}, got {sorted(names)}")
+
 
 Prompt = Annotated[str, Bound(max_len=MAX_PROMPT_CHARS)]
 Sha256Hex = Annotated[str, Bound(max_len=64)]
@@ -192,7 +210,7 @@ class BlobDescriptor:
 
 @dataclass(frozen=True)
 class OutputExpectation:
-    media_type: Annotated[str, Bound(max_len=64)]  # must be the pipeline's output type (OUTPUT_MEDIA_TYPE)
+    media_type: Annotated[str, Bound(max_len=64)]  # must be what the pipeline makes of the inputs (output_media_type)
     max_total_bytes: int  # bytes; the requester rejects a result whose outputs add up to more
 
     def __post_init__(self) -> None:
@@ -226,10 +244,9 @@ class JobSpec:
         names = [blob.name for blob in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError("input names repeat")
-        if set(names) != REQUIRED_INPUTS[self.pipeline]:
-            raise ValueError(f"{self.pipeline} takes inputs {sorted(REQUIRED_INPUTS[self.pipeline])}, got {names}")
-        if self.output.media_type != OUTPUT_MEDIA_TYPE[self.pipeline]:
-            raise ValueError(f"{self.pipeline} outputs {OUTPUT_MEDIA_TYPE[self.pipeline]}")
+        expected = output_media_type(self.pipeline, names)
+        if self.output.media_type != expected:
+            raise ValueError(f"{self.pipeline} of {sorted(names) or 'no input'} outputs {expected}")
 
     @property
     def params(
@@ -261,7 +278,8 @@ def check_nonce(nonce: bytes) -> None:
 
 __all__ = [
     "OUTPUT_MEDIA_TYPE",
-    "REQUIRED_INPUTS",
+    "OUTPUT_MEDIA_TYPES",
+    "PIPELINE_IO",
     "BlobDescriptor",
     "FrameInterpolationParams",
     "ImageToImageParams",
@@ -272,4 +290,5 @@ __all__ = [
     "TextToImageParams",
     "UpscaleParams",
     "job_id",
+    "output_media_type",
 ]

@@ -40,7 +40,7 @@ import imagehash
 import numpy as np
 import numpy.typing as npt
 from lpnode.protocol.errors import ConfigError
-from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, Pipeline
+from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPES, Pipeline
 from lpnode.protocol.receipts import Receipt
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
@@ -321,8 +321,8 @@ def compare_outputs(
     """Compare two encoded outputs of one job spec. Raises OutputUndecodable naming the bad side."""
     thresholds = thresholds or Thresholds()
     pipeline = Pipeline(pipeline)
-    if media_type != OUTPUT_MEDIA_TYPE[pipeline]:
-        raise ValueError(f"{pipeline} outputs {OUTPUT_MEDIA_TYPE[pipeline]}, not {media_type}")
+    if media_type not in OUTPUT_MEDIA_TYPES[pipeline]:
+        raise ValueError(f"{pipeline} outputs {sorted(OUTPUT_MEDIA_TYPES[pipeline])}, not {media_type}")
     bounds = {"max_pixels": thresholds.max_pixels, "max_frames": thresholds.max_frames}
     frames_a = decode_frames(a, media_type, side="a", **bounds)
     frames_b = decode_frames(b, media_type, side="b", **bounds)

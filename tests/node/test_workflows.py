@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import trio
 from fastapi.exceptions import RequestValidationError
+from lpnode.models.outputs import decode_video_bytes
 from lpnode.models.pool import ModelPool
 from lpnode.node.network.memory import open_memory_hub
-from lpnode.node.workflows import plan_workflow
+from lpnode.node.workflows import MAKES, plan_workflow
+from lpnode.protocol.jobspec import Pipeline
 from lpnode.protocol.receipts import verify_receipt
 
 from .test_jobs import BOUND_S, Peer, peers, png, sees_models
@@ -45,8 +47,23 @@ def test_a_chain_whose_media_fit_is_planned_with_each_steps_checked_body() -> No
     assert with_file.first_input == png(8, 8) and with_file.request["inputs"]["input"]["size"] == len(png(8, 8))
 
 
+def test_upscale_takes_the_video_of_the_step_before_and_makes_a_video() -> None:
+    """The brief's own chain: image → video → upscale → interpolate (upscale maps video → video)."""
+    plan = plan_workflow({"steps": [T2I, I2V, UPSCALE, INTERPOLATE]}, 1 << 20)
+    assert [type(b).__name__ for b in plan.bodies][2:] == ["UpscaleBody", "FrameInterpolationBody"]
+    assert MAKES[Pipeline.UPSCALE] == {"image": "image", "video": "video"}
+    # a video input file can start a chain at upscale; an upscaled image still cannot be interpolated
+    video = base64.b64encode(b"\x00\x00\x00\x18ftypisom" + bytes(16)).decode()
+    assert len(plan_workflow({"steps": [UPSCALE, INTERPOLATE], "input": video}, 1 << 20).bodies) == 2
+    assert "needs a video but step 1 makes an image" in rejected({"steps": [T2I, UPSCALE, INTERPOLATE]})
+    # the step for an MP4 names its input "video", so its spec is a video upscale
+    step = plan.step(2, b"\x00\x00\x00\x18ftypisom" + bytes(16))
+    assert list(step.inputs) == ["video"] and step.request["inputs"]["video"]["size"] == 28
+
+
 def test_chains_that_do_not_fit_are_refused_before_running() -> None:
-    assert "needs an image but step 1 makes a video" in rejected({"steps": [T2I, I2V, UPSCALE]})
+    assert "needs an image but step 1 makes a video" in rejected({"steps": [T2I, I2V, I2I]})
+    assert "needs an image or a video: give it as base64" in rejected({"steps": [UPSCALE]})
     assert "takes no input" in rejected({"steps": [T2I, T2I]})
     assert "give it as base64" in rejected({"steps": [UPSCALE]})
     assert "takes no input file" in rejected({"steps": [T2I], "input": base64.b64encode(png()).decode()})
@@ -61,11 +78,12 @@ def test_chains_that_do_not_fit_are_refused_before_running() -> None:
 
 
 async def test_four_step_workflow_runs_each_step_as_a_child_with_its_receipt(pool4: ModelPool) -> None:
+    """text-to-image → image-to-video → upscale (the video, frame by frame) → frame-interpolation."""
     two_steps = {"num_inference_steps": 2}
     steps = [
         T2I | {"params": T2I["params"] | two_steps},
-        UPSCALE,
         I2V | {"params": I2V["params"] | two_steps},
+        UPSCALE,
         INTERPOLATE,
     ]
     async with open_memory_hub() as hub, peers(hub) as start:
@@ -84,14 +102,20 @@ async def test_four_step_workflow_runs_each_step_as_a_child_with_its_receipt(poo
                     for n in range(4)
                 ]
                 final = await client.get(result["outputs"][0], headers=AUTH)
-                bad = await client.post("/v1/workflows", json={"steps": [T2I, I2V, UPSCALE]}, headers=AUTH)
+                bad = await client.post("/v1/workflows", json={"steps": [T2I, I2V, I2I]}, headers=AUTH)
     assert record["kind"] == "workflow" and record["state"] == "succeeded" and record["result"] == result
-    assert [c["kind"] for c in children] == ["text-to-image", "upscale", "image-to-video", "frame-interpolation"]
+    assert [c["kind"] for c in children] == ["text-to-image", "image-to-video", "upscale", "frame-interpolation"]
     assert all(c["parent_id"] == record["id"] and c["state"] == "succeeded" for c in children)
     # each step's input is the previous step's output, as signed in the receipts
     signed = [verify_receipt(r) for r in receipts]
     for before, after in itertools.pairwise(signed):
         assert [b.sha256 for b in after.spec.inputs] == [before.outputs[0].sha256]
+    upscale = signed[2]
+    assert [(b.name, b.media_type) for b in upscale.spec.inputs] == [("video", "video/mp4")]
+    assert upscale.outputs[0].media_type == "video/mp4" and len(upscale.outputs[0].phash) == 4  # per frame
+    # 4 frames of 64x64 upscaled ×2, then interpolated ×2: (4 - 1) · 2 + 1 frames of 128x128
+    smooth = decode_video_bytes(final.content)[0]
+    assert len(smooth) == 7 and smooth[0].size == (128, 128)
     assert signed[-1].outputs[0].sha256 == result["outputs"][0].rsplit("/", 1)[1]
     assert final.status_code == 200 and final.content[4:8] == b"ftyp"
     assert bad.status_code == 422

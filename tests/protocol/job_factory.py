@@ -35,7 +35,7 @@ from lpnode.protocol import (
     job_id,
     sign_receipt,
 )
-from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, REQUIRED_INPUTS
+from lpnode.protocol.jobspec import PIPELINE_IO
 
 WORKER = NodeKey(b"\x11" * 32)
 REQUESTER = NodeKey(b"\x22" * 32)
@@ -183,6 +183,7 @@ _params = {
 @st.composite
 def specs(draw: st.DrawFn) -> JobSpec:
     pipeline = draw(st.sampled_from(list(Pipeline)))
+    names, media_type = draw(st.sampled_from(PIPELINE_IO[pipeline]))
     inputs = tuple(
         BlobDescriptor(
             name,
@@ -190,7 +191,7 @@ def specs(draw: st.DrawFn) -> JobSpec:
             draw(st.integers(1, 2**30)),
             draw(hexes),
         )
-        for name in sorted(REQUIRED_INPUTS[pipeline])
+        for name in sorted(names)
     )
     field = pipeline.value.replace("-", "_")
     return JobSpec(
@@ -198,7 +199,7 @@ def specs(draw: st.DrawFn) -> JobSpec:
         model_id=draw(st.text(max_size=128)),
         seed=draw(st.integers(0, 2**63 - 1)),
         inputs=inputs,
-        output=OutputExpectation(OUTPUT_MEDIA_TYPE[pipeline], draw(st.integers(1, 2**40))),
+        output=OutputExpectation(media_type, draw(st.integers(1, 2**40))),
         **{field: draw(_params[pipeline])},
     )
 
@@ -244,7 +245,7 @@ def receipts(draw: st.DrawFn) -> Receipt:
             st.builds(
                 OutputHashes,
                 st.text(max_size=32),
-                st.just(OUTPUT_MEDIA_TYPE[spec.pipeline]),
+                st.just(spec.output.media_type),
                 st.integers(1, 2**40),
                 hexes,
                 hexes,

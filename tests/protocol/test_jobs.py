@@ -35,7 +35,7 @@ from lpnode.protocol import (
 from lpnode.protocol.codec import max_frame_bytes
 from lpnode.protocol.envelope import SignedEnvelope
 from lpnode.protocol.jobs import MAX_JOB_FRAME_BYTES
-from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE
+from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, OUTPUT_MEDIA_TYPES, PIPELINE_IO, output_media_type
 
 from .job_factory import (
     MALLORY,
@@ -98,6 +98,33 @@ def test_inconsistent_specs_are_refused(change: dict[str, object], match: str) -
         dataclasses.replace(text_spec(), **change)
 
 
+def video_upscale_spec(**change: object) -> JobSpec:
+    spec = upscale_spec()
+    video = dataclasses.replace(spec.inputs[0], name="video", media_type="video/mp4")
+    output = dataclasses.replace(spec.output, media_type="video/mp4")
+    return dataclasses.replace(spec, **{"inputs": (video,), "output": output, **change})
+
+
+def test_upscale_takes_an_image_or_a_video_and_makes_the_same_kind() -> None:
+    spec = video_upscale_spec()
+    assert decode(encode(QuoteRequest(spec, NONCE, 1, 1)), QuoteRequest).spec == spec
+    assert output_media_type(Pipeline.UPSCALE, ["video"]) == "video/mp4"
+    assert output_media_type(Pipeline.UPSCALE, ["image"]) == "image/png"
+    assert OUTPUT_MEDIA_TYPES[Pipeline.UPSCALE] == {"image/png", "video/mp4"}
+    assert OUTPUT_MEDIA_TYPE[Pipeline.UPSCALE] == "image/png"  # from its first input choice
+    image, video = upscale_spec().inputs[0], spec.inputs[0]
+    with pytest.raises(ValueError, match=r"takes inputs \['image'\] or \['video'\], got \['image', 'video'\]"):
+        video_upscale_spec(inputs=(image, video))
+    with pytest.raises(ValueError, match=r"got \[\]"):
+        video_upscale_spec(inputs=())
+    with pytest.raises(ValueError, match=r"upscale of \['video'\] outputs video/mp4"):
+        video_upscale_spec(output=upscale_spec().output)
+    with pytest.raises(ValueError, match=r"upscale of \['image'\] outputs image/png"):
+        dataclasses.replace(upscale_spec(), output=spec.output)
+    with pytest.raises(ValueError, match="takes inputs"):  # interpolation has no image choice
+        output_media_type(Pipeline.FRAME_INTERPOLATION, ["image"])
+
+
 def test_spec_bounds_mirror_the_model_requests() -> None:
     with pytest.raises(ValueError, match="width"):
         TextToImageParams("x", 4, 512, 1, 0.0, "")
@@ -115,8 +142,8 @@ def test_spec_params_mirror_the_model_request_fields() -> None:
         params_type = typing.get_type_hints(JobSpec)[pipeline.value.replace("-", "_")]
         (params_cls,) = [a for a in typing.get_args(params_type) if a is not type(None)]
         wire = {f.name for f in dataclasses.fields(params_cls)} | {"seed"}
-        bulky = {f.name for f in dataclasses.fields(request_type) if f.type in ("bytes", bytes)}
-        spec_inputs = {blob.name for blob in _any_spec(pipeline).inputs}
+        bulky = {f.name for f in dataclasses.fields(request_type) if "bytes" in str(f.type)}
+        spec_inputs = {name for names, _ in PIPELINE_IO[pipeline] for name in names}
         assert wire | bulky == {f.name for f in dataclasses.fields(request_type)}, pipeline
         assert bulky == spec_inputs, pipeline
 
