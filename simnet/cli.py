@@ -3,6 +3,7 @@
     python -m lpnode.simnet run churn --out report/        # a bundled scenario by name
     python -m lpnode.simnet run my.toml --scale 0.25 --duration 30
     python -m lpnode.simnet list
+    python -m lpnode.simnet table report-a/ report-b/           # a Markdown row per report
 
 ``add_sim_commands(subparsers)`` adds the same ``sim`` command to another
 argparse tree (the node's CLI); ``main(argv)`` is the stand-alone entry point.
@@ -46,6 +47,9 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     run.set_defaults(sim_handler=_run)
     listing = sub.add_parser("list", help="list the bundled scenarios")
     listing.set_defaults(sim_handler=_list)
+    table = sub.add_parser("table", help="one Markdown table row per report folder")
+    table.add_argument("reports", nargs="+", type=Path, help="report folders (their metrics.json)")
+    table.set_defaults(sim_handler=_table)
 
 
 def resolve_scenario(arg: str) -> Path:
@@ -91,6 +95,21 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
     for name in scenarios.names():
         scenario = load_scenario(scenarios.path(name))
         out.write(f"{name:16} {scenario.description}\n")
+    return 0
+
+
+def _table(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from .report import comparison_table
+
+    runs = []
+    for folder in args.reports:
+        try:
+            runs.append(json.loads((folder / "metrics.json").read_text()))
+        except (OSError, ValueError) as exc:
+            raise ScenarioError(f"{folder}: no readable metrics.json ({exc})") from exc
+    out.write(comparison_table(runs))
     return 0
 
 

@@ -70,6 +70,24 @@ def summary_markdown(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def comparison_table(runs: list[dict[str, Any]]) -> str:
+    """One Markdown row per run's metrics: the table docs/simnet.md shows."""
+    lines = [
+        "| scenario | backend | workers + requesters | virtual s | jobs | success | latency p50 / p95 | retried"
+        " | jobs/s | Gini | advert to all p95 | bad outputs accepted | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in runs:
+        s, jobs, lat = m["scenario"], m["jobs"], m["jobs"]["latency_s"]
+        lines.append(
+            f"| {s['name']} | {s.get('backend', 'memory')} | {s['workers']} + {s['requesters']} | {s['duration_s']:.0f}"
+            f" | {jobs['submitted']} | {_pct(jobs['success_rate'])} | {_ms(lat['p50'])} / {_ms(lat['p95'])}"
+            f" | {jobs['retried']} | {jobs['throughput_per_s'] or 0:.2f} | {m['load']['gini']:.2f}"
+            f" | {_ms(m['adverts']['to_all_s']['p95'])} | {jobs['bad_outputs_accepted']} | {m['notes'].get('wall_s', 0):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _plots(out: Path, m: dict[str, Any], rec: Recorder) -> list[Path]:
     import matplotlib
 
@@ -144,4 +162,4 @@ def _plots(out: Path, m: dict[str, Any], rec: Recorder) -> list[Path]:
     return paths
 
 
-__all__ = ["PLOTS", "summary_markdown", "write_report"]
+__all__ = ["PLOTS", "comparison_table", "summary_markdown", "write_report"]

@@ -126,6 +126,9 @@ def test_report_folder_and_command_line(tmp_path: Path) -> None:
     assert code == 0 and "# simnet: baseline" in out.getvalue()
     assert (tmp_path / "cli" / "metrics.json").exists() and not (tmp_path / "cli" / "throughput.png").exists()
     assert main(["run", "no-such-scenario"], out=io.StringIO()) == 2
+    table = io.StringIO()
+    assert main(["table", str(tmp_path / "cli")], out=table) == 0
+    assert "| baseline | memory | 4 + 1 |" in table.getvalue()
 
 
 @pytest.mark.slow
