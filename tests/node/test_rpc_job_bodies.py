@@ -1,0 +1,90 @@
+"""The file-input bodies: a file's bytes decide which input it is; ``/upscale`` takes an image or a video."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import trio
+from fastapi.exceptions import RequestValidationError
+from lpnode.models.outputs import decode_video_bytes, encode_mp4
+from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.rpc_job_bodies import INPUT_FILE, INPUT_FILES, UpscaleBody, input_kind, name_inputs, prepare
+from lpnode.protocol.jobspec import Pipeline
+from lpnode.protocol.receipts import verify_receipt
+
+from .test_jobs import BOUND_S, Peer, peers, png, sees_models
+from .test_rpc_jobs import AUTH, OPTIONS, rpc
+
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom"
+
+
+def clip(width: int = 16, height: int = 12, frames: int = 3, fps: float = 6.0) -> bytes:
+    rng = np.random.default_rng(0)
+    return encode_mp4([rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(frames)], fps)
+
+
+@pytest.fixture
+async def upscaler() -> AsyncIterator[ModelPool]:
+    async with open_model_pool(
+        PoolConfig(serve=("tiny-realesrgan",), pinned=("tiny-realesrgan",), device="cpu")
+    ) as pool:
+        yield pool
+
+
+def test_file_kinds_per_pipeline() -> None:
+    assert INPUT_FILES[Pipeline.UPSCALE] == ("image", "video")
+    assert INPUT_FILE[Pipeline.UPSCALE] == "image"  # the field Livepeer's API documents
+    assert INPUT_FILES[Pipeline.TEXT_TO_IMAGE] == () and INPUT_FILE[Pipeline.TEXT_TO_IMAGE] is None
+    assert (input_kind(png(4, 4)), input_kind(MP4_HEAD), input_kind(b"GIF89a")) == ("image", "video", None)
+
+
+def test_inputs_are_named_after_their_bytes() -> None:
+    assert list(name_inputs(Pipeline.UPSCALE, {"image": MP4_HEAD})) == ["video"]
+    assert list(name_inputs(Pipeline.UPSCALE, {"video": png(4, 4)})) == ["image"]
+    assert list(name_inputs(Pipeline.IMAGE_TO_IMAGE, {"image": b"RIFF....WEBP"})) == ["image"]  # unknown: as given
+    with pytest.raises(RequestValidationError, match="image-to-image takes image, but the file 'image' is a video"):
+        name_inputs(Pipeline.IMAGE_TO_IMAGE, {"image": MP4_HEAD})
+    with pytest.raises(RequestValidationError, match="frame-interpolation takes video, but the file 'video' is an"):
+        name_inputs(Pipeline.FRAME_INTERPOLATION, {"video": png(4, 4)})
+    body = UpscaleBody(scale=2)
+    prepared = prepare(body, {"image": MP4_HEAD + bytes(8)}, 1 << 20)
+    assert list(prepared.inputs) == ["video"] and set(prepared.request["inputs"]) == {"video"}
+
+
+async def test_upscale_endpoint_takes_a_video_file(upscaler: ModelPool) -> None:
+    video = clip(16, 12, frames=3, fps=6.0)
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=upscaler)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with rpc(requester.node) as (client, _):
+            with trio.fail_after(BOUND_S):
+                answer = await client.post(
+                    "/upscale", files={"video": ("clip.mp4", video)}, data=OPTIONS | {"scale": "4"}, headers=AUTH
+                )
+                assert answer.status_code == 200, answer.text
+                result = answer.json()
+                media = await client.get(result["images"][0]["url"], headers=AUTH)
+                both = await client.post(
+                    "/upscale",
+                    files=[("image", ("a.png", png(8, 8))), ("video", ("b.mp4", video))],
+                    data=OPTIONS,
+                    headers=AUTH,
+                )
+                mp4_to_i2i = await client.post(
+                    "/image-to-image", files={"image": ("c.mp4", video)}, data=OPTIONS, headers=AUTH
+                )
+    receipt = verify_receipt(base64.b64decode(result["jobs"][0]["receipt"]))
+    assert [(b.name, b.media_type) for b in receipt.spec.inputs] == [("video", "video/mp4")]
+    assert receipt.outputs[0].media_type == "video/mp4" and len(receipt.outputs[0].phash) == 3
+    assert receipt.outputs[0].sha256 == hashlib.sha256(media.content).hexdigest()
+    frames, fps = decode_video_bytes(media.content)
+    assert len(frames) == 3 and frames[0].size == (64, 48) and fps == 6.0
+    assert result["jobs"][0]["model_id"] == "lpnode/tiny-realesrgan"
+    assert both.status_code == 422, both.text  # exactly one file
+    assert mp4_to_i2i.status_code == 422 and "is a video" in mp4_to_i2i.text
