@@ -17,8 +17,8 @@ inside ``node/``.
   not serve.
 * **cheater** — the simulated pool returns cheated outputs
   (``reputation.cheats.CheatMode`` values; ``SimPoolConfig.cheat``). Detecting them
-  needs the requester's spot checks and the reputation store, which are not yet in
-  the node; until they are, the runner's oracle counts the bad outputs accepted.
+  needs the requester's spot checks (``reputation.spot_check``), which simnet does not
+  run yet; until it does, the oracle (``jobs.oracle``) counts the bad outputs accepted.
 """
 
 from __future__ import annotations

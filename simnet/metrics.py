@@ -186,7 +186,7 @@ def summarise(rec: Recorder, *, duration_s: float, workers: int) -> dict[str, An
             },
         },
         "timeline": [asdict(s) for s in rec.samples],
-        # reputation (spot checks, detection time, false blames) is not in the node yet: see docs/simnet.md
+        # reputation (spot checks, detection time, false blames): simnet's requesters do not run them yet
         "reputation": None,
         "notes": rec.notes,
     }

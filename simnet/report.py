@@ -64,7 +64,7 @@ def summary_markdown(m: dict[str, Any]) -> str:
         f"| jobs dropped by flaky workers | {notes['flaky_drops']} |",
         "",
         "Reputation (spot-check overhead, time to ban each cheater, false blames) is not measured yet:",
-        "the node has no spot checks or reputation store wired into the requester.",
+        "simnet's requesters do not run the spot checker (docs/simnet.md).",
         "",
     ]
     return "\n".join(lines)
