@@ -311,12 +311,6 @@ def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Nodes, tmp_path: Path) -> N
     assert latest["state"] == "cancelled"
 
 
-# Last in the module: when the bug below strikes, the requester's connection to the worker is gone until it redials.
-@pytest.mark.xfail(
-    reason="server side: the worker's connection drops during some upscale jobs over libp2p (job fails 'disconnected'); "
-    "reported, not a CLI fault",
-    strict=False,
-)
 def test_upscale(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "in.png"
     assert lpnode(capsys, nodes, "txt2img", "a lighthouse", "-o", image, "--seed", "1", *T2I)[0] == 0
