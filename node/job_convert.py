@@ -8,6 +8,12 @@ Parameter checks happen in two places on purpose: :func:`check_params` runs at
 quote time against the preset's limits, with no decoding and no device, so a
 job that cannot run is refused before capacity is reserved; checks that need
 the decoded input (an image's size) happen in ``pool.run`` before queueing.
+
+An upscale's work depends on its input, which the quote does not see: the spec
+declares the input's size (``UpscaleParams.input_*``), :func:`check_params`
+bounds and prices that, and :func:`model_request` refuses an input that is not
+what was declared (read from its header or container, nothing decoded), so a
+requester cannot buy a 64-frame upscale at the price of one frame.
 """
 
 from __future__ import annotations
@@ -20,13 +26,17 @@ from typing import Any
 from lpnode.models import registry
 from lpnode.models.base import (
     REQUEST_TYPES,
+    Limits,
     PipelineKind,
     Request,
+    UpscaleRequest,
     check_int,
     check_output_size,
+    check_video_output,
 )
 from lpnode.models.errors import ParameterError
 from lpnode.models.outputs import ImageOutput, VideoOutput
+from lpnode.models.upscale import probe_upscale_input
 from lpnode.protocol.jobspec import (
     IMAGE_PNG,
     VIDEO_MP4,
@@ -38,6 +48,8 @@ from lpnode.protocol.jobspec import (
 from lpnode.protocol.receipts import OutputHashes
 
 OUTPUT_NAME = "output"  # one output per job; num_images_per_prompt becomes several jobs
+# Spec fields that describe the input for pricing and are not model request fields.
+_DECLARED_INPUT = frozenset({"input_width", "input_height", "input_frames"})
 
 
 @dataclass(frozen=True)
@@ -50,11 +62,25 @@ class EncodedOutput:
 def model_request(spec: JobSpec, inputs: Mapping[str, bytes]) -> Request:
     """The model request for ``spec`` with the received input bytes; ParameterError if a value is refused."""
     kind = PipelineKind(spec.pipeline.value)
-    fields: dict[str, Any] = {**dataclasses.asdict(spec.params), "seed": spec.seed, **inputs}
+    params = {k: v for k, v in dataclasses.asdict(spec.params).items() if k not in _DECLARED_INPUT}
+    fields: dict[str, Any] = {**params, "seed": spec.seed, **inputs}
     try:
-        return REQUEST_TYPES[kind](**fields)
+        request = REQUEST_TYPES[kind](**fields)
     except TypeError as exc:  # the request and the spec params disagree on a field: a version skew
         raise ParameterError("spec", kind.value, f"fields the {kind} request takes ({exc})") from exc
+    if isinstance(request, UpscaleRequest) and isinstance(spec.params, UpscaleParams) and spec.params.declared:
+        _check_declared(spec.params, request)
+    return request
+
+
+def _check_declared(params: UpscaleParams, request: UpscaleRequest) -> None:
+    """The input is what the spec declared (and was priced on); ParameterError otherwise."""
+    found = probe_upscale_input(request, params.input_frames)  # counts one frame past the declared number
+    declared = (params.input_width, params.input_height, params.input_frames)
+    got = (found.width, found.height, found.num_frames)
+    if got != declared:
+        shown = "{}x{} × {} frames"
+        raise ParameterError("input", shown.format(*got), "the declared " + shown.format(*declared))
 
 
 def check_params(preset_name: str, spec: JobSpec) -> None:
@@ -69,8 +95,10 @@ def check_params(preset_name: str, spec: JobSpec) -> None:
         raise ParameterError("pipeline", kind.value, f"one of {sorted(model.pipelines)}")
     lim = model.limits
     params = spec.params
-    if isinstance(params, UpscaleParams) and params.scale not in lim.scales:
-        raise ParameterError("scale", params.scale, f"one of {list(lim.scales)}")
+    if isinstance(params, UpscaleParams):
+        if params.scale not in lim.scales:
+            raise ParameterError("scale", params.scale, f"one of {list(lim.scales)}")
+        _check_upscale_work(lim, spec, params)
     if isinstance(params, FrameInterpolationParams) and params.multiplier not in lim.scales:
         raise ParameterError("multiplier", params.multiplier, f"one of {list(lim.scales)}")
     width, height = getattr(params, "width", None), getattr(params, "height", None)
@@ -82,6 +110,20 @@ def check_params(preset_name: str, spec: JobSpec) -> None:
     frames = getattr(params, "num_frames", None)
     if frames is not None:
         check_int("num_frames", frames, 2, lim.max_frames)
+
+
+def _check_upscale_work(lim: Limits, spec: JobSpec, params: UpscaleParams) -> None:
+    video = any(blob.name == "video" for blob in spec.inputs)
+    if not params.declared:
+        if video:  # a video's work can be any number of frames: it must be declared to be priced
+            raise ParameterError("input_frames", 0, "a video upscale declares input_width, input_height, input_frames")
+        return  # an undeclared image: bounded from its header when it arrives
+    width, height = params.input_width * params.scale, params.input_height * params.scale
+    if video:
+        check_video_output(lim, width, height, params.input_frames)
+    else:
+        check_int("input_frames", params.input_frames, 1, 1)
+        check_output_size(lim, width, height)
 
 
 def encode_output(output: ImageOutput | VideoOutput) -> EncodedOutput:

@@ -51,7 +51,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from lpnode.protocol.advert import CapabilityAdvert, ModelOffer
-from lpnode.protocol.jobspec import JobSpec
+from lpnode.protocol.jobspec import JobSpec, UpscaleParams
 
 DEFAULT_EXPLORE_SHARE = 0.05  # one job in twenty tries a peer the ranking would not have picked first
 UNMEASURED_SPEED = 0.0
@@ -106,8 +106,12 @@ def job_mpx_steps(spec: JobSpec) -> float:
     Pipelines whose output size depends on an input (image-to-image, upscale,
     interpolation) are estimated at one megapixel-step: the requester does not
     decode its own inputs just to price them, and the worker's quote is what binds.
+    The exception is an upscale whose spec declares its input (a video must): one
+    step over every output pixel of every frame.
     """
     params = spec.params
+    if isinstance(params, UpscaleParams) and params.declared:
+        return params.output_pixels() / 1e6
     width = getattr(params, "width", 0)
     height = getattr(params, "height", 0)
     if not (width and height):
@@ -119,6 +123,8 @@ def job_mpx_steps(spec: JobSpec) -> float:
 
 def work_is_known(spec: JobSpec) -> bool:
     """Whether :func:`job_mpx_steps` is the real work, not the one-mpx-step stand-in for input-sized jobs."""
+    if isinstance(spec.params, UpscaleParams) and spec.params.declared:
+        return True
     return bool(getattr(spec.params, "width", 0) and getattr(spec.params, "height", 0))
 
 

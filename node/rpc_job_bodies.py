@@ -20,6 +20,7 @@ cannot run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -29,6 +30,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from lpnode.node.input_probe import InputUnreadable, probe_input
 from lpnode.node.job_requester import JobRequest, Params, build_spec, media_type_of
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobspec import (
@@ -244,14 +246,35 @@ def input_summary(inputs: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
     return {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for name, data in inputs.items()}
 
 
-def prepare(body: _PipelineBody, inputs: Mapping[str, bytes], max_output_bytes: int) -> PreparedJob:
+def declare_input(job: JobRequest, inputs: Mapping[str, bytes]) -> JobRequest:
+    """An upscale job with its input's size declared (so workers price it at quote time); 422 if unreadable."""
+    if not isinstance(job.params, UpscaleParams) or len(inputs) != 1:
+        return job
+    ((name, data),) = inputs.items()
+    try:
+        size = probe_input(name, data)
+    except InputUnreadable as exc:
+        raise invalid(f"{name}: {exc}", "body", name) from None
+    params = dataclasses.replace(
+        job.params, input_width=size.width, input_height=size.height, input_frames=size.num_frames
+    )
+    return dataclasses.replace(job, params=params)
+
+
+def prepare(
+    body: _PipelineBody, inputs: Mapping[str, bytes], max_output_bytes: int, *, declare: bool = True
+) -> PreparedJob:
     """Build the network jobs of ``body``; RequestValidationError (422) when the spec refuses a value.
 
     Inputs are renamed after their content first (see the module docstring), so their given names are only labels.
+    With ``declare`` an upscale's spec declares its input's size (:func:`declare_input`); planning a
+    workflow, whose inputs are stand-ins until the run makes them, passes False.
     """
     inputs = name_inputs(body.pipeline, inputs)
     try:
         jobs = tuple(body.job_requests())
+        if declare:
+            jobs = tuple(declare_input(job, inputs) for job in jobs)
         for job in jobs:
             build_spec(job, inputs, max_output_bytes)  # the spec's own checks, before any peer is asked
     except ValueError as exc:
@@ -375,6 +398,7 @@ __all__ = [
     "PreparedJob",
     "TextToImageBody",
     "UpscaleBody",
+    "declare_input",
     "input_kind",
     "input_summary",
     "invalid",

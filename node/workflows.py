@@ -95,7 +95,7 @@ def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowP
             raise invalid("a workflow step makes one image (num_images_per_prompt = 1)", "body", where)
         # the spec's own checks, with a stand-in for an input that only the run will make
         name = INPUT_FILE[step.pipeline]
-        prepare(body, {name: _STAND_IN[have]} if name and have else {}, max_output_bytes)
+        prepare(body, {name: _STAND_IN[have]} if name and have else {}, max_output_bytes, declare=False)
         bodies.append(body)
         have = makes[have]
     request = workflow.model_dump(mode="json", exclude={"input"})

@@ -173,12 +173,40 @@ class ImageToVideoParams:
         check_range("decode_chunk_size", self.decode_chunk_size, 1, 256)
 
 
+MAX_DECLARED_SIDE = 1 << 16  # pixels; a sanity bound, the worker's preset sets the real one
+MAX_DECLARED_FRAMES = 1 << 16
+
+
 @dataclass(frozen=True)
 class UpscaleParams:
+    """The input (``image`` or ``video``) is upscaled by ``scale``; a video frame by frame.
+
+    The requester declares its input's size, so the worker knows the job's work (frames ×
+    output pixels) when it quotes, before any input is sent; the worker refuses an input
+    that turns out otherwise. All three 0 = not declared (older requesters): an image is
+    then priced as one megapixel-step, and a video is refused.
+    """
+
     scale: int  # output side / input side
+    input_width: int = 0  # pixels of the input (of each frame of a video); 0 = not declared
+    input_height: int = 0  # pixels
+    input_frames: int = 0  # frames of the input: 1 for an image
 
     def __post_init__(self) -> None:
         check_range("scale", self.scale, 1, 16)
+        check_range("input_width", self.input_width, 0, MAX_DECLARED_SIDE)
+        check_range("input_height", self.input_height, 0, MAX_DECLARED_SIDE)
+        check_range("input_frames", self.input_frames, 0, MAX_DECLARED_FRAMES)
+        if self.declared != (self.input_width > 0) or self.declared != (self.input_height > 0):
+            raise ValueError("input_width, input_height and input_frames are declared all together or not at all")
+
+    @property
+    def declared(self) -> bool:
+        return self.input_frames > 0
+
+    def output_pixels(self) -> int:
+        """Output pixels over all frames, as declared (0 when not declared)."""
+        return self.input_width * self.scale * self.input_height * self.scale * self.input_frames
 
 
 @dataclass(frozen=True)

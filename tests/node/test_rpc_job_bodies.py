@@ -14,7 +14,7 @@ from lpnode.models.outputs import decode_video_bytes, encode_mp4
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.rpc_job_bodies import INPUT_FILE, INPUT_FILES, UpscaleBody, input_kind, name_inputs, prepare
-from lpnode.protocol.jobspec import Pipeline
+from lpnode.protocol.jobspec import Pipeline, UpscaleParams
 from lpnode.protocol.receipts import verify_receipt
 
 from .test_jobs import BOUND_S, Peer, peers, png, sees_models
@@ -52,8 +52,13 @@ def test_inputs_are_named_after_their_bytes() -> None:
     with pytest.raises(RequestValidationError, match="frame-interpolation takes video, but the file 'video' is an"):
         name_inputs(Pipeline.FRAME_INTERPOLATION, {"video": png(4, 4)})
     body = UpscaleBody(scale=2)
-    prepared = prepare(body, {"image": MP4_HEAD + bytes(8)}, 1 << 20)
+    prepared = prepare(body, {"image": clip(16, 12, frames=3)}, 1 << 20)
     assert list(prepared.inputs) == ["video"] and set(prepared.request["inputs"]) == {"video"}
+    assert prepared.jobs[0].params == UpscaleParams(2, 16, 12, 3)  # declared for the quote
+    assert prepare(body, {"image": png(10, 6)}, 1 << 20).jobs[0].params == UpscaleParams(2, 10, 6, 1)
+    with pytest.raises(RequestValidationError, match="video: not a readable video"):
+        prepare(body, {"video": MP4_HEAD + bytes(8)}, 1 << 20)
+    assert not prepare(body, {"video": MP4_HEAD}, 1 << 20, declare=False).jobs[0].params.input_frames  # planning
 
 
 async def test_upscale_endpoint_takes_a_video_file(upscaler: ModelPool) -> None:

@@ -6,14 +6,15 @@ import base64
 import itertools
 from typing import Any
 
+import numpy as np
 import pytest
 import trio
 from fastapi.exceptions import RequestValidationError
-from lpnode.models.outputs import decode_video_bytes
+from lpnode.models.outputs import decode_video_bytes, encode_mp4
 from lpnode.models.pool import ModelPool
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.workflows import MAKES, plan_workflow
-from lpnode.protocol.jobspec import Pipeline
+from lpnode.protocol.jobspec import Pipeline, UpscaleParams
 from lpnode.protocol.receipts import verify_receipt
 
 from .test_jobs import BOUND_S, Peer, peers, png, sees_models
@@ -56,9 +57,11 @@ def test_upscale_takes_the_video_of_the_step_before_and_makes_a_video() -> None:
     video = base64.b64encode(b"\x00\x00\x00\x18ftypisom" + bytes(16)).decode()
     assert len(plan_workflow({"steps": [UPSCALE, INTERPOLATE], "input": video}, 1 << 20).bodies) == 2
     assert "needs a video but step 1 makes an image" in rejected({"steps": [T2I, UPSCALE, INTERPOLATE]})
-    # the step for an MP4 names its input "video", so its spec is a video upscale
-    step = plan.step(2, b"\x00\x00\x00\x18ftypisom" + bytes(16))
-    assert list(step.inputs) == ["video"] and step.request["inputs"]["video"]["size"] == 28
+    # the step for an MP4 names its input "video", and its spec declares the video's size for the quote
+    clip = encode_mp4([np.zeros((12, 16, 3), dtype=np.uint8)] * 3, 4.0)
+    step = plan.step(2, clip)
+    assert list(step.inputs) == ["video"] and step.request["inputs"]["video"]["size"] == len(clip)
+    assert step.jobs[0].params == UpscaleParams(2, 16, 12, 3)
 
 
 def test_chains_that_do_not_fit_are_refused_before_running() -> None:

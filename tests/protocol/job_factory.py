@@ -175,7 +175,12 @@ _params = {
         st.floats(1.0, 50.0),
         st.integers(1, 256),
     ),
-    Pipeline.UPSCALE: st.builds(UpscaleParams, st.integers(1, 16)),
+    Pipeline.UPSCALE: st.one_of(
+        st.builds(UpscaleParams, st.integers(1, 16)),
+        st.builds(
+            UpscaleParams, st.integers(1, 16), st.integers(1, 1 << 16), st.integers(1, 1 << 16), st.integers(1, 1 << 16)
+        ),
+    ),
     Pipeline.FRAME_INTERPOLATION: st.builds(FrameInterpolationParams, st.integers(2, 16)),
 }
 

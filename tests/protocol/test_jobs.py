@@ -35,7 +35,13 @@ from lpnode.protocol import (
 from lpnode.protocol.codec import max_frame_bytes
 from lpnode.protocol.envelope import SignedEnvelope
 from lpnode.protocol.jobs import MAX_JOB_FRAME_BYTES
-from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, OUTPUT_MEDIA_TYPES, PIPELINE_IO, output_media_type
+from lpnode.protocol.jobspec import (
+    OUTPUT_MEDIA_TYPE,
+    OUTPUT_MEDIA_TYPES,
+    PIPELINE_IO,
+    UpscaleParams,
+    output_media_type,
+)
 
 from .job_factory import (
     MALLORY,
@@ -125,6 +131,19 @@ def test_upscale_takes_an_image_or_a_video_and_makes_the_same_kind() -> None:
         output_media_type(Pipeline.FRAME_INTERPOLATION, ["image"])
 
 
+def test_an_upscale_declares_its_input_all_together_or_not_at_all() -> None:
+    assert not UpscaleParams(4).declared and UpscaleParams(4).output_pixels() == 0
+    video = UpscaleParams(2, 64, 48, 10)
+    assert video.declared and video.output_pixels() == 128 * 96 * 10
+    for partial in [(2, 64, 0, 0), (2, 0, 0, 3), (2, 64, 48, 0)]:
+        with pytest.raises(ValueError, match="all together"):
+            UpscaleParams(*partial)
+    with pytest.raises(ValueError, match="input_frames"):
+        UpscaleParams(2, 8, 8, -1)
+    spec = video_upscale_spec(upscale=video)
+    assert decode(encode(QuoteRequest(spec, NONCE, 1, 1)), QuoteRequest).spec == spec
+
+
 def test_spec_bounds_mirror_the_model_requests() -> None:
     with pytest.raises(ValueError, match="width"):
         TextToImageParams("x", 4, 512, 1, 0.0, "")
@@ -141,7 +160,8 @@ def test_spec_params_mirror_the_model_request_fields() -> None:
         request_type = base.REQUEST_TYPES[base.PipelineKind(pipeline.value)]
         params_type = typing.get_type_hints(JobSpec)[pipeline.value.replace("-", "_")]
         (params_cls,) = [a for a in typing.get_args(params_type) if a is not type(None)]
-        wire = {f.name for f in dataclasses.fields(params_cls)} | {"seed"}
+        declared = {"input_width", "input_height", "input_frames"}  # describe the input, for the quote
+        wire = {f.name for f in dataclasses.fields(params_cls)} - declared | {"seed"}
         bulky = {f.name for f in dataclasses.fields(request_type) if "bytes" in str(f.type)}
         spec_inputs = {name for names, _ in PIPELINE_IO[pipeline] for name in names}
         assert wire | bulky == {f.name for f in dataclasses.fields(request_type)}, pipeline

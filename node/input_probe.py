@@ -1,0 +1,68 @@
+"""The size of a job's input file from its header or container, nothing decoded.
+
+A requester declares what it sends to an upscale (``UpscaleParams.input_*``) so
+the worker can bound and price the work when it quotes. The worker reads the
+same facts from the file it receives (``lpnode.models.upscale.probe_upscale_input``)
+and refuses a mismatch, so the two must count alike: frames are the video
+stream's non-empty packets, as there. Kept apart from ``lpnode.models`` so a
+requester-only node never imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from lpnode.protocol.jobspec import MAX_DECLARED_FRAMES
+from PIL import Image
+
+IMAGE, VIDEO = "image", "video"
+
+
+class InputUnreadable(ValueError):
+    """The file is not a readable image or video of the kind it was taken for."""
+
+
+@dataclass(frozen=True)
+class InputSize:
+    width: int  # pixels (of each frame)
+    height: int  # pixels
+    num_frames: int  # 1 for an image
+
+
+def probe_input(kind: str, data: bytes) -> InputSize:
+    """Width, height and frame count of an ``image`` or ``video`` file; InputUnreadable if it cannot be read."""
+    if kind == IMAGE:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputUnreadable(f"not a readable image ({exc})") from exc
+        return InputSize(int(width), int(height), 1)
+    if kind == VIDEO:
+        return _probe_video(data)
+    raise ValueError(f"unknown input kind {kind!r}")
+
+
+def _probe_video(data: bytes) -> InputSize:
+    import av  # here, not at the top: image-only requesters never load FFmpeg
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0]
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            count = 0
+            for packet in container.demux(stream):
+                count += packet.size > 0  # the demuxer ends with an empty flush packet
+                if count > MAX_DECLARED_FRAMES:
+                    raise InputUnreadable(f"more than {MAX_DECLARED_FRAMES} frames")
+    except (av.FFmpegError, IndexError, ValueError) as exc:
+        if isinstance(exc, InputUnreadable):
+            raise
+        raise InputUnreadable(f"not a readable video ({exc})") from exc
+    if count == 0 or width <= 0 or height <= 0:
+        raise InputUnreadable("a video without frames")
+    return InputSize(width, height, count)
+
+
+__all__ = ["InputSize", "InputUnreadable", "probe_input"]
