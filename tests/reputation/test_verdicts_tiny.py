@@ -65,21 +65,36 @@ def job(case: Case, adapter: ModelAdapter, index: int = 0) -> Request:
     return request
 
 
-def test_text_to_image_honest_variants_agree(sdxl: ModelAdapter) -> None:
-    case = CASE[Pipeline.TEXT_TO_IMAGE]
-    request = job(case, sdxl)
-    reference = sdxl.generate(request)
-    for variant in (HonestVariant.ATTENTION, HonestVariant.BFLOAT16, HonestVariant.LATENT_NOISE):
+@pytest.fixture(scope="module")
+def t2i(sdxl: ModelAdapter) -> tuple[Request, RawOutput]:
+    """The text-to-image request every t2i case shares, and the reference run of it (generated once)."""
+    request = job(CASE[Pipeline.TEXT_TO_IMAGE], sdxl)
+    return request, sdxl.generate(request)
+
+
+@pytest.fixture(scope="module")
+def t2i_bfloat16(t2i: tuple[Request, RawOutput]) -> RawOutput:
+    """The same request on a bfloat16 node: an honest variant two cases use."""
+    other = honest_variant_adapter("tiny-sdxl", HonestVariant.BFLOAT16)
+    output = other.generate(t2i[0])
+    other.unload()
+    return output
+
+
+def test_text_to_image_honest_variants_agree(t2i: tuple[Request, RawOutput], t2i_bfloat16: RawOutput) -> None:
+    request, reference = t2i
+    pipeline = Pipeline.TEXT_TO_IMAGE
+    assert compare(pipeline, reference, t2i_bfloat16).verdict is Verdict.AGREE
+    for variant in (HonestVariant.ATTENTION, HonestVariant.LATENT_NOISE):
         other = honest_variant_adapter("tiny-sdxl", variant, seed=1)
-        result = compare(case.pipeline, reference, other.generate(request))
+        result = compare(pipeline, reference, other.generate(request))
         assert result.verdict is Verdict.AGREE, (variant, result)
         other.unload()
 
 
-def test_text_to_image_cheats_disagree(sdxl: ModelAdapter) -> None:
+def test_text_to_image_cheats_disagree(sdxl: ModelAdapter, t2i: tuple[Request, RawOutput]) -> None:
     case = CASE[Pipeline.TEXT_TO_IMAGE]
-    request, previous = job(case, sdxl, 0), job(case, sdxl, 1)
-    reference = sdxl.generate(request)
+    (request, reference), previous = t2i, job(case, sdxl, 1)
     rng = random.Random(3)
     outputs = {
         CheatMode.OTHER_SEED: sdxl.generate(cheat_request(request, CheatMode.OTHER_SEED, rng)),
@@ -93,18 +108,17 @@ def test_text_to_image_cheats_disagree(sdxl: ModelAdapter) -> None:
         assert compare(case.pipeline, reference, raw).verdict is Verdict.DISAGREE, mode
 
 
-def test_half_steps_are_caught_by_thresholds_calibrated_on_the_tiny_model(sdxl: ModelAdapter) -> None:
+def test_half_steps_are_caught_by_thresholds_calibrated_on_the_tiny_model(
+    sdxl: ModelAdapter, t2i: tuple[Request, RawOutput], t2i_bfloat16: RawOutput
+) -> None:
     # The random-weight UNet barely moves the latents, so 2 steps instead of 4 stay within the
     # default (real-hardware) tolerance; honest tiny variants differ far less (docs/verification.md),
     # and thresholds fitted to that gap separate them.
-    case = CASE[Pipeline.TEXT_TO_IMAGE]
-    request = job(case, sdxl)
-    reference = sdxl.generate(request)
+    request, reference = t2i
     half = sdxl.generate(cheat_request(request, CheatMode.HALF_STEPS, random.Random(0)))
-    honest = honest_variant_adapter("tiny-sdxl", HonestVariant.BFLOAT16).generate(request)
     tight = Thresholds(text_to_image=PerceptualThresholds(0.995, 0.99, 2, 2))
-    assert compare(case.pipeline, reference, honest, tight).verdict is Verdict.AGREE
-    assert compare(case.pipeline, reference, half, tight).verdict is Verdict.DISAGREE
+    assert compare(Pipeline.TEXT_TO_IMAGE, reference, t2i_bfloat16, tight).verdict is Verdict.AGREE
+    assert compare(Pipeline.TEXT_TO_IMAGE, reference, half, tight).verdict is Verdict.DISAGREE
 
 
 def test_image_to_image_half_steps_is_not_agreement(sdxl: ModelAdapter) -> None:
