@@ -67,7 +67,8 @@ class JobOptions(BaseModel):
     max_price: int = Field(1_000_000, ge=0, description="micro-credits per network job, at most")
     deadline: float = Field(120.0, gt=0, le=3600, description="seconds for the whole request")
     priority: Literal["cost", "speed", "trust"] = "speed"
-    verification: str = Field("spot", pattern=r"^(none|spot|redundant:[1-9])$", description="none | spot | redundant:K")
+    # K as reputation.policy.parse_verification takes it (1 < K <= MAX_REDUNDANCY = 5): refused here, as a 422
+    verification: str = Field("spot", pattern=r"^(none|spot|redundant:[2-5])$", description="none | spot | redundant:K")
     min_reputation: float | None = Field(None, ge=0.0, le=1.0)
     min_vram_gb: float | None = Field(None, ge=0.0, le=4096.0, description="GPU memory the worker must have")
     prefer: list[PeerId] = Field(default_factory=list, max_length=32)

@@ -13,9 +13,20 @@ from fastapi.exceptions import RequestValidationError
 from lpnode.models.outputs import decode_video_bytes, encode_mp4
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
 from lpnode.node.network.memory import open_memory_hub
-from lpnode.node.rpc_job_bodies import INPUT_FILE, INPUT_FILES, UpscaleBody, input_kind, name_inputs, prepare
+from lpnode.node.rpc_job_bodies import (
+    INPUT_FILE,
+    INPUT_FILES,
+    JobOptions,
+    UpscaleBody,
+    input_kind,
+    name_inputs,
+    prepare,
+)
 from lpnode.protocol.jobspec import Pipeline, UpscaleParams
 from lpnode.protocol.receipts import verify_receipt
+from lpnode.reputation.errors import BadVerification
+from lpnode.reputation.policy import parse_verification
+from pydantic import ValidationError
 
 from .test_jobs import BOUND_S, Peer, peers, png, sees_models
 from .test_rpc_jobs import AUTH, OPTIONS, rpc
@@ -93,3 +104,16 @@ async def test_upscale_endpoint_takes_a_video_file(upscaler: ModelPool) -> None:
     assert result["jobs"][0]["model_id"] == "lpnode/tiny-realesrgan"
     assert both.status_code == 422, both.text  # exactly one file
     assert mp4_to_i2i.status_code == 422 and "is a video" in mp4_to_i2i.text
+
+
+def test_verification_accepts_exactly_what_the_spot_checker_runs() -> None:
+    # the field's pattern and reputation.policy.parse_verification must agree, or a request
+    # that passed validation would fail later as a 500
+    for text in ("none", "spot", "redundant:2", "redundant:5"):
+        assert JobOptions(verification=text).verification == text
+        parse_verification(text)
+    for text in ("redundant:1", "redundant:6", "redundant:", "always"):
+        with pytest.raises(ValidationError):
+            JobOptions(verification=text)
+        with pytest.raises(BadVerification):
+            parse_verification(text)
