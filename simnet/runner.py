@@ -32,6 +32,7 @@ from lpnode.node.daemon import Node
 from lpnode.node.network.base import Network
 from lpnode.node.network.memory import LatencyModel, MemoryHub, open_memory_hub
 from lpnode.protocol.advert import CapabilityAdvert
+from lpnode.protocol.errors import PeerUnreachable
 from lpnode.protocol.signing import NodeKey
 
 from .behaviours import churn_schedule
@@ -39,6 +40,7 @@ from .gpus import profile
 from .jobs import run_planned_job
 from .metrics import Recorder, Sample, summarise
 from .scenario import Scenario
+from .sim_pool import SimPoolStats
 from .stack import SimNode, WorkerSpec, serve_sim_node
 from .workload import PlannedJob, plan_jobs
 
@@ -117,7 +119,7 @@ class _Sim:
         self.failed = 0
         self.wall0 = time.perf_counter()
         self.dropped_by_flaky = 0
-        self.pool_stats: dict[int, list[Any]] = {}
+        self.pool_stats: dict[int, list[SimPoolStats]] = {}  # per worker, one per life (churn restarts)
 
     def now_s(self) -> float:
         """Workload clock: virtual seconds since the first job could arrive."""
@@ -131,7 +133,7 @@ class _Sim:
         for j in rng.sample(others, min(len(others), self.s.degree)):
             try:
                 await net.connect(self.reachable[j])
-            except Exception as exc:  # a peer that just left; the node's dialer finds others
+            except PeerUnreachable as exc:  # a peer that just left; the node's dialer finds others
                 log.debug("node %d could not reach %d: %s", index, j, exc)
 
     def _observe(self, node_index: int, advert: CapabilityAdvert) -> None:
