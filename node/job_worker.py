@@ -275,7 +275,11 @@ class JobWorker:
 
         async def forward_progress() -> None:
             async for step in receive_progress:
-                await job.apply(machine.progress(step.stage[:32], step.step, step.total, self.now_ms()))
+                # Shielded: the run ending cancels this task, and a frame send cancelled halfway
+                # aborts the framed stream, so the Result right behind it would never arrive.
+                # The send is bounded by the framing's write timeout.
+                with trio.CancelScope(shield=True):
+                    await job.apply(machine.progress(step.stage[:32], step.step, step.total, self.now_ms()))
 
         async def watch_requester() -> None:
             while not machine.ended:
