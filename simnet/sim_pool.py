@@ -224,8 +224,7 @@ class SimPool:
             if cheat:
                 seconds *= CHEAT_TIME[cheat]
             # progress after each step, as the real adapters report it (the requester's silence timer needs
-            # it), then the decode stage, which reports none: the worker must not see run() return in the
-            # same instant as a progress callback (it cancels its progress sender mid-send then; see the docs)
+            # it), then the decode stage, which reports none (VAE decode in a real pipeline)
             for step in range(1, steps + 1):
                 await trio.sleep(seconds * (1 - DECODE_SHARE) / steps)  # a zero-time cheat still yields
                 for job in batch:
