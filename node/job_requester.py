@@ -124,6 +124,13 @@ class JobFailed(LpnodeError):
         self.attempts = tuple(attempts)
 
 
+PARAMS_REFUSED = "refused:unsupported_params"  # an Attempt's outcome when a worker's model limits refuse the job
+
+
+class ParametersRefused(JobFailed):
+    """Every peer asked refused the job's parameters as beyond its model's limits (steps, size, frames ...)."""
+
+
 class NoCandidates(JobFailed):
     """No known peer serves the job's model/pipeline within ``max_price``; ``offered`` lists what is on offer."""
 
@@ -240,6 +247,9 @@ async def run_job(
                 receipt_bytes=try_.machine.receipt_bytes,
                 attempts=tuple(attempts),
             )
+    if attempts and all(a.outcome == PARAMS_REFUSED for a in attempts):
+        # every worker asked said its model cannot take these parameters: the request is what is wrong
+        raise ParametersRefused(f"{spec.pipeline} parameters refused by every peer asked ({len(attempts)})", attempts)
     raise JobFailed(f"{spec.pipeline} job failed on {len(attempts)} peer(s) within {deadline_s} s", attempts)
 
 
@@ -421,11 +431,13 @@ class _Try:
 
 
 __all__ = [
+    "PARAMS_REFUSED",
     "Attempt",
     "JobFailed",
     "JobOutcome",
     "JobRequest",
     "NoCandidates",
+    "ParametersRefused",
     "Priority",
     "ReputationView",
     "build_spec",

@@ -34,7 +34,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from lpnode.node.daemon import Node
 from lpnode.node.job_manager import JobAlreadyFinished, JobCancelled, JobManager, JobNotFound, ManagerBusy
-from lpnode.node.job_requester import JobFailed, NoCandidates
+from lpnode.node.job_requester import JobFailed, NoCandidates, ParametersRefused
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
 from lpnode.node.rpc_job_bodies import InputTooLarge
 from lpnode.node.rpc_jobs import jobs_router
@@ -88,6 +88,7 @@ ERROR_STATUS: dict[type[LpnodeError], int] = {
     PeerUnreachable: 504,
     NoCandidates: 404,  # nobody offers that model/pipeline; the message lists what the network offers
     JobFailed: 503,  # every candidate refused or failed; the message lists the attempts
+    ParametersRefused: 422,  # every candidate's model refused the parameters (its limits); the attempts say which
     InputTooLarge: 413,
     ManagerBusy: 429,
     JobNotFound: 404,

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from lpnode.models.pool import ModelPool, ModelStatus, PoolConfig, open_model_po
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.framing import FramedStream
 from lpnode.node.gossip import WallClock
-from lpnode.node.job_requester import JobFailed, JobRequest, NoCandidates, run_job
+from lpnode.node.job_requester import PARAMS_REFUSED, JobFailed, JobRequest, NoCandidates, ParametersRefused, run_job
 from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.job_worker import JobWorker, WorkerConfig, WorkerHooks, serve_job_worker
 from lpnode.node.network.base import ByteStream, Network
@@ -183,6 +183,17 @@ async def test_unknown_model_is_a_clear_error_listing_the_offers(pool: ModelPool
         assert isinstance(answer, Refusal) and answer.reason is RefusalReason.UNKNOWN_MODEL
         assert "lpnode/tiny-sdxl" in answer.message
         assert worker.worker is not None and worker.worker.reservations == set()
+
+
+async def test_parameters_every_model_refuses_are_the_requests_fault(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        workers = [await start(i, pool=pool) for i in (1, 2)]
+        await sees_models(requester.node, workers)  # type: ignore[arg-type]
+        too_many_steps = JobRequest(T2I.pipeline, replace(T2I.params, num_inference_steps=60), MODEL)
+        with pytest.raises(ParametersRefused, match="num_inference_steps") as caught:
+            await run_job(requester.node, too_many_steps, max_price=10**7, deadline_s=BOUND_S, rng=no_exploring())
+        assert [a.outcome for a in caught.value.attempts] == [PARAMS_REFUSED, PARAMS_REFUSED]
 
 
 async def test_worker_vanishing_mid_job_completes_on_another_and_records_both(pool: ModelPool) -> None:
