@@ -203,9 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=4, help="jobs per pipeline (seeds/prompts/inputs)")
     parser.add_argument("--pipeline", action="append", help="only these pipelines (wire names); default all")
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
+    parser.add_argument("--sim-only", action="store_true", help="only the policy simulation (no models; honest rate 0)")
+    parser.add_argument("--honest-peers", type=int, default=20, help="honest peers per simulated off rate")
     args = parser.parse_args(argv)
     thresholds = Thresholds()
     start = time.perf_counter()
+    if args.sim_only:
+        print("\n".join(simulation_table([], honest_peers=args.honest_peers)))
+        print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+        return 0
     samples: list[Sample] = []
     for case in CASES:
         if args.pipeline and case.pipeline.value not in args.pipeline:
@@ -214,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{case.pipeline.value}: done after {time.perf_counter() - start:.1f} s", file=sys.stderr)
     table = separation_table(samples)
     print("\n".join(table))
-    sim = simulation_table(samples)
+    sim = simulation_table(samples, honest_peers=args.honest_peers)
     print("\n".join(sim))
     if args.out is not None:
         args.out.write_text(_report(table, sim, thresholds, args.jobs, time.perf_counter() - start))
@@ -226,7 +232,7 @@ def honest_disagreement_rate(samples: Sequence[Sample]) -> float:
     return sum(s.comparison.verdict is not Verdict.AGREE for s in honest) / len(honest) if honest else 0.0
 
 
-def simulation_table(samples: Sequence[Sample], seed: int = 0) -> list[str]:
+def simulation_table(samples: Sequence[Sample], seed: int = 0, honest_peers: int = 20) -> list[str]:
     """The policy simulation, with the honest off rate at least the measured honest disagreement rate."""
     measured = honest_disagreement_rate(samples)
     lines = [
@@ -238,7 +244,7 @@ def simulation_table(samples: Sequence[Sample], seed: int = 0) -> list[str]:
         config = SimConfig(honest_off_rate=off, seed=seed)
         for name, rate, count in (("cheat 100 %", 1.0, 200), ("cheat 10 %", 0.10, 300), ("cheat 1 %", 0.01, 50)):
             lines.append(_sim_row(summarise(name, simulate(config, [SimPeer(name, rate)] * count)), off))
-        lines.append(_sim_row(summarise("honest", simulate(config, [SimPeer("honest")] * 20)), off))
+        lines.append(_sim_row(summarise("honest", simulate(config, [SimPeer("honest")] * honest_peers)), off))
     return lines
 
 

@@ -2,7 +2,7 @@
 
 Adaptive duplication after BOINC's adaptive replication: a peer's first jobs
 per model family are always duplicated; after that the probability falls as
-consecutive agreements grow (``(initial_checks / agreements) ** 2``), down to a floor
+consecutive agreements grow (``(falloff_scale / agreements) ** 2``), down to a floor
 (~5 %, higher for video, whose checks catch less per job); after any blame every
 job is duplicated again for ``post_blame_jobs`` jobs. A duplicate goes to a peer
 in good standing, unrelated to the first where possible, and looks like any
@@ -53,18 +53,22 @@ _VIDEO = frozenset({Pipeline.IMAGE_TO_VIDEO, Pipeline.FRAME_INTERPOLATION})
 
 @dataclass(frozen=True)
 class SpotCheckConfig:
-    initial_checks: int = 20  # a peer's first jobs per model family: always duplicated
+    # A peer's first jobs per model family: always duplicated. 50 so that every one of a new cheater's first 50
+    # jobs can count against it (the "banned within 50 jobs" target); an unchecked cheat is evidence lost.
+    initial_checks: int = 50
     floor_rate: float = 0.05  # never check less often than this once established
     video_floor_rate: float = 0.10  # video pipelines: one check covers fewer, costlier jobs; be stricter
-    post_blame_jobs: int = 50  # after a blame, duplicate this many of the peer's next jobs
-    falloff_power: float = (
-        2.0  # probability (initial_checks / agreements) ** power: 2 reaches the 5 % floor after ~90 agreements
-    )
+    # After a blame, duplicate this many of the peer's next jobs. Each honest blame costs this many checks, so it
+    # sets the overhead at a high honest false-output rate (25: 6.9 % at 1 %, docs/verification.md); a cheater's
+    # blames also reset its agreements, which keeps it checked far longer than this window.
+    post_blame_jobs: int = 25
+    falloff_scale: float = 10.0  # probability (falloff_scale / agreements) ** power once past initial_checks
+    falloff_power: float = 2.0  # 2 with scale 10 reaches the 5 % floor after ~45 consecutive agreements
     min_checker_score: float = 0.3  # a checker needs this score (scoring.score) unless none has it
 
     def __post_init__(self) -> None:
-        if self.initial_checks < 0 or self.post_blame_jobs < 0:
-            raise ConfigError("initial_checks and post_blame_jobs must be non-negative")
+        if self.initial_checks < 0 or self.post_blame_jobs < 0 or self.falloff_scale <= 0:
+            raise ConfigError("initial_checks and post_blame_jobs must be non-negative, falloff_scale positive")
         for name in ("floor_rate", "video_floor_rate", "min_checker_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1]")
@@ -106,7 +110,7 @@ class SpotCheckPolicy:
         if history.jobs_since_blame is not None and history.jobs_since_blame < c.post_blame_jobs:
             return 1.0
         agreements = max(1, history.consecutive_agreements)
-        return min(1.0, max(self.floor(pipeline), math.pow(c.initial_checks / agreements, c.falloff_power)))
+        return min(1.0, max(self.floor(pipeline), math.pow(c.falloff_scale / agreements, c.falloff_power)))
 
     def should_duplicate(self, history: PeerHistory, pipeline: Pipeline | str, rng: random.Random) -> bool:
         p = self.probability(history, pipeline)

@@ -10,10 +10,28 @@ mean, with a weak prior (one good, one bad): a new peer scores low enough that
 proven peers come first, yet well above a proven cheater, so exploration (the
 peer choice's job) keeps newcomers reachable.
 
-A ban needs confidence, not one unlucky check: at least ``ban_min_bad`` decayed
-blames *and* a failure rate whose lower confidence bound exceeds
-``ban_fail_rate``. Two conflicting receipts signed by one worker for one job id
-(:func:`equivocation`) are proof and ban at once.
+A ban is Wald's sequential probability ratio test (SPRT) between two failure
+rates per check: ``ban_honest_rate`` (p0, what honest hardware differences may
+explain) and ``ban_cheat_rate`` (p1, the cheater the network must catch). Each
+blame adds ``ln(p1/p0)`` to the log-likelihood ratio and each passed check adds
+``ln((1-p1)/(1-p0))`` (negative); the peer is banned once the ratio reaches
+``ban_log_ratio`` and it has at least ``ban_min_bad`` blames. Under p0 the
+likelihood ratio is a martingale, so by Ville's inequality an honest peer
+failing at most p0 of its checks is *ever* banned with probability at most
+``exp(-ban_log_ratio)``, however long it serves; a cheater failing p1 drifts up
+by the Kullback-Leibler divergence per check and is caught in the fewest checks
+on average (Wald-Wolfowitz). A fixed blame count cannot do both: it is either
+slow for cheaters or, over a long honest life, sure to ban someone. Two
+conflicting receipts signed by one worker for one job id (:func:`equivocation`)
+are proof and ban at once.
+
+The counts the test reads are the decayed ones: good fading faster than bad
+biases it towards a ban as evidence ages (an honest peer's apparent failure
+rate rises towards ``bad_half_life / good_half_life`` times its true one over
+months). The neutral rate (:func:`sprt_neutral_rate`, ~4 % by default) is well
+above the ~1 % that calibration allows for honest peers, which keeps that bias
+from banning them within the 10,000-job horizon simulated; a peer's score still
+reflects it.
 
 Pure functions over an explicit ``now`` (unix seconds); nothing here reads a clock.
 """
@@ -34,9 +52,11 @@ __all__ = [
     "equivocation",
     "expected_trust",
     "fail_rate_lower_bound",
+    "log_likelihood_ratio",
     "record",
     "score",
     "should_ban",
+    "sprt_neutral_rate",
     "wilson_lower_bound",
 ]
 
@@ -53,9 +73,14 @@ class ScoringConfig:
     good_half_life_s: float = 14 * _DAY  # seconds; good evidence fades faster ...
     bad_half_life_s: float = 90 * _DAY  # ... than bad
     z: float = 1.645  # one-sided 95 % for the score's lower bound
-    ban_z: float = 2.326  # one-sided 99 % for the failure-rate bound a ban needs
-    ban_min_bad: float = 3.0  # decayed blames before any ban
-    ban_fail_rate: float = 0.02  # ban when the failure rate is confidently above this
+    ban_z: float = 2.326  # one-sided 99 % for fail_rate_lower_bound (display)
+    ban_min_bad: float = 2.0  # decayed blames before any ban: one odd output is never enough
+    ban_honest_rate: float = 0.01  # SPRT p0: blames per check that honest hardware may cause (calibration: none seen)
+    ban_cheat_rate: float = 0.10  # SPRT p1: the failure rate of the cheater the targets name
+    # SPRT bound ln(A): an honest peer failing <= p0 of its checks is ever banned with chance <= e**-5 ~ 0.7 %;
+    # 3 blames close together reach it (3 ln 10 = 6.9), 2 never do. Higher is safer for honest peers and slower
+    # for cheaters: the trade-off table is in docs/verification.md.
+    ban_log_ratio: float = 5.0
     ban_duration_s: float = 30 * _DAY  # seconds a ban lasts (doubled per earlier ban by the store)
 
     def __post_init__(self) -> None:
@@ -63,8 +88,10 @@ class ScoringConfig:
             raise ConfigError("scoring priors must be positive")
         if not 0 < self.good_half_life_s <= self.bad_half_life_s:
             raise ConfigError("need 0 < good_half_life_s <= bad_half_life_s (good evidence fades faster)")
-        if self.z <= 0 or self.ban_z <= 0 or self.ban_min_bad < 1 or not 0 < self.ban_fail_rate < 1:
+        if self.z <= 0 or self.ban_z <= 0 or self.ban_min_bad < 1 or self.ban_log_ratio <= 0:
             raise ConfigError(f"invalid ban or confidence settings: {self}")
+        if not 0 < self.ban_honest_rate < self.ban_cheat_rate < 1:
+            raise ConfigError(f"need 0 < ban_honest_rate < ban_cheat_rate < 1, got {self}")
         if self.ban_duration_s <= 0:
             raise ConfigError("ban_duration_s must be positive")
 
@@ -134,11 +161,25 @@ def fail_rate_lower_bound(evidence: Evidence, now: float, config: ScoringConfig)
     return wilson_lower_bound(current.bad, current.good + current.bad, config.ban_z)
 
 
+def log_likelihood_ratio(evidence: Evidence, now: float, config: ScoringConfig) -> float:
+    """ln P(evidence | fails ban_cheat_rate) / P(evidence | fails ban_honest_rate), on the decayed counts."""
+    current = decay(evidence, now, config)
+    p0, p1 = config.ban_honest_rate, config.ban_cheat_rate
+    return current.bad * math.log(p1 / p0) + current.good * math.log((1 - p1) / (1 - p0))
+
+
+def sprt_neutral_rate(config: ScoringConfig) -> float:
+    """The failure rate at which the log-likelihood ratio has no drift: below it an honest peer's falls."""
+    p0, p1 = config.ban_honest_rate, config.ban_cheat_rate
+    up, down = math.log(p1 / p0), math.log((1 - p0) / (1 - p1))
+    return down / (up + down)
+
+
 def should_ban(evidence: Evidence, now: float, config: ScoringConfig) -> bool:
-    """Enough blames, and a failure rate confidently above what honest hardware differences explain."""
+    """Wald's SPRT says "cheater" (the ratio reached ban_log_ratio) on at least ban_min_bad blames."""
     current = decay(evidence, now, config)
     enough = current.bad >= config.ban_min_bad - BAN_COUNT_SLACK
-    return enough and fail_rate_lower_bound(current, now, config) > config.ban_fail_rate
+    return enough and log_likelihood_ratio(current, now, config) >= config.ban_log_ratio
 
 
 def ban_until(now: float, earlier_bans: int, config: ScoringConfig) -> float:

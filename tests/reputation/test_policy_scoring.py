@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -24,7 +25,16 @@ from lpnode.reputation.policy import (
     resolve,
 )
 from lpnode.reputation.policy_sim import SimConfig, SimPeer, simulate, summarise
-from lpnode.reputation.scoring import Evidence, ScoringConfig, decay, record, score, should_ban
+from lpnode.reputation.scoring import (
+    Evidence,
+    ScoringConfig,
+    decay,
+    log_likelihood_ratio,
+    record,
+    score,
+    should_ban,
+    sprt_neutral_rate,
+)
 
 CFG = ScoringConfig()
 DAY = 86_400.0
@@ -128,16 +138,50 @@ def test_score_is_a_probability_and_more_good_never_lowers_it(good: float, bad: 
 def test_ban_needs_several_blames_and_a_high_failure_rate() -> None:
     assert not should_ban(Evidence(good=0, bad=2), 0.0, CFG)  # two unlucky checks are not enough
     assert should_ban(Evidence(good=0, bad=3), 0.0, CFG)
+    assert not should_ban(Evidence(good=30, bad=3), 0.0, CFG)  # 3 in 33: the SPRT wants more
     assert not should_ban(Evidence(good=1_000, bad=5), 0.0, CFG)  # 0.5 % fails: hardware noise, not cheating
+    assert should_ban(Evidence(good=950, bad=50), 0.0, CFG)  # 5 % of many checks: above the neutral rate
+    assert not should_ban(Evidence(good=0, bad=2), 0.0, ScoringConfig(ban_log_ratio=1.0, ban_min_bad=3.0))
+
+
+def test_sprt_drifts_down_for_honest_peers_and_up_for_cheaters() -> None:
+    neutral = sprt_neutral_rate(CFG)
+    assert CFG.ban_honest_rate < neutral < CFG.ban_cheat_rate
+    for rate, sign in ((CFG.ban_honest_rate, -1), (CFG.ban_cheat_rate, 1)):
+        llr = log_likelihood_ratio(Evidence(good=1_000 * (1 - rate), bad=1_000 * rate), 0.0, CFG)
+        assert llr * sign > 0
+    with pytest.raises(ConfigError):
+        ScoringConfig(ban_honest_rate=0.2, ban_cheat_rate=0.1)
+
+
+def test_an_honest_peer_at_the_honest_rate_is_rarely_ever_banned() -> None:
+    """Ville's inequality: under p0 the chance of *ever* crossing ln A is at most 1/A, however long the peer serves."""
+    rng = random.Random(7)
+    peers, checks, banned = 400, 400, 0
+    for _ in range(peers):
+        ev = Evidence()
+        for k in range(checks):
+            blamed = rng.random() < CFG.ban_honest_rate
+            ev = record(ev, float(k), CFG, good=0.0 if blamed else 1.0, bad=1.0 if blamed else 0.0)
+            if should_ban(ev, float(k), CFG):
+                banned += 1
+                break
+    bound = peers * math.exp(-CFG.ban_log_ratio)  # 2.7 of 400
+    assert banned <= 2 * bound
 
 
 def test_policy_simulation_meets_the_targets() -> None:
+    """The measured figures of docs/verification.md, on fewer peers. "Within 50 jobs" cannot reach 99 %: a 10 %
+    cheater cheats at most twice in its first 50 jobs 11 % of the time, and 2 blames must never ban (honest peers
+    collect them); the SPRT gets ~75 % (the binomial ceiling for 3 blames is 89 %)."""
     config = SimConfig(jobs_per_peer=2_000, established_after=500)
-    cheaters = summarise("cheat-10", simulate(config, [SimPeer("cheat-10", 0.10)] * 60))
-    assert cheaters.banned == 60
-    assert cheaters.median_jobs_to_ban is not None and cheaters.median_jobs_to_ban <= 50
+    cheaters = summarise("cheat-10", simulate(config, [SimPeer("cheat-10", 0.10)] * 100))
+    assert cheaters.banned == 100
+    assert cheaters.median_jobs_to_ban is not None and cheaters.median_jobs_to_ban <= 40
+    assert cheaters.banned_within_50 >= 65
     always = summarise("cheat-100", simulate(config, [SimPeer("cheat-100", 1.0)] * 20))
-    assert always.max_jobs_to_ban is not None and always.max_jobs_to_ban <= 10
-    honest = summarise("honest", simulate(SimConfig(jobs_per_peer=10_000), [SimPeer("honest")] * 2))
-    assert honest.banned == 0
-    assert honest.established_overhead is not None and honest.established_overhead <= 0.07
+    assert always.max_jobs_to_ban is not None and always.max_jobs_to_ban <= 5
+    for off in (0.002, 0.01):  # the assumed honest false-output rate and a pessimistic one
+        honest = summarise("honest", simulate(SimConfig(honest_off_rate=off), [SimPeer("honest")] * 3))
+        assert honest.banned == 0
+        assert honest.established_overhead is not None and honest.established_overhead <= 0.07
