@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_workflow_command(commands, common)
     add_receipt_command(commands)
     add_reputation_command(commands, common)
+    from lpnode.simnet.cli import add_sim_commands  # argparse only; the simulator loads when `sim run` runs
+
+    add_sim_commands(commands)
     return parser
 
 
@@ -117,6 +121,19 @@ def _only_lpnode_error(group: BaseExceptionGroup[Any]) -> LpnodeError | None:
 
 def _config(args: argparse.Namespace, **flags: Any) -> NodeConfig:
     return load_config(config_file=args.config, env=os.environ, flags={"data_dir": args.data_dir, **flags})
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from lpnode.simnet.scenario import ScenarioError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for library in ("DIFFUSERS", "TRANSFORMERS"):  # as `lpnode run` does: their optional-backend notices
+        os.environ.setdefault(f"{library}_VERBOSITY", "error")
+    try:
+        return int(args.sim_handler(args, sys.stdout))
+    except (ScenarioError, FileNotFoundError) as exc:  # a bad or missing scenario file: the user's to fix
+        print(f"lpnode sim: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -224,6 +241,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lpnode.node.cli_reputation import cmd_reputation
 
         return cmd_reputation(args, _config(args).data_dir)
+    if args.command == "sim":
+        return _cmd_sim(args)
     if args.command == "workflow":
         from lpnode.node.cli_workflow import cmd_workflow
 
