@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from lpnode.node.cli import build_parser
+from lpnode.node.cli import build_parser, main
 from lpnode.node.cli_follow import JobNotDone, output_paths, receipt_path
 from lpnode.node.cli_format import job_summary, job_text, jobs_table
 from lpnode.node.cli_jobs import PIPELINE_COMMANDS, job_fields
@@ -244,3 +244,10 @@ def test_workflow_progress_is_shown_per_step() -> None:
     assert lines[0] == "step 1/2 text-to-image: running"
     assert [line.split(" [")[0] for line in lines[1:]] == ["step 1/2 text-to-image"] * 2 + ["step 2/2 upscale"] * 3
     assert [line.split("]")[1].split("%")[0].strip() for line in lines[1:]] == ["0", "50", "0", "50", "100"]
+
+
+def test_sim_is_a_subcommand_of_lpnode(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "list"]) == 0
+    assert "baseline" in capsys.readouterr().out
+    assert main(["sim", "run", "no-such-scenario"]) == 2
+    assert "no bundled scenario 'no-such-scenario'" in capsys.readouterr().err
