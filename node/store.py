@@ -28,14 +28,22 @@ module and nowhere else: :func:`open_store` opens an asyncio loop on top of trio
 the store is open, and every call is routed to that loop explicitly. A :class:`Store` must
 therefore be used from inside the ``trio.run`` (and while the ``async with`` block) that opened
 it; any task of that run may call it, but not another thread or another ``trio.run``.
+
+Backends: ``backend="aiosqlite"`` (the default, above) keeps SQLite's work off the event loop.
+``backend="inline"`` runs the same statements with plain :mod:`sqlite3` in the trio thread itself:
+the same file format, pragmas, migrations and API, no threads and no asyncio loop. It is for callers
+whose statements are small and who need every await to be a pure trio checkpoint, e.g. a simulation
+under an autojump ``MockClock``, where virtual time would jump while a worker thread runs and the
+interleaving would stop being repeatable (``lpnode.simnet``). The caller chooses; the store does not
+know why.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -48,6 +56,7 @@ from lpnode.protocol.errors import LpnodeError
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
     "DEFAULT_MAX_ROWS",
+    "Backend",
     "ConstraintViolation",
     "Migration",
     "Params",
@@ -64,6 +73,8 @@ DEFAULT_MAX_ROWS = 10_000  # a query returning more than this is a bug (missing 
 
 # Positional (``?``) or named (``:name``) parameters, as sqlite3 takes them.
 Params = Sequence[Any] | Mapping[str, Any]
+
+Backend = Literal["aiosqlite", "inline"]
 
 _VERSIONS = "SELECT component, version FROM schema_versions"
 _COMPONENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -121,6 +132,45 @@ class Written:
     lastrowid: int | None
 
 
+class _Connection:
+    """One SQLite connection as the store uses it; :class:`_AioConnection` or :class:`_InlineConnection`."""
+
+    path: Path
+
+    async def write(self, sql: str, params: Params) -> Written:
+        raise NotImplementedError
+
+    async def write_many(self, sql: str, params: list[Params]) -> Written:
+        raise NotImplementedError
+
+    async def fetch_one(self, sql: str, params: Params) -> sqlite3.Row | None:
+        raise NotImplementedError
+
+    async def fetch(self, sql: str, params: Params, max_rows: int) -> list[sqlite3.Row]:
+        raise NotImplementedError
+
+    async def commit(self) -> None:
+        raise NotImplementedError
+
+    async def rollback(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+def _mapped_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ConstraintViolation(f"{path}: {exc}")
+    return StoreError(f"{path}: {exc}")
+
+
+def _bounded(rows: list[sqlite3.Row], max_rows: int, sql: str) -> list[sqlite3.Row]:
+    if len(rows) > max_rows:
+        raise StoreError(f"query returned more than {max_rows} rows (add a LIMIT): {sql[:200]}")
+    return rows
+
+
 class _Bridge:
     """Runs aiosqlite coroutines on the store's asyncio-over-trio loop, mapping sqlite errors to ours."""
 
@@ -131,10 +181,8 @@ class _Bridge:
     async def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         try:
             result: _T = await self._loop.run_aio_coroutine(coro)
-        except sqlite3.IntegrityError as exc:
-            raise ConstraintViolation(f"{self.path}: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise _mapped_error(self.path, exc) from exc
         return result
 
 
@@ -157,29 +205,124 @@ async def _aio_fetch_one(conn: aiosqlite.Connection, sql: str, params: Params) -
 async def _aio_fetch(conn: aiosqlite.Connection, sql: str, params: Params, max_rows: int) -> list[sqlite3.Row]:
     async with conn.execute(sql, params) as cursor:
         rows = list(await cursor.fetchmany(max_rows + 1))
-    if len(rows) > max_rows:
-        raise StoreError(f"query returned more than {max_rows} rows (add a LIMIT): {sql[:200]}")
-    return rows
+    return _bounded(rows, max_rows, sql)
+
+
+class _AioConnection(_Connection):
+    """aiosqlite's thread per connection, driven through the trio-asyncio bridge."""
+
+    def __init__(self, bridge: _Bridge, conn: aiosqlite.Connection) -> None:
+        self._bridge = bridge
+        self._conn = conn
+        self.path = bridge.path
+
+    async def write(self, sql: str, params: Params) -> Written:
+        return await self._bridge.run(_aio_write(self._conn, sql, params))
+
+    async def write_many(self, sql: str, params: list[Params]) -> Written:
+        return await self._bridge.run(_aio_write_many(self._conn, sql, params))
+
+    async def fetch_one(self, sql: str, params: Params) -> sqlite3.Row | None:
+        return await self._bridge.run(_aio_fetch_one(self._conn, sql, params))
+
+    async def fetch(self, sql: str, params: Params, max_rows: int) -> list[sqlite3.Row]:
+        return await self._bridge.run(_aio_fetch(self._conn, sql, params, max_rows))
+
+    async def commit(self) -> None:
+        await self._bridge.run(self._conn.commit())
+
+    async def rollback(self) -> None:
+        await self._bridge.run(self._conn.rollback())
+
+    async def close(self) -> None:
+        await self._bridge.run(self._conn.close())
+
+
+class _InlineConnection(_Connection):
+    """Plain sqlite3 in the trio thread (``backend="inline"``): each call is one checkpoint, then the statement."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    async def write(self, sql: str, params: Params) -> Written:
+        await trio.lowlevel.checkpoint()
+        with self._errors():
+            cursor = self._conn.execute(sql, params)
+            try:
+                return Written(cursor.rowcount, cursor.lastrowid or None)
+            finally:
+                cursor.close()
+
+    async def write_many(self, sql: str, params: list[Params]) -> Written:
+        await trio.lowlevel.checkpoint()
+        with self._errors():
+            cursor = self._conn.executemany(sql, params)
+            try:
+                return Written(cursor.rowcount, cursor.lastrowid or None)
+            finally:
+                cursor.close()
+
+    async def fetch_one(self, sql: str, params: Params) -> sqlite3.Row | None:
+        await trio.lowlevel.checkpoint()
+        with self._errors():
+            cursor = self._conn.execute(sql, params)
+            try:
+                row: sqlite3.Row | None = cursor.fetchone()
+                return row
+            finally:
+                cursor.close()
+
+    async def fetch(self, sql: str, params: Params, max_rows: int) -> list[sqlite3.Row]:
+        await trio.lowlevel.checkpoint()
+        with self._errors():
+            cursor = self._conn.execute(sql, params)
+            try:
+                rows = list(cursor.fetchmany(max_rows + 1))
+            finally:
+                cursor.close()
+        return _bounded(rows, max_rows, sql)
+
+    async def commit(self) -> None:
+        await trio.lowlevel.checkpoint()
+        with self._errors():
+            self._conn.commit()
+
+    async def rollback(self) -> None:
+        await trio.lowlevel.checkpoint()
+        with self._errors():
+            self._conn.rollback()
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint()
+        with self._errors():
+            self._conn.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _mapped_error(self.path, exc) from exc
 
 
 class _Statements:
     """execute / executemany / fetch_all / fetch_one over one connection; shared by Store reads and Transaction."""
 
-    def __init__(self, bridge: _Bridge, conn: aiosqlite.Connection) -> None:
-        self._bridge = bridge
+    def __init__(self, conn: _Connection) -> None:
         self._conn = conn
 
     async def _execute(self, sql: str, params: Params = ()) -> Written:
-        return await self._bridge.run(_aio_write(self._conn, sql, params))
+        return await self._conn.write(sql, params)
 
     async def _executemany(self, sql: str, params: Iterable[Params]) -> Written:
-        return await self._bridge.run(_aio_write_many(self._conn, sql, list(params)))
+        return await self._conn.write_many(sql, list(params))
 
     async def _fetch_all(self, sql: str, params: Params = (), *, max_rows: int = DEFAULT_MAX_ROWS) -> list[sqlite3.Row]:
-        return await self._bridge.run(_aio_fetch(self._conn, sql, params, max_rows))
+        return await self._conn.fetch(sql, params, max_rows)
 
     async def _fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        return await self._bridge.run(_aio_fetch_one(self._conn, sql, params))
+        return await self._conn.fetch_one(sql, params)
 
 
 class Transaction(_Statements):
@@ -188,8 +331,8 @@ class Transaction(_Statements):
     It sees its own uncommitted writes. It is dead once the ``async with`` block ends.
     """
 
-    def __init__(self, bridge: _Bridge, conn: aiosqlite.Connection) -> None:
-        super().__init__(bridge, conn)
+    def __init__(self, conn: _Connection) -> None:
+        super().__init__(conn)
         self._open = True
 
     def _check(self) -> None:
@@ -218,11 +361,10 @@ class Transaction(_Statements):
 class Store:
     """An open database; built by :func:`open_store` only. See the module docstring for the rules."""
 
-    def __init__(self, path: Path, bridge: _Bridge, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: Path, writer: _Connection, reader: _Connection) -> None:
         self.path = path
-        self._bridge = bridge
         self._writer = writer
-        self._reads = _Statements(bridge, reader)
+        self._reads = _Statements(reader)
         self._write_lock = trio.Lock()
         self._closed = False
 
@@ -235,7 +377,7 @@ class Store:
         self._check()
         async with self._write_lock:
             self._check()
-            return await self._bridge.run(_aio_write(self._writer, sql, params))
+            return await self._writer.write(sql, params)
 
     async def executemany(self, sql: str, params: Iterable[Params]) -> Written:
         """One statement for each parameter set, all committed together."""
@@ -263,7 +405,7 @@ class Store:
         self._check()
         async with self._write_lock:
             self._check()
-            tx = Transaction(self._bridge, self._writer)
+            tx = Transaction(self._writer)
             try:
                 # BEGIN inside the try: a cancel landing while it runs on the thread must still roll back
                 await tx._execute("BEGIN IMMEDIATE")
@@ -273,16 +415,16 @@ class Store:
                 # Shielded: a cancelled task must still leave the connection outside any transaction.
                 # SQLite's busy timeout bounds how long this can take.
                 with trio.CancelScope(shield=True):
-                    await self._bridge.run(self._writer.rollback())
+                    await self._writer.rollback()
                 raise
             tx._open = False
             with trio.CancelScope(shield=True):
                 try:
-                    await self._bridge.run(self._writer.commit())
+                    await self._writer.commit()
                 except BaseException:
                     # a failed COMMIT (SQLITE_BUSY, disk full) can leave the transaction open;
                     # sqlite3's rollback() is a no-op when it is not
-                    await self._bridge.run(self._writer.rollback())
+                    await self._writer.rollback()
                     raise
 
     async def versions(self) -> dict[str, int]:
@@ -303,8 +445,11 @@ async def open_store(
     *,
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    backend: Backend = "aiosqlite",
 ) -> AsyncIterator[Store]:
     """Open (create) the database at ``path``, bring each component's schema up to date, yield the Store.
+
+    ``backend`` picks how statements run (module docstring): aiosqlite threads, or ``"inline"`` sqlite3.
 
     Raises :class:`SchemaTooNew` for a database written by a newer lpnode, :class:`StoreError`
     when the file cannot be opened or is not a database, or a migration fails (that
@@ -312,6 +457,14 @@ async def open_store(
     """
     plan = _plan(migrations)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if backend == "inline":
+        async with _inline_connections(path, synchronous, busy_timeout_ms) as store:
+            await _migrate(store, plan)
+            try:
+                yield store
+            finally:
+                store._closed = True
+        return
     try:
         async with (
             trio_asyncio.open_loop() as loop,
@@ -348,13 +501,30 @@ async def _connections(bridge: _Bridge, synchronous: str, busy_timeout_ms: int) 
     try:
         reader = await _connect(bridge, path, synchronous, busy_timeout_ms, query_only=True)
         try:
-            yield Store(path, bridge, writer, reader)
+            yield Store(path, _AioConnection(bridge, writer), _AioConnection(bridge, reader))
         finally:
             with trio.CancelScope(shield=True):
                 await bridge.run(reader.close())
     finally:
         with trio.CancelScope(shield=True):
             await bridge.run(writer.close())
+
+
+@asynccontextmanager
+async def _inline_connections(path: Path, synchronous: str, busy_timeout_ms: int) -> AsyncIterator[Store]:
+    """The same two connections as :func:`_connections` (writer first, for WAL), as plain sqlite3 ones."""
+    await trio.lowlevel.checkpoint()
+    writer = _InlineConnection(_connect_inline(path, synchronous, busy_timeout_ms, query_only=False), path)
+    try:
+        reader = _InlineConnection(_connect_inline(path, synchronous, busy_timeout_ms, query_only=True), path)
+        try:
+            yield Store(path, writer, reader)
+        finally:
+            with trio.CancelScope(shield=True):
+                await reader.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await writer.close()
 
 
 def _plan(migrations: Sequence[Migration]) -> list[Migration]:
@@ -373,6 +543,20 @@ def _plan(migrations: Sequence[Migration]) -> list[Migration]:
     return plan
 
 
+_WAL = "PRAGMA journal_mode=WAL"
+
+
+def _pragmas(synchronous: str, busy_timeout_ms: int, query_only: bool) -> tuple[str, ...]:
+    """Every connection's settings, WAL first (both backends)."""
+    return (
+        _WAL,
+        f"PRAGMA synchronous={synchronous}",
+        "PRAGMA foreign_keys=ON",
+        f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
+        f"PRAGMA query_only={'ON' if query_only else 'OFF'}",
+    )
+
+
 async def _connect(
     bridge: _Bridge, path: Path, synchronous: str, busy_timeout_ms: int, *, query_only: bool
 ) -> aiosqlite.Connection:
@@ -381,17 +565,11 @@ async def _connect(
         conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
         try:
             conn.row_factory = sqlite3.Row
-            async with conn.execute("PRAGMA journal_mode=WAL") as cursor:
-                mode = await cursor.fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise StoreError(f"{path}: SQLite refused WAL mode (got {mode and mode[0]!r})")
-            for pragma in (
-                f"PRAGMA synchronous={synchronous}",
-                "PRAGMA foreign_keys=ON",
-                f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
-                f"PRAGMA query_only={'ON' if query_only else 'OFF'}",
-            ):
-                await conn.execute(pragma)
+            for pragma in _pragmas(synchronous, busy_timeout_ms, query_only):
+                async with conn.execute(pragma) as cursor:
+                    mode = await cursor.fetchone()
+                if pragma == _WAL and (mode is None or str(mode[0]).lower() != "wal"):
+                    raise StoreError(f"{path}: SQLite refused WAL mode (got {mode and mode[0]!r})")
         except BaseException:
             await conn.close()
             raise
@@ -401,6 +579,26 @@ async def _connect(
         return await bridge.run(connect())
     except StoreError as exc:
         raise StoreError(f"cannot open the database {path}: {exc}") from exc
+
+
+def _connect_inline(path: Path, synchronous: str, busy_timeout_ms: int, *, query_only: bool) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in _pragmas(synchronous, busy_timeout_ms, query_only):
+            mode = conn.execute(pragma).fetchone()
+            if pragma == _WAL and (mode is None or str(mode[0]).lower() != "wal"):
+                raise StoreError(f"cannot open the database {path}: SQLite refused WAL mode (got {mode and mode[0]!r})")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot open the database {path}: {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 async def _migrate(store: Store, plan: list[Migration]) -> None:

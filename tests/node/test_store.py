@@ -9,12 +9,16 @@ import pytest
 import trio
 import trio.testing
 from lpnode.node.store import (
+    Backend,
     ConstraintViolation,
     Migration,
     SchemaTooNew,
     StoreError,
     open_store,
 )
+
+# the tests marked so run on both backends: aiosqlite threads, and plain sqlite3 in the trio thread
+BOTH = pytest.mark.parametrize("backend", ["aiosqlite", "inline"])
 
 
 @pytest.fixture
@@ -34,9 +38,10 @@ TAGS_V1 = Migration(
 )
 
 
-async def test_fresh_database_is_wal_with_foreign_keys_and_versions(tmp_path: Path) -> None:
+@BOTH
+async def test_fresh_database_is_wal_with_foreign_keys_and_versions(tmp_path: Path, backend: Backend) -> None:
     path = tmp_path / "sub" / "node.db"  # the parent folder is created
-    async with open_store(path, [NOTES_V1, TAGS_V1]) as store:
+    async with open_store(path, [NOTES_V1, TAGS_V1], backend=backend) as store:
         assert await store.versions() == {"notes": 1, "tags": 1}
         row = await store.fetch_one("PRAGMA journal_mode")
         assert row is not None and row[0] == "wal"
@@ -47,26 +52,28 @@ async def test_fresh_database_is_wal_with_foreign_keys_and_versions(tmp_path: Pa
         assert await store.integrity_check() == "ok"
 
 
-async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
+@BOTH
+async def test_migrations_apply_once_and_in_order(tmp_path: Path, backend: Backend) -> None:
     path = tmp_path / "node.db"
-    async with open_store(path, [NOTES_V1]) as store:
+    async with open_store(path, [NOTES_V1], backend=backend) as store:
         await store.execute("INSERT INTO notes (body) VALUES (?)", ("kept",))
     # Given out of order: the store sorts each component's versions; v1 is not re-run (it would fail).
-    async with open_store(path, [NOTES_V2, NOTES_V1, TAGS_V1]) as store:
+    async with open_store(path, [NOTES_V2, NOTES_V1, TAGS_V1], backend=backend) as store:
         assert await store.versions() == {"notes": 2, "tags": 1}
         rows = await store.fetch_all("SELECT body, stars FROM notes")
         assert [(r["body"], r["stars"]) for r in rows] == [("kept", 0)]
-    async with open_store(path, [NOTES_V1, NOTES_V2, TAGS_V1]) as store:
+    async with open_store(path, [NOTES_V1, NOTES_V2, TAGS_V1], backend=backend) as store:
         assert await store.versions() == {"notes": 2, "tags": 1}
 
 
-async def test_a_failing_migration_rolls_back_and_refuses_to_open(tmp_path: Path) -> None:
+@BOTH
+async def test_a_failing_migration_rolls_back_and_refuses_to_open(tmp_path: Path, backend: Backend) -> None:
     path = tmp_path / "node.db"
     broken = Migration("notes", 2, ("CREATE TABLE half (x)", "THIS IS NOT SQL"))
     with pytest.raises(StoreError, match="migration notes v2 failed"):
-        async with open_store(path, [NOTES_V1, broken]):
+        async with open_store(path, [NOTES_V1, broken], backend=backend):
             raise AssertionError("must not open")
-    async with open_store(path, [NOTES_V1]) as store:
+    async with open_store(path, [NOTES_V1], backend=backend) as store:
         assert await store.versions() == {"notes": 1}
         assert await store.fetch_one("SELECT name FROM sqlite_master WHERE name = 'half'") is None
 
@@ -102,16 +109,18 @@ async def test_gaps_and_duplicates_in_migrations_are_refused(tmp_path: Path) -> 
             pass
 
 
-async def test_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+@BOTH
+async def test_not_a_database_is_a_store_error(tmp_path: Path, backend: Backend) -> None:
     path = tmp_path / "node.db"
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot open the database"):
-        async with open_store(path, [NOTES_V1]):
+        async with open_store(path, [NOTES_V1], backend=backend):
             pass
 
 
-async def test_transaction_commits_at_exit_and_rolls_back_on_error(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "node.db", [NOTES_V1]) as store:
+@BOTH
+async def test_transaction_commits_at_exit_and_rolls_back_on_error(tmp_path: Path, backend: Backend) -> None:
+    async with open_store(tmp_path / "node.db", [NOTES_V1], backend=backend) as store:
         async with store.transaction() as tx:
             first = await tx.execute("INSERT INTO notes (body) VALUES (?)", ("a",))
             await tx.execute("INSERT INTO notes (body) VALUES (:body)", {"body": "b"})
@@ -141,8 +150,9 @@ async def test_transaction_commits_at_exit_and_rolls_back_on_error(tmp_path: Pat
         assert [r["body"] for r in rows] == ["a", "b"]
 
 
-async def test_cancelled_transaction_rolls_back_and_the_store_stays_usable(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "node.db", [NOTES_V1]) as store:
+@BOTH
+async def test_cancelled_transaction_rolls_back_and_the_store_stays_usable(tmp_path: Path, backend: Backend) -> None:
+    async with open_store(tmp_path / "node.db", [NOTES_V1], backend=backend) as store:
         with trio.CancelScope() as scope:
             async with store.transaction() as tx:
                 await tx.execute("INSERT INTO notes (body) VALUES (?)", ("lost",))
@@ -154,8 +164,9 @@ async def test_cancelled_transaction_rolls_back_and_the_store_stays_usable(tmp_p
         assert [r["body"] for r in rows] == ["kept"]
 
 
-async def test_writes_from_many_tasks_are_serialised(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "node.db", [NOTES_V1]) as store:
+@BOTH
+async def test_writes_from_many_tasks_are_serialised(tmp_path: Path, backend: Backend) -> None:
+    async with open_store(tmp_path / "node.db", [NOTES_V1], backend=backend) as store:
 
         async def add_pair(i: int) -> None:
             async with store.transaction() as tx:
@@ -173,8 +184,9 @@ async def test_writes_from_many_tasks_are_serialised(tmp_path: Path) -> None:
         assert row is not None and row[0] == 42
 
 
-async def test_reads_are_bounded_and_read_only(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "node.db", [NOTES_V1]) as store:
+@BOTH
+async def test_reads_are_bounded_and_read_only(tmp_path: Path, backend: Backend) -> None:
+    async with open_store(tmp_path / "node.db", [NOTES_V1], backend=backend) as store:
         await store.executemany("INSERT INTO notes (body) VALUES (?)", [(str(i),) for i in range(11)])
         with pytest.raises(StoreError, match="more than 10 rows"):
             await store.fetch_all("SELECT * FROM notes", max_rows=10)
@@ -185,8 +197,9 @@ async def test_reads_are_bounded_and_read_only(tmp_path: Path) -> None:
         assert isinstance(row, sqlite3.Row) and row["body"] == "0"
 
 
-async def test_closed_store_refuses(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "node.db", [NOTES_V1]) as store:
+@BOTH
+async def test_closed_store_refuses(tmp_path: Path, backend: Backend) -> None:
+    async with open_store(tmp_path / "node.db", [NOTES_V1], backend=backend) as store:
         pass
     with pytest.raises(StoreError, match="closed"):
         await store.fetch_all("SELECT 1")
@@ -244,3 +257,23 @@ async def test_errors_and_cancellation_in_the_callers_block_pass_through_unwrapp
     assert scope.cancelled_caught
     with pytest.raises(StoreError, match="closed"):
         await store.fetch_one("SELECT 1")
+
+
+async def test_inline_backend_spends_no_virtual_time_and_shares_the_file_format(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # inline statements are pure trio checkpoints: under an autojump clock no deadline can fire while one runs
+    path = tmp_path / "node.db"
+    start = trio.current_time()
+    async with open_store(path, [NOTES_V1], backend="inline") as store:
+        async with store.transaction() as tx:
+            await tx.executemany("INSERT INTO notes (body) VALUES (?)", [(str(i),) for i in range(100)])
+        assert len(await store.fetch_all("SELECT * FROM notes")) == 100
+    assert trio.current_time() == start
+    # the same database, migrations and all, opened by the default backend and back again
+    async with open_store(path, [NOTES_V1, NOTES_V2]) as store:
+        await store.execute("UPDATE notes SET stars = 5 WHERE body = '7'")
+    async with open_store(path, [NOTES_V1, NOTES_V2], backend="inline") as store:
+        assert await store.versions() == {"notes": 2}
+        row = await store.fetch_one("SELECT stars FROM notes WHERE body = '7'")
+        assert row is not None and row["stars"] == 5
