@@ -64,7 +64,7 @@ from .daemon import Node
 from .framing import FramedStream, FramingConfig
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream
-from .peer_choice import Candidate, Priority, ReputationView, describe_offers, rank_candidates
+from .peer_choice import Candidate, Priority, ReputationView, describe_offers, rank_candidates, work_is_known
 from .transfer import DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
 
 if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for the annotation
@@ -124,6 +124,7 @@ class JobFailed(LpnodeError):
         self.attempts = tuple(attempts)
 
 
+QUOTE_ABOVE_ADVERT = "violation:quote_above_advert"  # a quote dearer than the peer's advert says: not accepted
 PARAMS_REFUSED = "refused:unsupported_params"  # an Attempt's outcome when a worker's model limits refuse the job
 
 
@@ -338,6 +339,9 @@ class _Try:
             await self._next()
         if machine.phase is not Phase.QUOTED:
             return None
+        if self._quote_above_advert():
+            await self._apply(machine.cancel("quote above the advertised price", self.now()))
+            return None
         await self._apply(machine.accept(self.node.now_ms()))
         assert self.framed is not None
         try:
@@ -378,6 +382,22 @@ class _Try:
 
     def now(self) -> int:
         return self.node.now_ms()
+
+    def _quote_above_advert(self) -> bool:
+        """A quote dearer than the peer's own signed advert prices this job: bait and switch, refused.
+
+        Only where the advert's price is exact (the work is known from the spec): for input-sized
+        jobs the ranking's estimate is a stand-in and the worker's quote is what prices them.
+        """
+        quote = self.machine.quote
+        spec = self.machine.request.spec
+        if quote is None or not work_is_known(spec) or quote.price <= self.candidate.price:
+            return False
+        self._end(
+            QUOTE_ABOVE_ADVERT,
+            f"quoted {quote.price} micro-credits; its advert prices this job at {self.candidate.price}",
+        )
+        return True
 
     async def _next(self) -> None:
         """Feed the worker's next message (or the clock) to the machine; note why a try ended."""
@@ -432,6 +452,7 @@ class _Try:
 
 __all__ = [
     "PARAMS_REFUSED",
+    "QUOTE_ABOVE_ADVERT",
     "Attempt",
     "JobFailed",
     "JobOutcome",

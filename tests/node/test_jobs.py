@@ -24,7 +24,15 @@ from lpnode.models.pool import ModelPool, ModelStatus, PoolConfig, open_model_po
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.framing import FramedStream
 from lpnode.node.gossip import WallClock
-from lpnode.node.job_requester import PARAMS_REFUSED, JobFailed, JobRequest, NoCandidates, ParametersRefused, run_job
+from lpnode.node.job_requester import (
+    PARAMS_REFUSED,
+    QUOTE_ABOVE_ADVERT,
+    JobFailed,
+    JobRequest,
+    NoCandidates,
+    ParametersRefused,
+    run_job,
+)
 from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.job_worker import JobWorker, WorkerConfig, WorkerHooks, serve_job_worker
 from lpnode.node.network.base import ByteStream, Network
@@ -526,6 +534,26 @@ async def test_a_refusal_moves_the_job_to_the_next_candidate(pool: ModelPool) ->
     ]
     assert "max_price" in outcome.attempts[0].detail
     assert completed(dear, cheap) == [0, 1]
+
+
+async def test_a_quote_above_the_advert_is_not_accepted(pool: ModelPool) -> None:
+    # bait and switch: advertise cheap, quote dear (still within the requester's max_price)
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        liar: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        honest: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        assert liar.worker is not None
+        liar.worker.config = WorkerConfig(price_per_mpx_step=1000)  # its advert says 1 (this job: 9 against 1)
+        await sees_models(requester.node, [liar, honest])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[liar.peer_id])
+    assert [(a.peer_id, a.outcome, a.price) for a in outcome.attempts] == [
+        (liar.peer_id, QUOTE_ABOVE_ADVERT, 9),
+        (honest.peer_id, "done", 1),
+    ]
+    assert "advert prices this job at 1" in outcome.attempts[0].detail
+    assert liar.worker.reservations == set()  # the cancel freed what the quote reserved
+    assert completed(liar, honest) == [0, 1]
 
 
 async def test_an_expired_quote_moves_the_job_to_the_next_candidate(pool: ModelPool) -> None:
