@@ -4,7 +4,8 @@ Adaptive duplication after BOINC's adaptive replication: a peer's first jobs
 per model family are always duplicated; after that the probability falls as
 consecutive agreements grow (``(falloff_scale / agreements) ** 2``), down to a floor
 (~5 %, higher for video, whose checks catch less per job); after any blame every
-job is duplicated again for ``post_blame_jobs`` jobs. A duplicate goes to a peer
+job is duplicated again for ``post_blame_jobs`` jobs, and a peer blamed while
+still new (before ``probation_jobs``) is duplicated throughout. A duplicate goes to a peer
 in good standing, unrelated to the first where possible, and looks like any
 other job to both. When two disagree (or cannot tell), a third peer decides and
 the odd one out is blamed (:func:`resolve`).
@@ -59,15 +60,19 @@ class SpotCheckConfig:
     floor_rate: float = 0.05  # never check less often than this once established
     video_floor_rate: float = 0.10  # video pipelines: one check covers fewer, costlier jobs; be stricter
     # After a blame, duplicate this many of the peer's next jobs. Each honest blame costs this many checks, so it
-    # sets the overhead at a high honest false-output rate (25: 6.9 % at 1 %, docs/verification.md); a cheater's
+    # sets the overhead at a high honest false-output rate (20: ~6.8 % at 1 %, docs/verification.md); a cheater's
     # blames also reset its agreements, which keeps it checked far longer than this window.
-    post_blame_jobs: int = 25
+    post_blame_jobs: int = 20
+    # A peer blamed before its probation_jobs-th job stays fully checked until then: nearly every cheater is blamed
+    # early, and checking it all the way keeps evidence coming (the slow tail of jobs-to-ban shrinks), while an
+    # honest newcomer pays only with early checks, not with established overhead.
+    probation_jobs: int = 200
     falloff_scale: float = 10.0  # probability (falloff_scale / agreements) ** power once past initial_checks
     falloff_power: float = 2.0  # 2 with scale 10 reaches the 5 % floor after ~45 consecutive agreements
     min_checker_score: float = 0.3  # a checker needs this score (scoring.score) unless none has it
 
     def __post_init__(self) -> None:
-        if self.initial_checks < 0 or self.post_blame_jobs < 0 or self.falloff_scale <= 0:
+        if min(self.initial_checks, self.post_blame_jobs, self.probation_jobs) < 0 or self.falloff_scale <= 0:
             raise ConfigError("initial_checks and post_blame_jobs must be non-negative, falloff_scale positive")
         for name in ("floor_rate", "video_floor_rate", "min_checker_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -108,6 +113,8 @@ class SpotCheckPolicy:
         if history.jobs < c.initial_checks:
             return 1.0
         if history.jobs_since_blame is not None and history.jobs_since_blame < c.post_blame_jobs:
+            return 1.0
+        if history.jobs_since_blame is not None and history.jobs < c.probation_jobs:
             return 1.0
         agreements = max(1, history.consecutive_agreements)
         return min(1.0, max(self.floor(pipeline), math.pow(c.falloff_scale / agreements, c.falloff_power)))
