@@ -75,8 +75,12 @@ def _ignore_progress(peer_id: str, message: Progress) -> None:
     """Copies report no progress to the user: they are not the user's job."""
 
 
-async def compare_pair(a: JobOutcome, b: JobOutcome, thresholds: Thresholds) -> Comparison:
-    """The verdict on two runs of one spec: from the receipts when they settle it, else from decoded pixels."""
+async def compare_pair(a: JobOutcome, b: JobOutcome, thresholds: Thresholds, *, in_thread: bool = True) -> Comparison:
+    """The verdict on two runs of one spec: from the receipts when they settle it, else from decoded pixels.
+
+    ``in_thread=False`` decodes and compares on the event loop: for tiny outputs under a virtual clock
+    (simnet), where a worker thread would let time jump while it runs.
+    """
     quick = compare_receipts(a.receipt, b.receipt)
     if quick is not None:
         return quick
@@ -84,9 +88,12 @@ async def compare_pair(a: JobOutcome, b: JobOutcome, thresholds: Thresholds) -> 
     for hashes, out_a, out_b in zip(a.receipt.outputs, a.outputs, b.outputs, strict=True):
         try:
             # decoding and SSIM take milliseconds to seconds of CPU: off the event loop
-            result = await trio.to_thread.run_sync(
-                compare_outputs, a.spec.pipeline, out_a, out_b, hashes.media_type, thresholds
-            )
+            args = (a.spec.pipeline, out_a, out_b, hashes.media_type, thresholds)
+            if in_thread:
+                result = await trio.to_thread.run_sync(compare_outputs, *args)
+            else:
+                await trio.lowlevel.checkpoint()
+                result = compare_outputs(*args)
         except OutputUndecodable as exc:
             # the bytes matched a signed receipt, so an undecodable output is its signer's doing
             result = Comparison(Verdict.DISAGREE, f"undecodable_{exc.side}")
@@ -141,6 +148,7 @@ class SpotChecker:
         thresholds: Thresholds,
         rng: random.Random,
         max_pending: int,
+        compare_in_thread: bool = True,
     ) -> None:
         self.node = node
         self.runner = runner
@@ -149,6 +157,7 @@ class SpotChecker:
         self.thresholds = thresholds
         self.rng = rng
         self.max_pending = max_pending
+        self.compare_in_thread = compare_in_thread
         self._nursery = nursery
         self._pending = 0
         self._idle = trio.Event()
@@ -299,7 +308,9 @@ class SpotChecker:
             for b in peers[i + 1 :]:
                 pair = frozenset((a, b))
                 if pair not in run.verdicts:
-                    run.verdicts[pair] = await compare_pair(run.outcomes[a], run.outcomes[b], self.thresholds)
+                    run.verdicts[pair] = await compare_pair(
+                        run.outcomes[a], run.outcomes[b], self.thresholds, in_thread=self.compare_in_thread
+                    )
         return resolve(peers, {pair: c.verdict for pair, c in run.verdicts.items()})
 
     async def _record(self, run: _Run) -> Resolution | None:
@@ -360,10 +371,12 @@ async def open_spot_checker(
     thresholds: Thresholds | None = None,
     rng: random.Random | None = None,
     max_pending: int = DEFAULT_MAX_PENDING,
+    compare_in_thread: bool = True,
 ) -> AsyncIterator[SpotChecker]:
     """A checker whose background checks live in its own nursery; leaving cancels those still running.
 
     ``rng`` defaults to one seeded from the OS: which jobs are checked must not be predictable to workers.
+    ``compare_in_thread``: see :func:`compare_pair`.
     """
     async with trio.open_nursery() as nursery:
         checker = SpotChecker(
@@ -375,6 +388,7 @@ async def open_spot_checker(
             thresholds=thresholds or Thresholds(),
             rng=rng or random.Random(secrets.randbits(64)),
             max_pending=max_pending,
+            compare_in_thread=compare_in_thread,
         )
         try:
             yield checker

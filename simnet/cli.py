@@ -101,7 +101,7 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
 def _table(args: argparse.Namespace, out: TextIO) -> int:
     import json
 
-    from .report import comparison_table
+    from .report import comparison_table, reputation_table
 
     runs = []
     for folder in args.reports:
@@ -110,6 +110,8 @@ def _table(args: argparse.Namespace, out: TextIO) -> int:
         except (OSError, ValueError) as exc:
             raise ScenarioError(f"{folder}: no readable metrics.json ({exc})") from exc
     out.write(comparison_table(runs))
+    if any(m.get("reputation") is not None for m in runs):
+        out.write("\n" + reputation_table(runs))
     return 0
 
 

@@ -10,6 +10,9 @@ from lpnode.models.errors import ModelError
 from lpnode.node.daemon import Node
 from lpnode.node.job_convert import model_request
 from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, NoCandidates, run_job
+from lpnode.node.rpc_job_bodies import JobOptions
+from lpnode.protocol.jobs import Progress
+from lpnode.reputation.spot_check import Runner
 from PIL import Image
 
 from .metrics import JobRecord
@@ -28,21 +31,36 @@ async def run_planned_job(
     seed: int,
     now_s: Callable[[], float],
     peer_index: Mapping[str, int],
+    runner: Runner | None = None,
 ) -> JobRecord:
-    """Submit ``job`` through the production requester and describe how it ended."""
+    """Submit ``job`` through the production requester and describe how it ended.
+
+    With ``runner`` (a requester's spot checker, simnet/checks.py) the job goes through it with the
+    workload's ``verification``, as the node's job manager sends an RPC job; without, straight to ``run_job``.
+    """
     submitted = now_s()
     outcome: JobOutcome | None = None
     attempts: tuple[Attempt, ...] = ()
     why = "done"
     try:
-        outcome = await run_job(
-            requester,
-            job.request,
-            job.inputs,
-            max_price=workload.max_price,
-            deadline_s=workload.deadline_s,
-            rng=random.Random(f"{seed}/choice/{job.index}"),
-        )
+        if runner is not None:
+            options = JobOptions(
+                max_price=workload.max_price,
+                deadline=workload.deadline_s,
+                verification=workload.verification,
+                min_reputation=None,
+                min_vram_gb=None,
+            )
+            outcome = await runner(job.request, job.inputs, options, _no_progress)
+        else:
+            outcome = await run_job(
+                requester,
+                job.request,
+                job.inputs,
+                max_price=workload.max_price,
+                deadline_s=workload.deadline_s,
+                rng=random.Random(f"{seed}/choice/{job.index}"),
+            )
         attempts = outcome.attempts
     except NoCandidates:
         why = "no_candidates"
@@ -64,6 +82,10 @@ async def run_planned_job(
         price=outcome.price if outcome is not None else None,
         output_good=oracle(outcome, job) if outcome is not None else None,
     )
+
+
+def _no_progress(peer_id: str, message: Progress) -> None:
+    """Nobody watches a simulated job's progress."""
 
 
 def oracle(outcome: JobOutcome, job: PlannedJob) -> bool | None:

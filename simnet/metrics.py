@@ -41,6 +41,30 @@ class JobRecord:
         return self.ended_s - self.submitted_s
 
 
+@dataclass(frozen=True)
+class BanRecord:
+    """A requester's store banned a worker (simnet/checks.py ``BanWatch``)."""
+
+    worker: int  # worker index (-1: not a worker)
+    requester: int
+    at_s: float  # virtual seconds since the workload started
+    requester_jobs: int  # jobs this requester had given the worker by then
+    checks: int  # settled checks it had taken part in, for this requester
+    blames: int
+    reason: str
+
+
+@dataclass
+class ReputationEnd:
+    """Each requester's store at the end of a run, summed (filled only when requesters verify)."""
+
+    verification: str
+    counters: dict[str, float]  # reputation.store COUNTERS summed over requesters
+    blames: dict[int, int]  # worker -> blames over all requesters' stores
+    checks: dict[int, int]  # worker -> settled checks it took part in
+    banned_by: dict[int, int]  # worker -> requesters whose ban on it is in force at the end
+
+
 @dataclass
 class _Advert:
     first_s: float  # virtual seconds (workload clock) of the first arrival
@@ -66,7 +90,12 @@ class Recorder:
     samples: list[Sample] = field(default_factory=list)
     worker_gpu: dict[int, str] = field(default_factory=dict)
     worker_behaviour: dict[int, str] = field(default_factory=dict)
+    worker_cheat: dict[int, tuple[str, float]] = field(default_factory=dict)  # cheaters: (mode, share)
     notes: dict[str, Any] = field(default_factory=dict)
+    bans: list[BanRecord] = field(default_factory=list)
+    # (t_s, each worker's score averaged over requesters): the reputation trajectories
+    reputation_samples: list[tuple[float, list[float]]] = field(default_factory=list)
+    reputation_end: ReputationEnd | None = None
 
     def advert_arrived(self, peer: str, seq: int, delay_s: float, now_s: float, online: int) -> None:
         """An advert from ``peer`` (its ``seq``) was admitted by some node ``delay_s`` after issue."""
@@ -186,10 +215,84 @@ def summarise(rec: Recorder, *, duration_s: float, workers: int) -> dict[str, An
             },
         },
         "timeline": [asdict(s) for s in rec.samples],
-        # reputation (spot checks, detection time, false blames): simnet's requesters do not run them yet
-        "reputation": None,
+        "reputation": None if rec.reputation_end is None else _reputation(rec, jobs, workers),
         "notes": rec.notes,
     }
 
 
-__all__ = ["JobRecord", "Recorder", "Sample", "gini", "percentile", "summarise"]
+def _reputation(rec: Recorder, jobs: Sequence[JobRecord], workers: int) -> dict[str, Any]:
+    """Check overhead, time to ban each cheater, false blames and bans of peers that never cheat."""
+    end = rec.reputation_end
+    assert end is not None
+    c = end.counters
+    first_ban: dict[int, BanRecord] = {}
+    for record in sorted(rec.bans, key=lambda b: b.at_s):
+        first_ban.setdefault(record.worker, record)
+    cheaters: list[dict[str, Any]] = []
+    times: list[float] = []  # always-cheaters: virtual s to the first ban
+    to_ban: list[float] = []  # always-cheaters: users' jobs delivered up to the first ban
+    always = banned = 0
+    for w, (mode, share) in sorted(rec.worker_cheat.items()):
+        ban = first_ban.get(w)
+        served = [j for j in jobs if j.ok and j.worker == w]
+        until_ban = sum(1 for j in served if ban is None or j.ended_s <= ban.at_s)
+        if share >= 1.0:
+            always += 1
+            if ban is not None:
+                banned += 1
+                times.append(ban.at_s)
+                to_ban.append(until_ban)
+        cheaters.append(
+            {
+                "worker": w,
+                "cheat": mode,
+                "share": share,
+                "banned": ban is not None,
+                "banned_by": end.banned_by.get(w, 0),
+                "first_ban_s": ban.at_s if ban is not None else None,
+                # users' jobs it delivered (to any requester) up to the first ban
+                "jobs_until_first_ban": until_ban,
+                "jobs_served": len(served),
+                "requester_jobs_at_ban": sorted(b.requester_jobs for b in rec.bans if b.worker == w),
+                "blames": end.blames.get(w, 0),
+            }
+        )
+    honest = [w for w in range(workers) if w not in rec.worker_cheat]
+    times.sort()
+    to_ban.sort()
+    return {
+        "verification": end.verification,
+        "user_jobs": int(c["jobs"]),
+        "checks": int(c["checks"]),
+        "check_runs": int(c["check_runs"]),
+        "checks_skipped": int(c["checks_skipped"]),
+        "extra_runs_per_job": c["check_runs"] / c["jobs"] if c["jobs"] else None,
+        "compute_overhead": c["check_mpx_steps"] / c["job_mpx_steps"] if c["job_mpx_steps"] else None,
+        "cheaters": cheaters,
+        "always_cheaters": always,
+        "always_cheaters_banned": banned,
+        "time_to_ban_s": {"p50": percentile(times, 50), "max": times[-1] if times else None},
+        "jobs_until_ban": {"p50": percentile(to_ban, 50), "max": to_ban[-1] if to_ban else None},
+        "honest_blames": sum(end.blames.get(w, 0) for w in honest),
+        "honest_peers_blamed": sum(1 for w in honest if end.blames.get(w, 0)),
+        "honest_checks": sum(end.checks.get(w, 0) for w in honest),
+        "honest_banned": sorted({b.worker for b in rec.bans if b.worker not in rec.worker_cheat}),
+        "bans": [asdict(b) for b in rec.bans],
+        # each worker's score averaged over requesters, at each timeline sample (the trajectory plot)
+        "trajectory": {
+            "t_s": [t for t, _ in rec.reputation_samples],
+            "scores": [[scores[w] for _, scores in rec.reputation_samples] for w in range(workers)],
+        },
+    }
+
+
+__all__ = [
+    "BanRecord",
+    "JobRecord",
+    "Recorder",
+    "ReputationEnd",
+    "Sample",
+    "gini",
+    "percentile",
+    "summarise",
+]

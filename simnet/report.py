@@ -9,6 +9,7 @@ from typing import Any
 from .metrics import HISTOGRAM_MS, Recorder
 
 PLOTS = ("advert_propagation.png", "job_latency.png", "throughput.png", "load_spread.png")
+REPUTATION_PLOTS = ("reputation_trajectory.png", "time_to_ban.png")  # runs whose requesters verify
 
 
 def write_report(out: Path, metrics: dict[str, Any], recorder: Recorder, *, plots: bool = True) -> list[Path]:
@@ -19,6 +20,8 @@ def write_report(out: Path, metrics: dict[str, Any], recorder: Recorder, *, plot
     written[1].write_text(summary_markdown(metrics))
     if plots:
         written += _plots(out, metrics, recorder)
+        if metrics.get("reputation") is not None:
+            written += _reputation_plots(out, metrics)
     return written
 
 
@@ -63,11 +66,69 @@ def summary_markdown(m: dict[str, Any]) -> str:
         f"| cheated outputs produced | {notes['pools']['cheated_jobs']} |",
         f"| jobs dropped by flaky workers | {notes['flaky_drops']} |",
         "",
-        "Reputation (spot-check overhead, time to ban each cheater, false blames) is not measured yet:",
-        "simnet's requesters do not run the spot checker (docs/simnet.md).",
-        "",
+        *_reputation_lines(m.get("reputation")),
     ]
     return "\n".join(lines)
+
+
+def _reputation_lines(r: dict[str, Any] | None) -> list[str]:
+    if r is None:
+        return ["Requesters did not verify (workload.verification = none): no reputation figures.", ""]
+    lines = [
+        f"## Reputation (verification `{r['verification']}`, one store per requester)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| users' jobs / settled checks / skipped | {r['user_jobs']} / {r['checks']} / {r['checks_skipped']} |",
+        f"| extra runs per user job | {_num(r['extra_runs_per_job'])} |",
+        f"| check compute / users' compute | {_pct(r['compute_overhead'])} |",
+        f"| always-cheaters banned | {r['always_cheaters_banned']} of {r['always_cheaters']} |",
+        f"| time to first ban p50 / max | {_secs(r['time_to_ban_s']['p50'])} / {_secs(r['time_to_ban_s']['max'])} |",
+        f"| users' jobs a cheater delivered before its first ban p50 / max"
+        f" | {_num(r['jobs_until_ban']['p50'])} / {_num(r['jobs_until_ban']['max'])} |",
+        f"| honest peers: blames / peers blamed / checks passed or taken | {r['honest_blames']}"
+        f" / {r['honest_peers_blamed']} / {r['honest_checks']} |",
+        f"| honest peers banned | {len(r['honest_banned'])} |",
+        "",
+        "| worker | cheat | share | jobs delivered | before first ban | first ban (virtual s) | banned by | blames |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in r["cheaters"]:
+        lines.append(
+            f"| {c['worker']} | {c['cheat']} | {c['share']:.0%} | {c['jobs_served']} | {c['jobs_until_first_ban']}"
+            f" | {_secs(c['first_ban_s'])} | {c['banned_by']} | {c['blames']} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def _secs(x: float | None) -> str:
+    return "never" if x is None else f"{x:.1f} s"
+
+
+def reputation_table(runs: list[dict[str, Any]]) -> str:
+    """One Markdown row per run whose requesters verified: overhead, detection, false blames."""
+    lines = [
+        "| scenario | checks | extra runs / job | check compute | always-cheaters banned | time to ban p50 / max"
+        " | cheater jobs before ban p50 / max | honest blames | honest banned |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in runs:
+        r = m.get("reputation")
+        if r is None:
+            continue
+        lines.append(
+            f"| {m['scenario']['name']} | {r['checks']} | {_num(r['extra_runs_per_job'])}"
+            f" | {_pct(r['compute_overhead'])} | {r['always_cheaters_banned']} of {r['always_cheaters']}"
+            f" | {_secs(r['time_to_ban_s']['p50'])} / {_secs(r['time_to_ban_s']['max'])}"
+            f" | {_num(r['jobs_until_ban']['p50'])} / {_num(r['jobs_until_ban']['max'])}"
+            f" | {r['honest_blames']} | {len(r['honest_banned'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def comparison_table(runs: list[dict[str, Any]]) -> str:
@@ -162,4 +223,65 @@ def _plots(out: Path, m: dict[str, Any], rec: Recorder) -> list[Path]:
     return paths
 
 
-__all__ = ["PLOTS", "comparison_table", "summary_markdown", "write_report"]
+def _reputation_plots(out: Path, m: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = m["reputation"]
+    paths = [out / name for name in REPUTATION_PLOTS]
+    cheat = {c["worker"]: c for c in r["cheaters"]}
+
+    # each worker's score (mean over requesters) over time: honest grey, cheaters coloured
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    t = r["trajectory"]["t_s"]
+    labelled: set[str] = set()
+    for w, scores in enumerate(r["trajectory"]["scores"]):
+        if w in cheat:
+            c = cheat[w]
+            label = f"{c['cheat']} {c['share']:.0%}"
+            style = {"color": f"C{sorted({x['cheat'] for x in r['cheaters']}).index(c['cheat'])}", "linewidth": 1.5}
+            if c["share"] < 1.0:
+                style["linestyle"] = "--"
+        else:
+            label, style = "honest", {"color": "grey", "linewidth": 0.6, "alpha": 0.5}
+        ax.plot(t, scores, label=None if label in labelled else label, **style)  # type: ignore[arg-type]
+        labelled.add(label)
+    for ban in r["bans"]:
+        ax.axvline(ban["at_s"], color="red", alpha=0.15, linewidth=0.8)
+    ax.set_xlabel("virtual s (red: a requester bans someone)")
+    ax.set_ylabel("score (lower bound), mean over requesters")
+    ax.set_title("Reputation trajectories")
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+
+    # time to ban each cheater: every requester's ban of it (dots) and the users' jobs it delivered before
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [f"w{c['worker']} {c['cheat']} {c['share']:.0%}" for c in r["cheaters"]]
+    for row, c in enumerate(r["cheaters"]):
+        times = [b["at_s"] for b in r["bans"] if b["worker"] == c["worker"]]
+        ax.scatter(times, [row] * len(times), color="C3", s=18, zorder=3)
+        if c["first_ban_s"] is not None:
+            ax.annotate(
+                f"{c['jobs_until_first_ban']} jobs",
+                (c["first_ban_s"], row),
+                textcoords="offset points",
+                xytext=(4, 5),
+                fontsize="x-small",
+            )
+        else:
+            ax.annotate("not banned", (0, row), textcoords="offset points", xytext=(4, 5), fontsize="x-small")
+    ax.set_yticks(range(len(names)), names, fontsize="small")
+    ax.set_xlim(left=0, right=max([m["scenario"]["duration_s"], *(b["at_s"] for b in r["bans"])]))
+    ax.set_xlabel("virtual s since the workload started (each dot: one requester's ban)")
+    ax.set_title("Time to ban each cheater (label: users' jobs it delivered first)")
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+__all__ = ["PLOTS", "REPUTATION_PLOTS", "comparison_table", "reputation_table", "summary_markdown", "write_report"]

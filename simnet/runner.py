@@ -20,9 +20,11 @@ import functools
 import hashlib
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -36,9 +38,10 @@ from lpnode.protocol.errors import PeerUnreachable
 from lpnode.protocol.signing import NodeKey
 
 from .behaviours import churn_schedule
+from .checks import BanWatch, RequesterChecks, open_requester_checks, peer_score
 from .gpus import profile
 from .jobs import run_planned_job
-from .metrics import Recorder, Sample, summarise
+from .metrics import Recorder, ReputationEnd, Sample, summarise
 from .scenario import Scenario
 from .sim_pool import SimPoolStats
 from .stack import SimNode, WorkerSpec, serve_sim_node
@@ -88,8 +91,12 @@ def _latency(name: str) -> LatencyModel:
 class _Sim:
     """One run's state; the methods are its tasks."""
 
-    def __init__(self, scenario: Scenario, hub: MemoryHub, progress: Callable[[Progress], None] | None) -> None:
+    def __init__(
+        self, scenario: Scenario, hub: MemoryHub, progress: Callable[[Progress], None] | None, db_dir: Path
+    ) -> None:
         self.s = scenario
+        self.db_dir = db_dir  # the requesters' reputation databases
+        self.checks: list[RequesterChecks] = []  # one per requester when the workload verifies
         self.hub = hub
         self.progress = progress
         self.rec = Recorder()
@@ -99,6 +106,8 @@ class _Sim:
         for w in self.workers:
             self.rec.worker_gpu[w.index] = w.gpu.name
             self.rec.worker_behaviour[w.index] = w.group.behaviour
+            if w.group.behaviour == "cheater":
+                self.rec.worker_cheat[w.index] = (w.group.cheat, w.group.cheat_share)
         self.n_workers = len(self.workers)
         self.n_nodes = self.n_workers + scenario.workload.requesters
         self.keys = [node_key(scenario.seed, i) for i in range(self.n_nodes)]
@@ -206,11 +215,58 @@ class _Sim:
 
     # --- the workload ------------------------------------------------------------------
 
+    async def _requester_checks(
+        self, r: int, node: Node, task_status: trio.TaskStatus[RequesterChecks] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Requester ``r``'s reputation store and spot checker, with a watch on its bans, until cancelled."""
+        async with (
+            open_requester_checks(
+                node, self.db_dir, seed=self.s.seed, requester=r, wall_clock=virtual_wall_clock
+            ) as checks,
+            trio.open_nursery() as nursery,
+        ):
+            watch = BanWatch(checks, self.peer_index, self.now_s, self.rec.bans.append)
+            await nursery.start(watch.serve)
+            task_status.started(checks)
+            await trio.sleep_forever()
+
+    def _reputation_end(self) -> ReputationEnd:
+        counters: dict[str, float] = {}
+        blames: dict[int, int] = {}
+        checks: dict[int, int] = {}
+        banned_by: dict[int, int] = {}
+        for c in self.checks:
+            rep = c.reputation
+            for name, value in rep.counters().items():
+                counters[name] = counters.get(name, 0.0) + value
+            for w in range(self.n_workers):
+                peer = self.keys[w].peer_id
+                states = rep.families(peer).values()
+                blames[w] = blames.get(w, 0) + sum(s.blames for s in states)
+                checks[w] = checks.get(w, 0) + sum(s.checks for s in states)
+                banned_by[w] = banned_by.get(w, 0) + rep.is_banned(peer)
+        return ReputationEnd(self.s.workload.verification, counters, blames, checks, banned_by)
+
+    def _sample_reputation(self, t_s: float) -> None:
+        if not self.checks:
+            return
+        scores = [
+            round(sum(peer_score(c.reputation, self.keys[w].peer_id) for c in self.checks) / len(self.checks), 4)
+            for w in range(self.n_workers)
+        ]
+        self.rec.reputation_samples.append((t_s, scores))
+
     async def _job(self, job: PlannedJob, requester: Node) -> None:
         self.submitted += 1
         self.in_flight += 1
         record = await run_planned_job(
-            job, requester, self.s.workload, seed=self.s.seed, now_s=self.now_s, peer_index=self.peer_index
+            job,
+            requester,
+            self.s.workload,
+            seed=self.s.seed,
+            now_s=self.now_s,
+            peer_index=self.peer_index,
+            runner=self.checks[job.requester].checker if self.checks else None,
         )
         self.in_flight -= 1
         if record.ok:
@@ -250,6 +306,7 @@ class _Sim:
                 failed=self.failed,
             )
             self.rec.samples.append(sample)
+            self._sample_reputation(sample.t_s)
             if self.progress is not None:
                 self.progress(
                     Progress(
@@ -271,6 +328,8 @@ class _Sim:
                 index = self.n_workers + r
                 rng = random.Random(f"{self.s.seed}/links/{index}")
                 requesters.append(await nursery.start(self._run_node, index, rng))
+                if self.s.workload.verification != "none":
+                    self.checks.append(await nursery.start(self._requester_checks, r, requesters[-1]))
             # all workers start at once, as in a running network (one after another, each pool's pinned
             # load would add its virtual seconds to the start-up, and periodic adverts with it)
             up = 0
@@ -293,16 +352,23 @@ class _Sim:
             nursery.start_soon(self._events)
             nursery.start_soon(self._sampler)
             await self._workload(requesters)
+            # background checks of the last jobs still count (each is bounded by the job deadline)
+            for checks in self.checks:
+                await checks.checker.wait_idle()
             self.rec.notes["ended_virtual_s"] = self.now_s()
+            if self.checks:
+                self._sample_reputation(self.now_s())
+                self.rec.reputation_end = self._reputation_end()
             nursery.cancel_scope.cancel()
 
 
 async def simulate(scenario: Scenario, progress: Callable[[Progress], None] | None = None) -> SimResult:
     """Run ``scenario`` in the current trio run (which should use an autojump MockClock)."""
     wall0 = time.perf_counter()
-    async with open_memory_hub(latency=_latency(scenario.latency), loss=scenario.loss, seed=scenario.seed) as hub:
-        sim = _Sim(scenario, hub, progress)
-        await sim.run()
+    with tempfile.TemporaryDirectory(prefix="simnet-") as db_dir:
+        async with open_memory_hub(latency=_latency(scenario.latency), loss=scenario.loss, seed=scenario.seed) as hub:
+            sim = _Sim(scenario, hub, progress, Path(db_dir))
+            await sim.run()
         rec = sim.rec
         rec.notes["hub"] = {k: v for k, v in vars(hub.stats).items()}
     rec.notes["flaky_drops"] = sim.dropped_by_flaky

@@ -9,6 +9,7 @@ silently runs a different experiment.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -72,6 +73,15 @@ class Workload:
     max_price: int = 100_000  # micro-credits per job
     mix: tuple[JobMix, ...] = (JobMix(),)
     flashes: tuple[Flash, ...] = ()
+    # what requesters ask for, as the RPC field: "none" (no reputation store: the runs before it existed),
+    # "spot" (the node's default: adaptive spot checks, scores and bans; simnet/checks.py) or "redundant:K"
+    verification: str = "none"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"none|spot|redundant:[2-5]", self.verification):
+            raise ScenarioError(
+                f"workload.verification must be none, spot or redundant:2..5, got {self.verification!r}"
+            )
 
 
 @dataclass(frozen=True)
