@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -68,6 +69,23 @@ def test_blame_duplicates_everything_for_a_while() -> None:
     for _ in range(1_000):
         history = history.after_agreement()
     assert policy.probability(history, Pipeline.TEXT_TO_IMAGE) == policy.config.floor_rate
+
+
+def test_a_newcomer_blamed_on_probation_is_checked_until_probation_ends() -> None:
+    policy = SpotCheckPolicy(SpotCheckConfig(initial_checks=10, post_blame_jobs=5, probation_jobs=100))
+    history = PeerHistory(jobs=10).after_blame()
+    for _ in range(200):
+        history = history.after_job().after_agreement()
+        expected = 1.0 if history.jobs < 100 else None
+        rate = policy.probability(history, Pipeline.TEXT_TO_IMAGE)
+        assert rate == expected or (expected is None and rate < 0.1)
+    # Blamed once established, after probation: only the post-blame window, then the falloff.
+    late = established(1_000).after_blame()
+    assert policy.probability(late, Pipeline.TEXT_TO_IMAGE) == 1.0
+    for _ in range(5):
+        late = late.after_job()
+    late = replace(late, consecutive_agreements=100)
+    assert policy.probability(late, Pipeline.TEXT_TO_IMAGE) == policy.config.floor_rate
 
 
 def test_odd_one_out_is_blamed() -> None:
