@@ -37,6 +37,7 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncest
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from . import tokenizer as tok
+from ._noise import draw_noise_in_float32
 from .base import (
     CancelToken,
     ImageToImageRequest,
@@ -188,6 +189,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
     # lifecycle -----------------------------------------------------------------------------
 
     def _load(self, device: torch.device, dtype: torch.dtype) -> None:
+        draw_noise_in_float32()  # the same noise for a seed in any dtype, on any torch (models/_noise.py)
         components = self._tiny_components() if self.spec.tiny else self._real_components(dtype)
         t2i = StableDiffusionXLPipeline(**components)
         # A second scheduler object: schedulers keep per-call state (timesteps, step index).

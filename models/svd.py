@@ -33,6 +33,7 @@ from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedule
 from PIL import Image, ImageOps
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from ._noise import draw_noise_in_float32
 from .base import (
     CancelToken,
     ImageToVideoRequest,
@@ -172,6 +173,7 @@ class StableVideoDiffusionAdapter(ModelAdapter):
         self._pipe: StableVideoDiffusionPipeline | None = None
 
     def _load(self, device: torch.device, dtype: torch.dtype) -> None:
+        draw_noise_in_float32()  # the same noise for a seed in any dtype, on any torch (models/_noise.py)
         if self.spec.tiny:
             modules = build_tiny_svd_modules()
             self._weights_sha256 = self._weights_sha256 or hash_modules(modules)
