@@ -235,14 +235,6 @@ async def test_two_stores_in_one_run_and_a_task_started_before_the_store(tmp_pat
     assert counted == [1]
 
 
-async def test_store_works_under_an_autojump_clock(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    async with open_store(tmp_path / "node.db", [NOTES_V1]) as store:
-        with trio.fail_after(1):
-            await store.execute("INSERT INTO notes (body) VALUES ('t')")
-        await trio.sleep(3600)  # virtual time
-        assert await store.fetch_one("SELECT body FROM notes") is not None
-
-
 async def test_errors_and_cancellation_in_the_callers_block_pass_through_unwrapped(tmp_path: Path) -> None:
     class Boom(Exception):
         pass
