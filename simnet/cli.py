@@ -54,7 +54,11 @@ def _fill(parser: argparse.ArgumentParser) -> None:
 
 def resolve_scenario(arg: str) -> Path:
     path = Path(arg)
-    return path if path.exists() else scenarios.path(arg)
+    if path.exists():
+        return path
+    if path.parent in (Path("."), Path("scenarios"), Path("simnet/scenarios")):
+        return scenarios.path(path.name)  # "churn", "churn.toml" or "scenarios/churn.toml" from anywhere
+    raise FileNotFoundError(f"{arg}: no such scenario file; bundled: {', '.join(scenarios.names())}")
 
 
 def prepare(args: argparse.Namespace) -> Scenario:

@@ -251,3 +251,12 @@ def test_sim_is_a_subcommand_of_lpnode(capsys: pytest.CaptureFixture[str]) -> No
     assert "baseline" in capsys.readouterr().out
     assert main(["sim", "run", "no-such-scenario"]) == 2
     assert "no bundled scenario 'no-such-scenario'" in capsys.readouterr().err
+
+
+def test_sim_finds_bundled_scenarios_by_the_issue_s_spelling() -> None:
+    from lpnode.simnet.cli import resolve_scenario
+
+    assert resolve_scenario("scenarios/churn.toml").name == "churn.toml"
+    assert resolve_scenario("churn") == resolve_scenario("churn.toml")
+    with pytest.raises(FileNotFoundError, match="no such scenario file"):
+        resolve_scenario("elsewhere/churn.toml")
