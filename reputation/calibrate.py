@@ -20,8 +20,8 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, Pipeline
 from .cheats import Cheater, CheatMode, HonestVariant, applicable_cheats, honest_variant_adapter, other_model_adapter
 from .compare import Comparison, Thresholds, Verdict, compare_outputs
 from .policy_sim import SimConfig, SimPeer, Summary, simulate, summarise
+from .scoring import ScoringConfig
 
 __all__ = ["CASES", "Case", "Sample", "main", "measure", "separation_table", "synthetic_frame"]
 
@@ -205,9 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
     parser.add_argument("--sim-only", action="store_true", help="only the policy simulation (no models; honest rate 0)")
     parser.add_argument("--honest-peers", type=int, default=20, help="honest peers per simulated off rate")
+    parser.add_argument("--sweep", action="store_true", help="only the ban rule sweep (SPRT p0 and ln A)")
     args = parser.parse_args(argv)
     thresholds = Thresholds()
     start = time.perf_counter()
+    if args.sweep:
+        for line in sweep_table():
+            print(line, flush=True)
+        print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+        return 0
     if args.sim_only:
         print("\n".join(simulation_table([], honest_peers=args.honest_peers)))
         print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
@@ -246,6 +253,53 @@ def simulation_table(samples: Sequence[Sample], seed: int = 0, honest_peers: int
             lines.append(_sim_row(summarise(name, simulate(config, [SimPeer(name, rate)] * count)), off))
         lines.append(_sim_row(summarise("honest", simulate(config, [SimPeer("honest")] * honest_peers)), off))
     return lines
+
+
+# The ban rules the sweep compares: (SPRT p0, ln A). p0 1 % with ln A 5 was the default before this sweep.
+SWEEP_RULES = (
+    (0.01, 5.0),
+    (0.005, 4.0),
+    (0.003, 4.5),
+    (0.002, 4.0),
+    (0.002, 4.5),
+    (0.002, 5.0),
+    (0.002, 5.5),
+    (0.002, 6.0),
+)
+
+
+def sweep_table(
+    rules: Sequence[tuple[float, float]] = SWEEP_RULES,
+    *,
+    cheaters: int = 1_000,
+    honest_low: int = 2_000,
+    honest_high: int = 400,
+    seed: int = 1,
+) -> Iterator[str]:
+    """The ban rule's trade-off, row by row: 10 % cheaters banned within 50 jobs against honest peers banned.
+
+    Honest peers at the 0.2 % floor are banned, if ever, in their first few hundred jobs (later their passed checks
+    outweigh any two blames), so many of them run 1,000 jobs each; those at 1 % run the full 10,000."""
+    yield (
+        "| SPRT p0 | ln A | 10 % cheater banned within 50 | median / p90 / max jobs | honest banned at 0.2 % "
+        "(1,000 jobs) | honest banned at 1 % (10,000 jobs) | extra runs once established at 1 % |"
+    )
+    yield "|---|---|---|---|---|---|---|"
+    for p0, log_ratio in rules:
+        scoring = ScoringConfig(ban_honest_rate=p0, ban_log_ratio=log_ratio)
+        low = SimConfig(honest_off_rate=0.002, scoring=scoring, seed=seed)
+        cheat = summarise("cheat 10 %", simulate(low, [SimPeer("cheat 10 %", 0.10)] * cheaters))
+        short = replace(low, jobs_per_peer=1_000, established_after=500)
+        honest = summarise("honest", simulate(short, [SimPeer("honest")] * honest_low))
+        high = replace(low, honest_off_rate=0.01)
+        honest_1 = summarise("honest", simulate(high, [SimPeer("honest")] * honest_high))
+        est = honest_1.established_overhead or 0.0
+        yield (
+            f"| {100 * p0:g} % | {log_ratio:g} | {cheat.banned_within_50}/{cheat.peers} "
+            f"({100 * cheat.banned_within_50 / cheat.peers:.1f} %) | {cheat.median_jobs_to_ban:g} / "
+            f"{cheat.p90_jobs_to_ban:g} / {cheat.max_jobs_to_ban} | {honest.banned}/{honest.peers} | "
+            f"{honest_1.banned}/{honest_1.peers} | {100 * est:.1f} % |"
+        )
 
 
 def _sim_row(s: Summary, off: float) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "Candidate",
     "NoVerification",
     "PeerHistory",
+    "PlanContext",
     "Redundant",
     "Resolution",
     "SpotCheck",
@@ -96,6 +97,9 @@ class PeerHistory:
 
     def after_blame(self) -> PeerHistory:
         return replace(self, consecutive_agreements=0, jobs_since_blame=0)
+
+    def after_check(self, *, blamed: bool) -> PeerHistory:
+        return self.after_blame() if blamed else self.after_agreement()
 
 
 class SpotCheckPolicy:
@@ -214,33 +218,29 @@ class VerificationPlan:
     peers: tuple[str, ...]  # who runs them (may be fewer than copies when too few candidates)
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What every verification method plans from, once the job's first peer is chosen."""
+
+    first_peer: str  # who ran the job
+    history: PeerHistory  # that peer's history for the job's model family, before this job
+    pipeline: Pipeline | str
+    candidates: Sequence[Candidate]  # peers that could run a copy (the first one included)
+
+
 class VerificationMethod(Protocol):
     """One way to verify a job. ``plan`` is called once the first peer is chosen."""
 
     @property
     def name(self) -> str: ...
 
-    def plan(
-        self,
-        first_peer: str,
-        history: PeerHistory,
-        pipeline: Pipeline | str,
-        candidates: Sequence[Candidate],
-        rng: random.Random,
-    ) -> VerificationPlan: ...
+    def plan(self, job: PlanContext, rng: random.Random) -> VerificationPlan: ...
 
 
 class NoVerification:
     name = "none"
 
-    def plan(
-        self,
-        first_peer: str,
-        history: PeerHistory,
-        pipeline: Pipeline | str,
-        candidates: Sequence[Candidate],
-        rng: random.Random,
-    ) -> VerificationPlan:
+    def plan(self, job: PlanContext, rng: random.Random) -> VerificationPlan:
         return VerificationPlan(0, ())
 
 
@@ -250,17 +250,10 @@ class SpotCheck:
     def __init__(self, policy: SpotCheckPolicy | None = None) -> None:
         self.policy = policy or SpotCheckPolicy()
 
-    def plan(
-        self,
-        first_peer: str,
-        history: PeerHistory,
-        pipeline: Pipeline | str,
-        candidates: Sequence[Candidate],
-        rng: random.Random,
-    ) -> VerificationPlan:
-        if not self.policy.should_duplicate(history, pipeline, rng):
+    def plan(self, job: PlanContext, rng: random.Random) -> VerificationPlan:
+        if not self.policy.should_duplicate(job.history, job.pipeline, rng):
             return VerificationPlan(0, ())
-        checker = choose_checker(candidates, first_peer, rng, min_score=self.policy.config.min_checker_score)
+        checker = choose_checker(job.candidates, job.first_peer, rng, min_score=self.policy.config.min_checker_score)
         return VerificationPlan(1, (checker.peer_id,) if checker else ())
 
 
@@ -276,17 +269,10 @@ class Redundant:
     def name(self) -> str:
         return f"redundant:{self.k}"
 
-    def plan(
-        self,
-        first_peer: str,
-        history: PeerHistory,
-        pipeline: Pipeline | str,
-        candidates: Sequence[Candidate],
-        rng: random.Random,
-    ) -> VerificationPlan:
+    def plan(self, job: PlanContext, rng: random.Random) -> VerificationPlan:
         chosen: list[str] = []
         for _ in range(self.k - 1):
-            pick = choose_checker(candidates, first_peer, rng, exclude=frozenset(chosen))
+            pick = choose_checker(job.candidates, job.first_peer, rng, exclude=frozenset(chosen))
             if pick is None:
                 break
             chosen.append(pick.peer_id)

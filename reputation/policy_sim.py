@@ -26,7 +26,7 @@ from lpnode.protocol.jobspec import Pipeline
 
 from .compare import Verdict
 from .policy import PeerHistory, SpotCheckConfig, SpotCheckPolicy, resolve
-from .scoring import Evidence, ScoringConfig, record, should_ban
+from .scoring import Evidence, ScoringConfig, after_check
 
 __all__ = ["PeerOutcome", "SimConfig", "SimPeer", "Summary", "simulate", "simulate_peer", "summarise"]
 
@@ -95,17 +95,16 @@ def simulate_peer(peer: SimPeer, config: SimConfig, rng: random.Random) -> PeerO
             outcome = resolve((SUBJECT, CHECKER, THIRD), verdicts)
         extra += runs
         est_extra += runs if established else 0
-        if SUBJECT in outcome.blamed:
-            blames += 1
-            history = history.after_blame()
-            evidence = record(evidence, now, config.scoring, bad=1.0)
-            if should_ban(evidence, now, config.scoring):
+        if SUBJECT in outcome.blamed or SUBJECT in outcome.credited:
+            blamed = SUBJECT in outcome.blamed
+            blames += blamed
+            agreements += not blamed
+            history = history.after_check(blamed=blamed)
+            # the store's own step (ReputationStore.record_check): the same counts, the same ban test
+            evidence, ban = after_check(evidence, now, config.scoring, blamed=blamed)
+            if ban:
                 banned_at = job
                 break
-        elif SUBJECT in outcome.credited:
-            agreements += 1
-            history = history.after_agreement()
-            evidence = record(evidence, now, config.scoring, good=1.0)
     return PeerOutcome(peer, job, banned_at, blames, agreements, checks, extra, est_jobs, est_extra)
 
 

@@ -25,13 +25,17 @@ slow for cheaters or, over a long honest life, sure to ban someone. Two
 conflicting receipts signed by one worker for one job id (:func:`equivocation`)
 are proof and ban at once.
 
-The counts the test reads are the decayed ones: good fading faster than bad
-biases it towards a ban as evidence ages (an honest peer's apparent failure
-rate rises towards ``bad_half_life / good_half_life`` times its true one over
-months). The neutral rate (:func:`sprt_neutral_rate`, ~4 % by default) is well
-above the ~1 % that calibration allows for honest peers, which keeps that bias
-from banning them within the 10,000-job horizon simulated; a peer's score still
-reflects it.
+The test reads counts of its own (``ban_good`` / ``ban_bad``), both faded with
+one half-life (``ban_half_life_s``): the score's counts fade good evidence
+faster than bad on purpose, which would bias the test towards a ban as a peer
+ages (an honest peer's apparent failure rate would drift towards
+``bad_half_life / good_half_life`` times its true one over months). With one
+half-life the ratio of the counts estimates the recent failure rate without
+bias, and the test forgets a past older than a few half-lives, so a long honest
+past buys no lasting credit either. Ville's bound is exact for an undecayed
+test; with the decay it holds for spans short against the half-life (the
+simulation's 10,000 jobs span 7 days of a 14-day half-life) and per such span
+over a long life.
 
 Pure functions over an explicit ``now`` (unix seconds); nothing here reads a clock.
 """
@@ -47,6 +51,7 @@ from lpnode.protocol.receipts import Receipt, conflicting
 __all__ = [
     "Evidence",
     "ScoringConfig",
+    "after_check",
     "ban_until",
     "decay",
     "equivocation",
@@ -74,13 +79,20 @@ class ScoringConfig:
     bad_half_life_s: float = 90 * _DAY  # ... than bad
     z: float = 1.645  # one-sided 95 % for the score's lower bound
     ban_z: float = 2.326  # one-sided 99 % for fail_rate_lower_bound (display)
-    ban_min_bad: float = 2.0  # decayed blames before any ban: one odd output is never enough
-    ban_honest_rate: float = 0.01  # SPRT p0: blames per check that honest hardware may cause (calibration: none seen)
+    ban_min_bad: float = 2.0  # blames (the slow-fading `bad` count) before any ban: one odd output is never enough
+    # SPRT p0: confirmed blames per check (checker and tie-breaker agree against the peer) that honest hardware may
+    # cause. Calibration saw none: 0 of 60 honest CPU variants, 0 of 20 CUDA vs CPU fp32, 40 of 40 fp16 vs fp32
+    # agree, all far inside the agree bounds; 0.2 % is the policy simulation's honest floor (docs/verification.md).
+    ban_honest_rate: float = 0.002
     ban_cheat_rate: float = 0.10  # SPRT p1: the failure rate of the cheater the targets name
-    # SPRT bound ln(A): an honest peer failing <= p0 of its checks is ever banned with chance <= e**-5 ~ 0.7 %;
-    # 3 blames close together reach it (3 ln 10 = 6.9), 2 never do. Higher is safer for honest peers and slower
-    # for cheaters: the trade-off table is in docs/verification.md.
+    # SPRT bound ln(A): an honest peer failing <= p0 of its checks is ever banned with chance <= e**-5 ~ 0.7 %.
+    # A blame adds ln 50 = 3.9, a passed check -0.10: 2 blames ban within ~27 passed checks of each other's
+    # company, 3 within ~65. Higher is safer for honest peers and slower for cheaters: the sweep is in
+    # docs/verification.md.
     ban_log_ratio: float = 5.0
+    # Both ban counts fade with this one half-life, so the test reads an unbiased recent failure rate (the score's
+    # counts fade good faster than bad on purpose, which would push an ageing honest peer towards a ban).
+    ban_half_life_s: float = 14 * _DAY
     ban_duration_s: float = 30 * _DAY  # seconds a ban lasts (doubled per earlier ban by the store)
 
     def __post_init__(self) -> None:
@@ -92,17 +104,23 @@ class ScoringConfig:
             raise ConfigError(f"invalid ban or confidence settings: {self}")
         if not 0 < self.ban_honest_rate < self.ban_cheat_rate < 1:
             raise ConfigError(f"need 0 < ban_honest_rate < ban_cheat_rate < 1, got {self}")
-        if self.ban_duration_s <= 0:
-            raise ConfigError("ban_duration_s must be positive")
+        if self.ban_duration_s <= 0 or self.ban_half_life_s <= 0:
+            raise ConfigError("ban_duration_s and ban_half_life_s must be positive")
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """Decayed counts for one (peer, model family) as of ``at`` (unix seconds)."""
+    """Decayed counts for one (peer, model family) as of ``at`` (unix seconds).
+
+    ``good`` / ``bad`` feed the score (good fades faster); ``ban_good`` / ``ban_bad`` count the same checks faded
+    with one half-life and feed the ban test (:func:`should_ban`).
+    """
 
     good: float = 0.0
     bad: float = 0.0
     at: float = 0.0
+    ban_good: float = 0.0
+    ban_bad: float = 0.0
 
 
 def _fade(value: float, elapsed: float, half_life: float) -> float:
@@ -118,6 +136,8 @@ def decay(evidence: Evidence, now: float, config: ScoringConfig) -> Evidence:
         good=_fade(evidence.good, elapsed, config.good_half_life_s),
         bad=_fade(evidence.bad, elapsed, config.bad_half_life_s),
         at=now,
+        ban_good=_fade(evidence.ban_good, elapsed, config.ban_half_life_s),
+        ban_bad=_fade(evidence.ban_bad, elapsed, config.ban_half_life_s),
     )
 
 
@@ -126,7 +146,9 @@ def record(evidence: Evidence, now: float, config: ScoringConfig, *, good: float
     if good < 0 or bad < 0:
         raise ValueError("evidence weights are non-negative")
     current = decay(evidence, now, config)
-    return Evidence(current.good + good, current.bad + bad, max(now, current.at))
+    return Evidence(
+        current.good + good, current.bad + bad, max(now, current.at), current.ban_good + good, current.ban_bad + bad
+    )
 
 
 def wilson_lower_bound(successes: float, trials: float, z: float) -> float:
@@ -156,16 +178,16 @@ def expected_trust(evidence: Evidence, now: float, config: ScoringConfig) -> flo
 
 
 def fail_rate_lower_bound(evidence: Evidence, now: float, config: ScoringConfig) -> float:
-    """How often, at least (99 % one-sided), this peer fails its checks. No prior: only evidence counts."""
+    """How often, at least (99 % one-sided), this peer fails its checks (the ban counts). No prior."""
     current = decay(evidence, now, config)
-    return wilson_lower_bound(current.bad, current.good + current.bad, config.ban_z)
+    return wilson_lower_bound(current.ban_bad, current.ban_good + current.ban_bad, config.ban_z)
 
 
 def log_likelihood_ratio(evidence: Evidence, now: float, config: ScoringConfig) -> float:
-    """ln P(evidence | fails ban_cheat_rate) / P(evidence | fails ban_honest_rate), on the decayed counts."""
+    """ln P(evidence | fails ban_cheat_rate) / P(evidence | fails ban_honest_rate), on the ban counts."""
     current = decay(evidence, now, config)
     p0, p1 = config.ban_honest_rate, config.ban_cheat_rate
-    return current.bad * math.log(p1 / p0) + current.good * math.log((1 - p1) / (1 - p0))
+    return current.ban_bad * math.log(p1 / p0) + current.ban_good * math.log((1 - p1) / (1 - p0))
 
 
 def sprt_neutral_rate(config: ScoringConfig) -> float:
@@ -173,6 +195,15 @@ def sprt_neutral_rate(config: ScoringConfig) -> float:
     p0, p1 = config.ban_honest_rate, config.ban_cheat_rate
     up, down = math.log(p1 / p0), math.log((1 - p0) / (1 - p1))
     return down / (up + down)
+
+
+def after_check(evidence: Evidence, now: float, config: ScoringConfig, *, blamed: bool) -> tuple[Evidence, bool]:
+    """One settled check of a peer: its evidence with the check recorded, and whether the ban test now says
+    "cheater" (only a blame can tip it). The store and the policy simulation both take this step."""
+    if not blamed:
+        return record(evidence, now, config, good=1.0), False
+    new = record(evidence, now, config, bad=1.0)
+    return new, should_ban(new, now, config)
 
 
 def should_ban(evidence: Evidence, now: float, config: ScoringConfig) -> bool:

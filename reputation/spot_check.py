@@ -48,6 +48,7 @@ from .errors import OutputUndecodable
 from .policy import (
     Candidate,
     NoVerification,
+    PlanContext,
     Redundant,
     Resolution,
     SpotCheckPolicy,
@@ -178,7 +179,8 @@ class SpotChecker:
         await self.reputation.note_job(first, family, job_mpx_steps(outcome.spec))
         if isinstance(method, NoVerification):
             return outcome
-        plan = method.plan(first, history, outcome.spec.pipeline, self._candidates(outcome, {first}), self.rng)
+        job_context = PlanContext(first, history, outcome.spec.pipeline, self._candidates(outcome, {first}))
+        plan = method.plan(job_context, self.rng)
         if isinstance(method, Redundant):
             return await self._redundant(method.k, job, inputs, options, outcome, plan.peers)
         if plan.copies == 0:

@@ -13,7 +13,7 @@ Tables (component ``reputation``, :data:`REPUTATION_MIGRATIONS`):
 * ``rep_receipts``: every signed receipt a row rests on, as received, so the
   evidence can be checked offline by anyone (``lpnode reputation export``);
 * ``rep_peers``: per (peer, model family) the scoring state (decayed good/bad
-  counts as of ``at``) and the policy's history (jobs, consecutive agreements,
+  counts as of ``at``, and the ban test's ban_good/ban_bad) and the policy's history (jobs, consecutive agreements,
   jobs since the last blame);
 * ``rep_bans``: a peer's current or last ban, its expiry, reason and how many
   bans it has had (each doubles the next one's length);
@@ -52,12 +52,13 @@ from .policy import PeerHistory
 from .scoring import (
     Evidence,
     ScoringConfig,
+    after_check,
     ban_until,
     equivocation,
     expected_trust,
+    log_likelihood_ratio,
     record,
     score,
-    should_ban,
 )
 
 __all__ = [
@@ -129,6 +130,17 @@ REPUTATION_MIGRATIONS = (
                 name TEXT PRIMARY KEY,
                 value REAL NOT NULL
             ) WITHOUT ROWID""",
+        ),
+    ),
+    # The ban test's own counts, faded with one half-life (scoring.Evidence). A row from before starts from the
+    # counts the test read until then, so no ban decision changes at the upgrade; from then on both fade alike.
+    Migration(
+        "reputation",
+        2,
+        (
+            "ALTER TABLE rep_peers ADD COLUMN ban_good REAL NOT NULL DEFAULT 0",
+            "ALTER TABLE rep_peers ADD COLUMN ban_bad REAL NOT NULL DEFAULT 0",
+            "UPDATE rep_peers SET ban_good = good, ban_bad = bad",
         ),
     ),
 )
@@ -255,6 +267,7 @@ class ReputationStore:
                     "expected_trust": expected_trust(state.evidence, now, self.config),
                     "good": state.evidence.good,
                     "bad": state.evidence.bad,
+                    "ban_log_ratio": log_likelihood_ratio(state.evidence, now, self.config),
                     "jobs": state.history.jobs,
                     "checks": state.checks,
                     "blames": state.blames,
@@ -345,28 +358,21 @@ class ReputationStore:
                 evidence_id = await _insert_evidence(tx, "check", check, now)
                 await _insert_receipts(tx, evidence_id, check.receipts, receipts)
                 touched: set[tuple[str, str]] = set()
-                for peer in check.credited:
+                outcomes = [(peer, False) for peer in check.credited] + [(peer, True) for peer in check.blamed]
+                for peer, blamed in outcomes:
                     key = (peer, check.model_family)
                     state = peers.get(key, PeerState())
+                    # the same step as policy_sim's, so the simulated ban figures are this store's
+                    evidence, ban = after_check(state.evidence, now, self.config, blamed=blamed)
                     peers[key] = replace(
                         state,
-                        evidence=record(state.evidence, now, self.config, good=1.0),
-                        history=state.history.after_agreement(),
+                        evidence=evidence,
+                        history=state.history.after_check(blamed=blamed),
                         checks=state.checks + 1,
+                        blames=state.blames + blamed,
                     )
                     touched.add(key)
-                for peer in check.blamed:
-                    key = (peer, check.model_family)
-                    state = peers.get(key, PeerState())
-                    peers[key] = replace(
-                        state,
-                        evidence=record(state.evidence, now, self.config, bad=1.0),
-                        history=state.history.after_blame(),
-                        checks=state.checks + 1,
-                        blames=state.blames + 1,
-                    )
-                    touched.add(key)
-                    if should_ban(peers[key].evidence, now, self.config) and not _active(bans.get(peer), now):
+                    if ban and not _active(bans.get(peer), now):
                         bans[peer] = await _ban(
                             tx, peer, bans.get(peer), now, self.config, "failed checks", evidence_id
                         )
@@ -441,7 +447,13 @@ class ReputationStore:
         rows = await self.db.fetch_all("SELECT * FROM rep_peers", max_rows=MAX_PEERS_LOADED)
         for row in rows:
             self._peers[(row["peer_id"], row["model_family"])] = PeerState(
-                evidence=Evidence(float(row["good"]), float(row["bad"]), float(row["at"])),
+                evidence=Evidence(
+                    float(row["good"]),
+                    float(row["bad"]),
+                    float(row["at"]),
+                    float(row["ban_good"]),
+                    float(row["ban_bad"]),
+                ),
                 history=PeerHistory(int(row["jobs"]), int(row["consecutive"]), row["since_blame"]),
                 checks=int(row["checks"]),
                 blames=int(row["blames"]),
@@ -523,17 +535,20 @@ async def _receipts_for(tx: Transaction, worker: str, job_id: str, not_evidence:
 
 async def _save_peer(tx: Transaction, peer_id: str, family: str, state: PeerState) -> None:
     await tx.execute(
-        "INSERT INTO rep_peers (peer_id, model_family, good, bad, at, jobs, consecutive, since_blame, checks, blames)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO rep_peers (peer_id, model_family, good, bad, at, ban_good, ban_bad, jobs, consecutive,"
+        " since_blame, checks, blames) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (peer_id, model_family) DO UPDATE SET good = excluded.good, bad = excluded.bad,"
-        " at = excluded.at, jobs = excluded.jobs, consecutive = excluded.consecutive,"
-        " since_blame = excluded.since_blame, checks = excluded.checks, blames = excluded.blames",
+        " at = excluded.at, ban_good = excluded.ban_good, ban_bad = excluded.ban_bad, jobs = excluded.jobs,"
+        " consecutive = excluded.consecutive, since_blame = excluded.since_blame, checks = excluded.checks,"
+        " blames = excluded.blames",
         (
             peer_id,
             family,
             state.evidence.good,
             state.evidence.bad,
             state.evidence.at,
+            state.evidence.ban_good,
+            state.evidence.ban_bad,
             state.history.jobs,
             state.history.consecutive_agreements,
             state.history.jobs_since_blame,

@@ -16,7 +16,7 @@ from lpnode.node.store import open_store
 from lpnode.protocol.receipts import verify_receipt
 from lpnode.reputation.compare import Verdict
 from lpnode.reputation.errors import ReputationError
-from lpnode.reputation.scoring import ScoringConfig
+from lpnode.reputation.scoring import Evidence, ScoringConfig, after_check
 from lpnode.reputation.store import (
     REPUTATION_MIGRATIONS,
     CheckEvidence,
@@ -64,32 +64,32 @@ def check(n: int, blamed: tuple[str, ...] = (C,)) -> CheckEvidence:
     )
 
 
-async def test_blames_lower_a_score_and_three_of_them_ban(tmp_path: Path) -> None:
+async def test_blames_lower_a_score_and_two_in_a_row_ban(tmp_path: Path) -> None:
     clock = Clock()
     family = model_family(verify_receipt(signed(KEYS[0], b"x")).model_id)
     async with opened(tmp_path / "lpnode.db", clock) as rep:
         new = rep.score(A, family)
         assert 0.05 < new < 0.2  # a newcomer: neither trusted nor shut out
-        for n in range(2):
-            await rep.record_check(check(n))
-            assert not rep.is_banned(C)
-        await rep.record_check(check(2))
+        await rep.record_check(check(0))
+        assert not rep.is_banned(C)  # one blame never bans
+        await rep.record_check(check(1))
         assert rep.is_banned(C) and not rep.is_banned(A) and not rep.is_banned(B)
         ban = rep.ban(C)
         assert ban is not None and ban.reason == "failed checks" and ban.until > clock.now
         assert rep.score(A, family) > new > rep.score(C, family)
-        assert rep.state(C, family).blames == 3 and rep.state(A, family).checks == 3
+        assert rep.state(C, family).blames == 2 and rep.state(A, family).checks == 2
         assert rep.history(C, family).consecutive_agreements == 0
-        assert rep.history(A, family).consecutive_agreements == 3
+        assert rep.history(A, family).consecutive_agreements == 2
         evidence = await rep.evidence(peer_id=C)
-        assert [e["verdict"] for e in evidence] == ["disagree"] * 3
+        assert [e["verdict"] for e in evidence] == ["disagree"] * 2
         assert all(len(e["receipts"]) == 3 and e["blamed"] == [C] for e in evidence)
-        assert await rep.evidence_count(C) == 3
+        assert await rep.evidence_count(C) == 2
         described = rep.describe(C)
-        assert described["banned"] and described["families"][0]["blames"] == 3
+        assert described["banned"] and described["families"][0]["blames"] == 2
+        assert described["families"][0]["ban_log_ratio"] >= ScoringConfig().ban_log_ratio
         clock.now = ban.until + 1  # the ban ends on its own
         assert not rep.is_banned(C)
-        await rep.record_check(check(3))  # blamed again: banned again, for twice as long
+        await rep.record_check(check(2))  # blamed again: banned again, for twice as long
         again = rep.ban(C)
         assert again is not None and again.bans == 2
         assert again.until - again.at == pytest.approx(2 * (ban.until - ban.at))
@@ -98,7 +98,51 @@ async def test_blames_lower_a_score_and_three_of_them_ban(tmp_path: Path) -> Non
     async with opened(tmp_path / "lpnode.db", clock) as rep:
         assert {p: rep.score(p, family) for p in (A, B, C)} == scores
         assert rep.is_banned(C) and rep.ban(C) == again
-        assert rep.counters()["checks"] == 4
+        assert rep.counters()["checks"] == 3
+
+
+async def test_the_store_takes_the_simulations_step_for_the_ban(tmp_path: Path) -> None:
+    """Blame, passed checks, blame: the store's evidence and ban are scoring.after_check's, which policy_sim takes.
+    With the defaults two blames ban when at most 27 passed checks lie between them (2 ln 50 - 27 * 0.103 >= 5)."""
+    config = ScoringConfig()
+    family = model_family(verify_receipt(signed(KEYS[0], b"x")).model_id)
+    for passes, banned in ((27, True), (28, False)):
+        clock = Clock()
+        expected = Evidence()
+        async with opened(tmp_path / f"{passes}.db", clock, config) as rep:
+            for n in range(passes + 2):
+                blamed = n in (0, passes + 1)
+                clock.now += 60.0
+                await rep.record_check(check(n, blamed=(C,) if blamed else ()))
+                expected, ban = after_check(expected, clock.now, config, blamed=blamed)
+                assert rep.state(C, family).evidence == expected and rep.is_banned(C) == ban
+            assert rep.is_banned(C) is banned
+
+
+async def test_a_database_from_before_the_ban_counts_migrates(tmp_path: Path) -> None:
+    """Version 1 rows get ban counts equal to the counts the ban test read until then: no decision changes."""
+    clock = Clock()
+    family = model_family(verify_receipt(signed(KEYS[0], b"x")).model_id)
+    path = tmp_path / "lpnode.db"
+    async with open_store(path, [*JOB_MIGRATIONS, REPUTATION_MIGRATIONS[0]]) as store, store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO rep_peers (peer_id, model_family, good, bad, at, jobs, consecutive, since_blame, checks,"
+            " blames) VALUES (?, ?, 30.0, 1.0, ?, 40, 30, 31, 31, 1)",
+            (C, family, clock.now),
+        )
+    async with opened(path, clock) as rep:
+        row = await rep.db.fetch_one("SELECT version FROM schema_versions WHERE component = 'reputation'")
+        assert row is not None and row["version"] == len(REPUTATION_MIGRATIONS) == 2
+        state = rep.state(C, family)
+        assert state.evidence == Evidence(30.0, 1.0, clock.now, ban_good=30.0, ban_bad=1.0)
+        assert state.history.jobs == 40 and state.blames == 1
+        await rep.record_check(check(0))  # a second blame after 30 passed checks: not enough
+        assert not rep.is_banned(C)
+        await rep.record_check(check(1))  # a third, right after: the ratio reaches 3 ln 50 - 30 * 0.103 >= 5
+        assert rep.is_banned(C)
+        saved = rep.state(C, family).evidence
+    async with opened(path, clock) as rep:  # the new columns are written and read back
+        assert rep.state(C, family).evidence == saved and saved.ban_bad == pytest.approx(3.0)
 
 
 async def test_honest_agreement_raises_both_scores(tmp_path: Path) -> None:
