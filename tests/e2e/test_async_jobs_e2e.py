@@ -12,16 +12,13 @@ killed is ``interrupted`` after it comes back.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from lpnode.node.client import LpnodeClient
 
-from .test_three_nodes import LPNODE, STARTUP_S, NodeProcess, _read_banner, cluster, wait_for_peers
-from .test_workflow_e2e import http
+from .cluster import offers, open_cluster, wait_for_peers
 
 pytestmark = pytest.mark.slow
 
@@ -30,40 +27,13 @@ QUICK = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_ste
 LONG = QUICK | {"width": 256, "height": 256, "num_inference_steps": 50, "deadline": 3600}
 
 
-async def relaunch(nodes: Any, node: NodeProcess, bootstrap: str) -> NodeProcess:
-    """``node`` again on its data dir (Cluster.launch always makes a fresh one)."""
-    args = [
-        *LPNODE,
-        "run",
-        f"--data-dir={node.data_dir}",
-        f"--config={nodes.config_file}",
-        "--listen=/ip4/127.0.0.1/tcp/0",
-        "--rpc=127.0.0.1:0",
-        "--no-mdns",
-        "--serve=none",
-        f"--bootstrap={bootstrap}",
-    ]
-    log = node.data_dir / "node-2.log"
-    with log.open("wb") as log_file:
-        process = await trio.lowlevel.open_process(args, stdout=-1, stderr=log_file)
-    nodes.processes.append((node.name + "-again", process, log))
-    with trio.fail_after(STARTUP_S):
-        banner = await _read_banner(process)
-    client = LpnodeClient.from_data_dir(node.data_dir)
-    nodes.clients.append(client)
-    return NodeProcess(node.name, process, node.data_dir, banner, client, node.peer_id, node.addr)
-
-
 async def test_async_job_streams_progress_cancels_and_records_survive_a_restart(tmp_path: Path) -> None:
     with trio.fail_after(240):
-        async with cluster(tmp_path) as nodes:
+        async with open_cluster(tmp_path) as nodes:
             worker = await nodes.launch("worker", serve="tiny-sdxl")
             requester = await nodes.launch("requester", bootstrap=[worker.addr])
-            with trio.fail_after(30):
-                await wait_for_peers(
-                    requester, lambda ps: any(p["peer_id"] == worker.peer_id and p["models"] for p in ps)
-                )
-            async with http(requester) as client:
+            await wait_for_peers(requester, offers(worker.peer_id), timeout_s=30)
+            async with requester.http() as client:
                 done = (await client.post("/text-to-image", json=QUICK)).json()
                 accepted = await client.post("/text-to-image", json=LONG, headers={"Prefer": "respond-async"})
                 assert accepted.status_code == 202, accepted.text
@@ -79,10 +49,12 @@ async def test_async_job_streams_progress_cancels_and_records_survive_a_restart(
                             if kind == "progress" and not any(k == "progress" for k, _ in events[:-1]):
                                 cancelled = await client.delete(location)
                 # the worker dropped the run: its advert's queue is empty again
-                with trio.fail_after(20):
-                    await wait_for_peers(
-                        requester, lambda ps: any(p["peer_id"] == worker.peer_id and p["queue_depth"] == 0 for p in ps)
-                    )
+                await wait_for_peers(
+                    requester,
+                    lambda ps: any(p["peer_id"] == worker.peer_id and p["queue_depth"] == 0 for p in ps),
+                    timeout_s=20,
+                    what="the worker's queue empty",
+                )
                 # a job running when the requester dies ...
                 interrupted = await client.post("/text-to-image", json=LONG, headers={"Prefer": "respond-async"})
                 running_record = interrupted.json()["id"]
@@ -90,10 +62,11 @@ async def test_async_job_streams_progress_cancels_and_records_survive_a_restart(
                     async for line in stream.aiter_lines():
                         if line.startswith("event: progress"):
                             break
-            requester.process.send_signal(signal.SIGKILL)
+            requester.kill()
             await requester.process.wait()
-            again = await relaunch(nodes, requester, worker.addr)
-            async with http(again) as client:
+            again = await nodes.restart(requester)
+            assert again.peer_id == requester.peer_id  # the same identity, from the same data dir
+            async with again.http() as client:
                 old = (await client.get(f"/v1/jobs/{done['request_id']}")).json()
                 image = await client.get(done["images"][0]["url"])
                 receipt = await client.get(f"/v1/jobs/{done['request_id']}/receipt")

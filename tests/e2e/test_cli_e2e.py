@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import select
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +24,7 @@ from lpnode.node.cli import main
 from lpnode.node.client import LpnodeClient
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_three_nodes import FAST_GOSSIP, LPNODE, STARTUP_S
+from .cluster import LPNODE, Cluster, NodeProcess, cluster_in_thread, offers, wait_for_peers
 
 pytestmark = pytest.mark.slow
 
@@ -38,105 +34,23 @@ TINY = ["--max-price", "1000", "--deadline", "90"]
 T2I = ["--width", "64", "--height", "64", "--steps", "2", "--guidance", "0", *TINY]
 
 
-@dataclass
-class Started:
-    name: str
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    peer_id: str = ""
-    addr: str = ""
-
-
-@dataclass
+@dataclass(frozen=True)
 class Nodes:
-    requester: Started
-    worker: Started
-
-
-def _launch(tmp: Path, name: str, config: Path, serve: str, bootstrap: str | None = None) -> Started:
-    data_dir = tmp / name
-    data_dir.mkdir()
-    args = [
-        *LPNODE,
-        "run",
-        f"--data-dir={data_dir}",
-        f"--config={config}",
-        "--listen=/ip4/127.0.0.1/tcp/0",
-        "--rpc=127.0.0.1:0",
-        "--no-mdns",
-        f"--serve={serve}",
-        *([f"--bootstrap={bootstrap}"] if bootstrap else []),
-    ]
-    with (data_dir / "node.log").open("wb") as log:
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
-    return Started(name, process, data_dir)
-
-
-def _wait_banner(node: Started) -> None:
-    """Read stdout until the banner's last line ("data dir"), bounded by STARTUP_S."""
-    assert node.process.stdout is not None
-    fd, text = node.process.stdout.fileno(), b""
-    until = time.monotonic() + STARTUP_S
-    while b"data dir" not in text:
-        ready, _, _ = select.select([fd], [], [], max(0.0, until - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"{node.name} printed no banner within {STARTUP_S} s")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise AssertionError(f"{node.name} exited with {node.process.wait()} before it was ready")
-        text += chunk
-
-
-async def _identify_and_meet(nodes: Nodes) -> None:
-    for node in (nodes.worker, nodes.requester):
-        async with LpnodeClient.from_data_dir(node.data_dir) as client:
-            info = await client.node()
-            node.peer_id = info["peer_id"]
-            node.addr = next(a for a in info["listen_addrs"] if a.startswith("/ip4/127.0.0.1/"))
-
-
-async def _wait_for_offers(nodes: Nodes) -> None:
-    async with LpnodeClient.from_data_dir(nodes.requester.data_dir) as client:
-        answer = await client.peers()
-        while not any(
-            p["peer_id"] == nodes.worker.peer_id and {m["pipeline"] for m in p["models"]} >= PIPELINES
-            for p in answer["peers"]
-        ):
-            answer = await client.peers(changed_since=answer["version"], wait_s=5)
+    requester: NodeProcess
+    worker: NodeProcess
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    tmp = tmp_path_factory.mktemp("cli-e2e")
-    config = tmp / "fast-gossip.toml"
-    config.write_text(FAST_GOSSIP)
-    started: list[Started] = []
-    try:
-        worker = _launch(tmp, "worker", config, WORKER_MODELS)
-        started.append(worker)
-        _wait_banner(worker)
-        pair = Nodes(requester=worker, worker=worker)
-        trio.run(_identify_and_meet, pair)
-        requester = _launch(tmp, "requester", config, "none", bootstrap=worker.addr)
-        started.append(requester)
-        _wait_banner(requester)
-        pair = Nodes(requester=requester, worker=worker)
-        trio.run(_identify_and_meet, pair)
+    async def start(cluster: Cluster) -> Nodes:
+        worker = await cluster.launch("worker", serve=WORKER_MODELS)
+        requester = await cluster.launch("requester", bootstrap=[worker.addr])
+        await wait_for_peers(requester, offers(worker.peer_id, sorted(PIPELINES)), timeout_s=30)
+        return Nodes(requester, worker)
 
-        async def meet() -> None:
-            with trio.fail_after(30):
-                await _wait_for_offers(pair)
-
-        trio.run(meet)
-        yield pair
-    except BaseException:
-        for node in started:
-            print(f"--- {node.name} ---\n{(node.data_dir / 'node.log').read_text()}", file=sys.stderr)
-        raise
-    finally:
-        for node in started:
-            node.process.kill()
-            node.process.wait()
+    # the processes live in a trio loop of their own: the tests call the CLI, which runs trio.run itself
+    with cluster_in_thread(tmp_path_factory.mktemp("cli-e2e")) as cluster:
+        yield cluster.call(start)
 
 
 def lpnode(capsys: pytest.CaptureFixture[str], nodes: Nodes, *args: str | Path) -> tuple[int, str, str]:

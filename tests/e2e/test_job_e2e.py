@@ -10,31 +10,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_three_nodes import cluster, wait_for_peers
+from .cluster import offers, open_cluster, wait_for_peers
 
 pytestmark = pytest.mark.slow
 
 
 async def test_text_to_image_between_two_processes(tmp_path: Path) -> None:
     with trio.fail_after(150):
-        async with cluster(tmp_path) as nodes:
+        async with open_cluster(tmp_path) as nodes:
             worker = await nodes.launch("worker", serve="tiny-sdxl")
             requester = await nodes.launch("requester", bootstrap=[worker.addr])
-            with trio.fail_after(20):
-                await wait_for_peers(
-                    requester, lambda peers: any(p["peer_id"] == worker.peer_id and p["models"] for p in peers)
-                )
-            url = json.loads((requester.data_dir / "rpc.json").read_text())["url"]
-            token = (requester.data_dir / "rpc.token").read_text().strip()
-            headers = {"Authorization": f"Bearer {token}"}
+            await wait_for_peers(requester, offers(worker.peer_id), timeout_s=20)
             body = {
                 "prompt": "a lighthouse at dusk",
                 "width": 64,
@@ -45,7 +37,7 @@ async def test_text_to_image_between_two_processes(tmp_path: Path) -> None:
                 "max_price": 100,
                 "deadline": 60,
             }
-            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=90) as client:
+            async with requester.http(timeout_s=90) as client:
                 answer = await client.post("/text-to-image", json=body)
                 assert answer.status_code == 200, answer.text
                 result = answer.json()

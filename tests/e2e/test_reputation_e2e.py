@@ -26,13 +26,13 @@ import trio
 from lpnode.node.client import LpnodeClient
 from lpnode.reputation.export import check_export
 
-from .test_three_nodes import FAST_GOSSIP, LPNODE, STARTUP_S, Cluster, NodeProcess, _read_banner, cli, cluster
+from .cluster import NodeProcess, cli, open_cluster, wait_for_peers
 
 pytestmark = pytest.mark.slow
 
 MAX_JOBS_TO_BAN = 8  # every job of a new peer is checked and three blames ban: 3 expected
 HONEST_PRICE, CHEAP_PRICE = 10_000, 100  # per mpx-step: 82 and 1 micro-credits for these jobs
-JOB = {
+JOB: dict[str, Any] = {
     "prompt": "a lighthouse at dusk",
     "width": 64,
     "height": 64,
@@ -44,34 +44,8 @@ JOB = {
 }
 
 
-async def launch(nodes: Cluster, name: str, *, serve: str, price: int, extra: tuple[str, ...] = ()) -> NodeProcess:
-    """Like ``Cluster.launch``, with a price of its own and extra flags (``--cheat``)."""
-    data_dir = nodes.tmp_path / name
-    data_dir.mkdir()
-    config = data_dir / "node.toml"
-    config.write_text(FAST_GOSSIP + f"price_per_mpx_step = {price}\n")
-    log = data_dir / "node.log"
-    args = [
-        *LPNODE,
-        "run",
-        f"--data-dir={data_dir}",
-        f"--config={config}",
-        "--listen=/ip4/127.0.0.1/tcp/0",
-        "--rpc=127.0.0.1:0",
-        "--no-mdns",
-        f"--serve={serve}",
-        *extra,
-    ]
-    with log.open("wb") as log_file:
-        process = await trio.lowlevel.open_process(args, stdout=-1, stderr=log_file)
-    nodes.processes.append((name, process, log))
-    with trio.fail_after(STARTUP_S):
-        banner = await _read_banner(process)
-    client = LpnodeClient.from_data_dir(data_dir)
-    nodes.clients.append(client)
-    info = await client.node()
-    addr = next(a for a in info["listen_addrs"] if a.startswith("/ip4/127.0.0.1/"))
-    return NodeProcess(name, process, data_dir, banner, client, info["peer_id"], addr)
+def price(per_mpx_step: int) -> str:
+    return f"price_per_mpx_step = {per_mpx_step}\n"
 
 
 async def reputation(client: LpnodeClient, path: str = "", **params: Any) -> dict[str, Any]:
@@ -81,13 +55,14 @@ async def reputation(client: LpnodeClient, path: str = "", **params: Any) -> dic
 
 async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_score(tmp_path: Path) -> None:
     with trio.fail_after(240):
-        async with cluster(tmp_path) as nodes:
-            requester = await launch(nodes, "requester", serve="none", price=HONEST_PRICE)
-            bootstrap = f"--bootstrap={requester.addr}"
+        async with open_cluster(tmp_path) as nodes:
+            requester = await nodes.launch("requester", config=price(HONEST_PRICE))
             workers: dict[str, NodeProcess] = {}
 
-            async def start(name: str, price: int, *extra: str) -> None:
-                workers[name] = await launch(nodes, name, serve="tiny-sdxl", price=price, extra=(bootstrap, *extra))
+            async def start(name: str, cost: int, *extra: str) -> None:
+                workers[name] = await nodes.launch(
+                    name, serve="tiny-sdxl", bootstrap=[requester.addr], config=price(cost), args=extra
+                )
 
             async with trio.open_nursery() as nursery:  # three torch imports at once: the slow part
                 nursery.start_soon(start, "honest-1", HONEST_PRICE)
@@ -95,10 +70,9 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
                 nursery.start_soon(start, "cheater", CHEAP_PRICE, "--cheat=other_seed")
             cheater = workers["cheater"].peer_id
             honest = [workers["honest-1"].peer_id, workers["honest-2"].peer_id]
-            with trio.fail_after(30):
-                answer = await requester.client.peers()
-                while sum(1 for p in answer["peers"] if p["models"]) < 3:
-                    answer = await requester.client.peers(changed_since=answer["version"], wait_s=10)
+            await wait_for_peers(
+                requester, lambda ps: sum(1 for p in ps if p["models"]) >= 3, timeout_s=30, what="three workers"
+            )
 
             jobs = 0
             while not (await reputation(requester.client, f"/{cheater}"))["banned"]:

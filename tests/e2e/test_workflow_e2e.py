@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_three_nodes import NodeProcess, cluster, wait_for_peers
+from .cluster import open_cluster, wait_for_peers
 
 pytestmark = pytest.mark.slow
 
@@ -36,22 +34,20 @@ STEPS = [
 ]
 
 
-def http(node: NodeProcess) -> httpx.AsyncClient:
-    url = json.loads((node.data_dir / "rpc.json").read_text())["url"]
-    token = (node.data_dir / "rpc.token").read_text().strip()
-    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
-
-
 async def test_four_step_workflow_across_three_nodes(tmp_path: Path) -> None:
     with trio.fail_after(240):
-        async with cluster(tmp_path) as nodes:
+        async with open_cluster(tmp_path) as nodes:
             images = await nodes.launch("images", serve="tiny-sdxl,tiny-realesrgan")
             videos = await nodes.launch("videos", serve="tiny-svd,tiny-rife", bootstrap=[images.addr])
             requester = await nodes.launch("requester", bootstrap=[images.addr, videos.addr])
             workers = {images.peer_id, videos.peer_id}
-            with trio.fail_after(30):
-                await wait_for_peers(requester, lambda ps: {p["peer_id"] for p in ps if p["models"]} >= workers)
-            async with http(requester) as client:
+            await wait_for_peers(
+                requester,
+                lambda ps: {p["peer_id"] for p in ps if p["models"]} >= workers,
+                timeout_s=30,
+                what="both workers",
+            )
+            async with requester.http() as client:
                 answer = await client.post("/v1/workflows", json={"steps": STEPS, "deadline": 100})
                 assert answer.status_code == 200, answer.text
                 result = answer.json()
