@@ -31,11 +31,16 @@ class WorkerConfig:
     # Open job streams at once, quoting or idle ones included: a peer opening streams and
     # saying nothing costs a task each until request_timeout_s, so their number is bounded.
     max_streams: int = 64
+    # After its last message the worker waits this long for the requester to close the stream
+    # (it does once it holds and has checked the outputs) before closing its own side.
+    linger_s: float = 10.0
     framing: FramingConfig = field(default_factory=FramingConfig)
 
     def __post_init__(self) -> None:
         if self.max_jobs < 1 or self.max_streams < 1 or self.quote_ttl_ms < 1 or self.request_timeout_s <= 0:
             raise ValueError("max_jobs, max_streams, quote_ttl_ms and request_timeout_s must be positive")
+        if not self.linger_s > 0:
+            raise ValueError(f"WorkerConfig.linger_s must be a positive number of seconds, got {self.linger_s!r}")
 
 
 @dataclass(frozen=True)

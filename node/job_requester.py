@@ -315,9 +315,12 @@ class _Try:
                 finally:
                     # Tell the worker we gave up (deadline, a bad result, our caller's cancel),
                     # briefly and shielded: this may run while a cancellation unwinds.
-                    with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S):
+                    with trio.CancelScope(shield=True):
                         if not self.machine.ended:
-                            await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
+                            with trio.move_on_after(CANCEL_GRACE_S):
+                                await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
+                        # Our close is the worker's signal that the outputs arrived; not cut short by a
+                        # timeout (a libp2p close cancelled halfway can damage the shared connection).
                         with contextlib.suppress(NetworkError):  # already reset by the peer or by us
                             await stream.aclose()
         if scope.cancelled_caught:

@@ -56,7 +56,7 @@ from .inference import InferencePool
 from .job_convert import encode_output, model_request
 from .job_proof import ReceiptSequence, error_code, runtime_facts
 from .job_quote import Decline, WorkerConfig, decide_quote
-from .job_stream import receive_job_message, send_job_message
+from .job_stream import await_peer_close, receive_job_message, send_job_message
 from .network.base import ByteStream, Network
 from .transfer import DEFAULT_MAX_CHUNK_BYTES, TransferLimits, receive_transfer, send_transfer
 
@@ -170,6 +170,12 @@ class JobWorker:
         self.open_streams += 1
         try:
             await self._serve(stream)
+            # Not torn down under the requester: it closes once it holds the outputs (or our
+            # last word), and only then do we close. The reservation is already released.
+            if not await await_peer_close(stream, self.config.linger_s):
+                log.info(
+                    "job stream from %s: the requester kept it open past %s s", stream.remote_peer, self.config.linger_s
+                )
         except Exception:
             log.exception("job stream from %s failed", stream.remote_peer)
         finally:
@@ -340,7 +346,11 @@ class JobWorker:
 
 
 async def _close(stream: ByteStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(1):
+    # Shielded and not cut short by a timeout of ours: on libp2p a close is one small write under
+    # the connection's write lock, and a write cancelled halfway would leave part of a Noise frame
+    # on the connection that every stream to this peer shares. It is bounded by that connection's
+    # health pings, which drop a peer that stops reading.
+    with trio.CancelScope(shield=True):
         try:
             await stream.aclose()
         except Exception:  # closing a reset stream may fail; it is gone either way

@@ -571,10 +571,10 @@ async def test_an_expired_quote_moves_the_job_to_the_next_candidate(pool: ModelP
         with trio.fail_after(BOUND_S):
             while far.worker.reservations:  # freed when the quote expired, not only when a Cancel came
                 await trio.testing.wait_all_tasks_blocked()
-    # The worker said quote_expired and closed the stream before the Accept arrived, so the Accept's
-    # write fails and the stream is reset under the unread error: what the requester sees is the drop.
+    # The worker said quote_expired and waits for the requester's close instead of closing under the
+    # Accept in flight, so the requester reads the worker's own reason rather than a dropped stream.
     assert [(a.peer_id, a.outcome, a.price) for a in outcome.attempts] == [
-        (far.peer_id, "disconnected", 1),
+        (far.peer_id, "error:quote_expired", 1),
         (near.peer_id, "done", 1),
     ]
     assert completed(far, near) == [0, 1]
