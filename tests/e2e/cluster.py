@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,7 +130,10 @@ class NodeProcess:
     @property
     def addr(self) -> str:
         """Its loopback libp2p address, with /p2p/<peer id>: what another node bootstraps from."""
-        return next(a for a in self.banner.listen_addrs if a.startswith("/ip4/127.0.0.1/"))
+        for addr in self.banner.listen_addrs:
+            if addr.startswith("/ip4/127.0.0.1/"):
+                return addr
+        raise LookupError(f"{self.name} listens on no loopback address: {self.banner.listen_addrs}")
 
     @property
     def url(self) -> str:
@@ -142,7 +145,7 @@ class NodeProcess:
 
     def open_client(self, *, timeout_s: float = 10.0) -> LpnodeClient:
         """A client of this node for the caller's own trio loop."""
-        return LpnodeClient.from_data_dir(self.data_dir, timeout_s=timeout_s)
+        return LpnodeClient(self.url, self.token, data_dir=self.data_dir, timeout_s=timeout_s)
 
     def http(self, *, timeout_s: float = 120.0) -> httpx.AsyncClient:
         """Raw HTTP to the node's RPC API with its token, for status codes and bodies the client would hide."""
@@ -174,7 +177,7 @@ class Cluster:
     base_config: str = FAST_GOSSIP
     startup_s: float = STARTUP_S
     nodes: list[NodeProcess] = field(default_factory=list)
-    _starting: list[tuple[trio.Process, Any]] = field(default_factory=list)
+    _starting: list[tuple[trio.Process, Path]] = field(default_factory=list)
     _closed: bool = False
 
     async def launch(
@@ -233,7 +236,8 @@ class Cluster:
             process.kill()
             raise
         banner = Banner.parse(text)
-        node = NodeProcess(name, process, data_dir, banner, LpnodeClient.from_data_dir(data_dir), launch, log)
+        client = LpnodeClient(banner.rpc_url, banner.token_path.read_text().strip(), data_dir=data_dir)
+        node = NodeProcess(name, process, data_dir, banner, client, launch, log)
         self.nodes.append(node)
         return node
 
@@ -398,7 +402,8 @@ def cluster_in_thread(
         print(started.cluster.logs(), file=sys.stderr)
         raise
     finally:
-        trio.from_thread.run_sync(finish[0].set, trio_token=started._token)
+        with suppress(trio.RunFinishedError):  # the loop ended already: its failure is in `failure`
+            trio.from_thread.run_sync(finish[0].set, trio_token=started._token)
         thread.join(timeout=STOP_S + 30)
         if failure:
             raise failure[0]
