@@ -52,6 +52,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionModel
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import StableVideoDiffusionPipeline
+from lpnode.models._placement import cache_placement, uncached_placement
 from lpnode.models.base import (
     CancelToken,
     Limits,
@@ -193,6 +194,7 @@ class BenchSDXL(ModelAdapter):
         components |= {"tokenizer_2": None, "vae": vae, "unet": unet, "scheduler": turbo_scheduler()}
         pipe = StableDiffusionXLPipeline(**components)
         pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
+        cache_placement(pipe)  # as StableDiffusionXLAdapter does; ModelAdapter.load does the models
         self.pipe = pipe
 
     def _unload(self) -> None:
@@ -214,13 +216,25 @@ class BenchSDXL(ModelAdapter):
         # As StableDiffusionXLAdapter does: tensors out, quantised on the device, no encoding here.
         timer = StageTimer()
         with timer.stage("pipeline"):
-            images = to_uint8_rgb(bare_call(self, [r.seed for r in requests], requests[0], output_type="pt"))
+            seeds = [r.seed for r in requests]
+            images = to_uint8_rgb(bare_call(self, seeds, requests[0], output_type="pt", plain=False))
         return [RawImage(image, dict(timer.ms)) for image in images]
 
 
-def bare_call(adapter: BenchSDXL, seeds: Sequence[int], request: Request, output_type: str = "pil") -> Any:
-    """What a plain diffusers runner does: one pipeline call, PIL images out."""
+def bare_call(
+    adapter: BenchSDXL, seeds: Sequence[int], request: Request, output_type: str = "pil", plain: bool = True
+) -> Any:
+    """What a plain diffusers runner does: one pipeline call, PIL images out.
+
+    ``plain`` runs it with diffusers' own ``.device``/``.dtype`` (each a walk over every
+    submodule), as a runner that does not know about models/_placement.py would; the
+    pool's path and the compiled phase (whose CUDA graphs were recorded with the cache,
+    and a class swap could make dynamo recompile) pass False.
+    """
     assert adapter.pipe is not None and isinstance(request, TextToImageRequest)
+    if plain:
+        with uncached_placement(adapter.pipe, adapter.pipe.unet, adapter.pipe.vae):
+            return bare_call(adapter, seeds, request, output_type, plain=False)
     device, dtype, n = adapter.device, adapter.dtype, len(seeds)
     unet = adapter.pipe.unet.config
     pooled_dim = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
@@ -341,7 +355,7 @@ async def bare_in_pool_thread(pool: ModelPool, model: str, repeats: int) -> list
 
     def once() -> float:
         with torch.inference_mode():
-            return timed(lambda: bare_call(adapter, [1], req))
+            return timed(lambda: bare_call(adapter, [1], req, plain=False))
 
     return [await pool._in_slot_thread(slot, once) for _ in range(repeats)]
 
@@ -546,6 +560,63 @@ async def ab(out: Path) -> None:
     emit(out, record)
 
 
+def serial_output_ms(pixels: Any) -> float:
+    """The output stage as it was before the banded PNG: everything on the calling thread."""
+    import hashlib
+
+    import imagehash
+    from lpnode.models.png import encode_png_array
+
+    def once() -> None:
+        png = encode_png_array(pixels)
+        hashlib.sha256(png).hexdigest()
+        hashlib.sha256(pixels.data).hexdigest()
+        gray = Image.fromarray(pixels, mode="RGB").convert("L")
+        str(imagehash.phash(gray)), str(imagehash.dhash(gray))
+
+    return min(timed(once) for _ in range(10)) * 1000
+
+
+async def profile(cache: Path, out: Path, trace: Path | None) -> None:
+    """Where a compiled job's time goes: GPU busy time against the wall, and the output stage serial vs banded."""
+    from lpnode.models.outputs import ImageOutput
+
+    async with open_pool(MODEL_B1, "auto", cache, 0.0) as (pool, open_s):
+        slot = pool._slots[MODEL_B1]
+        adapter = slot.adapter
+        lat = await pool_latency(pool, MODEL_B1, SETUP.repeats)
+        raw = (await pool._in_slot_thread(slot, lambda: adapter.generate_batch([request(5)])))[0]
+        assert isinstance(raw, RawImage)
+        serial = serial_output_ms(raw.pixels)
+        banded = min(timed(lambda: ImageOutput.from_array(raw.pixels)) for _ in range(10)) * 1000
+
+        def profiled() -> dict[str, Any]:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if SETUP is GPU else [])
+            walls = []
+            with torch_profile(activities=activities) as prof:
+                for seed in (300, 301, 302):
+                    walls.append(timed(lambda seed=seed: adapter.generate_batch([request(seed)])))
+            if trace is not None:
+                prof.export_chrome_trace(str(trace))
+            table_cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+            table_gpu = (
+                prof.key_averages().table(sort_by="self_device_time_total", row_limit=30) if SETUP is GPU else ""
+            )
+            return {"walls_ms": [round(w * 1000, 2) for w in walls], "cpu": table_cpu, "gpu": table_gpu}
+
+        prof = await pool._in_slot_thread(slot, profiled)
+    print(prof["cpu"])
+    print(prof["gpu"])
+    record: dict[str, Any] = {"phase": "profile", "load_compile_warmup_s": round(open_s, 2)}
+    record |= {"pool_compiled_ms": median_ms(lat["wall"]), "pool_device_ms": median_ms(lat["device"])}
+    record |= {"pool_encode_ms": median_ms(lat["encode"]), "output_serial_ms": round(serial, 2)}
+    record |= {"output_banded_ms": round(banded, 2), "profiled_walls_ms": prof["walls_ms"]}
+    emit(out, record)
+
+
 async def ab_and_compiled(cache: Path, out: Path) -> None:
     await ab(out)
     await compiled("compiled_cold", cache, out)
@@ -640,10 +711,13 @@ def report(path: Path) -> str:
 def main(argv: Sequence[str]) -> None:
     global SETUP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("phase", choices=("eager-and-cold", "warm-cache", "svd", "ab", "ab-and-compiled", "report"))
+    parser.add_argument(
+        "phase", choices=("eager-and-cold", "warm-cache", "svd", "ab", "ab-and-compiled", "profile", "report")
+    )
     parser.add_argument("file", nargs="?", type=Path)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lpnode-bench-inductor"))
     parser.add_argument("--out", type=Path, default=Path("bench-models.jsonl"))
+    parser.add_argument("--trace", type=Path, default=None, help="profile: write a Chrome trace here")
     parser.add_argument("--smoke", action="store_true", help="tiny configs on the CPU: checks the code, not speed")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -656,6 +730,8 @@ def main(argv: Sequence[str]) -> None:
         trio.run(svd, args.out)
     elif args.phase == "ab":
         trio.run(ab, args.out)
+    elif args.phase == "profile":
+        trio.run(profile, args.cache, args.out, args.trace)
     elif args.phase == "ab-and-compiled":
         trio.run(ab_and_compiled, args.cache, args.out)
     else:

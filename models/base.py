@@ -79,6 +79,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ._placement import cache_placement
 from ._requests import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -301,6 +302,8 @@ class ModelAdapter(ABC):
         self.unload()
         with _map_oom():
             self._load(dev, dtype)
+        for module in self._modules().values():
+            cache_placement(module)  # diffusers walks every submodule for .device/.dtype (models/_placement.py)
         self.device, self.dtype = dev, dtype
 
     def unload(self) -> None:

@@ -8,7 +8,7 @@ It touches no device and is thread-safe, and zlib, x264 and hashlib release the 
 for most of it, so the pool runs it in worker threads outside the device limiter:
 on an H100 it took 64-88 ms per 512² image, as long as a compiled SDXL-Turbo call,
 and used to hold the GPU idle for that time (docs/benchmarks.md); with the PNG writer
-below it takes 18-23 ms there.
+of :mod:`.png` on one thread it took 18-23 ms there.
 
 Two hashes per output, because they answer different questions: ``sha256`` over
 the encoded bytes says "this is the file I sent", ``pixel_sha256`` over the
@@ -22,22 +22,16 @@ machine with the same library versions (PNG without metadata; H.264 with one
 encoder thread, because x264's output depends on its thread count, and FFmpeg's
 bitexact flags so no version or time strings vary).
 
-PNG is written here rather than by Pillow, for speed: Pillow tries all five row
-filters on every row and then runs zlib's LZ77 search, 38-111 ms for a 512² image
-on the dev box (level 1 and 6), while one ``Sub`` filter for every row (computed in
-numpy) and zlib's run-length strategy take 6-8 ms for the same pixels; on smooth
-generated images the file is no larger than Pillow's level 6 (~400 KB a 512² image),
-on noise both store ~1 byte per sample (docs/benchmarks.md, Models).
-It is still a standard lossless PNG that any decoder reads.
+PNG is written by :mod:`.png` (Sub filter, run-length deflate, bands on several
+threads), and the hashes and fingerprints of an image are computed on those threads
+while it deflates: a 512² output stage costs about what its slowest part costs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import struct
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -49,17 +43,13 @@ import numpy.typing as npt
 from PIL import Image
 
 from .errors import ParameterError
+from .png import encode_png_array, output_executor
 
 if TYPE_CHECKING:
     import av
 
 RGB = npt.NDArray[np.uint8]  # H × W × 3
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# zlib level and strategy of the IDAT stream. After a Sub filter generated images are
-# mostly small residuals and runs: Z_RLE codes them as well as LZ77 search does, ~3× faster.
-PNG_ZLIB_LEVEL = 1  # Z_RLE uses no LZ77 search, so the level changes nothing but the header
-PNG_ZLIB_STRATEGY = zlib.Z_RLE
 H264_CRF = 18  # visually lossless for generated content; keeps per-frame hashes stable under re-decode
 
 
@@ -143,21 +133,24 @@ class ImageOutput:
     def from_array(cls, array: RGB, timings_ms: dict[str, float] | None = None) -> ImageOutput:
         _check_rgb("image", array)
         array = np.ascontiguousarray(array)
-        png = encode_png_array(array)
+        executor = output_executor()
         # The hashes are of the pixels a verifier decodes from the file. PNG is lossless
         # for 8-bit RGB, so those are exactly the pixels held here (a test checks it):
         # decoding the file again would cost ~10 % of the output stage for nothing.
-        # Both fingerprints start from the same grey image (imagehash converts to "L"
-        # first; converting an "L" image again is a copy), so it is made once.
-        gray = Image.fromarray(array, mode="RGB").convert("L")
+        # They run on the output threads while the PNG's bands deflate (hashlib, Pillow's
+        # convert and resize release the GIL).
+        pixel_digest = executor.submit(lambda: hashlib.sha256(array.data).hexdigest())
+        fingerprints = executor.submit(_fingerprints, array)
+        png = encode_png_array(array, executor)
+        phash, dhash = fingerprints.result()
         return cls(
             png=png,
             width=int(array.shape[1]),
             height=int(array.shape[0]),
             sha256=hashlib.sha256(png).hexdigest(),
-            pixel_sha256=hashlib.sha256(array.data).hexdigest(),
-            phash=str(imagehash.phash(gray)),
-            dhash=str(imagehash.dhash(gray)),
+            pixel_sha256=pixel_digest.result(),
+            phash=phash,
+            dhash=dhash,
             timings_ms=dict(timings_ms or {}),
         )
 
@@ -220,6 +213,12 @@ def finish_output(raw: RawOutput) -> ImageOutput | VideoOutput:
     return output
 
 
+def _fingerprints(array: RGB) -> tuple[str, str]:
+    """pHash and dHash of an image; both start from one grey conversion (imagehash converts to "L" first)."""
+    gray = Image.fromarray(array, mode="RGB").convert("L")
+    return str(imagehash.phash(gray)), str(imagehash.dhash(gray))
+
+
 def pixel_sha256(image: Image.Image) -> str:
     return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
 
@@ -227,31 +226,6 @@ def pixel_sha256(image: Image.Image) -> str:
 def encode_png(image: Image.Image) -> bytes:
     """8-bit RGB PNG of ``image``; see :func:`encode_png_array`."""
     return encode_png_array(np.asarray(image.convert("RGB"), dtype=np.uint8))
-
-
-def encode_png_array(array: RGB) -> bytes:
-    """8-bit RGB PNG of H × W × 3 pixels: Sub filter on every row, one IDAT, no metadata.
-
-    The bytes depend only on the pixels and the zlib build (as with any PNG encoder).
-    """
-    _check_rgb("image", array)
-    height, width = int(array.shape[0]), int(array.shape[1])
-    if height == 0 or width == 0:
-        raise ValueError(f"a PNG needs at least one pixel, got {width}x{height}")
-    rows = np.ascontiguousarray(array).reshape(height, width * 3)
-    # Filter type 1 (Sub, PNG spec 9.2): each byte minus the same channel of the pixel to its left, mod 256.
-    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
-    filtered[:, 0] = 1
-    filtered[:, 1:4] = rows[:, :3]
-    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])
-    compressor = zlib.compressobj(PNG_ZLIB_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, PNG_ZLIB_STRATEGY)
-    idat = compressor.compress(filtered.data) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, adaptive, no interlace
-    return PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def decode_image_bytes(data: bytes, field_name: str = "image") -> Image.Image:

@@ -38,6 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from . import tokenizer as tok
 from ._noise import draw_noise_in_float32
+from ._placement import cache_placement
 from .base import (
     CancelToken,
     ImageToImageRequest,
@@ -198,6 +199,8 @@ class StableDiffusionXLAdapter(ModelAdapter):
         for pipe in (t2i, i2i):
             pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
         t2i.to(device, dtype)
+        for pipe in (t2i, i2i):
+            cache_placement(pipe)  # diffusers walks every module for the device on each call (models/_placement.py)
         self._t2i, self._i2i = t2i, i2i
 
     def _tiny_components(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ._noise import draw_noise_in_float32
+from ._placement import cache_placement
 from .base import (
     CancelToken,
     ImageToVideoRequest,
@@ -190,6 +191,7 @@ class StableVideoDiffusionAdapter(ModelAdapter):
                 raise ModelLoadError(f"cannot load {self.spec.name} from {folder}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
         pipe.to(device, dtype)
+        cache_placement(pipe)  # diffusers walks every module for the device on each call (models/_placement.py)
         self._pipe = pipe
 
     def _unload(self) -> None:

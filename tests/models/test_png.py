@@ -1,12 +1,14 @@
-"""The PNG writer in models/outputs.py: lossless for any size and pixels, deterministic, read by Pillow."""
+"""The PNG writer in models/png.py: lossless for any size and pixels, deterministic, read by Pillow."""
 
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from lpnode.models.outputs import ImageOutput, encode_png, encode_png_array
+from lpnode.models.outputs import ImageOutput, encode_png
+from lpnode.models.png import BAND_BYTES, encode_png_array, output_executor
 from PIL import Image
 
 
@@ -38,3 +40,28 @@ def test_refuses_what_is_not_rgb() -> None:
         encode_png_array(np.zeros((4, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match="pixel"):
         encode_png_array(np.zeros((0, 4, 3), dtype=np.uint8))
+
+
+def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("height", "width"), [(257, 300), (512, 512), (3000, 33)])
+def test_bands_deflated_in_parallel_give_the_serial_bytes(height: int, width: int) -> None:
+    pixels = _noise(height, width, seed=height)
+    pixels[height // 3 :] //= 17  # a smoother part too, so runs cross band boundaries
+    assert height * (width * 3 + 1) > 2 * BAND_BYTES  # several bands, or this tests nothing
+    serial = encode_png_array(pixels)
+    with ThreadPoolExecutor(max_workers=3) as executor:
+        assert encode_png_array(pixels, executor) == serial
+    assert encode_png_array(pixels, output_executor()) == serial
+    with Image.open(io.BytesIO(serial)) as image:
+        assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_a_corrupted_band_fails_the_checksum() -> None:
+    pixels = _noise(300, 300)
+    png = bytearray(encode_png_array(pixels))
+    png[len(png) // 2] ^= 0xFF  # inside the IDAT's deflate data
+    with pytest.raises((OSError, SyntaxError, ValueError)), Image.open(io.BytesIO(bytes(png))) as image:
+        image.load()
