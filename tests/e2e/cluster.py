@@ -337,6 +337,27 @@ def offers(peer_id: str, pipelines: Sequence[str] = ()) -> Callable[[PeerList], 
     return check
 
 
+@dataclass(frozen=True)
+class Pair:
+    requester: NodeProcess
+    worker: NodeProcess
+
+
+async def launch_pair(
+    cluster: Cluster,
+    *,
+    serve: str,
+    pipelines: Sequence[str] = (),
+    requester_config: str = "",
+    timeout_s: float = 30.0,
+) -> Pair:
+    """The usual two nodes: a worker serving ``serve``, and a requester bootstrapped from it that sees its offer."""
+    worker = await cluster.launch("worker", serve=serve)
+    requester = await cluster.launch("requester", bootstrap=[worker.addr], config=requester_config)
+    await wait_for_peers(requester, offers(worker.peer_id, pipelines), timeout_s=timeout_s)
+    return Pair(requester, worker)
+
+
 async def cli(*args: str) -> str:
     """``lpnode ARGS`` as a child process; its stdout. Fails with its stderr if it exits non-zero."""
     result = await trio.run_process([*LPNODE, *args], capture_stdout=True, capture_stderr=True, check=False)
@@ -420,10 +441,12 @@ __all__ = [
     "Launch",
     "NodeNotReady",
     "NodeProcess",
+    "Pair",
     "WaitTimeout",
     "cli",
     "cluster_in_thread",
     "exactly",
+    "launch_pair",
     "offers",
     "open_cluster",
     "wait_for_peers",

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from .cluster import offers, open_cluster, wait_for_peers
+from .cluster import launch_pair, open_cluster, wait_for_peers
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +30,8 @@ LONG = QUICK | {"width": 256, "height": 256, "num_inference_steps": 50, "deadlin
 async def test_async_job_streams_progress_cancels_and_records_survive_a_restart(tmp_path: Path) -> None:
     with trio.fail_after(240):
         async with open_cluster(tmp_path) as nodes:
-            worker = await nodes.launch("worker", serve="tiny-sdxl")
-            requester = await nodes.launch("requester", bootstrap=[worker.addr])
-            await wait_for_peers(requester, offers(worker.peer_id), timeout_s=30)
+            pair = await launch_pair(nodes, serve="tiny-sdxl", timeout_s=30)
+            requester, worker = pair.requester, pair.worker
             async with requester.http() as client:
                 done = (await client.post("/text-to-image", json=QUICK)).json()
                 accepted = await client.post("/text-to-image", json=LONG, headers={"Prefer": "respond-async"})

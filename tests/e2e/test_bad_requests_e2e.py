@@ -27,7 +27,7 @@ import itertools
 import random
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -37,7 +37,7 @@ from lpnode.protocol import NodeKey
 from lpnode.protocol.names import JOB_PROTOCOL
 from PIL import Image
 
-from .cluster import Cluster, NodeProcess, cluster_in_thread, offers, wait_for_peers
+from .cluster import NodeProcess, Pair, cluster_in_thread, launch_pair
 
 pytestmark = pytest.mark.slow
 
@@ -58,24 +58,12 @@ T2I: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Pair:
-    requester: NodeProcess
-    worker: NodeProcess
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    async def start(cluster: Cluster) -> Pair:
-        worker = await cluster.launch("worker", serve="tiny-sdxl")
-        limit = f"max_input_bytes = {INPUT_LIMIT}\n"
-        requester = await cluster.launch("requester", bootstrap=[worker.addr], config=limit)
-        await wait_for_peers(requester, offers(worker.peer_id), timeout_s=30)
-        return Pair(requester, worker)
-
     # module-scoped: the processes live in a trio loop of their own, each test runs in its own
+    limit = f"max_input_bytes = {INPUT_LIMIT}\n"
     with cluster_in_thread(tmp_path_factory.mktemp("bad-requests")) as cluster:
-        yield cluster.call(start)
+        yield cluster.call(partial(launch_pair, serve="tiny-sdxl", requester_config=limit))
 
 
 def png(side: int, *, noise: bool = False) -> bytes:

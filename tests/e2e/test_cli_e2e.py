@@ -14,7 +14,7 @@ import json
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from lpnode.node.cli import main
 from lpnode.node.client import LpnodeClient
 from lpnode.protocol.receipts import verify_receipt
 
-from .cluster import LPNODE, Cluster, NodeProcess, cluster_in_thread, offers, wait_for_peers
+from .cluster import LPNODE, Pair, cluster_in_thread, launch_pair
 
 pytestmark = pytest.mark.slow
 
@@ -34,33 +34,21 @@ TINY = ["--max-price", "1000", "--deadline", "90"]
 T2I = ["--width", "64", "--height", "64", "--steps", "2", "--guidance", "0", *TINY]
 
 
-@dataclass(frozen=True)
-class Nodes:
-    requester: NodeProcess
-    worker: NodeProcess
-
-
 @pytest.fixture(scope="module")
-def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    async def start(cluster: Cluster) -> Nodes:
-        worker = await cluster.launch("worker", serve=WORKER_MODELS)
-        requester = await cluster.launch("requester", bootstrap=[worker.addr])
-        await wait_for_peers(requester, offers(worker.peer_id, sorted(PIPELINES)), timeout_s=30)
-        return Nodes(requester, worker)
-
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     # the processes live in a trio loop of their own: the tests call the CLI, which runs trio.run itself
     with cluster_in_thread(tmp_path_factory.mktemp("cli-e2e")) as cluster:
-        yield cluster.call(start)
+        yield cluster.call(partial(launch_pair, serve=WORKER_MODELS, pipelines=sorted(PIPELINES)))
 
 
-def lpnode(capsys: pytest.CaptureFixture[str], nodes: Nodes, *args: str | Path) -> tuple[int, str, str]:
+def lpnode(capsys: pytest.CaptureFixture[str], nodes: Pair, *args: str | Path) -> tuple[int, str, str]:
     offline = args[0] == "receipt"  # needs no node, takes no --data-dir
     code = main([*(str(a) for a in args), *([] if offline else [f"--data-dir={nodes.requester.data_dir}"])])
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def ask(nodes: Nodes, call: Any) -> Any:
+def ask(nodes: Pair, call: Any) -> Any:
     async def run() -> Any:
         async with LpnodeClient.from_data_dir(nodes.requester.data_dir) as client:
             with trio.fail_after(60):
@@ -70,7 +58,7 @@ def ask(nodes: Nodes, call: Any) -> Any:
 
 
 def test_txt2img_saves_the_image_and_a_receipt_that_verifies(
-    nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out.png"
     code, stdout, stderr = lpnode(capsys, nodes, "txt2img", "a lighthouse at dusk", "-o", out, "--seed", "11", *T2I)
@@ -90,7 +78,7 @@ def test_txt2img_saves_the_image_and_a_receipt_that_verifies(
     assert code == 1 and "output_mismatch" in stderr
 
 
-def test_several_images_are_numbered(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_several_images_are_numbered(nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "many.png"
     code, stdout, stderr = lpnode(
         capsys, nodes, "txt2img", "two lighthouses", "-o", out, "--num-images", "2", "--seed", "5", "--json", *T2I
@@ -104,7 +92,7 @@ def test_several_images_are_numbered(nodes: Nodes, tmp_path: Path, capsys: pytes
         assert verify_receipt((tmp_path / f"many-{i}.png.receipt").read_bytes()).spec.seed == 5 + i
 
 
-def test_readable_errors(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readable_errors(nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "x.png"
     code, stdout, stderr = lpnode(capsys, nodes, "txt2img", "x", "-o", out, "--model", "nobody/has-this", *T2I)
     assert (code, stdout) == (1, "")
@@ -127,7 +115,7 @@ def test_readable_errors(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFix
     assert not out.exists()
 
 
-def test_img2img_img2vid_interpolate(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_img2img_img2vid_interpolate(nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "in.png"
     assert lpnode(capsys, nodes, "txt2img", "a lighthouse", "-o", image, "--seed", "1", *T2I)[0] == 0
     runs = [
@@ -154,7 +142,7 @@ def test_img2img_img2vid_interpolate(nodes: Nodes, tmp_path: Path, capsys: pytes
 
 
 def test_workflow_run_saves_the_output_and_every_step_receipt(
-    nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = tmp_path / "chain.toml"
     spec.write_text(
@@ -188,7 +176,7 @@ async def _start_slow_job(client: LpnodeClient) -> str:
     return str(record["id"])
 
 
-def test_jobs_job_and_cancel(nodes: Nodes, capsys: pytest.CaptureFixture[str]) -> None:
+def test_jobs_job_and_cancel(nodes: Pair, capsys: pytest.CaptureFixture[str]) -> None:
     job_id = ask(nodes, _start_slow_job)
     code, stdout, stderr = lpnode(capsys, nodes, "cancel", job_id)
     assert (code, stdout.strip()) == (0, f"job {job_id} cancelled"), stderr
@@ -202,7 +190,7 @@ def test_jobs_job_and_cancel(nodes: Nodes, capsys: pytest.CaptureFixture[str]) -
     assert code == 1 and "(HTTP 404" in stderr
 
 
-def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Nodes, tmp_path: Path) -> None:
+def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Pair, tmp_path: Path) -> None:
     args = [*LPNODE, "txt2img", "a slow lighthouse", "-o", str(tmp_path / "never.png")]
     args += ["--width", "128", "--height", "128", "--steps", "50", "--max-price", "1000000000", "--deadline", "3600"]
     args += [f"--data-dir={nodes.requester.data_dir}"]
@@ -225,7 +213,7 @@ def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Nodes, tmp_path: Path) -> N
     assert latest["state"] == "cancelled"
 
 
-def test_upscale(nodes: Nodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_upscale(nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "in.png"
     assert lpnode(capsys, nodes, "txt2img", "a lighthouse", "-o", image, "--seed", "1", *T2I)[0] == 0
     big = tmp_path / "big.png"

@@ -16,7 +16,7 @@ import pytest
 import trio
 from lpnode.protocol.receipts import verify_receipt
 
-from .cluster import offers, open_cluster, wait_for_peers
+from .cluster import launch_pair, open_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +24,8 @@ pytestmark = pytest.mark.slow
 async def test_text_to_image_between_two_processes(tmp_path: Path) -> None:
     with trio.fail_after(150):
         async with open_cluster(tmp_path) as nodes:
-            worker = await nodes.launch("worker", serve="tiny-sdxl")
-            requester = await nodes.launch("requester", bootstrap=[worker.addr])
-            await wait_for_peers(requester, offers(worker.peer_id), timeout_s=20)
+            pair = await launch_pair(nodes, serve="tiny-sdxl", timeout_s=20)
+            requester, worker = pair.requester, pair.worker
             body = {
                 "prompt": "a lighthouse at dusk",
                 "width": 64,
