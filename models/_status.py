@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lpnode.protocol.advert import ModelOffer
+from lpnode.protocol.advert import ModelLimits, ModelOffer
 
 from .base import ImageToImageRequest, PipelineKind, RawOutput, Request
 from .outputs import RawImage
@@ -41,10 +41,23 @@ def model_offers(rows: Sequence[ModelStatus], price_per_mpx_step: int) -> tuple[
             warm=row.warm,
             speed_mpx_steps_per_s=row.speed_mpx_steps_per_s,
             price_per_mpx_step=price_per_mpx_step,
+            limits=advertised_limits(row.name),
         )
         for row in rows
         for kind in row.pipelines
     )
+
+
+def advertised_limits(preset: str) -> ModelLimits | None:
+    """The advert's limits of ``preset``; None for a model the registry does not know (e.g. simulated)."""
+    from .errors import UnknownModel
+    from .registry import spec  # imported here: the registry imports the adapters, which import this module
+
+    try:
+        lim = spec(preset).limits
+    except UnknownModel:
+        return None
+    return ModelLimits(lim.max_pixels, lim.max_side, lim.max_steps, lim.max_frames, lim.max_batch)
 
 
 def mpx_steps(request: Request, raw: RawOutput) -> float:

@@ -64,7 +64,15 @@ from .daemon import Node
 from .framing import FramedStream, FramingConfig
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream
-from .peer_choice import Candidate, Priority, ReputationView, describe_offers, rank_candidates, work_is_known
+from .peer_choice import (
+    Candidate,
+    Priority,
+    ReputationView,
+    describe_offers,
+    fit_offers,
+    rank_candidates,
+    work_is_known,
+)
 from .transfer import DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
 
 if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for the annotation
@@ -206,8 +214,18 @@ async def run_job(
     adverts = [record.advert for record in node.directory if record.advert.peer_id != node.peer_id]
     if allow_local and local is not None:
         adverts.append(node.publisher.build())  # the directory never holds our own advert
+    fitting, beyond_limits = fit_offers(adverts, spec)
+    wanted = spec.pipeline.value
+    if beyond_limits and not any(
+        o.pipeline == wanted and (not spec.model_id or o.model_id == spec.model_id) for a in fitting for o in a.models
+    ):
+        # every offer of this pipeline advertises limits the job exceeds: the request is what is wrong
+        raise ParametersRefused(
+            f"{spec.pipeline} parameters exceed the advertised limits of every model on offer: "
+            + "; ".join(beyond_limits[:8])
+        )
     candidates = rank_candidates(
-        adverts,
+        fitting,
         spec,
         max_price=max_price,
         rng=rng or random.Random(),

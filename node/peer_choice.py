@@ -43,6 +43,7 @@ record (DESIGN.md, step 3); never in front of a preferred peer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -50,7 +51,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from lpnode.protocol.advert import CapabilityAdvert, ModelOffer
+from lpnode.protocol.advert import CapabilityAdvert, ModelLimits, ModelOffer
 from lpnode.protocol.jobspec import JobSpec, UpscaleParams
 
 DEFAULT_EXPLORE_SHARE = 0.05  # one job in twenty tries a peer the ranking would not have picked first
@@ -144,6 +145,50 @@ def has_vram(advert: CapabilityAdvert, min_vram_bytes: int) -> bool:
     if min_vram_bytes <= 0:
         return True
     return any(gpu.kind != "cpu" and gpu.vram_total_bytes >= min_vram_bytes for gpu in advert.gpus)
+
+
+def limits_refusal(limits: ModelLimits | None, spec: JobSpec) -> str:
+    """Why an offer with ``limits`` cannot take ``spec`` ("" if it can, or if it advertises no limits).
+
+    Only what the spec's parameters say (size, steps, frames); input-sized work is the worker's to check.
+    """
+    if limits is None:
+        return ""
+    params = spec.params
+    width, height = getattr(params, "width", None), getattr(params, "height", None)
+    if width is not None and height is not None:
+        if max(width, height) > limits.max_side:
+            return f"{width}×{height} exceeds its {limits.max_side}-pixel side"
+        if width * height > limits.max_pixels:
+            return f"{width}×{height} exceeds its {limits.max_pixels} pixels"
+    steps = getattr(params, "num_inference_steps", None)
+    if steps is not None and steps > limits.max_steps:
+        return f"num_inference_steps {steps} exceeds its {limits.max_steps}"
+    frames = getattr(params, "num_frames", None)
+    if frames is not None and frames > limits.max_frames:
+        return f"num_frames {frames} exceeds its {limits.max_frames}"
+    return ""
+
+
+def fit_offers(adverts: Sequence[CapabilityAdvert], spec: JobSpec) -> tuple[list[CapabilityAdvert], list[str]]:
+    """``adverts`` without the offers whose advertised limits refuse ``spec``, and why each was dropped.
+
+    A requester asks only peers whose model can take the job; an offer without limits (an older
+    node) is kept and asked as before.
+    """
+    kept: list[CapabilityAdvert] = []
+    dropped: list[str] = []
+    for advert in adverts:
+        models = []
+        for offer in advert.models:
+            matches = offer in _offers_for(advert, spec)
+            reason = limits_refusal(offer.limits, spec) if matches else ""
+            if reason:
+                dropped.append(f"{offer.model_id} on {advert.peer_id[-12:]}: {reason}")
+            else:
+                models.append(offer)
+        kept.append(advert if len(models) == len(advert.models) else dataclasses.replace(advert, models=tuple(models)))
+    return kept, dropped
 
 
 def _offers_for(advert: CapabilityAdvert, spec: JobSpec) -> list[ModelOffer]:
@@ -249,9 +294,11 @@ __all__ = [
     "ReputationView",
     "describe_offers",
     "expected_seconds",
+    "fit_offers",
     "has_vram",
     "job_mpx_steps",
     "job_price",
+    "limits_refusal",
     "rank_candidates",
     "work_is_known",
 ]

@@ -3,7 +3,7 @@ codec, signatures and errors. Pure: no I/O, no clocks, no randomness."""
 
 from __future__ import annotations
 
-from .advert import CapabilityAdvert, GpuInfo, ModelOffer, sign_advert, verify_advert
+from .advert import CapabilityAdvert, GpuInfo, ModelLimits, ModelOffer, sign_advert, verify_advert
 from .codec import PROTOCOL_VERSION, canonical_bytes, decode, encode
 from .envelope import SignedEnvelope, open_envelope, seal
 from .errors import (
@@ -104,6 +104,7 @@ __all__ = [
     "LibraryVersion",
     "LpnodeError",
     "MalformedMessage",
+    "ModelLimits",
     "ModelOffer",
     "NetworkError",
     "NodeKey",

@@ -40,6 +40,25 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
+class ModelLimits:
+    """The largest job one model takes, so a requester can refuse what no offer fits before asking.
+
+    Mirrors the worker's preset limits; a worker still checks every job itself.
+    """
+
+    max_pixels: int  # width × height of one output image or frame
+    max_side: int  # pixels, either side of the output
+    max_steps: int  # num_inference_steps
+    max_frames: int  # output frames (1 for image pipelines)
+    max_batch: int  # requests the model runs together in one batch
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_side", "max_steps", "max_frames", "max_batch"):
+            if not 1 <= getattr(self, name) <= 1 << 40:
+                raise ValueError(f"ModelLimits.{name} must be within 1..2**40")
+
+
+@dataclass(frozen=True)
 class ModelOffer:
     """One model a node serves, for one pipeline."""
 
@@ -49,6 +68,9 @@ class ModelOffer:
     warm: bool  # loaded on the device now
     speed_mpx_steps_per_s: float  # measured megapixel-steps per second; 0.0 = not measured yet
     price_per_mpx_step: int  # price in micro-credits per megapixel-step
+    # Added after protocol 1 shipped: None (or absent on the wire, from an older node) = not
+    # advertised, and such a worker is asked as before.
+    limits: ModelLimits | None = None
 
     def __post_init__(self) -> None:
         if self.speed_mpx_steps_per_s < 0 or self.price_per_mpx_step < 0:

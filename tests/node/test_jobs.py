@@ -25,7 +25,6 @@ from lpnode.node.daemon import Node, serve_node
 from lpnode.node.framing import FramedStream
 from lpnode.node.gossip import WallClock
 from lpnode.node.job_requester import (
-    PARAMS_REFUSED,
     QUOTE_ABOVE_ADVERT,
     JobFailed,
     JobRequest,
@@ -201,7 +200,9 @@ async def test_parameters_every_model_refuses_are_the_requests_fault(pool: Model
         too_many_steps = JobRequest(T2I.pipeline, replace(T2I.params, num_inference_steps=60), MODEL)
         with pytest.raises(ParametersRefused, match="num_inference_steps") as caught:
             await run_job(requester.node, too_many_steps, max_price=10**7, deadline_s=BOUND_S, rng=no_exploring())
-        assert [a.outcome for a in caught.value.attempts] == [PARAMS_REFUSED, PARAMS_REFUSED]
+        # the adverts carry the model's limits: no peer is asked (a worker without them would refuse, PARAMS_REFUSED)
+        assert caught.value.attempts == () and "advertised limits" in str(caught.value)
+        assert completed(*workers) == [0, 0]  # type: ignore[arg-type]
 
 
 async def test_worker_vanishing_mid_job_completes_on_another_and_records_both(pool: ModelPool) -> None:
