@@ -229,7 +229,7 @@ class Cluster:
         self._starting.append((process, log))
         try:
             with trio.move_on_after(self.startup_s) as waited:
-                text = await _read_banner(process)
+                text = await _read_banner(process, log)
             if waited.cancelled_caught:
                 raise NodeNotReady(f"{name} printed no banner within {self.startup_s} s; log:\n{_tail(log)}")
         except BaseException:
@@ -252,6 +252,8 @@ class Cluster:
                 if process.returncode is None:
                     process.kill()
                 await process.wait()
+                if process.stdout is not None:
+                    await process.stdout.aclose()  # our end of its banner pipe
             for node in self.nodes:
                 await node.client.aclose()
 
@@ -271,13 +273,13 @@ async def open_cluster(
         await cluster.aclose()
 
 
-async def _read_banner(process: trio.Process) -> str:
+async def _read_banner(process: trio.Process, log: Path) -> str:
     assert process.stdout is not None
     text = b""
     while b"data dir" not in text:  # the banner's last line; stdout carries nothing else
         chunk = await process.stdout.receive_some()
         if not chunk:
-            raise NodeNotReady(f"lpnode run exited with {await process.wait()} before it was ready")
+            raise NodeNotReady(f"lpnode run exited with {await process.wait()} before it was ready; log:\n{_tail(log)}")
         text += chunk
         if len(text) > BANNER_MAX_BYTES:
             raise NodeNotReady(f"lpnode run printed {len(text)} bytes and no banner: {text[:500]!r}")
