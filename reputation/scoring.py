@@ -33,9 +33,9 @@ ages (an honest peer's apparent failure rate would drift towards
 half-life the ratio of the counts estimates the recent failure rate without
 bias, and the test forgets a past older than a few half-lives, so a long honest
 past buys no lasting credit either. Ville's bound is exact for an undecayed
-test; with the decay it holds for spans short against the half-life (the
-simulation's 10,000 jobs span 7 days of a 14-day half-life) and per such span
-over a long life.
+test; with the decay it holds over spans short against the half-life (the
+simulation's 10,000 jobs span 7 days of a 14-day half-life); docs/verification.md
+measures 120-day lives.
 
 Pure functions over an explicit ``now`` (unix seconds); nothing here reads a clock.
 """
@@ -86,9 +86,9 @@ class ScoringConfig:
     ban_honest_rate: float = 0.002
     ban_cheat_rate: float = 0.10  # SPRT p1: the failure rate of the cheater the targets name
     # SPRT bound ln(A): an honest peer failing <= p0 of its checks is ever banned with chance <= e**-5 ~ 0.7 %.
-    # A blame adds ln 50 = 3.9, a passed check -0.10: 2 blames ban within ~27 passed checks of each other's
-    # company, 3 within ~65. Higher is safer for honest peers and slower for cheaters: the sweep is in
-    # docs/verification.md.
+    # A blame adds ln 50 = 3.9, a passed check -0.10: 2 blames ban with at most 27 passed checks between them,
+    # 3 with at most ~65. Higher is safer for honest peers and slower for cheaters: the sweep is in
+    # docs/verification.md (python -m lpnode.reputation.calibrate --sweep).
     ban_log_ratio: float = 5.0
     # Both ban counts fade with this one half-life, so the test reads an unbiased recent failure rate (the score's
     # counts fade good faster than bad on purpose, which would push an ageing honest peer towards a ban).
