@@ -88,8 +88,12 @@ class JobCancelled(LpnodeError):
 class RecordBook(Protocol):
     """Persistent job records (:class:`StoredRecords` over SQLite; :class:`MemoryRecordBook` in tests)."""
 
-    async def create(self, kind: str, request: Record, parent_id: str | None, now: float) -> Record: ...
-    async def update(self, record: Record, now: float) -> None: ...  # state, result, error, attempts, progress
+    # state: "queued", or "running" for a job that starts at once
+    async def create(
+        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = ...
+    ) -> Record: ...
+    # state, result, error, attempts, progress; receipts ((n, bytes)) in the same transaction
+    async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ...) -> None: ...
     async def get(self, job_id: str) -> Record | None: ...
     async def list(self, limit: int, state: str | None) -> list[Record]: ...  # newest first
     async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None: ...
@@ -101,6 +105,8 @@ class OutputSink(Protocol):
     """Verified outputs by hex sha256 (content-addressed files on disk; a dict in tests)."""
 
     async def put(self, sha256: str, media_type: str, data: bytes) -> None: ...
+    # (sha256, media type, bytes) whose hashes the caller checked; durable when it returns
+    async def put_verified(self, outputs: Sequence[tuple[str, str, bytes]]) -> None: ...
     async def get(self, sha256: str) -> tuple[str, bytes] | None: ...
 
 
@@ -111,11 +117,13 @@ class MemoryRecordBook:
         self._records: dict[str, Record] = {}
         self._receipts: dict[tuple[str, int], bytes] = {}
 
-    async def create(self, kind: str, request: Record, parent_id: str | None, now: float) -> Record:
+    async def create(
+        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = QUEUED
+    ) -> Record:
         record: Record = {
             "id": "job_" + secrets.token_hex(12),
             "kind": kind,
-            "state": QUEUED,
+            "state": state,
             "created_at": now,
             "updated_at": now,
             "request": request,
@@ -128,8 +136,10 @@ class MemoryRecordBook:
         self._records[record["id"]] = _copy(record)
         return record
 
-    async def update(self, record: Record, now: float) -> None:
+    async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ()) -> None:
         self._records[record["id"]] = _copy(record) | {"updated_at": now}
+        for n, receipt in receipts:
+            self._receipts[(record["id"], n)] = receipt
 
     async def get(self, job_id: str) -> Record | None:
         found = self._records.get(job_id)
@@ -207,7 +217,10 @@ class _Live:
     listeners: set[EventSink] = field(default_factory=set)
     error: LpnodeError | None = None  # what a failed job raised, for the sync answer
     cancel_requested: bool = False
-    receipts: int = 0  # receipts stored so far (their n)
+    receipts: int = 0  # receipts made so far (their n)
+    # receipts not yet written: they go in one transaction with the final record
+    pending_receipts: list[tuple[int, bytes]] = field(default_factory=list)
+    slot: object | None = None  # the borrower holding a running slot since submit, if it got one at once
 
 
 StepWork = Callable[["_Live"], Awaitable[dict[str, Any]]]
@@ -267,13 +280,21 @@ class JobManager:
         async def work(live: _Live) -> dict[str, Any]:
             return await self.execute(live, prepared)
 
-        self._nursery.start_soon(self._run, live, work)
+        self._start(live, work)
         return str(live.record["id"])
+
+    def _start(self, live: _Live, work: StepWork) -> None:
+        try:
+            self._nursery.start_soon(self._run, live, work)
+        except BaseException:  # the manager is closing: the task will never free its slot
+            if live.slot is not None:
+                self._running.release_on_behalf_of(live.slot)
+            raise
 
     async def submit_work(self, kind: str, request: Record, work: StepWork) -> str:
         """A request whose work is a coroutine of its own (workflows); same bounds and lifecycle."""
         live = await self._admit(kind, request, None)
-        self._nursery.start_soon(self._run, live, work)
+        self._start(live, work)
         return str(live.record["id"])
 
     async def wait(self, job_id: str) -> Record:
@@ -330,22 +351,48 @@ class JobManager:
     # ------------------------------------------------------------ running
 
     async def _admit(self, kind: str, request: Record, parent_id: str | None) -> _Live:
+        """A new live record: created ``running`` when it may start at once (a workflow's step runs in
+        its parent's slot; a request takes a free slot now), so most jobs cost one write, not two."""
+        slot: object | None = None
         if parent_id is None:
             active = sum(1 for live in self._live.values() if live.record["parent_id"] is None)
             if active >= self._max_jobs:
                 raise ManagerBusy(f"{active} requests are queued or running on this node (its limit); retry later")
-        record = await self.book.create(kind, request, parent_id, self._wall_clock())
-        live = _Live(record)
+            slot = object()
+            try:
+                self._running.acquire_on_behalf_of_nowait(slot)  # WouldBlock also when others wait: fair
+            except trio.WouldBlock:
+                slot = None
+        state = RUNNING if slot is not None or parent_id is not None else QUEUED
+        try:
+            record = await self.book.create(kind, request, parent_id, self._wall_clock(), state)
+        except BaseException:
+            if slot is not None:
+                self._running.release_on_behalf_of(slot)
+            raise
+        live = _Live(record, slot=slot)
         self._live[record["id"]] = live
         return live
+
+    @asynccontextmanager
+    async def _running_slot(self, live: _Live) -> AsyncIterator[None]:
+        """Hold one of ``max_running`` slots: the one taken at submit, or the next free one (then say so)."""
+        if live.slot is not None:
+            try:
+                yield
+            finally:
+                self._running.release_on_behalf_of(live.slot)
+            return
+        async with self._running:
+            await self._set_state(live, RUNNING)
+            yield
 
     async def _run(self, live: _Live, work: StepWork) -> None:
         """A request's task root: everything that can go wrong ends in the record."""
         final = FAILED
         try:
             with live.scope:
-                async with self._running:
-                    await self._set_state(live, RUNNING)
+                async with self._running_slot(live):
                     live.record["result"] = await work(live)
                     final = SUCCEEDED
             if live.scope.cancelled_caught:
@@ -403,11 +450,12 @@ class JobManager:
     async def _response(self, live: _Live, jobs: Sequence[JobRequest], outcomes: Sequence[JobOutcome]) -> Record:
         images: list[dict[str, Any]] = []
         infos: list[dict[str, Any]] = []
+        outputs: list[tuple[str, str, bytes]] = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             for hashes, data in zip(outcome.receipt.outputs, outcome.outputs, strict=True):
-                await self.outputs.put(hashes.sha256, hashes.media_type, data)
+                outputs.append((hashes.sha256, hashes.media_type, data))
                 images.append({"url": output_url(hashes.sha256), "seed": job.seed, "nsfw": False})
-            await self.book.add_receipt(live.record["id"], live.receipts, outcome.receipt_bytes)
+            live.pending_receipts.append((live.receipts, outcome.receipt_bytes))
             live.receipts += 1
             infos.append(
                 {
@@ -419,6 +467,11 @@ class JobManager:
                     "attempts": [_attempt(a) for a in outcome.attempts],
                 }
             )
+        # The requester hashed every received byte against the signed receipt (JobOutcome.outputs):
+        # stored without a second hash, in one batch. Durable when this returns, and only then is
+        # the record saved as succeeded (with the receipts, in one transaction): a record never
+        # names an output a crash could have lost.
+        await self.outputs.put_verified(outputs)
         return {"images": images, "jobs": infos, "request_id": live.record["id"]}
 
     # ------------------------------------------------------------ children (workflow steps)
@@ -437,8 +490,7 @@ class JobManager:
 
         child.listeners.add(_Forward(forward))
         final = FAILED
-        try:
-            await self._set_state(child, RUNNING)
+        try:  # created running (_admit): it runs in its parent's slot
             result = await self.execute(child, prepared)
             child.record["result"] = result
             final = SUCCEEDED
@@ -452,9 +504,8 @@ class JobManager:
         finally:
             parent.record["attempts"] = [*parent.record["attempts"], *child.record["attempts"]]
             await self._finish(child, final)
-        receipt = await self.book.receipt(child.record["id"], 0)
-        if receipt is not None:  # the workflow's receipt n is step n's
-            await self.book.add_receipt(parent.record["id"], parent.receipts, receipt)
+        if child.pending_receipts:  # the workflow's receipt n is step n's, saved with the workflow's record
+            parent.pending_receipts.append((parent.receipts, child.pending_receipts[0][1]))
             parent.receipts += 1
         sha = result["images"][0]["url"].rsplit("/", 1)[-1]
         found = await self.outputs.get(sha)
@@ -478,12 +529,12 @@ class JobManager:
         for listener in list(live.listeners):
             listener.push(event)
 
-    async def _set_state(self, live: _Live, state: str) -> None:
+    async def _set_state(self, live: _Live, state: str, receipts: Sequence[tuple[int, bytes]] = ()) -> None:
         live.record["state"] = state
         live.record["updated_at"] = now = self._wall_clock()
         for listener in list(live.listeners):
             listener.push(JobEvent("state", {"state": state}))
-        await self.book.update(live.record, now)
+        await self.book.update(live.record, now, receipts)
 
     async def _finish(self, live: _Live, state: str) -> None:
         if state == SUCCEEDED:
@@ -491,7 +542,7 @@ class JobManager:
         # shielded: the final record is saved even while the node stops (then as interrupted)
         with trio.CancelScope(shield=True), trio.move_on_after(SAVE_GRACE_S):
             try:
-                await self._set_state(live, state)
+                await self._set_state(live, state, live.pending_receipts)
             except LpnodeError as exc:
                 log.error("job %s ended %s but its record could not be saved: %s", live.record["id"], state, exc)
         record = _copy(live.record)

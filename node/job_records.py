@@ -22,7 +22,7 @@ import json
 import re
 import secrets
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -227,17 +227,26 @@ class JobRecords:
         self._live: dict[str, _Live] = {}
 
     async def create(
-        self, kind: str, request: Mapping[str, Any], *, parent_id: str | None = None, now: float
+        self,
+        kind: str,
+        request: Mapping[str, Any],
+        *,
+        parent_id: str | None = None,
+        now: float,
+        state: JobState = JobState.QUEUED,
     ) -> JobRecord:
-        """A new ``queued`` record; ``parent_id`` must name an existing record."""
+        """A new ``queued`` record (or ``running``, for a job that starts at once: one write, not two);
+        ``parent_id`` must name an existing record."""
         if not _KIND.fullmatch(kind):
             raise InvalidRecord(f"job kind {kind!r} is not a short lowercase name")
+        if JobState(state) in TERMINAL:
+            raise InvalidRecord(f"a record starts queued or running, not {state}")
         request_json = _encode("request", dict(request))
         progress = initial_progress()
         record = JobRecord(
             id="job_" + secrets.token_hex(12),
             kind=kind,
-            state=JobState.QUEUED,
+            state=JobState(state),
             created_at=now,
             updated_at=now,
             request=json.loads(request_json),  # a copy: the caller's dict may change after this
@@ -268,15 +277,21 @@ class JobRecords:
         error: Mapping[str, Any] | None = None,
         attempts: list[dict[str, Any]] | None = None,
         progress: Mapping[str, Any] | None = None,
+        receipts: Sequence[tuple[int, bytes]] = (),
         now: float,
     ) -> JobRecord:
         """Change the given fields (None = leave as is) and ``updated_at``; answer the new record.
 
+        ``receipts`` ((index, signed bytes), as :meth:`add_receipt` takes them) are kept in the
+        same transaction: a job's final record and its receipts land together or not at all.
         Raises :class:`UnknownJob`, or :class:`JobFinished` when the record is already terminal:
         a finished record is never reopened or rewritten.
         """
+        for index, receipt in receipts:
+            _check_receipt(index, receipt)
         progress_json = None if progress is None else _encode("progress", dict(progress))
-        if state is None and result is None and error is None and attempts is None and progress_json is not None:
+        quiet = state is None and result is None and error is None and attempts is None and not receipts
+        if quiet and progress_json is not None:
             live = self._live.get(job_id)
             if live is not None:
                 return await self._progress_only(live, json.loads(progress_json), progress_json, now)
@@ -302,6 +317,14 @@ class JobRecords:
             )
             if row is None:
                 found = await tx.fetch_one("SELECT state FROM jobs WHERE id = ?", (job_id,))
+            elif receipts:
+                try:
+                    await tx.executemany(
+                        "INSERT INTO job_receipts (job_id, idx, receipt) VALUES (?, ?, ?)",
+                        [(job_id, index, bytes(receipt)) for index, receipt in receipts],
+                    )
+                except ConstraintViolation as exc:
+                    raise InvalidRecord(f"job {job_id} already has one of receipts {[i for i, _ in receipts]}") from exc
         if row is None:
             if found is None:
                 raise UnknownJob(job_id)
@@ -418,10 +441,7 @@ class JobRecords:
 
     async def add_receipt(self, job_id: str, index: int, receipt: bytes) -> None:
         """Keep the signed receipt of the record's ``index``-th network job (0-based; once per index)."""
-        if not 0 <= index < MAX_RECEIPTS_PER_JOB:
-            raise InvalidRecord(f"receipt index {index} is outside 0..{MAX_RECEIPTS_PER_JOB - 1}")
-        if len(receipt) > MAX_RECEIPT_BYTES:
-            raise RecordTooLarge("receipt", len(receipt), MAX_RECEIPT_BYTES)
+        _check_receipt(index, receipt)
         try:
             await self._store.execute(
                 "INSERT INTO job_receipts (job_id, idx, receipt) VALUES (?, ?, ?)", (job_id, index, bytes(receipt))
@@ -467,6 +487,13 @@ class JobRecords:
     def _freshest(self, record: JobRecord) -> JobRecord:
         live = self._live.get(record.id)
         return record if live is None else live.record
+
+
+def _check_receipt(index: int, receipt: bytes) -> None:
+    if not 0 <= index < MAX_RECEIPTS_PER_JOB:
+        raise InvalidRecord(f"receipt index {index} is outside 0..{MAX_RECEIPTS_PER_JOB - 1}")
+    if len(receipt) > MAX_RECEIPT_BYTES:
+        raise RecordTooLarge("receipt", len(receipt), MAX_RECEIPT_BYTES)
 
 
 def _check_limit(limit: int) -> None:

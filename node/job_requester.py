@@ -382,14 +382,18 @@ class _Try:
         receipt = machine.receipt
         assert receipt is not None and self.framed is not None
         outputs: list[bytes] = []
+        received: list[str] = []
         try:
             for out in receipt.outputs:
                 limits = TransferLimits(max_total_bytes=out.size_bytes)
                 got = await receive_transfer(self.framed, limits, expected_sha256=bytes.fromhex(out.sha256))
                 outputs.append(got.data)
-            # The transfer checked each hash already; the machine checks them against the receipt once more,
-            # so "done" is only ever reached through the signed hashes.
-            await self._apply(machine.outputs_received([hashlib.sha256(o).hexdigest() for o in outputs], self.now()))
+                # receive_transfer hashed every byte it returns and checked that hash against the header's:
+                # the header's hash is the hash of these bytes, no need to hash them a second time
+                received.append(got.header.sha256.hex())
+            # The machine checks those hashes against the receipt, so "done" is only ever reached
+            # through the signed hashes.
+            await self._apply(machine.outputs_received(received, self.now()))
         except OutputMismatch as exc:
             self._end("output_mismatch", str(exc))
             return None

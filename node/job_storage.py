@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 from lpnode.node.job_manager import Record
 from lpnode.node.job_records import JOB_MIGRATIONS, JobRecords, JobState
-from lpnode.node.output_files import OutputFiles
+from lpnode.node.output_files import OutputFiles, Verified
 from lpnode.node.store import Migration, Store, open_store
 
 DATABASE_FILE = "lpnode.db"
@@ -28,10 +28,13 @@ class StoredRecords:
         self._records = records
         self.store = store  # the node's database, shared with other components (the reputation store)
 
-    async def create(self, kind: str, request: Record, parent_id: str | None, now: float) -> Record:
-        return (await self._records.create(kind, request, parent_id=parent_id, now=now)).to_json()
+    async def create(
+        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = "queued"
+    ) -> Record:
+        created = await self._records.create(kind, request, parent_id=parent_id, now=now, state=JobState(state))
+        return created.to_json()
 
-    async def update(self, record: Record, now: float) -> None:
+    async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ()) -> None:
         await self._records.update(
             record["id"],
             state=JobState(record["state"]),
@@ -39,6 +42,7 @@ class StoredRecords:
             error=record["error"],
             attempts=record["attempts"],
             progress=record["progress"],
+            receipts=receipts,
             now=now,
         )
 
@@ -68,6 +72,9 @@ class FileOutputs:
 
     async def put(self, sha256: str, media_type: str, data: bytes) -> None:
         await trio.to_thread.run_sync(self._files.put, sha256, media_type, data)
+
+    async def put_verified(self, outputs: Sequence[Verified]) -> None:
+        await trio.to_thread.run_sync(self._files.put_verified, outputs)
 
     async def get(self, sha256: str) -> tuple[str, bytes] | None:
         found: tuple[str, bytes] | None = await trio.to_thread.run_sync(self._files.get, sha256)

@@ -2,6 +2,7 @@
 
     files = OutputFiles(data_dir / "outputs", max_bytes=2 * 1024**3)
     await trio.to_thread.run_sync(files.put, sha256_hex, "image/png", data)
+    await trio.to_thread.run_sync(files.put_verified, [(sha256_hex, "image/png", data), ...])  # hashes checked
     found = await trio.to_thread.run_sync(files.get, sha256_hex)      # (media type, bytes) or None
 
 The methods are plain blocking functions (file I/O and hashing): call them through
@@ -13,6 +14,12 @@ for the media types we produce (``.png``, ``.mp4``, ...) and ``<type>~<subtype>`
 other (``~`` cannot occur in a media type), so the media type needs no sidecar file and a
 file is complete the moment it has its name. Writes are atomic: a ``.tmp-*`` file, fsync,
 rename, fsync of the directory; a crash leaves at most a temp file, removed at the next start.
+:meth:`OutputFiles.put_verified` stores several outputs whose hashes the caller has already
+checked (the job transfer hashed every byte received against the signed receipt): no second
+hash, and one directory fsync for the whole batch. Each file is still fsynced before its rename
+(so a name never points at bytes that a power loss could lose) and the batch returns only once
+the directory is synced: a caller that records the job as done after it returns never records
+an output that is not on disk.
 
 Bounded: past ``max_bytes`` the least recently written outputs are deleted (writing an output
 that is already there counts as writing it again). Names are checked to be 64 lowercase hex
@@ -28,12 +35,13 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lpnode.protocol.errors import LpnodeError
 
-__all__ = ["MEDIA_SUFFIXES", "OutputEntry", "OutputFileError", "OutputFiles", "check_sha256"]
+__all__ = ["MEDIA_SUFFIXES", "OutputEntry", "OutputFileError", "OutputFiles", "Verified", "check_sha256"]
 
 # The media types lpnode's pipelines produce or take, with their usual file extension.
 MEDIA_SUFFIXES: dict[str, str] = {
@@ -49,6 +57,9 @@ _SUFFIX_MEDIA = {suffix: media for media, suffix in MEDIA_SUFFIXES.items()}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MEDIA_PART = re.compile(r"[a-z0-9][\w.+-]{0,62}")  # one side of type/subtype (RFC 6838 restricted names)
 _TMP_PREFIX = ".tmp-"
+
+# (hex sha256, media type, bytes) of an output whose hash the caller has checked
+Verified = tuple[str, str, bytes]
 
 
 class OutputFileError(LpnodeError):
@@ -126,37 +137,59 @@ class OutputFiles:
     def put(self, sha256: str, media_type: str, data: bytes) -> OutputEntry:
         """Store ``data`` (whose sha256 must be ``sha256``) durably; answer where it lies."""
         check_sha256(sha256)
-        suffix = _suffix(media_type)
-        if len(data) > self.max_bytes:
-            raise OutputFileError("too_large", f"{len(data)} bytes, the store holds at most {self.max_bytes}")
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             raise OutputFileError("hash_mismatch", f"data hashes to {actual}, not {sha256}")
-        path = self.directory / f"{sha256}.{suffix}"
-        entry = OutputEntry(sha256, _SUFFIX_MEDIA.get(suffix) or suffix.replace("~", "/"), len(data), path)
-        with self._lock:
-            existing = self._entries.get(sha256)
-            if existing is not None and existing.path == path and path.exists():
-                os.utime(path)  # same bytes, same name: only "written again" for eviction
-                self._entries.move_to_end(sha256)
-                return existing
-        tmp = self._write_temp(data)
-        with self._lock:
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            self._fsync_directory()
-            old = self._entries.pop(sha256, None)
-            if old is not None:
-                self._total -= old.size_bytes
-                if old.path != path:  # the same bytes stored before under another media type
-                    old.path.unlink(missing_ok=True)
-            self._entries[sha256] = entry
-            self._total += entry.size_bytes
-            self._evict()
-        return entry
+        return self.put_verified([(sha256, media_type, data)])[0]
+
+    def put_verified(self, outputs: Sequence[Verified]) -> list[OutputEntry]:
+        """Store outputs whose sha256 the caller has checked already (not hashed again), durably.
+
+        One directory fsync for the batch, after every rename: nothing is reported stored before
+        the names are on disk. The caller vouches for the hashes: a wrong one would only make
+        :meth:`get` find a mismatch later, delete the file and answer None, never serve it.
+        """
+        planned: list[tuple[OutputEntry, bytes]] = []
+        for sha256, media_type, data in outputs:
+            check_sha256(sha256)
+            suffix = _suffix(media_type)
+            if len(data) > self.max_bytes:
+                raise OutputFileError("too_large", f"{len(data)} bytes, the store holds at most {self.max_bytes}")
+            path = self.directory / f"{sha256}.{suffix}"
+            media = _SUFFIX_MEDIA.get(suffix) or suffix.replace("~", "/")
+            planned.append((OutputEntry(sha256, media, len(data), path), data))
+        stored: list[OutputEntry] = []
+        renamed = False
+        try:
+            for entry, data in planned:
+                with self._lock:
+                    existing = self._entries.get(entry.sha256)
+                    if existing is not None and existing.path == entry.path and entry.path.exists():
+                        os.utime(entry.path)  # same bytes, same name: only "written again" for eviction
+                        self._entries.move_to_end(entry.sha256)
+                        stored.append(existing)
+                        continue
+                tmp = self._write_temp(data)
+                with self._lock:
+                    try:
+                        os.replace(tmp, entry.path)
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)
+                        raise
+                    renamed = True
+                    old = self._entries.pop(entry.sha256, None)
+                    if old is not None:
+                        self._total -= old.size_bytes
+                        if old.path != entry.path:  # the same bytes stored before under another media type
+                            old.path.unlink(missing_ok=True)
+                    self._entries[entry.sha256] = entry
+                    self._total += entry.size_bytes
+                    self._evict()
+                stored.append(entry)
+        finally:
+            if renamed:
+                self._fsync_directory()  # the renames are durable only once the directory entries are
+        return stored
 
     def get(self, sha256: str) -> tuple[str, bytes] | None:
         """(media type, bytes) of a stored output, or None. The bytes are re-hashed: a file changed

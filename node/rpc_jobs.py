@@ -14,7 +14,7 @@ cancelled too. With ``Prefer: respond-async`` the answer is 202 with
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -66,6 +66,10 @@ class OutputStore:
             _, (_, old) = self._items.popitem(last=False)
             self._bytes -= len(old)
 
+    async def put_verified(self, outputs: Sequence[tuple[str, str, bytes]]) -> None:
+        for sha256, media_type, data in outputs:
+            await self.put(sha256, media_type, data)
+
     async def get(self, sha256: str) -> tuple[str, bytes] | None:
         return self._items.get(sha256)
 
@@ -110,7 +114,9 @@ async def respond(manager: JobManager, job_id: str, request: Request) -> Any:
         record = await manager.get(job_id)
         return JSONResponse(record, status_code=HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job_id}"})
     record = await manager.wait_result(job_id)
-    return record["result"]
+    # Already the documented shape (ImageResponse, still the endpoints' response_model for OpenAPI),
+    # built by the manager from checked values: sent as it is, not validated and re-encoded again.
+    return JSONResponse(record["result"])
 
 
 def jobs_router(
