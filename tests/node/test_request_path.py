@@ -118,7 +118,9 @@ async def test_a_network_job_costs_two_record_writes_and_one_output_batch(pool: 
         runner = requester_runner(requester.node)
         async with open_job_manager(records, FileOutputs(files), runner, status_for=status_for) as manager:
             with trio.fail_after(BOUND_S):
-                job_id = await manager.submit(prepare(body.model_copy(update={"num_images_per_prompt": 2}), {}, 1 << 20))
+                job_id = await manager.submit(
+                    prepare(body.model_copy(update={"num_images_per_prompt": 2}), {}, 1 << 20)
+                )
                 result = (await manager.wait_result(job_id))["result"]
             receipts = [await manager.receipt(job_id, n) for n in (0, 1)]
     assert records.writes == ["create running", "update succeeded +2 receipts"]
