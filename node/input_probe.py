@@ -1,5 +1,8 @@
 """The size of a job's input file from its header or container, nothing decoded.
 
+Every image or video input is probed by the requester before any peer is contacted
+(``rpc_job_bodies.probe_inputs``): a file that cannot be read is a 422 naming its field.
+
 A requester declares what it sends to an upscale (``UpscaleParams.input_*``) so
 the worker can bound and price the work when it quotes. The worker reads the
 same facts from the file it receives (``lpnode.models.upscale.probe_upscale_input``)
@@ -36,7 +39,10 @@ def probe_input(kind: str, data: bytes) -> InputSize:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                # Its structure checked to the end (PNG: every chunk and its CRC) without decoding
+                # pixels: a header followed by junk or a truncated file is caught here, cheaply.
+                img.verify()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InputUnreadable(f"not a readable image ({exc})") from exc
         return InputSize(int(width), int(height), 1)
     if kind == VIDEO:

@@ -293,6 +293,7 @@ class JobWorker:
                     await job.on_message(msg)
 
         output = None
+        failure: tuple[ErrorCode, str] | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_requester)
             nursery.start_soon(forward_progress)
@@ -303,9 +304,17 @@ class JobWorker:
                         self.hooks.run_started()
                     output = await self.pool.run(job.model_name, request_for_pool, progress=on_progress)
                 except PoolBusy as exc:
-                    await job.apply(machine.fail(ErrorCode.CANCELLED, f"busy: {exc}"[:400], self.now_ms()))
+                    failure = ErrorCode.CANCELLED, f"busy: {exc}"
                 except ModelError as exc:
-                    await job.apply(machine.fail(error_code(exc), str(exc)[:400], self.now_ms()))
+                    failure = error_code(exc), str(exc)
+                except Exception as exc:  # a bug in a model: this job fails with a word, the node serves on
+                    log.exception("job %s: the run failed", machine.job_id[:12])
+                    failure = ErrorCode.INTERNAL, f"the worker's run failed ({type(exc).__name__})"
+            if failure is not None:
+                # Outside run_scope: failing the machine aborts the run (cancels run_scope), and a
+                # JobError sent inside that scope would be cancelled on its way out, so the
+                # requester would read a bare end of stream instead of the typed error.
+                await job.apply(machine.fail(failure[0], failure[1][:400], self.now_ms()))
             send_progress.close()
             nursery.cancel_scope.cancel()
         if output is None or machine.ended:

@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from lpnode.node.input_probe import InputUnreadable, probe_input
+from lpnode.node.input_probe import InputSize, InputUnreadable, probe_input
 from lpnode.node.job_requester import JobRequest, Params, build_spec, media_type_of
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobspec import (
@@ -247,15 +247,35 @@ def input_summary(inputs: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
     return {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for name, data in inputs.items()}
 
 
-def declare_input(job: JobRequest, inputs: Mapping[str, bytes]) -> JobRequest:
-    """An upscale job with its input's size declared (so workers price it at quote time); 422 if unreadable."""
+def probe_inputs(inputs: Mapping[str, bytes]) -> dict[str, InputSize]:
+    """Every image or video input read as far as its size (images checked whole); 422 naming the field if not.
+
+    Done for every pipeline before any peer is contacted: a file that is not what its field says
+    is the request's fault, and sending it out would only cost a worker a quote, a reservation and
+    an input transfer to find that out.
+    """
+    sizes: dict[str, InputSize] = {}
+    for name, data in inputs.items():
+        if name not in FILE_FIELDS:
+            continue
+        try:
+            sizes[name] = probe_input(name, data)
+        except InputUnreadable as exc:
+            raise invalid(f"{name}: {exc}", "body", name) from None
+    return sizes
+
+
+def declare_input(
+    job: JobRequest, inputs: Mapping[str, bytes], sizes: Mapping[str, InputSize] | None = None
+) -> JobRequest:
+    """An upscale job with its input's size declared (so workers price it at quote time); 422 if unreadable.
+
+    ``sizes``: the inputs already probed (:func:`probe_inputs`), so no file is read twice.
+    """
     if not isinstance(job.params, UpscaleParams) or len(inputs) != 1:
         return job
     ((name, data),) = inputs.items()
-    try:
-        size = probe_input(name, data)
-    except InputUnreadable as exc:
-        raise invalid(f"{name}: {exc}", "body", name) from None
+    size = (sizes or {}).get(name) or probe_inputs({name: data})[name]
     params = dataclasses.replace(
         job.params, input_width=size.width, input_height=size.height, input_frames=size.num_frames
     )
@@ -275,7 +295,8 @@ def prepare(
     try:
         jobs = tuple(body.job_requests())
         if declare:
-            jobs = tuple(declare_input(job, inputs) for job in jobs)
+            sizes = probe_inputs(inputs)
+            jobs = tuple(declare_input(job, inputs, sizes) for job in jobs)
         for job in jobs:
             build_spec(job, inputs, max_output_bytes)  # the spec's own checks, before any peer is asked
     except ValueError as exc:
@@ -405,6 +426,7 @@ __all__ = [
     "invalid",
     "name_inputs",
     "prepare",
+    "probe_inputs",
     "read_body",
     "read_form",
     "read_json",

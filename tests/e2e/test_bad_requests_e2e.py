@@ -189,11 +189,6 @@ async def test_invalid_parameters_are_422_before_any_peer_is_contacted(pair: Pai
     assert (await counters(pair.requester))["outbound_streams"] > requester_before["outbound_streams"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product gap: only an upscale input is probed before the job goes out; an image-to-image input that "
-    "is no image (PNG magic, then junk) is sent to peers instead of refused with 422 (rpc_job_bodies.declare_input)",
-)
 async def test_an_unreadable_image_is_422_before_any_peer_is_contacted(pair: Pair) -> None:
     worker_before = await counters(pair.worker)
     with trio.fail_after(BOUND_S):
@@ -204,6 +199,7 @@ async def test_an_unreadable_image_is_422_before_any_peer_is_contacted(pair: Pai
                 data={"prompt": "night", "num_inference_steps": "2", "verification": "none", "deadline": "5"},
             )
     assert (answer.status_code, answer.json()["error"]) == (422, "invalid_request"), answer.text
+    assert "image" in answer.json()["message"]  # names the field
     assert await counters(pair.worker) == worker_before
 
 

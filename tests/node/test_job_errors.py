@@ -1,0 +1,36 @@
+"""A job that fails inside the worker ends with a typed JobError on the stream, never a bare close.
+
+In-memory network, a real tiny preset; the requester side is :func:`run_job`, so the test also
+checks what the requester makes of it (an attempt ``error:<code>``, not ``disconnected``).
+"""
+
+from __future__ import annotations
+
+import trio
+from lpnode.models.pool import ModelPool
+from lpnode.node.job_requester import JobFailed, JobRequest, run_job
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
+
+from .test_jobs import BOUND_S, MODEL, Peer, peers, pool, sees_models
+
+__all__ = ["pool"]  # the fixture, shared with test_jobs
+
+NOT_AN_IMAGE = b"\x89PNG\r\n\x1a\n junk, not an image"  # PNG magic, then junk
+
+
+async def test_an_input_the_model_cannot_read_is_answered_with_invalid_input(pool: ModelPool) -> None:
+    i2i = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 2, 0.0, ""), MODEL, seed=3)
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        with trio.fail_after(BOUND_S):
+            try:
+                await run_job(requester.node, i2i, {"image": NOT_AN_IMAGE}, max_price=10_000, deadline_s=BOUND_S)
+            except JobFailed as exc:
+                failed = exc
+    (attempt,) = failed.attempts
+    assert attempt.outcome == "error:invalid_input", attempt
+    assert "image" in attempt.detail
+    assert worker.worker is not None and worker.worker.reservations == set() and worker.worker.completed == 0
