@@ -30,7 +30,8 @@ _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as in rpc.py
 
 def _recent(row: dict[str, Any], peer_id: str) -> dict[str, Any]:
     role = "blamed" if peer_id in row["blamed"] else "credited" if peer_id in row["credited"] else "undecided"
-    return {"id": row["id"], "at": row["at"], "kind": row["kind"], "verdict": row["verdict"], "role": role}
+    recent = {"id": row["id"], "at": row["at"], "kind": row["kind"], "verdict": row["verdict"], "role": role}
+    return {**recent, "voided": row["voided"] is not None}  # withdrawn: a peer that decided it was banned since
 
 
 def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRouter:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -44,6 +44,7 @@ __all__ = [
     "SpotCheckPolicy",
     "VerificationMethod",
     "VerificationPlan",
+    "blame_stands",
     "choose_checker",
     "parse_verification",
     "resolve",
@@ -207,6 +208,17 @@ def resolve(peers: Sequence[str], verdicts: Mapping[frozenset[str], Verdict]) ->
     if 2 * len(best) > n and len(best) >= 2:
         return Resolution(tuple(p for p in unique if p not in best), tuple(best), need_more=False)
     return Resolution((), (), need_more=True)
+
+
+def blame_stands(credited: Sequence[str], blamed: Sequence[str], discredited: Set[str]) -> bool:
+    """Whether a settled blame still holds once the word of ``discredited`` (banned) peers no longer counts.
+
+    The majority that outvoted ``blamed`` is taken again without its discredited members, by :func:`resolve`'s
+    rule (a group of at least two holding more than half of the peers left). Only the majority side is thinned:
+    a blamed peer's own ban says nothing about who outvoted it, so it stays in the count.
+    """
+    left = [peer for peer in dict.fromkeys(credited) if peer not in discredited]
+    return len(left) >= 2 and 2 * len(left) > len(left) + len(set(blamed) - set(left))
 
 
 # ---------------------------------------------------------------- verification methods

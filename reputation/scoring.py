@@ -43,7 +43,7 @@ Pure functions over an explicit ``now`` (unix seconds); nothing here reads a clo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lpnode.protocol.errors import ConfigError
 from lpnode.protocol.receipts import Receipt, conflicting
@@ -52,6 +52,7 @@ __all__ = [
     "Evidence",
     "ScoringConfig",
     "after_check",
+    "as_of",
     "ban_until",
     "decay",
     "equivocation",
@@ -63,6 +64,7 @@ __all__ = [
     "should_ban",
     "sprt_neutral_rate",
     "wilson_lower_bound",
+    "withdraw_blame",
 ]
 
 _DAY = 86_400.0
@@ -138,6 +140,33 @@ def decay(evidence: Evidence, now: float, config: ScoringConfig) -> Evidence:
         at=now,
         ban_good=_fade(evidence.ban_good, elapsed, config.ban_half_life_s),
         ban_bad=_fade(evidence.ban_bad, elapsed, config.ban_half_life_s),
+    )
+
+
+def as_of(evidence: Evidence, then: float, config: ScoringConfig) -> Evidence:
+    """The counts scaled back to an earlier moment ``then`` (decay run backwards): what a test at ``then`` read,
+    had nothing been recorded since. The store asks the ban test again as of a ban's time with this."""
+    elapsed = evidence.at - then
+    if elapsed <= 0:
+        return evidence
+    return Evidence(
+        good=evidence.good * math.pow(2.0, elapsed / config.good_half_life_s),
+        bad=evidence.bad * math.pow(2.0, elapsed / config.bad_half_life_s),
+        at=then,
+        ban_good=evidence.ban_good * math.pow(2.0, elapsed / config.ban_half_life_s),
+        ban_bad=evidence.ban_bad * math.pow(2.0, elapsed / config.ban_half_life_s),
+    )
+
+
+def withdraw_blame(evidence: Evidence, blamed_at: float, now: float, config: ScoringConfig) -> Evidence:
+    """The counts at ``now`` without one blame recorded at ``blamed_at``: the blame as it has faded since, taken
+    off both bad counts (never below zero: rounding, or a count migrated from before v2)."""
+    current = decay(evidence, now, config)
+    age = max(0.0, current.at - blamed_at)
+    return replace(
+        current,
+        bad=max(0.0, current.bad - _fade(1.0, age, config.bad_half_life_s)),
+        ban_bad=max(0.0, current.ban_bad - _fade(1.0, age, config.ban_half_life_s)),
     )
 
 

@@ -48,17 +48,20 @@ from lpnode.protocol.receipts import Receipt, verify_receipt
 
 from .compare import Verdict
 from .errors import ReputationError
-from .policy import PeerHistory
+from .policy import PeerHistory, blame_stands
 from .scoring import (
     Evidence,
     ScoringConfig,
     after_check,
+    as_of,
     ban_until,
     equivocation,
     expected_trust,
     log_likelihood_ratio,
     record,
     score,
+    should_ban,
+    withdraw_blame,
 )
 
 __all__ = [
@@ -77,6 +80,9 @@ __all__ = [
 MAX_EVIDENCE_PAGE = 500  # evidence rows per page of an export or a peer's listing
 MAX_DETAIL_BYTES = 64 * 1024  # the JSON of one evidence row's pairwise verdicts
 MAX_PEERS_LOADED = 1_000_000  # rows of rep_peers read into memory at start; a sanity bound
+# Disagreements a newly banned peer took part in that are looked at for voiding, newest first. Its bans come after a
+# few blames, so its recent checks are the ones that count; older blames it decided have mostly faded anyway.
+MAX_VOID_ROWS = 10_000
 
 REPUTATION_MIGRATIONS = (
     Migration(
@@ -143,6 +149,20 @@ REPUTATION_MIGRATIONS = (
             "UPDATE rep_peers SET ban_good = good, ban_bad = bad",
         ),
     ),
+    # Withdrawn evidence: a blame decided by a peer that is later banned is voided (the row is kept, marked, for
+    # audit), the blamed peer's counts lose it, and a ban that rested on it is lifted. The sides of each check are
+    # in the rows already (credited: the majority; blamed: the rest), so only the marks are new.
+    Migration(
+        "reputation",
+        3,
+        (
+            "ALTER TABLE rep_evidence ADD COLUMN voided_at REAL",  # NULL: stands
+            "ALTER TABLE rep_evidence ADD COLUMN void_reason TEXT",
+            "ALTER TABLE rep_peers ADD COLUMN voided INTEGER NOT NULL DEFAULT 0",  # blames withdrawn
+            "ALTER TABLE rep_bans ADD COLUMN lifted INTEGER NOT NULL DEFAULT 0",  # of `bans`, how many were lifted
+            "ALTER TABLE rep_bans ADD COLUMN lifted_at REAL",  # the current/last ban's lifting; NULL: not lifted
+        ),
+    ),
 )
 
 COUNTERS = ("jobs", "job_mpx_steps", "checks", "check_runs", "check_mpx_steps", "checks_skipped")
@@ -169,7 +189,8 @@ class PeerState:
     evidence: Evidence = field(default_factory=Evidence)
     history: PeerHistory = field(default_factory=PeerHistory)
     checks: int = 0
-    blames: int = 0
+    blames: int = 0  # standing blames (voided ones no longer counted)
+    voided: int = 0  # blames withdrawn because a peer that decided them was banned
 
 
 @dataclass(frozen=True)
@@ -179,6 +200,8 @@ class Ban:
     at: float
     bans: int  # this one included
     evidence_id: int | None
+    lifted: int = 0  # of those bans, how many were lifted (they do not lengthen the next one)
+    lifted_at: float | None = None  # this ban was lifted then (``until`` is set to it); None: not lifted
 
 
 @dataclass(frozen=True)
@@ -259,6 +282,8 @@ class ReputationStore:
                 "at": ban.at,
                 "bans": ban.bans,
                 "evidence_id": ban.evidence_id,
+                "lifted": ban.lifted,
+                "lifted_at": ban.lifted_at,
             },
             "families": [
                 {
@@ -271,6 +296,7 @@ class ReputationStore:
                     "jobs": state.history.jobs,
                     "checks": state.checks,
                     "blames": state.blames,
+                    "voided_blames": state.voided,
                     "consecutive_agreements": state.history.consecutive_agreements,
                 }
                 for family, state in self.families(peer_id).items()
@@ -354,6 +380,11 @@ class ReputationStore:
             peers = dict(self._peers)
             bans = dict(self._bans)
             counters = self._bump({"checks": 1})
+            # A check that settles after one of its majority was banned (it was in flight): the banned peer's word
+            # no longer counts, so the blame is void from the start, as it would be had it settled before the ban.
+            banned = {peer for peer, ban in bans.items() if _active(ban, now)}
+            void_now = bool(check.blamed) and not blame_stands(check.credited, check.blamed, banned)
+            newly_banned: list[str] = []
             async with self.db.transaction() as tx:
                 evidence_id = await _insert_evidence(tx, "check", check, now)
                 await _insert_receipts(tx, evidence_id, check.receipts, receipts)
@@ -362,6 +393,10 @@ class ReputationStore:
                 for peer, blamed in outcomes:
                     key = (peer, check.model_family)
                     state = peers.get(key, PeerState())
+                    if blamed and void_now:  # neutral, as a withdrawn blame is (see _withdraw)
+                        peers[key] = replace(state, checks=state.checks + 1, voided=state.voided + 1)
+                        touched.add(key)
+                        continue
                     # the same step as policy_sim's, so the simulated ban figures are this store's
                     evidence, ban = after_check(state.evidence, now, self.config, blamed=blamed)
                     peers[key] = replace(
@@ -376,6 +411,7 @@ class ReputationStore:
                         bans[peer] = await _ban(
                             tx, peer, bans.get(peer), now, self.config, "failed checks", evidence_id
                         )
+                        newly_banned.append(peer)
                 # another receipt of the same worker for the same job id, seen earlier: proof
                 for receipt in receipts:
                     for earlier in await _receipts_for(tx, receipt.worker_peer_id, receipt.job_id, evidence_id):
@@ -384,6 +420,12 @@ class ReputationStore:
                             bans[worker] = await _ban(
                                 tx, worker, bans.get(worker), now, self.config, "equivocation", evidence_id
                             )
+                            newly_banned.append(worker)
+                if void_now:
+                    reason = f"decided by banned {', '.join(sorted(set(check.credited) & banned))}"
+                    await _mark_void(tx, evidence_id, now, reason)
+                if newly_banned:
+                    await _withdraw(tx, newly_banned, peers, bans, touched, now, self.config)
                 for peer, family in touched:
                     await _save_peer(tx, peer, family, peers[(peer, family)])
                 await _save_counters(tx, counters)
@@ -410,23 +452,27 @@ class ReputationStore:
         async with self._lock:
             now = self.clock()
             key = (worker, family)
-            state = self._peers.get(key, PeerState())
-            new = replace(
+            peers = dict(self._peers)
+            state = peers.get(key, PeerState())
+            peers[key] = replace(
                 state,
                 evidence=record(state.evidence, now, self.config, bad=1.0),
                 history=state.history.after_blame(),
                 blames=state.blames + 1,
             )
+            touched = {key}
             bans = dict(self._bans)
             async with self.db.transaction() as tx:
                 evidence_id = await _insert_evidence(tx, "equivocation", check, now)
                 await _insert_receipts(tx, evidence_id, (a, b), (ra, rb))
-                await _save_peer(tx, worker, family, new)
                 if not _active(bans.get(worker), now):
                     bans[worker] = await _ban(
                         tx, worker, bans.get(worker), now, self.config, "equivocation", evidence_id
                     )
-            self._peers[key] = new
+                    await _withdraw(tx, [worker], peers, bans, touched, now, self.config)
+                for peer, fam in touched:
+                    await _save_peer(tx, peer, fam, peers[(peer, fam)])
+            self._peers = peers
             self._bans = bans
             self._notify()
             return evidence_id
@@ -457,10 +503,18 @@ class ReputationStore:
                 history=PeerHistory(int(row["jobs"]), int(row["consecutive"]), row["since_blame"]),
                 checks=int(row["checks"]),
                 blames=int(row["blames"]),
+                voided=int(row["voided"]),
             )
         for row in await self.db.fetch_all("SELECT * FROM rep_bans", max_rows=MAX_PEERS_LOADED):
+            lifted_at = row["lifted_at"]
             self._bans[row["peer_id"]] = Ban(
-                float(row["until"]), str(row["reason"]), float(row["at"]), int(row["bans"]), row["evidence_id"]
+                float(row["until"]),
+                str(row["reason"]),
+                float(row["at"]),
+                int(row["bans"]),
+                row["evidence_id"],
+                int(row["lifted"]),
+                None if lifted_at is None else float(lifted_at),
             )
         for row in await self.db.fetch_all("SELECT name, value FROM rep_counters", max_rows=100):
             if row["name"] in self._counters:
@@ -536,11 +590,11 @@ async def _receipts_for(tx: Transaction, worker: str, job_id: str, not_evidence:
 async def _save_peer(tx: Transaction, peer_id: str, family: str, state: PeerState) -> None:
     await tx.execute(
         "INSERT INTO rep_peers (peer_id, model_family, good, bad, at, ban_good, ban_bad, jobs, consecutive,"
-        " since_blame, checks, blames) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " since_blame, checks, blames, voided) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (peer_id, model_family) DO UPDATE SET good = excluded.good, bad = excluded.bad,"
         " at = excluded.at, ban_good = excluded.ban_good, ban_bad = excluded.ban_bad, jobs = excluded.jobs,"
         " consecutive = excluded.consecutive, since_blame = excluded.since_blame, checks = excluded.checks,"
-        " blames = excluded.blames",
+        " blames = excluded.blames, voided = excluded.voided",
         (
             peer_id,
             family,
@@ -554,6 +608,7 @@ async def _save_peer(tx: Transaction, peer_id: str, family: str, state: PeerStat
             state.history.jobs_since_blame,
             state.checks,
             state.blames,
+            state.voided,
         ),
     )
 
@@ -569,14 +624,88 @@ async def _ban(
     tx: Transaction, peer: str, earlier: Ban | None, now: float, config: ScoringConfig, reason: str, evidence_id: int
 ) -> Ban:
     count = 0 if earlier is None else earlier.bans
-    ban = Ban(ban_until(now, count, config), reason, now, count + 1, evidence_id)
+    lifted = 0 if earlier is None else earlier.lifted
+    # a lifted ban was a mistake of others' making: it does not lengthen this one
+    ban = Ban(ban_until(now, count - lifted, config), reason, now, count + 1, evidence_id, lifted, None)
     await tx.execute(
-        "INSERT INTO rep_bans (peer_id, until, reason, at, bans, evidence_id) VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO rep_bans (peer_id, until, reason, at, bans, evidence_id, lifted, lifted_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, NULL)"
         " ON CONFLICT (peer_id) DO UPDATE SET until = excluded.until, reason = excluded.reason, at = excluded.at,"
-        " bans = excluded.bans, evidence_id = excluded.evidence_id",
-        (peer, ban.until, ban.reason, ban.at, ban.bans, ban.evidence_id),
+        " bans = excluded.bans, evidence_id = excluded.evidence_id, lifted = excluded.lifted, lifted_at = NULL",
+        (peer, ban.until, ban.reason, ban.at, ban.bans, ban.evidence_id, ban.lifted),
     )
     return ban
+
+
+async def _mark_void(tx: Transaction, evidence_id: int, now: float, reason: str) -> None:
+    await tx.execute("UPDATE rep_evidence SET voided_at = ?, void_reason = ? WHERE id = ?", (now, reason, evidence_id))
+
+
+async def _withdraw(
+    tx: Transaction,
+    newly_banned: Sequence[str],
+    peers: dict[tuple[str, str], PeerState],
+    bans: dict[str, Ban],
+    touched: set[tuple[str, str]],
+    now: float,
+    config: ScoringConfig,
+) -> None:
+    """Void the blames the newly banned peers' word decided, and lift the bans that rested on them.
+
+    In the caller's transaction, on its copies of the mirror (``peers``, ``bans``; ``touched`` gains every key it
+    changes). A blame is void when its majority, without the banned peers (all of them, not only the new ones),
+    no longer outvotes the blamed (:func:`~lpnode.reputation.policy.blame_stands`). This is what colluders who
+    return the same wrong output do: one checks an honest peer, the other breaks the tie, and the honest peer is
+    the odd one out. Bounded: voiding bans nobody (it only removes blames) and lifting a ban voids nothing, so one
+    ban costs one pass over the banned peers' recent disagreements.
+
+    The blamed peer gets the check back as neutral, not as passed: its output was outvoted by a cheater, not
+    confirmed by anyone, so it is evidence neither way (a pass would let a cheater earn credit from a colluder's
+    ban). ``checks`` keeps counting it; the policy's history (consecutive agreements, jobs since the blame) is
+    left as it is, which only means the peer is checked a little more for a while.
+    """
+    marks = ",".join("?" * len(newly_banned))
+    rows = await tx.fetch_all(
+        "SELECT id, at, model_family, blamed, credited FROM rep_evidence"
+        " WHERE kind = 'check' AND voided_at IS NULL AND blamed != '[]'"
+        f" AND id IN (SELECT evidence_id FROM rep_receipts WHERE worker_peer_id IN ({marks}))"
+        " ORDER BY id DESC LIMIT ?",
+        (*newly_banned, MAX_VOID_ROWS),
+        max_rows=MAX_VOID_ROWS,
+    )
+    banned = {peer for peer, ban in bans.items() if _active(ban, now)}
+    unblamed: set[str] = set()
+    for row in rows:
+        credited, blamed = json.loads(row["credited"]), json.loads(row["blamed"])
+        deciders = sorted(set(credited) & set(newly_banned))
+        if not deciders or blame_stands(credited, blamed, banned):
+            continue
+        await _mark_void(tx, int(row["id"]), now, f"decided by banned {', '.join(deciders)}")
+        for peer in blamed:
+            key = (peer, str(row["model_family"]))
+            state = peers.get(key, PeerState())
+            peers[key] = replace(
+                state,
+                evidence=withdraw_blame(state.evidence, float(row["at"]), now, config),
+                blames=max(0, state.blames - 1),
+                voided=state.voided + 1,
+            )
+            touched.add(key)
+            unblamed.add(peer)
+    for peer in sorted(unblamed):
+        ban = bans.get(peer)
+        # equivocation is proof on its own; a ban from checks stands if, without the voided blames, the test
+        # would still have banned at the ban's time in any family
+        if ban is None or not _active(ban, now) or ban.reason == "equivocation":
+            continue
+        families = [state for (p, _), state in peers.items() if p == peer]
+        if any(should_ban(as_of(state.evidence, ban.at, config), ban.at, config) for state in families):
+            continue
+        bans[peer] = replace(ban, until=now, lifted=ban.lifted + 1, lifted_at=now)
+        await tx.execute(
+            "UPDATE rep_bans SET until = ?, lifted = ?, lifted_at = ? WHERE peer_id = ?",
+            (now, ban.lifted + 1, now, peer),
+        )
 
 
 def _evidence_json(row: sqlite3.Row) -> dict[str, Any]:
@@ -591,5 +720,7 @@ def _evidence_json(row: sqlite3.Row) -> dict[str, Any]:
         "blamed": json.loads(row["blamed"]),
         "credited": json.loads(row["credited"]),
         "detail": json.loads(row["detail"]),
+        # a voided row stays for audit: its blames no longer count (a peer that decided them was banned)
+        "voided": None if row["voided_at"] is None else {"at": float(row["voided_at"]), "reason": row["void_reason"]},
         "receipts": [],
     }
