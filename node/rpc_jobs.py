@@ -24,6 +24,7 @@ from lpnode.node.job_manager import STATES, JobManager, output_url
 from lpnode.node.rpc_job_bodies import (
     BODIES,
     INPUT_FILE,
+    INPUT_FILES,
     PreparedJob,
     TextToImageBody,
     prepare,
@@ -159,7 +160,10 @@ def jobs_router(
             body = validate(body_type, fields)
             return await submit(prepare(body, {file_field: data}, max_output_bytes), request)
 
-        endpoint.__doc__ = f"{pipeline} on the network: multipart/form-data, file `{file_field}` + the fields."
+        kinds = " or ".join(_KIND_TEXT.get(kind, kind) for kind in INPUT_FILES[pipeline])
+        endpoint.__doc__ = (
+            f"{pipeline} on the network: multipart/form-data, file `{file_field}` ({kinds}) + the fields."
+        )
         return endpoint
 
     for pipeline in (Pipeline.IMAGE_TO_IMAGE, Pipeline.IMAGE_TO_VIDEO, Pipeline.UPSCALE, Pipeline.FRAME_INTERPOLATION):
@@ -169,7 +173,9 @@ def jobs_router(
             methods=["POST"],
             response_model=ImageResponse,
             responses=statuses,  # type: ignore[arg-type]
-            openapi_extra={"requestBody": _form_body(BODIES[pipeline], INPUT_FILE[pipeline] or "")},
+            openapi_extra={
+                "requestBody": _form_body(BODIES[pipeline], INPUT_FILE[pipeline] or "", INPUT_FILES[pipeline])
+            },
             name=str(pipeline).replace("-", "_"),
         )
 
@@ -234,9 +240,18 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _inline(model)}}}
 
 
-def _form_body(model: type[BaseModel], file_field: str) -> dict[str, Any]:
+_KIND_TEXT = {"image": "an image (PNG or JPEG)", "video": "an MP4 (H.264) video"}
+
+
+def _form_body(model: type[BaseModel], file_field: str, kinds: Sequence[str] = ()) -> dict[str, Any]:
+    """The multipart schema: the fields plus the file, described by the kinds it may be (upscale: either)."""
     schema = _inline(model)
-    schema["properties"] = {file_field: {"type": "string", "format": "binary"}, **schema.get("properties", {})}
+    takes = " or ".join(_KIND_TEXT.get(kind, kind) for kind in kinds or (file_field,))
+    others = [kind for kind in kinds if kind != file_field]
+    also = f"; field `{'`/`'.join(others)}` is accepted too" if others else ""
+    described = f"the input: {takes} (its bytes decide which){also}; unreadable files are refused with 422"
+    file_schema = {"type": "string", "format": "binary", "description": described}
+    schema["properties"] = {file_field: file_schema, **schema.get("properties", {})}
     schema["required"] = [file_field, *schema.get("required", [])]
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
