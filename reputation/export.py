@@ -4,12 +4,14 @@
 
     {"format": "lpnode/reputation-evidence/1", "exported_at": 1.8e9,
      "evidence": [{"id", "at", "kind", "spec_id", "pipeline", "model_family", "verdict",
-                   "blamed", "credited", "detail", "receipts": [{"worker_peer_id", "job_id", "receipt"}]}]}
+                   "blamed", "credited", "detail", "voided", "receipts": [{"worker_peer_id", "job_id", "receipt"}]}]}
 
-``receipt`` is the signed receipt, base64. :func:`check_export` is what a third
-party runs: each receipt verifies from its bytes alone (the signer's key is in
-its peer id), names the worker it is filed under, and all receipts of one row
-are for the spec the row names; blamed and credited peers are among the
+``receipt`` is the signed receipt, base64. ``voided`` is null, or ``{"at", "reason"}`` for
+a row whose blames were withdrawn because a peer on its majority was banned
+later (the row stays, as signed, for audit). :func:`check_export` is what a
+third party runs: each receipt verifies from its bytes alone (the signer's key
+is in its peer id), names the worker it is filed under, and all receipts of one
+row are for the spec the row names; blamed and credited peers are among the
 signers. It cannot re-decide a verdict without the outputs, but it proves who
 signed what for which job (and an equivocation row proves itself).
 """
