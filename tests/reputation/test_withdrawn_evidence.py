@@ -192,3 +192,15 @@ async def test_a_version_2_database_migrates(tmp_path: Path) -> None:
 async def opened_at(path: Path, version: int) -> AsyncIterator[Store]:
     async with open_store(path, [*JOB_MIGRATIONS, *REPUTATION_MIGRATIONS[:version]]) as store:
         yield store
+
+
+async def test_a_lifted_ban_does_not_lengthen_the_next(tmp_path: Path) -> None:
+    clock = Clock()
+    async with opened(tmp_path / "lpnode.db", clock) as rep:
+        await framed_then_colluder_banned(rep, clock)
+        assert not rep.is_banned(H)
+        for n in range(10, 12):  # now honest peers outvote H: a ban on standing evidence
+            await rep.record_check(check(n, [HONEST, A, B], blamed=HONEST))
+        ban = rep.ban(H)
+        assert ban is not None and rep.is_banned(H) and ban.bans == 2 and ban.lifted == 1 and ban.lifted_at is None
+        assert ban.until - ban.at == rep.config.ban_duration_s  # the first, lifted, ban does not double it
