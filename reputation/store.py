@@ -9,14 +9,17 @@ Tables (component ``reputation``, :data:`REPUTATION_MIGRATIONS`):
 
 * ``rep_evidence``: one row per settled check (or equivocation proof): the job
   spec's id, pipeline, model family, overall verdict, who was blamed and who
-  credited, and the pairwise verdicts with their metrics (JSON);
+  credited, and the pairwise verdicts with their metrics (JSON); a row whose
+  blame a later-banned peer helped decide is marked voided (kept for audit,
+  its blame no longer counted: see ``_withdraw``);
 * ``rep_receipts``: every signed receipt a row rests on, as received, so the
   evidence can be checked offline by anyone (``lpnode reputation export``);
 * ``rep_peers``: per (peer, model family) the scoring state (decayed good/bad
   counts as of ``at``, and the ban test's ban_good/ban_bad) and the policy's history (jobs, consecutive agreements,
   jobs since the last blame);
 * ``rep_bans``: a peer's current or last ban, its expiry, reason and how many
-  bans it has had (each doubles the next one's length);
+  bans it has had (each doubles the next one's length, except those lifted
+  because the blames they rested on were voided);
 * ``rep_counters``: compute given to users' jobs and to checks (the overhead figure).
 
 Every write is one transaction, and the in-memory view changes only after it
