@@ -5,8 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,31 +19,15 @@ from lpnode.reputation.store import (
     REPUTATION_MIGRATIONS,
     CheckEvidence,
     NotEquivocation,
-    ReputationStore,
     model_family,
     open_reputation,
 )
 
 from tests.reputation.receipt_factory import KEYS, signed
+from tests.reputation.stores import Clock, opened
 
 A, B, C = (k.peer_id for k in KEYS[:3])
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@asynccontextmanager
-async def opened(
-    path: Path, clock: Callable[[], float], config: ScoringConfig | None = None
-) -> AsyncIterator[ReputationStore]:
-    async with open_store(path, [*JOB_MIGRATIONS, *REPUTATION_MIGRATIONS]) as store:
-        yield await open_reputation(store, config=config, clock=clock)
 
 
 def check(n: int, blamed: tuple[str, ...] = (C,)) -> CheckEvidence:

@@ -6,7 +6,7 @@ and tie-broken by the other is the odd one out.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,28 +22,14 @@ from lpnode.reputation.store import (
     CheckEvidence,
     ReputationStore,
     model_family,
-    open_reputation,
 )
 
 from tests.reputation.receipt_factory import KEYS, signed
+from tests.reputation.stores import Clock, opened
 
 HONEST, X1, X2, A, B, OTHER = KEYS
 H = HONEST.peer_id
 FAMILY = model_family(verify_receipt(signed(KEYS[0], b"x")).model_id)
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@asynccontextmanager
-async def opened(path: Path, clock: Callable[[], float]) -> AsyncIterator[ReputationStore]:
-    async with open_store(path, [*JOB_MIGRATIONS, *REPUTATION_MIGRATIONS]) as store:
-        yield await open_reputation(store, clock=clock)
 
 
 def check(n: int, keys: Sequence[NodeKey], blamed: NodeKey) -> CheckEvidence:
