@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,54 @@ def job_fields(args: argparse.Namespace, command: PipelineCommand) -> dict[str, 
     return fields
 
 
+# The RPC API keeps Livepeer's default output size (its clients rely on it); the CLI, when the user gives no
+# size, asks for the largest size of that shape that some peer on offer takes, so `lpnode txt2img "..."` works
+# on a network of small CPU models too. The endpoints' own defaults, for the commands that take a size:
+LIVEPEER_DEFAULT_SIZE = {"text-to-image": (1024, 576), "image-to-video": (1024, 576)}
+
+
+def fitted_size(width: int, height: int, limits: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """``width`` × ``height``, or the largest size of its shape (sides multiples of 8) that one of ``limits`` takes.
+
+    ``limits`` are the advertised limits of the offers that could run the job (``max_side``, ``max_pixels``).
+    Unchanged when any offer takes the size, or when none says what it takes (the node then answers).
+    """
+    scales = []
+    for limit in limits:
+        scale = min(limit["max_side"] / max(width, height), math.sqrt(limit["max_pixels"] / (width * height)))
+        if scale >= 1.0:
+            return width, height
+        scales.append(scale)
+    if not scales:
+        return width, height
+    scale = max(scales)
+    return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
+
+
+async def fit_default_size(client: LpnodeClient, pipeline: str, fields: dict[str, Any]) -> str:
+    """Set a width and height that the network takes when the user gave neither; what was chosen, or ""."""
+    if pipeline not in LIVEPEER_DEFAULT_SIZE or "width" in fields or "height" in fields:
+        return ""
+    width, height = LIVEPEER_DEFAULT_SIZE[pipeline]
+    model = fields.get("model_id")
+    offers = [
+        offer
+        for peer in (await client.peers())["peers"]
+        for offer in peer.get("models", [])
+        if offer["pipeline"] == pipeline and (not model or offer["model_id"] == model)
+    ]
+    if any(offer.get("limits") is None for offer in offers):
+        return ""  # some peer does not say what it takes: ask for the endpoint's default
+    fitted = fitted_size(width, height, [offer["limits"] for offer in offers])
+    if fitted == (width, height):
+        return ""
+    fields["width"], fields["height"] = fitted
+    return (
+        f"size {fitted[0]}×{fitted[1]}: the largest of the default {width}×{height} shape that a peer on offer takes"
+        " (--width/--height to choose)"
+    )
+
+
 def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
     command: PipelineCommand = args.pipeline_command
     fields = job_fields(args, command)
@@ -187,6 +236,8 @@ def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
 
     async def main() -> int:
         async with LpnodeClient.from_data_dir(data_dir) as client:
+            if note := await fit_default_size(client, command.pipeline, fields):
+                print(f"{command.name}: {note}", file=sys.stderr)
             display = ProgressDisplay(sys.stderr, command.name)
             outcome = await submit_and_save(
                 client, lambda: client.submit(command.pipeline, fields, files=files, wait=False), args.output, display

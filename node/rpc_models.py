@@ -8,6 +8,7 @@ Times are relative to the node's wall clock at the moment of the answer
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 
@@ -43,6 +44,16 @@ class Device(BaseModel):
         )
 
 
+class Limits(BaseModel):
+    """The largest job the model takes (the worker still checks every job itself)."""
+
+    max_pixels: int = Field(description="width × height of one output image or frame")
+    max_side: int = Field(description="pixels, either side of the output")
+    max_steps: int
+    max_frames: int
+    max_batch: int
+
+
 class Model(BaseModel):
     pipeline: str
     model_id: str
@@ -50,9 +61,11 @@ class Model(BaseModel):
     warm: bool = Field(description="loaded on the device now")
     speed_mpx_steps_per_s: float = Field(description="measured megapixel-steps per second; 0 = not measured yet")
     price_per_mpx_step: int = Field(description="micro-credits per megapixel-step")
+    limits: Limits | None = Field(None, description="what the model takes; null: its advert does not say")
 
     @classmethod
     def of(cls, offer: ModelOffer) -> Model:
+        limits = offer.limits
         return cls(
             pipeline=offer.pipeline,
             model_id=offer.model_id,
@@ -60,6 +73,7 @@ class Model(BaseModel):
             warm=offer.warm,
             speed_mpx_steps_per_s=offer.speed_mpx_steps_per_s,
             price_per_mpx_step=offer.price_per_mpx_step,
+            limits=None if limits is None else Limits(**dataclasses.asdict(limits)),
         )
 
 

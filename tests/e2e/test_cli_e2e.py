@@ -23,6 +23,7 @@ import trio
 from lpnode.node.cli import main
 from lpnode.node.client import LpnodeClient
 from lpnode.protocol.receipts import verify_receipt
+from PIL import Image
 
 from .cluster import LPNODE, Pair, cluster_in_thread, launch_pair
 
@@ -76,6 +77,19 @@ def test_txt2img_saves_the_image_and_a_receipt_that_verifies(
     assert stdout.startswith("VALID receipt") and f"worker     {nodes.worker.peer_id}" in stdout
     code, _, stderr = lpnode(capsys, nodes, "receipt", "verify", f"{out}.receipt", "--output", f"{out}.receipt")
     assert code == 1 and "output_mismatch" in stderr
+
+
+def test_txt2img_without_a_size_asks_for_one_the_network_takes(
+    nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The brief's own example: no size given. Livepeer's 1024×576 default is beyond every tiny model, so the
+    CLI asks for the largest size of that shape the offers take (tiny-sdxl: 256-pixel sides)."""
+    out = tmp_path / "default.png"
+    code, _, stderr = lpnode(capsys, nodes, "txt2img", "a lighthouse at dusk", "-o", out, "--steps", "2")
+    assert code == 0, stderr
+    assert "size 256×144" in stderr
+    with Image.open(out) as image:
+        assert image.size == (256, 144)
 
 
 def test_several_images_are_numbered(nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from lpnode.node.cli import build_parser, main
 from lpnode.node.cli_follow import JobNotDone, output_paths, receipt_path
 from lpnode.node.cli_format import job_summary, job_text, jobs_table
-from lpnode.node.cli_jobs import PIPELINE_COMMANDS, job_fields
+from lpnode.node.cli_jobs import PIPELINE_COMMANDS, fitted_size, job_fields
 from lpnode.node.cli_progress import ProgressDisplay, WorkflowProgress, bar_text
 from lpnode.node.cli_workflow import default_output, load_spec
 from lpnode.node.client_sse import MAX_LINE_BYTES, Event, EventParser, EventStreamError
@@ -260,3 +260,12 @@ def test_sim_finds_bundled_scenarios_by_the_issue_s_spelling() -> None:
     assert resolve_scenario("churn") == resolve_scenario("churn.toml")
     with pytest.raises(FileNotFoundError, match="no such scenario file"):
         resolve_scenario("elsewhere/churn.toml")
+
+
+def test_a_default_size_beyond_every_offer_shrinks_to_the_roomiest_keeping_its_shape() -> None:
+    tiny = {"max_side": 256, "max_pixels": 256 * 256}
+    assert fitted_size(1024, 576, [tiny]) == (256, 144)
+    assert fitted_size(1024, 576, [tiny, {"max_side": 2048, "max_pixels": 512 * 512}]) == (680, 384)  # pixel-bound
+    assert fitted_size(1024, 576, [tiny, {"max_side": 1024, "max_pixels": 1024 * 1024}]) == (1024, 576)  # one takes it
+    assert fitted_size(1024, 576, []) == (1024, 576)  # nobody says: the node answers
+    assert fitted_size(1024, 576, [{"max_side": 4, "max_pixels": 16}]) == (8, 8)  # never below the API's minimum
