@@ -142,6 +142,7 @@ async def test_peers_lists_the_other_node_with_its_offer(autojump_clock: trio.te
             "warm": True,
             "speed_mpx_steps_per_s": 3.5,
             "price_per_mpx_step": 120,
+            "limits": None,  # this offer's advert does not say what the model takes
         }
     ]
     assert (peer["queue_depth"], peer["queue_capacity"]) == (1, 3)
