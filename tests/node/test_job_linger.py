@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -34,6 +35,15 @@ def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
+async def _lingering_pair(start: Callable[..., Awaitable[object]]) -> tuple[Peer, Peer]:
+    """A requester and a worker (whose pool never finishes a job) that lingers LINGER_S after its last word."""
+    requester: Peer = await start(0)  # type: ignore[assignment]
+    worker: Peer = await start(1, pool=StuckPool())  # type: ignore[assignment]
+    assert worker.worker is not None
+    worker.worker.config = WorkerConfig(linger_s=LINGER_S)
+    return requester, worker
+
+
 async def _refused_stream(requester: Peer, worker: Peer) -> FramedStream:
     """A job stream on which the worker has said its last word (a refusal: the model is unknown)."""
     spec = build_spec(T2I, {}, 10**7)
@@ -47,10 +57,8 @@ async def _refused_stream(requester: Peer, worker: Peer) -> FramedStream:
 
 async def test_the_worker_keeps_the_stream_until_the_requester_closes(autojump_clock: trio.testing.MockClock) -> None:
     async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
-        requester: Peer = await start(0)  # type: ignore[assignment]
-        worker: Peer = await start(1, pool=StuckPool())  # type: ignore[assignment]
+        requester, worker = await _lingering_pair(start)
         assert worker.worker is not None
-        worker.worker.config = WorkerConfig(linger_s=LINGER_S)
         framed = await _refused_stream(requester, worker)
         # the worker does not close while we have not: nothing arrives for most of its linger time
         with trio.move_on_after(LINGER_S * 0.9) as quiet:
@@ -66,10 +74,8 @@ async def test_the_worker_keeps_the_stream_until_the_requester_closes(autojump_c
 
 async def test_a_requester_that_never_closes_is_let_go_after_linger(autojump_clock: trio.testing.MockClock) -> None:
     async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
-        requester: Peer = await start(0)  # type: ignore[assignment]
-        worker: Peer = await start(1, pool=StuckPool())  # type: ignore[assignment]
+        requester, worker = await _lingering_pair(start)
         assert worker.worker is not None
-        worker.worker.config = WorkerConfig(linger_s=LINGER_S)
         began = trio.current_time()
         framed = await _refused_stream(requester, worker)
         assert await framed.stream.receive_some(1) == b""  # the worker's close, once linger_s ran out
