@@ -207,9 +207,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sim-only", action="store_true", help="only the policy simulation (no models; honest rate 0)")
     parser.add_argument("--honest-peers", type=int, default=20, help="honest peers per simulated off rate")
     parser.add_argument("--sweep", action="store_true", help="only the ban rule sweep (SPRT p0 and ln A)")
+    parser.add_argument(
+        "--honest-sample",
+        type=int,
+        metavar="N",
+        help="only the large honest sample: N variant-vs-reference comparisons",
+    )
+    parser.add_argument(
+        "--target-runs", type=int, metavar="R", help="only the target at its scale: R networks of 10,000 jobs each"
+    )
+    parser.add_argument(
+        "--off-rate",
+        type=float,
+        action="append",
+        help="honest off rate for --target-runs (repeat; default 0.2 %% and 1 %%)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --honest-sample and --target-runs")
     args = parser.parse_args(argv)
     thresholds = Thresholds()
     start = time.perf_counter()
+    if args.honest_sample is not None or args.target_runs is not None:
+        return _large(args, thresholds, start)
     if args.sweep:
         for line in sweep_table():
             print(line, flush=True)
@@ -231,6 +249,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(sim))
     if args.out is not None:
         args.out.write_text(_report(table, sim, thresholds, args.jobs, time.perf_counter() - start))
+    return 0
+
+
+def _large(args: argparse.Namespace, thresholds: Thresholds, start: float) -> int:
+    """--honest-sample and --target-runs (either or both; modules imported here, so the rest never loads them)."""
+    from .calibrate_honest import honest_sample, honest_tables
+    from .calibrate_target import target_table
+    from .policy_sim import NetConfig
+
+    def elapsed(message: str) -> None:
+        print(f"{message} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+
+    if args.honest_sample is not None:
+        sample = honest_sample(args.honest_sample, thresholds=thresholds, seed=args.seed, progress=elapsed)
+        print("\n".join(honest_tables(sample)), flush=True)
+        elapsed("honest sample done")
+    if args.target_runs is not None:
+        rates = args.off_rate or [0.002, 0.01]
+        for line in target_table(rates, args.target_runs, config=NetConfig(seed=args.seed)):
+            print(line, flush=True)
+        elapsed("target runs done")
     return 0
 
 

@@ -25,10 +25,21 @@ from dataclasses import dataclass, field
 from lpnode.protocol.jobspec import Pipeline
 
 from .compare import Verdict
-from .policy import PeerHistory, SpotCheckConfig, SpotCheckPolicy, resolve
-from .scoring import Evidence, ScoringConfig, after_check
+from .policy import Candidate, PeerHistory, SpotCheckConfig, SpotCheckPolicy, choose_checker, resolve
+from .scoring import Evidence, ScoringConfig, after_check, ban_until, score
 
-__all__ = ["PeerOutcome", "SimConfig", "SimPeer", "Summary", "simulate", "simulate_peer", "summarise"]
+__all__ = [
+    "NetConfig",
+    "NetOutcome",
+    "PeerOutcome",
+    "SimConfig",
+    "SimPeer",
+    "Summary",
+    "simulate",
+    "simulate_network",
+    "simulate_peer",
+    "summarise",
+]
 
 SUBJECT, CHECKER, THIRD = "subject", "checker", "third"
 
@@ -151,3 +162,97 @@ def summarise(name: str, outcomes: Sequence[PeerOutcome]) -> Summary:
         overhead=sum(o.extra_runs for o in outcomes) / jobs if jobs else 0.0,
         established_overhead=sum(o.established_extra_runs for o in outcomes) / est_jobs if est_jobs else None,
     )
+
+
+# ---------------------------------------------------------------- a small network, one requester
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """One requester hands ``jobs`` user jobs in total to ``peers`` peers (the issue's "10,000 simulated jobs")."""
+
+    peers: int = 20
+    jobs: int = 10_000  # user jobs in total, over all peers
+    honest_off_rate: float = 0.002  # per output, every peer alike
+    job_interval_s: float = 60.0  # virtual seconds between user jobs (network-wide): 10,000 jobs ≈ 6.9 days
+    pipeline: Pipeline = Pipeline.TEXT_TO_IMAGE
+    spot: SpotCheckConfig = field(default_factory=SpotCheckConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class NetOutcome:
+    bans: tuple[tuple[int, int], ...]  # (peer index, user job number at the ban), first ban of each peer
+    checks: int  # user jobs duplicated
+    extra_runs: int  # checker and tie-breaker runs
+    blames: int  # blames recorded, of any peer (a checker outvoted by the other two is blamed too)
+    unsettled: int  # checks with no majority after the third peer (or no peer left to ask): nothing recorded
+    skipped: int  # checks wanted with no unbanned checker left
+
+
+def simulate_network(config: NetConfig, run: int = 0) -> NetOutcome:
+    """One seeded network run, the requester's store step for every settled check.
+
+    Differs from :func:`simulate_peer` in what makes it the network the target names: every peer is worker,
+    checker and tie-breaker in turn, the checker is the real :func:`choose_checker` pick (best score in good
+    standing), and every peer a settled check names is recorded, checkers included, as ``record_check`` does.
+    The worker of each job is drawn uniformly among unbanned peers (the node's ranking also weighs price and
+    speed, which are alike here). Not modelled: withdrawal of blames decided by a peer banned later (it only
+    removes blames and lifts bans, so the bans counted here are at least the store's).
+    """
+    rng = random.Random(f"net/{config.seed}/{run}")
+    policy = SpotCheckPolicy(config.spot)
+    names = [f"peer-{i}" for i in range(config.peers)]
+    index = {name: i for i, name in enumerate(names)}
+    history = {name: PeerHistory() for name in names}
+    evidence = {name: Evidence() for name in names}
+    banned_until: dict[str, float] = {}
+    bans: list[tuple[int, int]] = []
+    checks = extra = blames = unsettled = skipped = 0
+    off = config.honest_off_rate
+    for job in range(1, config.jobs + 1):
+        now = job * config.job_interval_s
+        active = [n for n in names if banned_until.get(n, -1.0) <= now]
+        if len(active) < 1:
+            break
+        worker = rng.choice(active)
+        duplicate = policy.should_duplicate(history[worker], config.pipeline, rng)
+        history[worker] = history[worker].after_job()
+        bad = {worker: rng.random() < off}  # drawn for every job: the worker cannot know which are checked
+        if not duplicate:
+            continue
+        candidates = [Candidate(n, score(evidence[n], now, config.scoring)) for n in active]
+        checker = choose_checker(candidates, worker, rng, min_score=config.spot.min_checker_score)
+        if checker is None:
+            skipped += 1
+            continue
+        checks += 1
+        peers = [worker, checker.peer_id]
+        bad[checker.peer_id] = rng.random() < off
+        verdicts = {frozenset(peers): _verdict(bad[worker], bad[checker.peer_id])}
+        outcome = resolve(peers, verdicts)
+        if outcome.need_more:
+            third = choose_checker(
+                candidates, worker, rng, exclude=frozenset(peers), min_score=config.spot.min_checker_score
+            )
+            if third is not None:
+                bad[third.peer_id] = rng.random() < off
+                verdicts |= {frozenset((p, third.peer_id)): _verdict(bad[p], bad[third.peer_id]) for p in peers}
+                peers.append(third.peer_id)
+                outcome = resolve(peers, verdicts)
+        extra += len(peers) - 1
+        if outcome.need_more:
+            unsettled += 1
+            continue
+        # record_check's order: the credited, then the blamed
+        for name, blamed in [(n, False) for n in outcome.credited] + [(n, True) for n in outcome.blamed]:
+            blames += blamed
+            history[name] = history[name].after_check(blamed=blamed)
+            evidence[name], ban = after_check(evidence[name], now, config.scoring, blamed=blamed)
+            if ban and banned_until.get(name, -1.0) <= now:
+                earlier = sum(1 for i, _ in bans if i == index[name])
+                banned_until[name] = ban_until(now, earlier, config.scoring)
+                if not earlier:
+                    bans.append((index[name], job))
+    return NetOutcome(tuple(bans), checks, extra, blames, unsettled, skipped)
