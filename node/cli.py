@@ -31,9 +31,16 @@ from lpnode.protocol.errors import ConfigError, LpnodeError
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a C tool's exit looks like when its reader went away
+SIM_HELP = "many-node simulations in virtual time (simnet)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, simulator: bool = True) -> argparse.ArgumentParser:
+    """The ``lpnode`` parser; ``simulator=False`` registers ``sim`` without its flags.
+
+    Registering ``sim`` fully imports the simulator package (it pulls in the model
+    stack: torch, diffusers), seconds that every other command would pay for nothing.
+    """
     parser = argparse.ArgumentParser(
         prog="lpnode", description="A peer-to-peer network of home GPUs selling AI inference."
     )
@@ -79,18 +86,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_workflow_command(commands, common)
     add_receipt_command(commands)
     add_reputation_command(commands, common)
-    from lpnode.simnet.cli import add_sim_commands  # argparse only; the simulator loads when `sim run` runs
+    if simulator:
+        from lpnode.simnet.cli import add_sim_commands  # imports lpnode.simnet, hence torch: only for `sim`
 
-    add_sim_commands(commands)
+        add_sim_commands(commands)
+    else:  # listed in `lpnode --help` all the same; main() builds the full parser when `sim` is asked for
+        commands.add_parser("sim", help=SIM_HELP, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if not _asks_for_debug(given):
+        # diffusers and transformers warn about optional backends (torchvision) and dtype casts on
+        # every model load, harmless for our presets and alarming to a user; they read these
+        # switches once, when first imported, so they are set before anything imports them
+        for library in ("DIFFUSERS", "TRANSFORMERS"):
+            os.environ.setdefault(f"{library}_VERBOSITY", "error")
+    args = build_parser(simulator=_asks_for_sim(given)).parse_args(given)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader that went away is noticed here, where it is handled, not at exit
+        return code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`lpnode jobs | head`): nothing left to tell it, and Python's
+        # flush of stdout at exit would raise again; point stdout at /dev/null first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except BaseExceptionGroup as group:
         error = _only_lpnode_error(group)
         if error is None:
@@ -98,6 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(error)
     except LpnodeError as error:
         return _report(error)
+
+
+def _asks_for_sim(argv: Sequence[str]) -> bool:
+    """Whether the command is ``sim`` (the first word that is not a flag; only ``-h`` may come before it)."""
+    return next((word for word in argv if not word.startswith("-")), None) == "sim"
+
+
+def _asks_for_debug(argv: Sequence[str]) -> bool:
+    """Whether ``--log-level debug`` is given (or LPNODE_LOG_LEVEL says debug): then the libraries speak too."""
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    flagged = "--log-level=debug" in argv or any(a == "--log-level" and b == "debug" for a, b in pairs)
+    return flagged or os.environ.get("LPNODE_LOG_LEVEL", "").lower() == "debug"
 
 
 def _report(error: LpnodeError) -> int:
@@ -127,8 +165,6 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from lpnode.simnet.scenario import ScenarioError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for library in ("DIFFUSERS", "TRANSFORMERS"):  # as `lpnode run` does: their optional-backend notices
-        os.environ.setdefault(f"{library}_VERBOSITY", "error")
     try:
         return int(args.sim_handler(args, sys.stdout))
     except (ScenarioError, FileNotFoundError) as exc:  # a bad or missing scenario file: the user's to fix
