@@ -248,6 +248,8 @@ def job_text(record: Mapping[str, Any]) -> str:
             f"(step {progress.get('step', 0)}/{progress.get('total', 0)})"
         )
     request = record.get("request") or {}
+    if request:
+        lines.append("request")
     for key in sorted(request):
         lines.append(f"  {key} = {json.dumps(request[key])}")
     result = record.get("result")

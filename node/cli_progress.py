@@ -18,6 +18,7 @@ from lpnode.node.cli_format import short_peer_id
 
 BAR_WIDTH = 20
 QUARTERS = 4  # plain lines at 25%, 50%, 75%, 100%
+_BOUNDARY = 1e-9  # a workflow fraction this close to a step boundary is on it (float rounding)
 
 
 def bar_text(label: str, state: str, progress: Mapping[str, Any]) -> str:
@@ -122,7 +123,13 @@ class WorkflowProgress(ProgressDisplay):
     def progress(self, progress: Mapping[str, Any]) -> None:
         count = len(self._pipelines)
         overall = _fraction(progress) * count
-        index = min(count - 1, int(overall))
+        index = min(count - 1, int(overall + _BOUNDARY))
+        total = progress.get("total")
+        if index > 0 and overall - index < _BOUNDARY and isinstance(total, int) and progress.get("step") == total > 0:
+            # exactly on a boundary with its own last step: the end of the step before, not the start of the
+            # next (whose line would otherwise show the finished step's counter and worker)
+            index -= 1
+        overall = max(overall, float(index))
         if index != self._index:
             self._index = index
             self.relabel(self._step_label(index, self._pipelines))

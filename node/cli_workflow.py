@@ -11,7 +11,7 @@ FILE is TOML or JSON in the shape of ``POST /v1/workflows``::
     params = { num_frames = 4 }
 
 A first step that needs a file takes it from ``--input`` (sent as base64).
-The final output goes to OUT; each step's receipt to ``OUT.step-<k>.receipt``.
+The final output goes to OUT; step k's receipt (k from 1) to ``OUT.step-<k>.receipt``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,9 @@ async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output:
         lines.append(f"saved {path} ({size_text(len(data))})")
     total = 0
     last_outputs: set[str] = set()
-    for k, step_id in enumerate(result.get("steps") or []):
+    step_ids = result.get("steps") or []
+    # steps count from 1, as the progress display shows them ("step 1/4 text-to-image")
+    for k, step_id in enumerate(step_ids, start=1):
         step = await client.job(str(step_id))
         jobs = (step.get("result") or {}).get("jobs") or []
         last_outputs = set()
@@ -148,13 +150,13 @@ async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output:
             write_file(path, receipt_bytes)
             total += int(job.get("price", 0))
             lines.append(
-                f"  step {k} {step.get('kind', '?')}: worker {job.get('worker_peer_id', '?')}, "
+                f"  step {k}/{len(step_ids)} {step.get('kind', '?')}: worker {job.get('worker_peer_id', '?')}, "
                 f"model {job.get('model_id', '?')}, price {job.get('price', '?')}, seed {receipt.spec.seed}, "
                 f"receipt {path}"
             )
     if last_outputs and not set(digests) <= last_outputs:
         raise ReceiptRejected("output_mismatch", "the final output is not what the last step's receipt names")
-    lines.append(f"{len(result.get('steps') or [])} step(s), {total} micro-credits in all")
+    lines.append(f"{len(step_ids)} step(s), {total} micro-credits in all")
     return lines
 
 

@@ -170,10 +170,10 @@ def test_workflow_run_saves_the_output_and_every_step_receipt(
     assert code == 0, stderr
     out = tmp_path / "chain.mp4"  # named after the file, typed after the last step
     assert b"ftyp" in out.read_bytes()[:16] and f"saved {out}" in stdout
-    first = verify_receipt((tmp_path / "chain.mp4.step-0.receipt").read_bytes())
-    last = verify_receipt((tmp_path / "chain.mp4.step-1.receipt").read_bytes())
+    first = verify_receipt((tmp_path / "chain.mp4.step-1.receipt").read_bytes())
+    last = verify_receipt((tmp_path / "chain.mp4.step-2.receipt").read_bytes())
     assert (first.spec.pipeline, last.spec.pipeline) == ("text-to-image", "image-to-video")
-    assert lpnode(capsys, nodes, "receipt", "verify", tmp_path / "chain.mp4.step-1.receipt", "--output", out)[0] == 0
+    assert lpnode(capsys, nodes, "receipt", "verify", tmp_path / "chain.mp4.step-2.receipt", "--output", out)[0] == 0
     assert "2 step(s)" in stdout and "step 1/2 text-to-image" in stderr  # progress per step
 
 

@@ -207,7 +207,7 @@ def test_summary_and_tables() -> None:
     assert lines[2].endswith("all busy") and lines[-1] == "2 job(s)"
     assert jobs_table([]) == "no jobs yet"
     text = job_text(failed)
-    assert "state     failed" in text and '  prompt = "a lighthouse"' in text
+    assert "state     failed" in text and "\nrequest\n" in text and '  prompt = "a lighthouse"' in text
     assert "error     all busy (HTTP 503 x)" in text
 
 
@@ -244,6 +244,26 @@ def test_workflow_progress_is_shown_per_step() -> None:
     assert lines[0] == "step 1/2 text-to-image: running"
     assert [line.split(" [")[0] for line in lines[1:]] == ["step 1/2 text-to-image"] * 2 + ["step 2/2 upscale"] * 3
     assert [line.split("]")[1].split("%")[0].strip() for line in lines[1:]] == ["0", "50", "0", "50", "100"]
+
+
+def test_a_workflow_step_that_ends_shows_as_its_own_end_not_as_the_next_step() -> None:
+    # the node reports a step's last event at the boundary fraction (k + 1) / steps: it showed under the next
+    # step's label with the finished step's counter and worker ("step 2/3 upscale [....] 0%  step 2/2 ...")
+    out = io.StringIO()
+    display = WorkflowProgress(out, ["text-to-image", "upscale", "frame-interpolation"], tty=False)
+    display.state("running")
+    display.progress({"fraction": 1 / 6, "step": 1, "total": 2, "peer_id": "A"})
+    display.progress({"fraction": 2 / 6, "step": 2, "total": 2, "peer_id": "A"})
+    display.progress({"fraction": 2 / 6 + 1 / 12, "step": 1, "total": 4, "peer_id": "B"})
+    display.progress({"fraction": 1.0, "step": 3, "total": 3, "peer_id": "C"})
+    lines = out.getvalue().splitlines()[1:]
+    assert [line.split(" [")[0] for line in lines] == [
+        "step 1/3 text-to-image",
+        "step 1/3 text-to-image",
+        "step 2/3 upscale",
+        "step 3/3 frame-interpolation",
+    ]
+    assert "100%  step 2/2" in lines[1] and "25%  step 1/4" in lines[2] and "100%  step 3/3" in lines[3]
 
 
 def test_sim_is_a_subcommand_of_lpnode(capsys: pytest.CaptureFixture[str]) -> None:
