@@ -68,10 +68,8 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # longest long-poll on /v1/peers; keeps a forgotten client from holding a task forever
 _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as libp2p prints peer ids
-_SHUTDOWN_GRACE_S = 1.0
-DEFAULT_MAX_INPUT_BYTES = (
-    64 * 1024 * 1024
-)  # config.max_input_bytes  # in-flight requests get this long once the node stops
+_SHUTDOWN_GRACE_S = 1.0  # in-flight requests get this long once the node stops
+DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024  # config.max_input_bytes
 
 # The one place LpnodeError kinds become HTTP statuses; the most derived class listed wins.
 if TYPE_CHECKING:

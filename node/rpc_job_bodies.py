@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -261,8 +262,17 @@ def probe_inputs(inputs: Mapping[str, bytes]) -> dict[str, InputSize]:
         try:
             sizes[name] = probe_input(name, data)
         except InputUnreadable as exc:
-            raise invalid(f"{name}: {exc}", "body", name) from None
+            raise invalid(_plain(str(exc)), "body", name) from None
     return sizes
+
+
+# What the decoders add to their messages that means nothing to a client: the in-memory file's repr
+# (PIL: "cannot identify image file <_io.BytesIO object at 0x7f...>") and FFmpeg's errno and file name.
+_DECODER_NOISE = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>|\[Errno -?\d+\]\s*|:\s*'<none>'")
+
+
+def _plain(message: str) -> str:
+    return _DECODER_NOISE.sub("", message)
 
 
 def declare_input(
@@ -305,8 +315,10 @@ def prepare(
     return PreparedJob(str(body.pipeline), jobs, dict(inputs), body.options(), request)
 
 
-def invalid(message: str, where: str = "body", field_name: str = "request") -> RequestValidationError:
-    return RequestValidationError([{"loc": (where, field_name), "msg": message, "type": "value_error"}])
+def invalid(message: str, where: str = "body", field_name: str | None = None) -> RequestValidationError:
+    """A 422 about ``field_name`` of ``where``, or about the whole of ``where`` (the body) when None."""
+    loc = (where,) if field_name is None else (where, field_name)
+    return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])
 
 
 def validate(model: type[BaseModel], values: Mapping[str, Any]) -> Any:
@@ -372,7 +384,8 @@ async def read_form(request: Request, file_field: str, max_input_bytes: int) -> 
     except InputTooLarge:
         raise
     except Exception as exc:  # starlette's MultiPartException and parser errors: a malformed upload
-        raise invalid(f"malformed multipart body: {exc}") from None
+        detail = getattr(exc, "detail", None) or str(exc)  # starlette's str() would prefix its own "400: "
+        raise invalid(f"malformed multipart body: {detail}") from None
     try:
         fields: dict[str, Any] = {}
         upload: UploadFile | None = None
