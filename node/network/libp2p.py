@@ -36,6 +36,7 @@ from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -51,6 +52,7 @@ from ...protocol.signing import NodeKey
 from ._libp2p_mdns import serve_mdns
 from ._libp2p_pubsub import LpnodePubsub, make_router
 from ._libp2p_stream import TRANSPORT_ERRORS, InboundHandlerRoot, Libp2pStream
+from ._multiselect import PipelinedMultiselectClient
 from .base import (
     ByteStream,
     ConnectionEvent,
@@ -249,7 +251,9 @@ class Libp2pNetwork:
         except trio.TooSlowError as exc:
             raise PeerUnreachable(f"opening {protocol_id} to {peer} took longer than {timeout} s") from exc
         except TRANSPORT_ERRORS as exc:
-            raise PeerUnreachable(f"cannot open {protocol_id} to {peer}: {exc}") from exc
+            # py-libp2p wraps the reason (e.g. "protocol not supported") in a generic StreamFailure
+            reason = f"{exc} ({exc.__cause__})" if exc.__cause__ is not None else str(exc)
+            raise PeerUnreachable(f"cannot open {protocol_id} to {peer}: {reason}") from exc
         self._counters["outbound_streams"] += 1
         return Libp2pStream(raw, peer, protocol_id)
 
@@ -428,7 +432,7 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
         min_connections=0,
         low_watermark=0,
     )
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         # Only Noise: new_host's default also accepts plaintext and secio.
         sec_opt={NOISE_PROTOCOL_ID: noise},
@@ -437,6 +441,10 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
         enable_mDNS=False,  # ours is in _libp2p_mdns: pinned interface, and it dials
         connection_config=health,
     )
+    # header and proposal in one write: a new stream costs one round trip, not two (_multiselect)
+    assert isinstance(host, BasicHost), f"new_host made a {type(host).__name__}"
+    host.multiselect_client = PipelinedMultiselectClient()
+    return host
 
 
 def _dial_hint(addr: str, peer: ID) -> Multiaddr | None:

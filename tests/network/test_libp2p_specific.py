@@ -21,7 +21,7 @@ import trio
 # which once broke zeroconf's own loop thread at close; mDNS must work with it loaded
 import trio_asyncio  # noqa: F401
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
@@ -206,6 +206,35 @@ async def _assert_refused(client: Libp2pNetwork, peer: str, protocol_id: str) ->
     except StreamClosed:
         return
     assert await stream.receive_some(10) == b""
+
+
+async def test_one_write_protocol_proposal_is_understood_by_a_stock_py_libp2p_listener() -> None:
+    """Our dialer sends the multistream header and its proposal together (one round trip); a peer
+    running py-libp2p's own listener negotiates it, and refuses an unknown protocol with "na",
+    which reads as PeerUnreachable naming it while the connection stays usable."""
+    served: list[bytes] = []
+
+    async def echo(stream: INetStream) -> None:
+        data = await stream.read(100)
+        served.append(data)
+        await stream.write(data.upper())
+        await stream.close()
+
+    raw_host = new_host(key_pair=create_new_key_pair(deterministic_key(41).seed))
+    raw_host.set_stream_handler(TProtocol("/stock/echo/1"), echo)
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK) as (node,), _raw_host(raw_host) as raw:
+            addr = f"{raw.get_addrs()[0]}"
+            await node.connect(addr)
+            peer = raw.get_id().to_base58()
+            with pytest.raises(PeerUnreachable, match="not supported"):
+                await node.open_stream(peer, "/stock/unknown/1")
+            for word in (b"one", b"two"):
+                stream = await node.open_stream(peer, "/stock/echo/1")
+                await stream.send_all(word)
+                assert await stream.receive_some(100) == word.upper()
+                await stream.aclose()
+            assert served == [b"one", b"two"]
 
 
 async def test_listen_addrs_name_interfaces_not_the_unspecified_address() -> None:
