@@ -29,6 +29,7 @@ from lpnode.node.network.base import ConnectionEvent, ConnectionEventKind, Gossi
 from lpnode.protocol.advert import CapabilityAdvert, GpuInfo, ModelOffer, sign_advert, verify_advert
 from lpnode.protocol.codec import PROTOCOL_VERSION
 from lpnode.protocol.errors import AdvertRejected
+from lpnode.protocol.jobs import JOB_FEATURES
 from lpnode.protocol.names import ADVERT_TOPIC, SOFTWARE_VERSION
 from lpnode.protocol.signing import NodeKey
 
@@ -104,6 +105,7 @@ class AdvertPublisher:
             models=offer.models,
             queue_depth=offer.queue_depth,
             queue_capacity=offer.queue_capacity,
+            job_features=JOB_FEATURES,
         )
 
     async def run(self, stats: GossipStats) -> None:

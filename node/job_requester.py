@@ -41,7 +41,7 @@ from lpnode.protocol.errors import (
     ProtocolViolation,
     StreamTimeout,
 )
-from lpnode.protocol.jobs import JobMessage, Progress, QuoteRequest
+from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, JobMessage, Progress, QuoteRequest
 from lpnode.protocol.jobspec import (
     IMAGE_PNG,
     VIDEO_MP4,
@@ -85,6 +85,10 @@ MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allo
 DEFAULT_QUOTE_TIMEOUT_S = 10.0
 DEFAULT_SILENCE_S = 60.0
 CANCEL_GRACE_S = 1.0  # time given to telling a worker we gave up
+# Inputs up to this size follow the QuoteRequest at once (QuoteRequest.accept). Well under what a
+# refusing worker drops while it waits for our close (job_stream.MAX_LINGER_BYTES) and under one
+# yamux window, so sending them never blocks on a worker that is not reading.
+ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES = 32 * 1024
 
 Params = TextToImageParams | ImageToImageParams | ImageToVideoParams | UpscaleParams | FrameInterpolationParams
 ProgressCallback = Callable[[str, Progress], None]  # (worker peer id, latest progress)
@@ -292,7 +296,12 @@ class _Try:
         self.time_left_s = time_left_s
         self.on_progress = on_progress
         self.framing = framing
-        request = QuoteRequest(spec, secrets.token_bytes(16), max_price, max(1, int(time_left_s * 1000)))
+        # Small inputs (none, for text-to-image) go right behind the request, taken in advance: one
+        # round trip less. Large ones wait for a quote, so a refusing worker is not sent megabytes.
+        small = sum(blob.size_bytes for blob in spec.inputs) <= ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES
+        in_advance = small and ACCEPT_IN_ADVANCE in candidate.job_features
+        deadline_ms = max(1, int(time_left_s * 1000))
+        request = QuoteRequest(spec, secrets.token_bytes(16), max_price, deadline_ms, accept=in_advance)
         self.machine = RequesterNegotiation(request, node.peer_id, candidate.peer_id)
         self.outcome = ""  # set when this try ended for a reason the machine does not know
         self.detail = ""
@@ -355,27 +364,36 @@ class _Try:
 
     async def _negotiate(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
         machine = self.machine
+        in_advance = machine.request.accept
         await self._apply(machine.start(self.node.now_ms()))
+        if in_advance and not await self._send_inputs():
+            return None
         while machine.phase is Phase.REQUESTED:
             await self._next()
-        if machine.phase is not Phase.QUOTED:
+        if machine.phase not in (Phase.QUOTED, Phase.ACCEPTED):
             return None
         if self._quote_above_advert():
             await self._apply(machine.cancel("quote above the advertised price", self.now()))
             return None
-        await self._apply(machine.accept(self.node.now_ms()))
-        assert self.framed is not None
-        try:
-            for blob in machine.request.spec.inputs:
-                await send_transfer(self.framed, self.inputs[blob.name], blob.media_type)
-        except NetworkError as exc:
-            self._end("disconnected", f"while sending inputs: {exc}")
-            return None
+        if not in_advance:
+            await self._apply(machine.accept(self.node.now_ms()))
+            if not await self._send_inputs():
+                return None
         while machine.phase in (Phase.ACCEPTED, Phase.RUNNING):
             await self._next()
         if machine.phase is not Phase.DELIVERING:  # type: ignore[comparison-overlap]  # _next moved it
             return None
         return await self._receive_outputs()
+
+    async def _send_inputs(self) -> bool:
+        assert self.framed is not None
+        try:
+            for blob in self.machine.request.spec.inputs:
+                await send_transfer(self.framed, self.inputs[blob.name], blob.media_type)
+        except NetworkError as exc:
+            self._end("disconnected", f"while sending inputs: {exc}")
+            return False
+        return True
 
     async def _receive_outputs(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
         machine = self.machine

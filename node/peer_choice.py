@@ -99,6 +99,7 @@ class Candidate:
     preferred: bool
     expected_s: float = 0.0  # seconds to a result there: queue + cold load + our work / speed
     reputation: float = NEUTRAL_REPUTATION  # 0..1, the reputation view's score
+    job_features: tuple[str, ...] = ()  # the advert's job-stream extensions
 
 
 def job_mpx_steps(spec: JobSpec) -> float:
@@ -264,6 +265,7 @@ def rank_candidates(
                         work, speed=offer.speed_mpx_steps_per_s, warm=offer.warm, queue_depth=advert.queue_depth
                     ),
                     reputation=score,
+                    job_features=advert.job_features,
                 )
             )
     pairs.sort(key=lambda c: _order_key(c, priority))

@@ -91,6 +91,9 @@ class CapabilityAdvert:
     models: Annotated[tuple[ModelOffer, ...], Bound(max_items=64)]
     queue_depth: int  # jobs waiting or running now
     queue_capacity: int  # jobs the node will hold at once
+    # Job-stream extensions this node's worker speaks beyond the base flow (protocol.jobs.JOB_FEATURES);
+    # a requester uses one only with a peer that lists it. Absent in older adverts: none.
+    job_features: Annotated[tuple[Annotated[str, Bound(max_len=32)], ...], Bound(max_items=16)] = ()
 
     def __post_init__(self) -> None:
         if self.seq < 0:

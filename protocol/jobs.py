@@ -42,6 +42,11 @@ QuoteId = Annotated[str, Bound(max_len=64)]
 Text = Annotated[str, Bound(max_len=512)]  # human-readable detail, never parsed
 
 
+# Extensions of the job stream a worker advertises (CapabilityAdvert.job_features):
+ACCEPT_IN_ADVANCE = "accept_in_advance"  # it honours QuoteRequest.accept
+JOB_FEATURES = (ACCEPT_IN_ADVANCE,)  # what this version's worker speaks
+
+
 @message("job_quote_request", max_bytes=32 * 1024)
 @dataclass(frozen=True)
 class QuoteRequest:
@@ -49,6 +54,12 @@ class QuoteRequest:
     nonce: Annotated[bytes, Bound(max_len=32)]  # requester's random 16..32 bytes; part of the job id
     max_price: int  # micro-credits; the worker refuses (reason "price") rather than quote above it
     deadline_ms: int  # ms from this request to the Result, relative so peers' clocks need not agree
+    # Taken in advance: a quote the worker makes (never above max_price) counts as accepted the
+    # moment it is sent, and the inputs' chunks follow this request at once instead of an Accept;
+    # saves a round trip. Requesters set it only for small inputs (a refused job's are dropped), and
+    # only towards a worker whose advert lists ACCEPT_IN_ADVANCE (an older one would read the inputs
+    # as a message out of turn).
+    accept: bool = False
 
     def __post_init__(self) -> None:
         check_nonce(self.nonce)
@@ -226,6 +237,8 @@ def decode_job_message(data: bytes) -> JobMessage:
 
 
 __all__ = [
+    "ACCEPT_IN_ADVANCE",
+    "JOB_FEATURES",
     "MAX_JOB_FRAME_BYTES",
     "Accept",
     "Cancel",

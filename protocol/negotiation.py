@@ -11,7 +11,10 @@ and carries out the returned actions in order::
                └────────────┴──────────┴──────────┴─────────────┴──► failed | cancelled
 
 ``delivering`` is the requester's: the Result and its receipt checked, output
-chunks arriving, ended by ``outputs_received``. Rules that keep it safe:
+chunks arriving, ended by ``outputs_received``. A request taken in advance
+(``QuoteRequest.accept``) skips ``quoted``: the quote is accepted as it is sent
+and received, and the inputs follow the request without an Accept, one round
+trip less. Rules that keep it safe:
 
 * A peer message the state does not allow raises :class:`ProtocolViolation`
   after the machine has moved to ``failed``; the exception carries the cleanup
@@ -192,6 +195,9 @@ class WorkerNegotiation(_Machine):
             raise InvalidTransition(f"quote for model {quote.model_id}, job asks for {spec_model}")
         self.quote = quote
         self.phase = Phase.QUOTED
+        if self.request.accept:  # taken in advance: the inputs are on their way already
+            self.accepted_at_ms = now_ms
+            self.phase = Phase.ACCEPTED
         return [Send(quote)]
 
     def refuse(self, reason: RefusalReason, message: str, now_ms: int, retry_after_ms: int = 0) -> list[Action]:
@@ -312,7 +318,8 @@ class RequesterNegotiation(_Machine):
             self._check_quote(msg)
             self.quote = msg
             self.quote_expires_at_ms = now_ms + msg.ttl_ms
-            self.phase = Phase.QUOTED
+            # a request taken in advance is accepted by the quote itself (its inputs went with it)
+            self.phase = Phase.ACCEPTED if self.request.accept else Phase.QUOTED
             return []
         if isinstance(msg, Refusal) and self.phase is Phase.REQUESTED:
             self.refusal = msg

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from lpnode.models.base import PipelineKind
 from lpnode.models.pool import ModelPool, ModelStatus, PoolConfig, open_model_pool
+from lpnode.node import job_requester
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.framing import FramedStream
 from lpnode.node.gossip import WallClock
@@ -40,7 +41,7 @@ from lpnode.node.offer import OfferSource
 from lpnode.node.serving import serve_model_offers
 from lpnode.protocol.advert import ModelOffer
 from lpnode.protocol.jobs import QuoteRequest, Refusal, RefusalReason
-from lpnode.protocol.jobspec import Pipeline, TextToImageParams
+from lpnode.protocol.jobspec import ImageToImageParams, Pipeline, TextToImageParams
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.receipts import Receipt, verify_receipt
 
@@ -557,7 +558,11 @@ async def test_a_quote_above_the_advert_is_not_accepted(pool: ModelPool) -> None
     assert completed(liar, honest) == [0, 1]
 
 
-async def test_an_expired_quote_moves_the_job_to_the_next_candidate(pool: ModelPool) -> None:
+async def test_an_expired_quote_moves_the_job_to_the_next_candidate(
+    pool: ModelPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the classic flow (quote, then Accept), as for a job with large inputs
+    monkeypatch.setattr(job_requester, "ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES", -1)
     async with open_memory_hub() as hub, peers(hub) as start:
         requester: Peer = await start(0)  # type: ignore[assignment]
         far: Peer = await start(1, pool=pool)  # type: ignore[assignment]
@@ -579,6 +584,45 @@ async def test_an_expired_quote_moves_the_job_to_the_next_candidate(pool: ModelP
         (near.peer_id, "done", 1),
     ]
     assert completed(far, near) == [0, 1]
+
+
+async def test_a_request_taken_in_advance_does_not_wait_on_its_quote(pool: ModelPool) -> None:
+    """The same slow link as above, but a text-to-image job (no inputs) is taken in advance: the
+    quote is accepted as it is made, so its 50 ms lifetime never runs out and the far worker runs it."""
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        far: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        assert far.worker is not None
+        far.worker.config = WorkerConfig(quote_ttl_ms=50)
+        await sees_models(requester.node, [far])
+        hub.set_link_delay(requester.peer_id, far.peer_id, 0.2)
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S)
+    assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [(far.peer_id, "done")]
+    assert completed(far) == [1]
+
+
+def test_a_request_is_taken_in_advance_only_by_a_worker_that_advertises_it_and_for_small_inputs() -> None:
+    from lpnode.node.framing import FramingConfig
+    from lpnode.node.peer_choice import Candidate
+    from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE
+
+    def request_to(features: tuple[str, ...], input_bytes: int = 0) -> QuoteRequest:
+        if input_bytes:
+            i2i = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 2, 0.0, ""), MODEL, seed=3)
+            image = b"\x89PNG\r\n\x1a\n".ljust(input_bytes, b"\0")
+            spec = job_requester.build_spec(i2i, {"image": image}, 1 << 20)
+        else:
+            spec = job_requester.build_spec(T2I, {}, 1 << 20)
+        candidate = Candidate("peer", (), MODEL, True, 1.0, 1, 0, 4, False, job_features=features)
+        node = type("NodeStandIn", (), {"peer_id": "me"})()
+        try_ = job_requester._Try(node, candidate, spec, {}, 10, 10.0, None, FramingConfig())  # type: ignore[arg-type]
+        return try_.machine.request
+
+    assert request_to((ACCEPT_IN_ADVANCE,)).accept
+    assert not request_to(()).accept  # an older worker would read the inputs as a message out of turn
+    assert request_to((ACCEPT_IN_ADVANCE,), job_requester.ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES).accept
+    assert not request_to((ACCEPT_IN_ADVANCE,), job_requester.ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES + 1).accept
 
 
 async def test_a_receipt_that_does_not_bind_the_quote_moves_the_job_to_the_next_candidate(pool: ModelPool) -> None:

@@ -112,6 +112,39 @@ def test_a_job_with_inputs_accepts_them_by_descriptor() -> None:
     assert w.phase is Phase.ACCEPTED
 
 
+def test_a_request_taken_in_advance_skips_the_accept_on_both_sides() -> None:
+    """QuoteRequest.accept: the quote is accepted as it is sent and as it arrives; the inputs follow
+    the request, no Accept crosses the wire, and a quote that never expires is not waited on."""
+    request = dataclasses.replace(quote_request(upscale_spec()), accept=True)
+    r, w = requester(request), worker()
+    assert w.on_message(r.request, NOW_MS) == []
+    quote = make_quote(r.request)
+    assert w.offer(quote, NOW_MS) == [Send(quote)]
+    assert w.phase is Phase.ACCEPTED and w.next_wakeup_ms() == w.deadline_at_ms  # no quote expiry once taken
+    assert r.on_message(quote, NOW_MS + 10) == []
+    assert r.phase is Phase.ACCEPTED and r.next_wakeup_ms() == r.deadline_at_ms
+    with pytest.raises(InvalidTransition):
+        r.accept(NOW_MS + 20)  # nothing left to accept
+    assert w.inputs_received(NOW_MS + 30) == [StartRun(w.job_id)]
+    (progress,) = w.progress("denoise", 1, 4, NOW_MS + 100)
+    assert isinstance(progress, Send) and progress.message.elapsed_ms == 100  # type: ignore[union-attr]
+    result = make_result(r.request, quote)
+    assert sent(w.finish(result.outputs, result.receipt, NOW_MS + 200)) == [Result]
+    r.on_message(result, NOW_MS + 210)
+    assert r.phase is Phase.DELIVERING
+
+
+def test_an_accept_for_a_request_taken_in_advance_is_a_violation() -> None:
+    request = dataclasses.replace(quote_request(upscale_spec()), accept=True)
+    w = worker()
+    w.on_message(request, NOW_MS)
+    quote = make_quote(request)
+    w.offer(quote, NOW_MS)
+    with pytest.raises(ProtocolViolation) as violation:
+        w.on_message(Accept(quote.quote_id, w.job_id, request.spec.inputs), NOW_MS + 10)
+    assert violation.value.reason == "unexpected" and ReleaseReservation(quote.quote_id) in violation.value.actions
+
+
 def test_a_refusal_ends_both_sides() -> None:
     r, w = requester(), worker()
     w.on_message(r.request, NOW_MS)

@@ -9,6 +9,7 @@ are checked after every step, then the play is drained to its end.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -217,6 +218,7 @@ def drain(play: Play) -> None:
 @given(st.data(), st.integers(-30_000, 30_000))
 def test_random_play_never_breaks_the_machines(data: st.DataObject, skew_ms: int) -> None:
     request = quote_request(deadline_ms=data.draw(st.integers(1, 120_000), label="deadline_ms"))
+    request = dataclasses.replace(request, accept=data.draw(st.booleans(), label="taken in advance"))
     play = Play(
         RequesterNegotiation(request, REQUESTER.peer_id, WORKER.peer_id),
         WorkerNegotiation(WORKER.peer_id, REQUESTER.peer_id),
