@@ -46,6 +46,7 @@ __all__ = [
     "VerificationPlan",
     "blame_stands",
     "choose_checker",
+    "choose_suspect",
     "parse_verification",
     "resolve",
 ]
@@ -72,10 +73,17 @@ class SpotCheckConfig:
     falloff_scale: float = 10.0  # probability (falloff_scale / agreements) ** power once past initial_checks
     falloff_power: float = 2.0  # 2 with scale 10 reaches the 5 % floor after ~45 consecutive agreements
     min_checker_score: float = 0.3  # a checker needs this score (scoring.score) unless none has it
+    # A blamed, unbanned peer (a suspect) runs a copy of other peers' checked jobs beside the usual checker until
+    # it has passed this many checks since its blame. The ranking gives a suspect little work, so without these
+    # probes the evidence that would ban a cheater, or clear an honest peer blamed by bad luck, never comes.
+    # Costs at most this many extra runs per blame (one per check, while a suspect serves the model).
+    suspect_probes: int = 10
 
     def __post_init__(self) -> None:
-        if min(self.initial_checks, self.post_blame_jobs, self.probation_jobs) < 0 or self.falloff_scale <= 0:
-            raise ConfigError("initial_checks and post_blame_jobs must be non-negative, falloff_scale positive")
+        if min(self.initial_checks, self.post_blame_jobs, self.probation_jobs, self.suspect_probes) < 0:
+            raise ConfigError("initial_checks, post_blame_jobs, probation_jobs and suspect_probes must be non-negative")
+        if self.falloff_scale <= 0:
+            raise ConfigError("falloff_scale must be positive")
         for name in ("floor_rate", "video_floor_rate", "min_checker_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1]")
@@ -173,6 +181,28 @@ def choose_checker(
     best = max(c.score for c in tier)
     top = sorted((c for c in tier if c.score == best), key=lambda c: c.peer_id)
     return rng.choice(top)
+
+
+def choose_suspect(
+    candidates: Sequence[tuple[Candidate, PeerHistory]],
+    rng: random.Random,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    probes: int = SpotCheckConfig.suspect_probes,
+) -> Candidate | None:
+    """A suspect to run a copy of a checked job beside its checker: blamed, with fewer than ``probes``
+    checks passed since, not ``exclude``d (the job's own peers). The least cleared first, ties by ``rng``."""
+    suspects = [
+        (history.consecutive_agreements, candidate.peer_id, candidate)
+        for candidate, history in candidates
+        if candidate.peer_id not in exclude
+        and history.jobs_since_blame is not None
+        and history.consecutive_agreements < probes
+    ]
+    if not suspects:
+        return None
+    least = min(agreements for agreements, _, _ in suspects)
+    return rng.choice(sorted((peer, c) for agreements, peer, c in suspects if agreements == least))[1]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ spent on copies is counted there too (the overhead figure).
 
 Bounded: at most ``max_pending`` background checks at once (more are skipped
 and counted), and at most three peers per spot check.
+
+Off the answer's path: the store's bookkeeping of an ordinary job (its count in the
+peer's history, a skipped check) is written in the background too, so a job's answer
+waits for no reputation write; the plan reads the history with the jobs not yet
+written counted in (``_unsaved_jobs``), so it decides exactly as if they were.
 """
 
 from __future__ import annotations
@@ -48,11 +53,13 @@ from .errors import OutputUndecodable
 from .policy import (
     Candidate,
     NoVerification,
+    PeerHistory,
     PlanContext,
     Redundant,
     Resolution,
     SpotCheckPolicy,
     choose_checker,
+    choose_suspect,
     parse_verification,
     resolve,
 )
@@ -160,7 +167,9 @@ class SpotChecker:
         self.max_pending = max_pending
         self.compare_in_thread = compare_in_thread
         self._nursery = nursery
-        self._pending = 0
+        self._pending = 0  # background checks (bounded by max_pending)
+        self._tasks = 0  # background work of any kind: checks and bookkeeping
+        self._unsaved_jobs: dict[tuple[str, str], int] = {}  # noted jobs not yet in the store, by (peer, family)
         self._idle = trio.Event()
         self._idle.set()
 
@@ -175,27 +184,70 @@ class SpotChecker:
         if first == self.node.peer_id:
             return outcome  # this node ran it itself: checking ourselves proves nothing
         family = model_family(outcome.model_id)
-        history = self.reputation.history(first, family)  # before this job: the policy's "first jobs" count
-        await self.reputation.note_job(first, family, job_mpx_steps(outcome.spec))
-        if isinstance(method, NoVerification):
+        history = self._history(first, family)  # before this job: the policy's "first jobs" count
+        plan = None
+        if not isinstance(method, NoVerification):
+            job_context = PlanContext(first, history, outcome.spec.pipeline, self._candidates(outcome, {first}))
+            plan = method.plan(job_context, self.rng)
+        check = plan is not None and plan.copies > 0 and not isinstance(method, Redundant)
+        skipped = check and (plan is None or not plan.peers or self._pending >= self.max_pending)
+        self._note_soon(first, family, job_mpx_steps(outcome.spec), skipped=skipped)
+        if plan is None:
             return outcome
-        job_context = PlanContext(first, history, outcome.spec.pipeline, self._candidates(outcome, {first}))
-        plan = method.plan(job_context, self.rng)
         if isinstance(method, Redundant):
             return await self._redundant(method.k, job, inputs, options, outcome, plan.peers)
-        if plan.copies == 0:
-            return outcome
-        if not plan.peers or self._pending >= self.max_pending:
-            await self.reputation.note_check_compute(0, 0.0, skipped=1)
+        if not check or skipped:
             return outcome
         self._pending += 1
-        self._idle = trio.Event()
-        self._nursery.start_soon(self._background, job, inputs, options, outcome, plan.peers)
+        self._spawn(self._background, job, inputs, options, outcome, [*plan.peers, *self._suspect(outcome, plan.peers)])
         return outcome
 
     async def wait_idle(self) -> None:
-        """Until no background check is running (tests, and a clean shutdown)."""
+        """Until no background work is running: checks and bookkeeping (tests, and a clean shutdown)."""
         await self._idle.wait()
+
+    def _history(self, peer_id: str, family: str) -> PeerHistory:
+        """The store's history of ``peer_id`` with the jobs noted but not yet written counted in."""
+        history = self.reputation.history(peer_id, family)
+        for _ in range(self._unsaved_jobs.get((peer_id, family), 0)):
+            history = history.after_job()
+        return history
+
+    def _spawn(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._tasks += 1
+        self._idle = trio.Event()
+        self._nursery.start_soon(self._tracked, work, *args)
+
+    async def _tracked(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await work(*args)
+        finally:
+            self._tasks -= 1
+            if self._tasks == 0:
+                self._idle.set()
+
+    def _note_soon(self, peer_id: str, family: str, work_mpx_steps: float, *, skipped: bool) -> None:
+        """Count the job in ``peer_id``'s history (and a skipped check) in the store, in the background."""
+        key = (peer_id, family)
+        self._unsaved_jobs[key] = self._unsaved_jobs.get(key, 0) + 1
+        self._spawn(self._note, key, work_mpx_steps, skipped)
+
+    async def _note(self, key: tuple[str, str], work_mpx_steps: float, skipped: bool) -> None:
+        # Shielded: a few ms of SQLite that a stopping node still finishes, so no job it answered goes
+        # uncounted (an uncounted job would only mean one check more, but the count is the policy's input).
+        with trio.CancelScope(shield=True):
+            try:
+                await self.reputation.note_job(key[0], key[1], work_mpx_steps)
+                if skipped:
+                    await self.reputation.note_check_compute(0, 0.0, skipped=1)
+            except LpnodeError as exc:
+                log.warning("could not note a job of %s in the reputation store: %s", key[0], exc)
+            finally:
+                left = self._unsaved_jobs[key] - 1
+                if left:
+                    self._unsaved_jobs[key] = left
+                else:
+                    del self._unsaved_jobs[key]
 
     @property
     def pending(self) -> int:
@@ -221,8 +273,6 @@ class SpotChecker:
             log.exception("spot check of job %s crashed", outcome.job_id[:12])
         finally:
             self._pending -= 1
-            if self._pending == 0:
-                self._idle.set()
 
     async def _redundant(
         self,
@@ -342,6 +392,16 @@ class SpotChecker:
         if resolution.blamed:
             log.info("check of job %s: blamed %s", first.job_id[:12], ", ".join(resolution.blamed))
         return resolution
+
+    def _suspect(self, outcome: JobOutcome, checkers: Sequence[str]) -> list[str]:
+        """A suspect to probe with this check (``SpotCheckConfig.suspect_probes``), as a list of 0 or 1."""
+        if len(checkers) + 2 > SPOT_PEERS:
+            return []  # the check is full already
+        family = model_family(outcome.model_id)
+        exclude = frozenset({outcome.worker_peer_id, *checkers})
+        candidates = [(c, self._history(c.peer_id, family)) for c in self._candidates(outcome, set(exclude))]
+        pick = choose_suspect(candidates, self.rng, exclude=exclude, probes=self.policy.config.suspect_probes)
+        return [] if pick is None else [pick.peer_id]
 
     def _candidates(self, outcome: JobOutcome, exclude: set[str]) -> list[Candidate]:
         """Peers that serve the job's pipeline and model, not banned, with their scores (the first one included,

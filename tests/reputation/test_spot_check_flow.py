@@ -82,7 +82,9 @@ async def _worker(
 
 
 @asynccontextmanager
-async def network(tmp_path: Path, mode: CheatMode = CheatMode.OTHER_SEED) -> AsyncIterator[Network]:
+async def network(
+    tmp_path: Path, mode: CheatMode = CheatMode.OTHER_SEED, cheater_price: int = CHEAP_PRICE
+) -> AsyncIterator[Network]:
     async with (
         open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool,
         open_memory_hub() as hub,
@@ -95,7 +97,7 @@ async def network(tmp_path: Path, mode: CheatMode = CheatMode.OTHER_SEED) -> Asy
         )
         cheating = CheatingPool(pool, mode, rng=random.Random(5))
         honest = [await nursery.start(_worker, hub, i, pool, HONEST_PRICE, requester) for i in (1, 2)]
-        cheater = await nursery.start(_worker, hub, 3, cheating, CHEAP_PRICE, requester)
+        cheater = await nursery.start(_worker, hub, 3, cheating, cheater_price, requester)
         with trio.fail_after(BOUND_S):
             while not all((r := requester.directory.get(p)) and r.advert.models for p in [*honest, cheater]):
                 await requester.directory.wait_changed()
@@ -112,6 +114,26 @@ async def settled(net: Network, seed: int, **options: object) -> JobOutcome:
         outcome = await net.run(seed, **options)
         await net.checker.wait_idle()
     return outcome
+
+
+async def test_a_blamed_cheater_that_gets_no_more_work_is_still_probed_and_banned(tmp_path: Path) -> None:
+    """Once blamed, a cheater priced like the others ranks last and gets no user job: the checks of the
+    honest workers' jobs run a copy on it as well (a suspect probe), so the second blame comes anyway."""
+    async with network(tmp_path, cheater_price=HONEST_PRICE) as net:
+        first = await settled(net, 1, prefer=[net.cheater])
+        assert first.worker_peer_id == net.cheater
+        assert net.reputation.state(net.cheater, FAMILY).blames == 1 and not net.reputation.is_banned(net.cheater)
+        workers = []
+        for seed in range(2, 2 + MAX_JOBS_TO_BAN):
+            workers.append((await settled(net, seed)).worker_peer_id)
+            if net.reputation.is_banned(net.cheater):
+                break
+        assert net.cheater not in workers  # never a user's job again
+        assert net.reputation.is_banned(net.cheater), net.reputation.describe(net.cheater)
+        probed = await net.reputation.evidence(peer_id=net.cheater)
+        assert len(probed) == 2 and all(e["blamed"] == [net.cheater] for e in probed)
+        for peer in net.honest:
+            assert net.reputation.state(peer, FAMILY).blames == 0 and not net.reputation.is_banned(peer)
 
 
 async def test_a_cheater_is_blamed_then_banned_and_honest_workers_agree(tmp_path: Path) -> None:
