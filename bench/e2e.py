@@ -139,11 +139,39 @@ class Probes:
 
         return timed
 
+    def wrap_receive(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """``receive_job_message``: the arrival time and type of each job message."""
+
+        @functools.wraps(fn)
+        async def timed(*args: Any, **kwargs: Any) -> T:
+            start = time.monotonic()
+            message = await fn(*args, **kwargs)
+            self.record("received", start, message=type(message).__name__)
+            return message
+
+        return timed
+
+    def wrap_send(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """``send_job_message``: when each job message went out, by type."""
+
+        @functools.wraps(fn)
+        async def timed(framed: Any, message: Any, *args: Any, **kwargs: Any) -> T:
+            start = time.monotonic()
+            try:
+                return await fn(framed, message, *args, **kwargs)
+            finally:
+                self.record("sent", start, message=type(message).__name__)
+
+        return timed
+
 
 def install_probes(path: Path, worker: bool) -> None:
     """Wrap the calls the breakdown needs, in every loaded lpnode module that holds them by name."""
+    import lpnode.node.job_manager
     import lpnode.node.job_requester
+    import lpnode.node.job_stream
     import lpnode.node.job_worker
+    import lpnode.node.rpc_job_bodies
     import lpnode.node.run  # loads the RPC modules that import run_job
     import lpnode.node.transfer
 
@@ -152,11 +180,22 @@ def install_probes(path: Path, worker: bool) -> None:
         lpnode.node.job_requester.run_job: "run_job",
         lpnode.node.transfer.receive_transfer: "receive_output",
         lpnode.node.transfer.send_transfer: "send_output",
+        lpnode.node.rpc_job_bodies.read_json: "read_body",
     }
+    # the originals, taken before the loop rebinds job_stream's own names
+    receive, send = lpnode.node.job_stream.receive_job_message, lpnode.node.job_stream.send_job_message
     for module in [m for name, m in sys.modules.items() if name.startswith("lpnode.node") and m is not None]:
         for attr, value in list(vars(module).items()):
             if name := targets.get(value) if callable(value) else None:
                 setattr(module, attr, probes.wrap(name, value))
+            elif value is receive:
+                setattr(module, attr, probes.wrap_receive(value))
+            elif value is send:
+                setattr(module, attr, probes.wrap_send(value))
+    # the request path inside the requester's RPC handler: record creation, output store, final record
+    manager = lpnode.node.job_manager.JobManager
+    for method, name in (("submit", "submit"), ("_response", "store_outputs"), ("_finish", "finish")):
+        setattr(manager, method, probes.wrap(name, getattr(manager, method)))
     if not worker:
         return  # a requester-only node never imports torch
     from lpnode.models.pool import ModelPool
@@ -344,11 +383,13 @@ async def bench(setup: Setup, out: Path) -> None:
         async with httpx.AsyncClient(
             base_url=requester.url, headers=auth(requester), trust_env=False, timeout=180
         ) as client:
+            windows: list[tuple[float, float]] = []  # monotonic (start, end) of each network job, for the probes
 
             async def network(seed: int, *, tiny_stream: bool = False) -> tuple[float, dict[str, Any]]:
-                start = time.perf_counter()
+                start, mono = time.perf_counter(), time.monotonic()
                 answer = await client.post("/text-to-image", json=job_body(setup, seed, tiny_stream=tiny_stream))
                 wall = time.perf_counter() - start
+                windows.append((mono, time.monotonic()))
                 if answer.status_code != 200:
                     raise RuntimeError(f"POST /text-to-image answered {answer.status_code}: {answer.text[:2000]}")
                 return wall, answer.json()
@@ -359,6 +400,7 @@ async def bench(setup: Setup, out: Path) -> None:
                 if bench_models is not None:
                     await pool._in_slot_thread(slot, bare_once)
             skip_w, skip_r = count_lines(worker.probe), count_lines(requester.probe)
+            windows.clear()
             got: dict[str, list[float]] = {k: [] for k in ("direct", "device", "encode", "network", "run_ms", "bare")}
             for i in range(setup.repeats):
                 # alternate which goes first, so neither always follows the other's cache state
@@ -376,9 +418,9 @@ async def bench(setup: Setup, out: Path) -> None:
                         got["run_ms"].append(receipt.timings.run_ms / 1000)
                 if bench_models is not None:
                     got["bare"].append(await pool._in_slot_thread(slot, bare_once))
-            breakdown = split_times(
-                got["network"], read_probes(worker.probe, skip_w), read_probes(requester.probe, skip_r)
-            )
+            worker_probes, requester_probes = read_probes(worker.probe, skip_w), read_probes(requester.probe, skip_r)
+            breakdown = split_times(got["network"], worker_probes, requester_probes)
+            fine = fine_split(windows[: setup.repeats], worker_probes, requester_probes)
             rpc_ms = await rpc_round_trip(client)
 
             # jobs per second with a near-instant model
@@ -433,6 +475,7 @@ async def bench(setup: Setup, out: Path) -> None:
         "bare_ms": ms(got["bare"]) if got["bare"] else None,
         "rpc_get_ms": rpc_ms,
         "breakdown_ms": breakdown,
+        "fine_ms": fine,
         "stream_size": setup.stream_size,
         "stream_jobs": setup.stream_jobs,
         "concurrency": setup.concurrency,
@@ -488,6 +531,81 @@ def split_times(
     return {key: ms(values) for key, values in parts.items()}
 
 
+FINE_PARTS = {
+    "http_in": "HTTP request in: driver send → the handler reads the body",
+    "parse": "body read, validated, job built (inputs probed)",
+    "admit": "job record created (SQLite)",
+    "to_run_job": "task start → `run_job`",
+    "choose_open": "peer ranked, stream opened (multistream-select)",
+    "request_in": "QuoteRequest sent → the worker has it",
+    "worker_to_run": "the worker quotes (and waits for an Accept unless taken in advance) → `pool.run`",
+    "sign_receipt": "`pool.run` done → Result sent (receipt signed)",
+    "result_in": "Result sent → the requester has it",
+    "check_receipt": "receipt checked → transfer starts",
+    "transfer": "output transfer",
+    "to_store": "transfer done → output store",
+    "store_outputs": "outputs stored (files, fsync)",
+    "to_finish": "→ final record",
+    "finish": "final record saved (SQLite)",
+    "http_out": "HTTP response out: record saved → the driver has the answer",
+}
+
+
+def fine_split(
+    windows: Sequence[tuple[float, float]], worker: list[dict[str, Any]], requester: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """Median of each finer part of the timed network jobs: the probes that fall in each job's window."""
+    parts: dict[str, list[float]] = {}
+
+    def first(
+        probes: list[dict[str, Any]], window: tuple[float, float], name: str, message: str = ""
+    ) -> dict[str, Any]:
+        start, end = window
+        for p in probes:
+            if p["probe"] == name and start <= p["start"] <= end and (not message or p.get("message") == message):
+                return p
+        raise LookupError(f"{name} {message}".strip())
+
+    for window in windows:
+        start, end = window
+        try:
+            read = first(requester, window, "read_body")
+            submit = first(requester, window, "submit")
+            job = first(requester, window, "run_job")
+            quote_request = first(requester, window, "sent", "QuoteRequest")
+            request = first(worker, window, "received", "QuoteRequest")
+            pool_run = first(worker, window, "pool_run")
+            result_sent = first(worker, window, "sent", "Result")
+            result = first(requester, window, "received", "Result")
+            transfer = first(requester, window, "receive_output")
+            store = first(requester, window, "store_outputs")
+            finish = first(requester, window, "finish")
+        except LookupError as missing:
+            print(f"probe {missing} is missing in a timed job: no fine breakdown", file=sys.stderr)
+            return None
+        values = {
+            "http_in": read["start"] - start,
+            "parse": submit["start"] - read["start"],
+            "admit": submit["end"] - submit["start"],
+            "to_run_job": job["start"] - submit["end"],
+            "choose_open": quote_request["start"] - job["start"],
+            "request_in": request["end"] - quote_request["start"],
+            "worker_to_run": pool_run["start"] - request["end"],
+            "sign_receipt": result_sent["start"] - pool_run["end"],
+            "result_in": result["end"] - result_sent["start"],
+            "check_receipt": transfer["start"] - result["end"],
+            "transfer": transfer["end"] - transfer["start"],
+            "to_store": store["start"] - transfer["end"],
+            "store_outputs": store["end"] - store["start"],
+            "to_finish": finish["start"] - store["end"],
+            "finish": finish["end"] - finish["start"],
+            "http_out": end - finish["end"],
+        }
+        for key, value in values.items():
+            parts.setdefault(key, []).append(value)
+    return {key: ms(values) for key, values in parts.items()} if parts else None
+
+
 def cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -541,6 +659,10 @@ def report(path: Path) -> str:
                 f"| output transfer ({r['png_bytes'] / 1000:.0f} kB, chunked, sha256 checked) | {b['transfer']} |",
                 f"| after the transfer: outcome checks, back to the RPC handler | {b['after_transfer']} |",
             ]  # fmt: skip
+        if f := r.get("fine_ms"):
+            lines += ["", "| finer parts of a network job (probe stamps, medians) | ms |", "|---|---|"]
+            lines += [f"| {FINE_PARTS[key]} | {f[key]} |" for key in FINE_PARTS]
+            lines.append(f"| sum of the finer parts but `pool.run` | {round(sum(f.values()), 2)} |")
         lines += [
             "",
             f"Jobs per second, tiny-sdxl {r['stream_size']}×{r['stream_size']}, 1 step, {r['stream_jobs']} jobs, "
