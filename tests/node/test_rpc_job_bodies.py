@@ -67,7 +67,7 @@ def test_inputs_are_named_after_their_bytes() -> None:
     assert list(prepared.inputs) == ["video"] and set(prepared.request["inputs"]) == {"video"}
     assert prepared.jobs[0].params == UpscaleParams(2, 16, 12, 3)  # declared for the quote
     assert prepare(body, {"image": png(10, 6)}, 1 << 20).jobs[0].params == UpscaleParams(2, 10, 6, 1)
-    with pytest.raises(RequestValidationError, match="'video'.*not a readable video"):
+    with pytest.raises(RequestValidationError, match=r"'video'.*not a readable video"):
         prepare(body, {"video": MP4_HEAD + bytes(8)}, 1 << 20)
     assert not prepare(body, {"video": MP4_HEAD}, 1 << 20, declare=False).jobs[0].params.input_frames  # planning
 
