@@ -156,6 +156,8 @@ def limits_refusal(limits: ModelLimits | None, spec: JobSpec) -> str:
     if limits is None:
         return ""
     params = spec.params
+    if isinstance(params, UpscaleParams):
+        return _upscale_refusal(limits, params)
     width, height = getattr(params, "width", None), getattr(params, "height", None)
     if width is not None and height is not None:
         if max(width, height) > limits.max_side:
@@ -168,6 +170,25 @@ def limits_refusal(limits: ModelLimits | None, spec: JobSpec) -> str:
     frames = getattr(params, "num_frames", None)
     if frames is not None and frames > limits.max_frames:
         return f"num_frames {frames} exceeds its {limits.max_frames}"
+    return ""
+
+
+def _upscale_refusal(limits: ModelLimits, params: UpscaleParams) -> str:
+    """An upscale's output against ``limits``, told in what the user sent: the input's size and the scale.
+
+    The output size is derived, so naming it alone ("width=1024") points at a value nobody typed.
+    An undeclared input (an older requester) is the worker's to check.
+    """
+    if not params.declared:
+        return ""
+    width, height = params.input_width * params.scale, params.input_height * params.scale
+    output = f"output {width}×{height} (input {params.input_width}×{params.input_height} × scale {params.scale})"
+    if max(width, height) > limits.max_side:
+        return f"{output} exceeds its {limits.max_side}-pixel side"
+    if width * height > limits.max_pixels:
+        return f"{output} exceeds its {limits.max_pixels} pixels"
+    if params.input_frames > limits.max_frames:
+        return f"input of {params.input_frames} frames exceeds its {limits.max_frames}"
     return ""
 
 

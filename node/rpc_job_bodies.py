@@ -45,7 +45,8 @@ from lpnode.protocol.jobspec import (
     TextToImageParams,
     UpscaleParams,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 
 MAX_IMAGES_PER_PROMPT = 8
@@ -53,6 +54,9 @@ MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024  # one non-file form field (a prompt is at most 2000 characters)
 FORM_OVERHEAD_BYTES = 1024 * 1024  # fields and multipart framing on top of the file itself
 PeerId = Annotated[str, Field(max_length=64)]
+# Diffusion pipelines denoise a latent the VAE downsamples 8×: every text-to-image and image-to-video
+# model on offer refuses another size, so it is refused here, in the field's terms, before any peer is asked.
+DIFFUSION_SIZE_MULTIPLE = 8
 
 
 class InputTooLarge(LpnodeError):
@@ -62,8 +66,9 @@ class InputTooLarge(LpnodeError):
 class JobOptions(BaseModel):
     """lpnode's options, taken by every pipeline endpoint and by workflows."""
 
-    # unknown fields are ignored, as Livepeer's gateway does (its clients send e.g. safety_check)
-    model_config = ConfigDict(extra="ignore")
+    # unknown fields are ignored, as Livepeer's gateway does (its clients send e.g. safety_check);
+    # NaN and infinity are refused as such (else NaN reads as "should be <= 50", which it is not either)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     max_price: int = Field(1_000_000, ge=0, description="micro-credits per network job, at most")
     deadline: float = Field(120.0, gt=0, le=3600, description="seconds for the whole request")
@@ -103,6 +108,20 @@ class _PipelineBody(JobOptions):
         ]
 
 
+def _diffusion_size(value: int) -> int:
+    """``value`` if it is a whole number of latent blocks; a 422 naming the two nearest sizes otherwise."""
+    step = DIFFUSION_SIZE_MULTIPLE
+    if value % step:
+        lower = max(step, value - value % step)
+        raise PydanticCustomError(
+            "size_multiple",
+            "{value} is not a multiple of {step} (diffusion models work in {step}-pixel blocks): "
+            "try {lower} or {upper}",
+            {"value": value, "step": step, "lower": lower, "upper": lower + step},
+        )
+    return value
+
+
 class TextToImageBody(_PipelineBody):
     """Livepeer AI's text-to-image fields and defaults, plus lpnode's job options."""
 
@@ -114,6 +133,11 @@ class TextToImageBody(_PipelineBody):
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     num_inference_steps: int = Field(50, ge=1, le=1000)
     num_images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _whole_blocks(cls, value: int) -> int:
+        return _diffusion_size(value)
 
     def image_count(self) -> int:
         return self.num_images_per_prompt
@@ -154,6 +178,11 @@ class ImageToVideoBody(_PipelineBody):
     min_guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
     max_guidance_scale: float = Field(3.0, ge=0.0, le=50.0)
     decode_chunk_size: int = Field(8, ge=1, le=256)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _whole_blocks(cls, value: int) -> int:
+        return _diffusion_size(value)
 
     def params(self) -> Params:
         return ImageToVideoParams(
