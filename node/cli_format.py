@@ -214,6 +214,20 @@ def _record_peer(record: Mapping[str, Any]) -> str:
     return short_peer_id(str(peer_id)) if peer_id else "-"
 
 
+def _progress_text(progress: Mapping[str, Any]) -> str:
+    """``15% (step 3/20)``; without a step count (none reported, e.g. a job interrupted before its
+    worker said anything) only what is known, never a made-up ``step 0/0``."""
+    fraction, total = float(progress.get("fraction") or 0), int(progress.get("total") or 0)
+    if total:
+        return f"{fraction * 100:.0f}% (step {progress.get('step', 0)}/{total})"
+    return f"{fraction * 100:.0f}%" if fraction else "none reported"
+
+
+def _progress_cell(progress: Mapping[str, Any]) -> str:
+    fraction, total = float(progress.get("fraction") or 0), int(progress.get("total") or 0)
+    return f"{fraction * 100:.0f}%" if fraction or total else "-"
+
+
 def jobs_table(records: Sequence[Mapping[str, Any]]) -> str:
     """``lpnode jobs``: one row per job record, newest first as the node answers."""
     if not records:
@@ -223,7 +237,7 @@ def jobs_table(records: Sequence[Mapping[str, Any]]) -> str:
             [str(r.get("id", "?"))],
             [str(r.get("kind", "?"))],
             [str(r.get("state", "?"))],
-            [f"{float((r.get('progress') or {}).get('fraction') or 0) * 100:.0f}%"],
+            [_progress_cell(r.get("progress") or {})],
             [_record_peer(r)],
             [str((r.get("error") or {}).get("message", ""))[:60]],
         )
@@ -243,10 +257,7 @@ def job_text(record: Mapping[str, Any]) -> str:
         lines.append(f"workflow  {record['parent_id']}")
     progress = record.get("progress") or {}
     if progress:
-        lines.append(
-            f"progress  {float(progress.get('fraction') or 0) * 100:.0f}% "
-            f"(step {progress.get('step', 0)}/{progress.get('total', 0)})"
-        )
+        lines.append(f"progress  {_progress_text(progress)}")
     request = record.get("request") or {}
     if request:
         lines.append("request")

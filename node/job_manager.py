@@ -261,7 +261,10 @@ class JobManager:
         return found
 
     async def list(self, limit: int = 50, state: str | None = None) -> list[Record]:
-        return await self.book.list(limit, state)
+        """Newest first; a live job as ``get`` shows it (the book holds its progress only once it ends)."""
+        records = await self.book.list(limit, state)
+        merged = [_copy(live.record) if (live := self._live.get(r["id"])) is not None else r for r in records]
+        return [r for r in merged if state is None or r["state"] == state]
 
     async def receipt(self, job_id: str, n: int) -> bytes:
         record = await self.get(job_id)
@@ -416,9 +419,13 @@ class JobManager:
         count = len(prepared.jobs)
         outcomes: list[JobOutcome | None] = [None] * count
         steps = [(0, 0)] * count
+        # Per image, the tries seen running (peer id by the try's job id, in order): the requester's
+        # own attempt list dies with it when the job is cancelled, and the record should still say who ran it.
+        tries: list[dict[str, str]] = [{} for _ in range(count)]
 
         def progress_of(index: int) -> ProgressCallback:
             def on_progress(peer_id: str, message: Progress) -> None:
+                tries[index].setdefault(message.job_id, peer_id)
                 steps[index] = (message.step, message.total)
                 step, total = sum(s for s, _ in steps), sum(t for _, t in steps)
                 fraction = min(1.0, step / total) if total else 0.0
@@ -435,10 +442,15 @@ class JobManager:
             async with trio.open_nursery() as nursery:
                 for index in range(count):
                     nursery.start_soon(one, index)
-        except BaseExceptionGroup as group:
-            failures, rest = group.split(LpnodeError)
+        except BaseException as exc:
+            if _cancelled(exc):
+                live.record["attempts"] = _cut_short(outcomes, tries, steps, live.cancel_requested)
+                raise
+            if not isinstance(exc, BaseExceptionGroup):
+                raise
+            failures, rest = exc.split(LpnodeError)
             if rest is not None or failures is None:
-                raise  # cancellation or a bug: not the job's own error
+                raise  # a bug: not the job's own error
             first = _leaves(failures)[0]
             if isinstance(first, JobFailed):
                 live.record["attempts"] = [_attempt(a) for a in first.attempts]
@@ -627,6 +639,38 @@ def sha256_hex(data: bytes) -> str:
 
 def _attempt(a: Attempt) -> dict[str, Any]:
     return {"peer_id": a.peer_id, "outcome": a.outcome, "detail": a.detail, "price": a.price}
+
+
+def _cut_short(
+    outcomes: Sequence[JobOutcome | None],
+    tries: Sequence[Mapping[str, str]],
+    steps: Sequence[tuple[int, int]],
+    cancel_requested: bool,
+) -> list[dict[str, Any]]:
+    """The attempts of a request cancelled (or stopped with the node) mid-run, as far as they were seen.
+
+    An image that finished keeps its requester's attempts. For one still running, each try that
+    reported progress is listed: the last one ``cancelled`` (``interrupted`` when the node stopped),
+    any before it ``superseded``: the job had moved on from it, and why was lost with the requester's run.
+    """
+    ended = "cancelled" if cancel_requested else "interrupted"
+    attempts: list[dict[str, Any]] = []
+    for outcome, seen, (step, total) in zip(outcomes, tries, steps, strict=True):
+        if outcome is not None:
+            attempts.extend(_attempt(a) for a in outcome.attempts)
+            continue
+        peers = list(seen.values())
+        for n, peer_id in enumerate(peers, 1):
+            if n < len(peers):
+                attempts.append(_seen(peer_id, "superseded", "ran, then the job moved on to another peer"))
+            else:
+                at = f" at step {step}/{total}" if total else ""
+                attempts.append(_seen(peer_id, ended, f"{ended} while running{at}"))
+    return attempts
+
+
+def _seen(peer_id: str, outcome: str, detail: str) -> dict[str, Any]:
+    return {"peer_id": peer_id, "outcome": outcome, "detail": detail, "price": None}
 
 
 def _cancelled(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.node.cli_format import job_text, jobs_table
 from lpnode.node.network.memory import open_memory_hub
 
 from .test_jobs import BOUND_S, Peer, completed, peers, png, sees_models
@@ -72,3 +73,42 @@ async def test_a_non_finite_number_is_refused_as_such() -> None:
         nan.status_code == 422 and nan.json()["message"] == "body field guidance_scale: Input should be a finite number"
     )
     assert inf.status_code == 422 and "body field strength: Input should be a finite number" in inf.json()["message"]
+
+
+async def test_a_running_job_lists_as_it_shows_and_a_cancelled_one_keeps_its_attempt(pool2: ModelPool) -> None:
+    """N1: GET /v1/jobs shows a live job's progress and worker; N4: cancelled mid-run, its record names the try."""
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool2)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with rpc(requester.node) as (client, jobs):
+            with trio.fail_after(BOUND_S):
+                # 20 steps: the cancel lands long before the worker could finish
+                body = BODY | {"num_images_per_prompt": 1, "num_inference_steps": 20}
+                headers = AUTH | {"Prefer": "respond-async"}
+                job_id = (await client.post("/text-to-image", json=body, headers=headers)).json()["id"]
+                async with jobs.listen(job_id) as listener:
+                    while (event := await listener.next()).kind != "progress":
+                        pass
+                listed = (await client.get("/v1/jobs", headers=AUTH)).json()["jobs"]
+                running = (await client.get("/v1/jobs?state=running", headers=AUTH)).json()["jobs"]
+                cancelled = await client.delete(f"/v1/jobs/{job_id}", headers=AUTH)
+    assert event.data["total"] == 20 and event.data["peer_id"] == worker.peer_id
+    for records in (listed, running):
+        (record,) = records
+        assert record["id"] == job_id and record["state"] == "running"
+        assert record["progress"]["total"] == 20 and record["progress"]["peer_id"] == worker.peer_id
+    final = cancelled.json()
+    assert final["state"] == "cancelled"
+    assert [(a["peer_id"], a["outcome"]) for a in final["attempts"]] == [(worker.peer_id, "cancelled")]
+    assert final["attempts"][0]["detail"].startswith("cancelled while running at step ")
+
+
+def test_a_job_without_step_counts_shows_no_made_up_steps() -> None:
+    """N4: an interrupted job that never reported a step reads 'none reported', not '0% (step 0/0)'."""
+    interrupted = {"id": "job_1", "kind": "image-to-video", "state": "interrupted"}
+    interrupted["progress"] = {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None}
+    assert "progress  none reported" in job_text(interrupted) and "0/0" not in job_text(interrupted)
+    assert jobs_table([interrupted]).splitlines()[1].split()[3] == "-"
+    running = interrupted | {"progress": {"fraction": 0.15, "step": 3, "total": 20, "peer_id": None}}
+    assert "progress  15% (step 3/20)" in job_text(running)
