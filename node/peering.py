@@ -4,7 +4,10 @@ Gossip only reaches us over connections, and a direct connection is also how
 we notice a dead peer within seconds (instead of at advert expiry). So:
 
 - every ``--bootstrap`` address is dialed at start and redialed with capped
-  exponential backoff whenever it is not connected;
+  exponential backoff whenever it is not connected; the cap is short
+  (:data:`MAX_BOOTSTRAP_BACKOFF_S`): there are few such peers, the operator named
+  them, and a restarted bootstrap node is alone until its peers redial it (with the
+  directory's 60 s cap that was up to a minute);
 - peers learned from adverts are dialed (a few at a time, with backoff per
   peer after failures) until ``max_connections`` direct connections are open.
 """
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 MIN_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
+# A handful of configured peers, each a refused connect per try while it is down: cheap to retry often.
+MAX_BOOTSTRAP_BACKOFF_S = 8.0
 PARALLEL_DIALS = 4
 # A dial pass looks at the whole directory; adverts change it many times a second in
 # a big network, so passes are spaced out rather than run on every change.
@@ -33,10 +38,11 @@ DIAL_PASS_MIN_INTERVAL_S = 1.0
 class _Backoff:
     delay_s: float = MIN_BACKOFF_S
     retry_at: float = 0.0  # trio time
+    max_delay_s: float = MAX_BACKOFF_S
 
     def failed(self, now: float) -> None:
         self.retry_at = now + self.delay_s
-        self.delay_s = min(self.delay_s * 2, MAX_BACKOFF_S)
+        self.delay_s = min(self.delay_s * 2, self.max_delay_s)
 
 
 async def serve_bootstrap(
@@ -49,7 +55,7 @@ async def serve_bootstrap(
 
 
 async def _keep_connected(network: Network, addr: str) -> None:
-    backoff = _Backoff()
+    backoff = _Backoff(max_delay_s=MAX_BOOTSTRAP_BACKOFF_S)
     peer = addr.rsplit("/p2p/", 1)[-1]
     async with network.connection_events() as events:
         while True:
@@ -57,7 +63,7 @@ async def _keep_connected(network: Network, addr: str) -> None:
                 try:
                     await network.connect(addr)
                     log.info("connected to bootstrap peer %s", addr)
-                    backoff = _Backoff()
+                    backoff = _Backoff(max_delay_s=MAX_BOOTSTRAP_BACKOFF_S)
                 except PeerUnreachable as exc:
                     log.warning("bootstrap peer %s unreachable (%s); retrying in %.0f s", addr, exc, backoff.delay_s)
                     backoff.failed(trio.current_time())
