@@ -381,7 +381,12 @@ async def bench(setup: Setup, out: Path) -> None:
                 return time.perf_counter() - start
 
         async with httpx.AsyncClient(
-            base_url=requester.url, headers=auth(requester), trust_env=False, timeout=180
+            base_url=requester.url,
+            headers=auth(requester),
+            trust_env=False,
+            timeout=180,
+            # under the server's 5 s keep-alive: a POST on a connection it is just closing fails (23:55 run)
+            limits=httpx.Limits(keepalive_expiry=2.0),
         ) as client:
             windows: list[tuple[float, float]] = []  # monotonic (start, end) of each network job, for the probes
 

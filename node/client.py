@@ -35,6 +35,7 @@ from lpnode.protocol.errors import LpnodeError
 
 DEFAULT_TIMEOUT_S = 10.0  # every call that is not a job
 DEFAULT_JOB_DEADLINE_S = 120.0  # the server's default `deadline`
+IDLE_CONNECTION_S = 2.0  # kept for reuse this long: under the node's 5 s keep-alive timeout
 JOB_MARGIN_S = 30.0  # a synchronous job call waits its deadline plus this (upload, download, bookkeeping)
 OUTPUT_TIMEOUT_S = 120.0  # downloading one output (a video may be large)
 EVENTS_IDLE_S = 60.0  # the node sends a keep-alive every ~15 s; this long without a byte means it is gone
@@ -69,6 +70,10 @@ class LpnodeClient:
             timeout=timeout_s,
             trust_env=False,  # a proxy from the environment must never see the token
             transport=transport,
+            # The node's server closes a connection idle for 5 s (hypercorn's keep-alive); a POST sent on one
+            # it is closing that moment fails with "server disconnected" and is not retried (not idempotent).
+            # Dropping idle connections sooner on this side closes that race.
+            limits=httpx.Limits(keepalive_expiry=IDLE_CONNECTION_S),
         )
 
     @classmethod

@@ -242,6 +242,8 @@ class SpotChecker:
                     await self.reputation.note_check_compute(0, 0.0, skipped=1)
             except LpnodeError as exc:
                 log.warning("could not note a job of %s in the reputation store: %s", key[0], exc)
+            except Exception:  # a bug here must not take the node down with the checker's nursery
+                log.exception("noting a job of %s in the reputation store crashed", key[0])
             finally:
                 left = self._unsaved_jobs[key] - 1
                 if left:
