@@ -33,7 +33,14 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from lpnode.node.daemon import Node
-from lpnode.node.job_manager import JobAlreadyFinished, JobCancelled, JobManager, JobNotFound, ManagerBusy
+from lpnode.node.job_manager import (
+    JobAlreadyFinished,
+    JobCancelled,
+    JobManager,
+    JobNotFound,
+    ManagerBusy,
+    PriceBelowOffers,
+)
 from lpnode.node.job_requester import JobFailed, NoCandidates, ParametersRefused
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
 from lpnode.node.rpc_job_bodies import InputTooLarge
@@ -87,6 +94,7 @@ ERROR_STATUS: dict[type[LpnodeError], int] = {
     NoCandidates: 404,  # nobody offers that model/pipeline; the message lists what the network offers
     JobFailed: 503,  # every candidate refused or failed; the message lists the attempts
     ParametersRefused: 422,  # every candidate's model refused the parameters (its limits); the attempts say which
+    PriceBelowOffers: 422,  # the model is on offer, but above max_price everywhere: refused before any peer is asked
     InputTooLarge: 413,
     ManagerBusy: 429,
     JobNotFound: 404,
@@ -257,7 +265,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         name = _HTTP_ERROR_NAMES.get(exc.status_code, f"http_{exc.status_code}")
-        return _error(exc.status_code, name, str(exc.detail), exc.headers)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == _NO_ROUTE:  # the router's miss, not one of our own 404s
+            message = f"no endpoint {request.method} {request.url.path} on this node; {_endpoints(request.app)}"
+        return _error(exc.status_code, name, message, exc.headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -272,6 +283,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+_NO_ROUTE = "Not Found"  # starlette's detail when no route matches
+
+
+def _endpoints(app: FastAPI) -> str:
+    """The pipelines and the API's paths, for a request that matched none; /docs has the methods and fields."""
+    # the OpenAPI schema, not app.routes: included routers are not flattened there (FastAPI builds it once)
+    paths = sorted(app.openapi().get("paths", {}))
+    pipelines = [path for path in paths if not path.startswith("/v1") and path != "/health"]
+    api = [path for path in paths if path.startswith("/v1")]
+    return f"pipelines: {', '.join(pipelines) or 'none'}; API: {', '.join(api)}; fields and methods: GET /docs"
 
 
 def status_for(exc: LpnodeError) -> int:

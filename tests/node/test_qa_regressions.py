@@ -112,3 +112,39 @@ def test_a_job_without_step_counts_shows_no_made_up_steps() -> None:
     assert jobs_table([interrupted]).splitlines()[1].split()[3] == "-"
     running = interrupted | {"progress": {"fraction": 0.15, "step": 3, "total": 20, "peer_id": None}}
     assert "progress  15% (step 3/20)" in job_text(running)
+
+
+async def test_max_price_below_every_offer_is_a_price_error_not_a_missing_model(pool2: ModelPool) -> None:
+    """N6: max_price 0 with the model on offer: 422 saying the cheapest price, no peer asked (was 404 no_candidates)."""
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool2)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with rpc(requester.node) as (client, _):
+            streams = hub.stats.streams_opened
+            with trio.fail_after(BOUND_S):
+                free = await client.post("/text-to-image", json=BODY | {"max_price": 0}, headers=AUTH)
+                unknown = await client.post("/text-to-image", json=BODY | {"model_id": "nobody/has-it"}, headers=AUTH)
+            assert hub.stats.streams_opened == streams
+    assert free.status_code == 422 and free.json()["error"] == "price_below_offers"
+    # 64×64 × 2 steps at 100 per megapixel-step: 1 micro-credit
+    assert free.json()["message"] == (
+        f"no offer fits max_price 0: the cheapest text-to-image offer (lpnode/tiny-sdxl on {worker.peer_id[-12:]}) "
+        "prices this job at 1 micro-credits"
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"] == "no_candidates"  # a missing model stays 404
+
+
+async def test_an_unknown_endpoint_names_the_endpoints() -> None:
+    """N6: POST /text-to-video answers JSON naming the pipelines and pointing at /docs, not a bare 'Not Found'."""
+    async with open_memory_hub() as hub, peers(hub) as start:
+        lone: Peer = await start(0)  # type: ignore[assignment]
+        async with rpc(lone.node) as (client, _):
+            with trio.fail_after(BOUND_S):
+                missing = await client.post("/text-to-video", json={"prompt": "x"}, headers=AUTH)
+                unknown_peer = await client.get("/v1/peers/12D3KooWnobody", headers=AUTH)
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    message = missing.json()["message"]
+    assert message.startswith("no endpoint POST /text-to-video on this node; pipelines: /frame-interpolation, ")
+    assert "/text-to-image" in message and "/v1/jobs" in message and message.endswith("GET /docs")
+    assert "is not in this node's directory" in unknown_peer.json()["message"]  # a route's own 404 keeps its words
