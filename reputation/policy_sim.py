@@ -12,7 +12,9 @@ with nothing), a third peer is asked when the two do not agree,
     outcomes = simulate(SimConfig(), [SimPeer("cheat-10", cheat_rate=0.10)] * 100)
 
 simnet reuses :func:`simulate_peer` with its own peers; calibration writes the
-figures to docs/verification.md.
+figures to docs/verification.md. :func:`simulate_network` is the other reading:
+one requester's jobs shared by a small network of peers that check each other
+(``calibrate --target-runs``, the issue's "10,000 simulated jobs").
 """
 
 from __future__ import annotations
