@@ -24,9 +24,10 @@ Bounded: at most ``max_pending`` background checks at once (more are skipped
 and counted), and at most three peers per spot check.
 
 Off the answer's path: the store's bookkeeping of an ordinary job (its count in the
-peer's history, a skipped check) is written in the background too, so a job's answer
-waits for no reputation write; the plan reads the history with the jobs not yet
-written counted in (``_unsaved_jobs``), so it decides exactly as if they were.
+peer's history, a skipped check) is written in the background too, in batches a
+moment after the answer, so a job's answer waits for no reputation write and its own
+record's writes do not queue behind one; the plan reads the history with the jobs
+not yet written counted in (``_unsaved_jobs``), so it decides exactly as if they were.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ log = logging.getLogger(__name__)
 Runner = Callable[[JobRequest, Mapping[str, bytes], JobOptions, ProgressCallback], Awaitable[JobOutcome]]
 DEFAULT_MAX_PENDING = 16  # background checks at once; each holds a job's inputs and outputs in memory
 SPOT_PEERS = 3  # first worker, checker, tie-breaker
+NOTE_DELAY_S = 0.05  # a job's bookkeeping waits this long after its answer (see _flush_notes)
 
 
 class NoMajority(JobFailed):
@@ -170,6 +172,9 @@ class SpotChecker:
         self._pending = 0  # background checks (bounded by max_pending)
         self._tasks = 0  # background work of any kind: checks and bookkeeping
         self._unsaved_jobs: dict[tuple[str, str], int] = {}  # noted jobs not yet in the store, by (peer, family)
+        self._unsaved_notes: list[tuple[str, str, float]] = []  # (peer, family, mpx-steps) for the next flush
+        self._unsaved_skips = 0
+        self._flush_scheduled = False
         self._idle = trio.Event()
         self._idle.set()
 
@@ -227,35 +232,39 @@ class SpotChecker:
                 self._idle.set()
 
     def _note_soon(self, peer_id: str, family: str, work_mpx_steps: float, *, skipped: bool) -> None:
-        """Count the job in ``peer_id``'s history (and a skipped check) in the store, in the background."""
+        """Count the job in ``peer_id``'s history (and a skipped check) in the store, soon, in a batch."""
         key = (peer_id, family)
         self._unsaved_jobs[key] = self._unsaved_jobs.get(key, 0) + 1
-        self._spawn(self._note, key, work_mpx_steps, skipped)
+        self._unsaved_notes.append((peer_id, family, work_mpx_steps))
+        self._unsaved_skips += int(skipped)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._spawn(self._flush_notes)
 
-    async def _note(self, key: tuple[str, str], work_mpx_steps: float, skipped: bool) -> None:
-        # Shielded: a few ms of SQLite that a stopping node still finishes, so no job it answered goes
-        # uncounted (an uncounted job would only mean one check more, but the count is the policy's input).
-        with trio.CancelScope(shield=True):
-            try:
-                await self.reputation.note_job(key[0], key[1], work_mpx_steps)
-                if skipped:
-                    await self.reputation.note_check_compute(0, 0.0, skipped=1)
-            except LpnodeError as exc:
-                log.warning("could not note a job of %s in the reputation store: %s", key[0], exc)
-            except Exception:  # a bug here must not take the node down with the checker's nursery
-                log.exception("noting a job of %s in the reputation store crashed", key[0])
-            finally:
-                left = self._unsaved_jobs[key] - 1
-                if left:
-                    self._unsaved_jobs[key] = left
-                else:
-                    del self._unsaved_jobs[key]
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    # ------------------------------------------------------------ checks
+    async def _flush_notes(self) -> None:
+        # A moment after the answer, so the job's own record and output writes (same database) never
+        # queue behind this one; whatever was noted meanwhile goes in the same transaction.
+        try:
+            await trio.sleep(NOTE_DELAY_S)
+        finally:
+            # Shielded, also when the node stops: a few ms of SQLite, so no answered job goes uncounted
+            # (an uncounted job would only mean one check more, but the count is the policy's input).
+            with trio.CancelScope(shield=True):
+                notes, skips = self._unsaved_notes, self._unsaved_skips
+                self._unsaved_notes, self._unsaved_skips, self._flush_scheduled = [], 0, False
+                try:
+                    await self.reputation.note_jobs(notes, skipped=skips)
+                except LpnodeError as exc:
+                    log.warning("could not note %d job(s) in the reputation store: %s", len(notes), exc)
+                except Exception:  # a bug here must not take the node down with the checker's nursery
+                    log.exception("noting %d job(s) in the reputation store crashed", len(notes))
+                finally:
+                    for peer_id, family, _ in notes:
+                        key = (peer_id, family)
+                        if left := self._unsaved_jobs[key] - 1:
+                            self._unsaved_jobs[key] = left
+                        else:
+                            del self._unsaved_jobs[key]
 
     async def _background(
         self,

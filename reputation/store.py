@@ -362,6 +362,26 @@ class ReputationStore:
             self._notify()
             return new.history
 
+    async def note_jobs(self, jobs: Sequence[tuple[str, str, float]], *, skipped: int = 0) -> None:
+        """Several :meth:`note_job` at once, ``(peer_id, family, work_mpx_steps)`` each, plus checks skipped
+        for want of a checker or capacity: one transaction for the batch."""
+        if not jobs and not skipped:
+            return
+        async with self._lock:
+            peers: dict[tuple[str, str], PeerState] = {}
+            for peer_id, family, _ in jobs:
+                state = peers.get((peer_id, family)) or self.state(peer_id, family)
+                peers[(peer_id, family)] = replace(state, history=state.history.after_job())
+            work = sum(w for _, _, w in jobs)
+            counters = self._bump({"jobs": len(jobs), "job_mpx_steps": work, "checks_skipped": skipped})
+            async with self.db.transaction() as tx:
+                for (peer_id, family), state in peers.items():
+                    await _save_peer(tx, peer_id, family, state)
+                await _save_counters(tx, counters)
+            self._peers.update(peers)
+            self._counters = counters
+            self._notify()
+
     async def note_check_compute(self, runs: int, work_mpx_steps: float, *, skipped: int = 0) -> None:
         """Extra runs made for checks (and checks skipped for want of a checker or capacity)."""
         async with self._lock:

@@ -141,6 +141,18 @@ async def test_honest_agreement_raises_both_scores(tmp_path: Path) -> None:
         assert rep.overhead() == pytest.approx(0.2)
 
 
+async def test_jobs_noted_in_a_batch_count_as_one_by_one_and_survive_a_restart(tmp_path: Path) -> None:
+    path, clock = tmp_path / "lpnode.db", Clock()
+    async with opened(path, clock) as rep:
+        await rep.note_jobs([(A, "sdxl", 1.0), (A, "sdxl", 2.0), (B, "sdxl", 0.5), (A, "svd", 4.0)], skipped=2)
+        await rep.note_jobs([])  # nothing to write
+        assert (rep.history(A, "sdxl").jobs, rep.history(B, "sdxl").jobs, rep.history(A, "svd").jobs) == (2, 1, 1)
+        assert rep.counters()["jobs"] == 4 and rep.counters()["job_mpx_steps"] == 7.5
+        assert rep.counters()["checks_skipped"] == 2
+    async with opened(path, clock) as rep:
+        assert rep.history(A, "sdxl").jobs == 2 and rep.counters()["checks_skipped"] == 2
+
+
 async def test_two_conflicting_receipts_for_one_job_id_ban_at_once(tmp_path: Path) -> None:
     nonce = b"\x01" * 16
     first, second = signed(KEYS[3], b"one", nonce=nonce), signed(KEYS[3], b"two", nonce=nonce)
