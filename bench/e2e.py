@@ -196,6 +196,10 @@ def install_probes(path: Path, worker: bool) -> None:
     manager = lpnode.node.job_manager.JobManager
     for method, name in (("submit", "submit"), ("_response", "store_outputs"), ("_finish", "finish")):
         setattr(manager, method, probes.wrap(name, getattr(manager, method)))
+    import lpnode.node.network.libp2p
+
+    network = lpnode.node.network.libp2p.Libp2pNetwork
+    network.open_stream = probes.wrap("open_stream", network.open_stream)  # type: ignore[method-assign]
     if not worker:
         return  # a requester-only node never imports torch
     from lpnode.models.pool import ModelPool
@@ -541,7 +545,9 @@ FINE_PARTS = {
     "parse": "body read, validated, job built (inputs probed)",
     "admit": "job record created (SQLite)",
     "to_run_job": "task start → `run_job`",
-    "choose_open": "peer ranked, stream opened (multistream-select)",
+    "choose": "offers fitted and ranked, the try set up",
+    "open": "stream opened (yamux + multistream-select)",
+    "to_send": "stream opened → QuoteRequest on its way",
     "request_in": "QuoteRequest sent → the worker has it",
     "worker_to_run": "the worker quotes (and waits for an Accept unless taken in advance) → `pool.run`",
     "sign_receipt": "`pool.run` done → Result sent (receipt signed)",
@@ -578,6 +584,7 @@ def fine_split(
             submit = first(requester, window, "submit")
             job = first(requester, window, "run_job")
             quote_request = first(requester, window, "sent", "QuoteRequest")
+            opened = first(requester, window, "open_stream")
             request = first(worker, window, "received", "QuoteRequest")
             pool_run = first(worker, window, "pool_run")
             result_sent = first(worker, window, "sent", "Result")
@@ -593,7 +600,9 @@ def fine_split(
             "parse": submit["start"] - read["start"],
             "admit": submit["end"] - submit["start"],
             "to_run_job": job["start"] - submit["end"],
-            "choose_open": quote_request["start"] - job["start"],
+            "choose": opened["start"] - job["start"],
+            "open": opened["end"] - opened["start"],
+            "to_send": quote_request["start"] - opened["end"],
             "request_in": request["end"] - quote_request["start"],
             "worker_to_run": pool_run["start"] - request["end"],
             "sign_receipt": result_sent["start"] - pool_run["end"],
