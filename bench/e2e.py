@@ -25,6 +25,10 @@ clock for every process on Linux) to a JSON-lines file. Per job:
 RPC = HTTP round trip − ``run_job``; before run = stream open, quote, accept (``run_job`` start →
 ``pool.run`` start); pool = queue + device stage + output stage; after run = receipt signing,
 Result message, receipt check (``pool.run`` end → transfer start); transfer = output bytes.
+Finer parts (``fine_split``, ``FINE_PARTS``): more probes (the RPC handler's body read, record
+creation, output store and final record; the stream open; every job message sent and received, by
+type) are matched to each timed job by the driver's monotonic window around its request, so the
+finer table adds up to the whole job and needs no per-probe counting.
 """
 
 from __future__ import annotations
