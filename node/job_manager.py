@@ -16,63 +16,50 @@ frees its reservation. A node that stops mid-job saves the record as
 Progress goes to any number of listeners (:meth:`JobManager.listen`). Each has
 a bounded buffer: a slow listener loses progress events, never ``state`` or
 ``done`` (there are only a handful of those per job).
+
+The parts live beside it: the record book and output sink in :mod:`job_book`,
+listeners in :mod:`job_events`, the runner in :mod:`job_runner`, the record's
+result and attempt entries in :mod:`job_results`; every public name is
+importable from here as well.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import random
-import re
-import secrets
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import trio
-from lpnode.node.daemon import Node
-from lpnode.node.job_requester import (
-    Attempt,
-    JobFailed,
-    JobOutcome,
-    JobRequest,
-    NoCandidates,
-    ParametersRefused,
-    ProgressCallback,
-    build_spec,
-    run_job,
+from lpnode.node.job_book import (
+    CANCELLED,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    STATES,
+    SUCCEEDED,
+    TERMINAL,
+    MemoryRecordBook,
+    OutputSink,
+    Record,
+    RecordBook,
+    _copy,
 )
-from lpnode.node.peer_choice import Priority, ReputationView, fit_offers, rank_candidates
-from lpnode.node.rpc_job_bodies import JobOptions, PreparedJob
+from lpnode.node.job_events import LISTENER_BUFFER, EventSink, JobEvent, Listener, _Forward
+from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, ProgressCallback
+from lpnode.node.job_results import _attempt, _b64, _cut_short, _snake, output_url, sha256_hex
+from lpnode.node.job_runner import JobRunner, PriceBelowOffers, requester_runner
+from lpnode.node.rpc_job_bodies import PreparedJob
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobs import Progress
 
-if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch
-    from lpnode.node.local_jobs import LocalWorker
-
 log = logging.getLogger(__name__)
 
-# One network job, the single place where the manager meets the requester (run.py builds it)
-JobRunner = Callable[[JobRequest, Mapping[str, bytes], JobOptions, ProgressCallback], Awaitable[JobOutcome]]
-Record = dict[str, Any]  # the contract's record shape (GET /v1/jobs/{id})
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-)
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED})
 DEFAULT_MAX_JOBS = 64  # queued + running requests
 DEFAULT_MAX_RUNNING = 16  # requests running at once
-LISTENER_BUFFER = 32  # progress events a listener may fall behind by before losing some
 SAVE_GRACE_S = 5.0  # the final save still gets this long while the node shuts down
 
 
@@ -90,138 +77,6 @@ class JobAlreadyFinished(LpnodeError):
 
 class JobCancelled(LpnodeError):
     """The job was cancelled, or the node stopped, before it finished (HTTP 409)."""
-
-
-class PriceBelowOffers(ParametersRefused):
-    """Peers offer the job, but every offer prices it above the request's ``max_price`` (HTTP 422).
-
-    Like parameters beyond every advertised limit, it is the request that cannot be met, told
-    before any peer is asked; not a 404: the model is on offer.
-    """
-
-
-# ---------------------------------------------------------------- where records and outputs live
-
-
-class RecordBook(Protocol):
-    """Persistent job records (:class:`StoredRecords` over SQLite; :class:`MemoryRecordBook` in tests)."""
-
-    # state: "queued", or "running" for a job that starts at once
-    async def create(
-        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = ...
-    ) -> Record: ...
-    # state, result, error, attempts, progress; receipts ((n, bytes)) in the same transaction
-    async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ...) -> None: ...
-    async def get(self, job_id: str) -> Record | None: ...
-    async def list(self, limit: int, state: str | None) -> list[Record]: ...  # newest first
-    async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None: ...
-    async def receipt(self, job_id: str, n: int) -> bytes | None: ...
-    async def mark_interrupted(self, now: float) -> int: ...  # unfinished records → interrupted; how many
-
-
-class OutputSink(Protocol):
-    """Verified outputs by hex sha256 (content-addressed files on disk; a dict in tests)."""
-
-    async def put(self, sha256: str, media_type: str, data: bytes) -> None: ...
-    # (sha256, media type, bytes) whose hashes the caller checked; durable when it returns
-    async def put_verified(self, outputs: Sequence[tuple[str, str, bytes]]) -> None: ...
-    async def get(self, sha256: str) -> tuple[str, bytes] | None: ...
-
-
-class MemoryRecordBook:
-    """Records in a dict: for tests and for a node without a database."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, Record] = {}
-        self._receipts: dict[tuple[str, int], bytes] = {}
-
-    async def create(
-        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = QUEUED
-    ) -> Record:
-        record: Record = {
-            "id": "job_" + secrets.token_hex(12),
-            "kind": kind,
-            "state": state,
-            "created_at": now,
-            "updated_at": now,
-            "request": request,
-            "progress": {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None},
-            "result": None,
-            "error": None,
-            "attempts": [],
-            "parent_id": parent_id,
-        }
-        self._records[record["id"]] = _copy(record)
-        return record
-
-    async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ()) -> None:
-        self._records[record["id"]] = _copy(record) | {"updated_at": now}
-        for n, receipt in receipts:
-            self._receipts[(record["id"], n)] = receipt
-
-    async def get(self, job_id: str) -> Record | None:
-        found = self._records.get(job_id)
-        return None if found is None else _copy(found)
-
-    async def list(self, limit: int, state: str | None) -> list[Record]:
-        rows = [r for r in self._records.values() if state is None or r["state"] == state]
-        rows.sort(key=lambda r: r["created_at"], reverse=True)
-        return [_copy(r) for r in rows[:limit]]
-
-    async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None:
-        self._receipts[(job_id, n)] = receipt
-
-    async def receipt(self, job_id: str, n: int) -> bytes | None:
-        return self._receipts.get((job_id, n))
-
-    async def mark_interrupted(self, now: float) -> int:
-        unfinished = [r for r in self._records.values() if r["state"] not in TERMINAL]
-        for record in unfinished:
-            record["state"] = INTERRUPTED
-            record["updated_at"] = now
-        return len(unfinished)
-
-
-# ---------------------------------------------------------------- listeners
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    kind: str  # "progress" | "state" | "done"
-    data: Mapping[str, Any]
-
-
-class EventSink(Protocol):
-    def push(self, event: JobEvent) -> None: ...
-
-
-class Listener:
-    """One watcher's queue of a job's events: progress bounded, state and done never dropped."""
-
-    def __init__(self, max_progress: int = LISTENER_BUFFER) -> None:
-        self._events: deque[JobEvent] = deque()
-        self._progress = 0  # progress events in the queue
-        self._max_progress = max_progress
-        self._wake = trio.Event()
-        self.dropped = 0  # progress events lost to a slow reader
-
-    def push(self, event: JobEvent) -> None:
-        if event.kind == "progress":
-            if self._progress >= self._max_progress:
-                self.dropped += 1
-                return
-            self._progress += 1
-        self._events.append(event)
-        self._wake.set()
-
-    async def next(self) -> JobEvent:
-        while not self._events:
-            await self._wake.wait()
-            self._wake = trio.Event()
-        event = self._events.popleft()
-        if event.kind == "progress":
-            self._progress -= 1
-        return event
 
 
 # ---------------------------------------------------------------- the manager
@@ -582,17 +437,6 @@ class JobManager:
         live.finished.set()
 
 
-class _Forward:
-    """A listener stand-in that hands a child's progress to its workflow (states stay the child's own)."""
-
-    def __init__(self, forward: Callable[[dict[str, Any]], None]) -> None:
-        self._forward = forward
-
-    def push(self, event: JobEvent) -> None:
-        if event.kind == "progress":
-            self._forward(dict(event.data))
-
-
 @asynccontextmanager
 async def open_job_manager(
     book: RecordBook,
@@ -607,131 +451,6 @@ async def open_job_manager(
             yield manager
         finally:
             nursery.cancel_scope.cancel()
-
-
-def requester_runner(
-    node: Node,
-    local: LocalWorker | None = None,
-    reputation: ReputationView | None = None,
-    rng: random.Random | None = None,
-) -> JobRunner:
-    """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
-
-    ``local`` is this node's own worker, the candidate a job with ``allow_local`` may use;
-    ``reputation`` (the reputation store) steers the ranking: banned peers are never chosen.
-    ``rng`` drives the ranking's exploration (seeded in tests; default: one per job).
-    """
-
-    async def run(
-        job: JobRequest, inputs: Mapping[str, bytes], options: JobOptions, on_progress: ProgressCallback
-    ) -> JobOutcome:
-        min_vram_gb = options.min_vram_gb or 0.0
-        try:
-            return await run_job(
-                node,
-                job,
-                inputs,
-                max_price=options.max_price,
-                deadline_s=options.deadline,
-                prefer=options.prefer,
-                avoid=options.avoid,
-                allow_local=options.allow_local,
-                local=local,
-                priority=Priority(options.priority),
-                min_vram_bytes=int(min_vram_gb * 1024**3),
-                reputation=reputation,
-                min_reputation=options.min_reputation or 0.0,
-                rng=rng,
-                on_progress=on_progress,
-            )
-        except NoCandidates:
-            _raise_if_only_price_stands_in_the_way(node, local, reputation, job, inputs, options)
-            raise
-
-    return run
-
-
-# Above any price (micro-credits) an advert can make for one job, so nothing is left out for price.
-_UNBOUNDED_PRICE = 1 << 62
-
-
-def _raise_if_only_price_stands_in_the_way(
-    node: Node,
-    local: LocalWorker | None,
-    reputation: ReputationView | None,
-    job: JobRequest,
-    inputs: Mapping[str, bytes],
-    options: JobOptions,
-) -> None:
-    """PriceBelowOffers when the same ranking with no price bound finds candidates: the cheapest one's price."""
-    spec = build_spec(job, inputs, 1)  # the output bound plays no part in the price
-    adverts = [record.advert for record in node.directory if record.advert.peer_id != node.peer_id]
-    if options.allow_local and local is not None:
-        adverts.append(node.publisher.build())
-    fitting, _ = fit_offers(adverts, spec)
-    candidates = rank_candidates(
-        fitting,
-        spec,
-        max_price=_UNBOUNDED_PRICE,
-        rng=random.Random(0),
-        avoid=options.avoid,
-        explore_share=0.0,
-        priority=Priority.COST,
-        min_vram_bytes=int((options.min_vram_gb or 0.0) * 1024**3),
-        reputation=reputation,
-        min_reputation=options.min_reputation or 0.0,
-    )
-    if not candidates or min(c.price for c in candidates) <= options.max_price:
-        return  # not the price: nobody offers it, or another requirement left no one
-    cheapest = min(candidates, key=lambda c: (c.price, c.peer_id))
-    raise PriceBelowOffers(
-        f"no offer fits max_price {options.max_price}: the cheapest {spec.pipeline} offer "
-        f"({cheapest.model_id} on {cheapest.peer_id[-12:]}) prices this job at {cheapest.price} micro-credits"
-    ) from None
-
-
-def output_url(sha256: str) -> str:
-    return f"/v1/outputs/{sha256}"
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _attempt(a: Attempt) -> dict[str, Any]:
-    return {"peer_id": a.peer_id, "outcome": a.outcome, "detail": a.detail, "price": a.price}
-
-
-def _cut_short(
-    outcomes: Sequence[JobOutcome | None],
-    tries: Sequence[Mapping[str, str]],
-    steps: Sequence[tuple[int, int]],
-    cancel_requested: bool,
-) -> list[dict[str, Any]]:
-    """The attempts of a request cancelled (or stopped with the node) mid-run, as far as they were seen.
-
-    An image that finished keeps its requester's attempts. For one still running, each try that
-    reported progress is listed: the last one ``cancelled`` (``interrupted`` when the node stopped),
-    any before it ``superseded``: the job had moved on from it, and why was lost with the requester's run.
-    """
-    ended = "cancelled" if cancel_requested else "interrupted"
-    attempts: list[dict[str, Any]] = []
-    for outcome, seen, (step, total) in zip(outcomes, tries, steps, strict=True):
-        if outcome is not None:
-            attempts.extend(_attempt(a) for a in outcome.attempts)
-            continue
-        peers = list(seen.values())
-        for n, peer_id in enumerate(peers, 1):
-            if n < len(peers):
-                attempts.append(_seen(peer_id, "superseded", "ran, then the job moved on to another peer"))
-            else:
-                at = f" at step {step}/{total}" if total else ""
-                attempts.append(_seen(peer_id, ended, f"{ended} while running{at}"))
-    return attempts
-
-
-def _seen(peer_id: str, outcome: str, detail: str) -> dict[str, Any]:
-    return {"peer_id": peer_id, "outcome": outcome, "detail": detail, "price": None}
 
 
 def _cancelled(exc: BaseException) -> bool:
@@ -751,28 +470,17 @@ def _leaves(group: BaseExceptionGroup[LpnodeError]) -> list[LpnodeError]:
     return out
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _copy(record: Record) -> Record:
-    """A copy deep enough that a caller's edits never reach the live record."""
-    return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in record.items()}
-
-
 __all__ = [
     "CANCELLED",
     "FAILED",
     "INTERRUPTED",
+    "LISTENER_BUFFER",
     "QUEUED",
     "RUNNING",
     "STATES",
     "SUCCEEDED",
     "TERMINAL",
+    "EventSink",
     "JobAlreadyFinished",
     "JobCancelled",
     "JobEvent",
@@ -784,8 +492,10 @@ __all__ = [
     "MemoryRecordBook",
     "OutputSink",
     "PriceBelowOffers",
+    "Record",
     "RecordBook",
     "open_job_manager",
     "output_url",
     "requester_runner",
+    "sha256_hex",
 ]

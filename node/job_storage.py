@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from lpnode.node.job_manager import Record
+from lpnode.node.job_book import Record
 from lpnode.node.job_records import JOB_MIGRATIONS, JobRecords, JobState
 from lpnode.node.output_files import OutputFiles, Verified
 from lpnode.node.store import Migration, Store, open_store

@@ -20,7 +20,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
-from lpnode.node.job_manager import STATES, JobManager, output_url
+from lpnode.node.job_book import STATES
+from lpnode.node.job_manager import JobManager
+from lpnode.node.job_results import output_url
 from lpnode.node.rpc_job_bodies import (
     BODIES,
     INPUT_FILE,

@@ -27,7 +27,8 @@ from lpnode.node.config import NodeConfig
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.gossip import WallClock
 from lpnode.node.identity import load_or_create_key
-from lpnode.node.job_manager import JobManager, open_job_manager, requester_runner
+from lpnode.node.job_manager import JobManager, open_job_manager
+from lpnode.node.job_runner import requester_runner
 from lpnode.node.job_storage import open_job_storage
 from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
 from lpnode.node.offer import OfferSource, serve_device_monitor

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import trio
-from lpnode.node.job_manager import Listener
+from lpnode.node.job_events import Listener
 
 KEEPALIVE_S = 15.0
 KEEPALIVE = b": keep-alive\n\n"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import trio
 from lpnode.node.daemon import Node
-from lpnode.node.job_manager import requester_runner
+from lpnode.node.job_runner import requester_runner
 from lpnode.node.store import open_store
 from lpnode.reputation.scoring import score
 from lpnode.reputation.spot_check import SpotChecker, open_spot_checker
