@@ -70,7 +70,7 @@ __all__ = ["DEFAULT_MAX_PENDING", "NoMajority", "Runner", "SpotChecker", "compar
 
 log = logging.getLogger(__name__)
 
-# The manager's JobRunner, spelled out here (job_manager imports this module's user, not the other way)
+# The manager's JobRunner, spelled out here (job_runner imports this module's user, not the other way)
 Runner = Callable[[JobRequest, Mapping[str, bytes], JobOptions, ProgressCallback], Awaitable[JobOutcome]]
 DEFAULT_MAX_PENDING = 16  # background checks at once; each holds a job's inputs and outputs in memory
 SPOT_PEERS = 3  # first worker, checker, tie-breaker
