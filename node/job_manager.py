@@ -49,9 +49,9 @@ from lpnode.node.job_book import (
     _copy,
 )
 from lpnode.node.job_events import LISTENER_BUFFER, EventSink, JobEvent, Listener, _Forward
-from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, ProgressCallback
+from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, PriceBelowOffers, ProgressCallback
 from lpnode.node.job_results import _attempt, _b64, _cut_short, _snake, output_url, sha256_hex
-from lpnode.node.job_runner import JobRunner, PriceBelowOffers, requester_runner
+from lpnode.node.job_runner import JobRunner, requester_runner
 from lpnode.node.rpc_job_bodies import PreparedJob
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobs import Progress

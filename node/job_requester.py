@@ -85,6 +85,7 @@ MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allo
 DEFAULT_QUOTE_TIMEOUT_S = 10.0
 DEFAULT_SILENCE_S = 60.0
 CANCEL_GRACE_S = 1.0  # time given to telling a worker we gave up
+UNBOUNDED_PRICE = 1 << 62  # above any price an advert can make for one job (micro-credits)
 # Inputs up to this size follow the QuoteRequest at once (QuoteRequest.accept). Well under what a
 # refusing worker drops while it waits for our close (job_stream.MAX_LINGER_BYTES) and under one
 # yamux window, so sending them never blocks on a worker that is not reading.
@@ -153,6 +154,14 @@ class NoCandidates(JobFailed):
         within = f"max_price {max_price}" + (f", {requirements}" if requirements else "")
         super().__init__(f"no peer offers {wanted} within {within}; the network offers: {on_offer}")
         self.offered = tuple(offered)
+
+
+class PriceBelowOffers(ParametersRefused):
+    """Peers offer the job, but every offer prices it above the request's ``max_price`` (HTTP 422).
+
+    Like parameters beyond every advertised limit, it is the request that cannot be met, told
+    before any peer is asked; not a 404: the model is on offer.
+    """
 
 
 def media_type_of(name: str, data: bytes) -> str:
@@ -228,19 +237,30 @@ async def run_job(
             f"{spec.pipeline} parameters exceed the advertised limits of every model on offer: "
             + "; ".join(beyond_limits[:8])
         )
-    candidates = rank_candidates(
-        fitting,
-        spec,
-        max_price=max_price,
-        rng=rng or random.Random(),
-        prefer=prefer,
-        avoid=avoid,
-        priority=priority,
-        min_vram_bytes=min_vram_bytes,
-        reputation=reputation,
-        min_reputation=min_reputation,
-    )
+
+    def ranked(price_bound: int, ranking_rng: random.Random) -> list[Candidate]:
+        return rank_candidates(
+            fitting,
+            spec,
+            max_price=price_bound,
+            rng=ranking_rng,
+            prefer=prefer,
+            avoid=avoid,
+            priority=priority,
+            min_vram_bytes=min_vram_bytes,
+            reputation=reputation,
+            min_reputation=min_reputation,
+        )
+
+    candidates = ranked(max_price, rng or random.Random())
     if not candidates:
+        # the same ranking without the price bound: if it finds peers, max_price alone left none
+        if priced := ranked(UNBOUNDED_PRICE, random.Random(0)):
+            cheapest = min(priced, key=lambda c: (c.price, c.peer_id))
+            raise PriceBelowOffers(
+                f"no offer fits max_price {max_price}: the cheapest {spec.pipeline} offer "
+                f"({cheapest.model_id} on {cheapest.peer_id[-12:]}) prices this job at {cheapest.price} micro-credits"
+            )
         required = [f"min_vram_bytes {min_vram_bytes}"] if min_vram_bytes > 0 else []
         if reputation is not None:
             required.append(f"min_reputation {min_reputation}, banned peers excluded")
@@ -502,6 +522,7 @@ __all__ = [
     "JobRequest",
     "NoCandidates",
     "ParametersRefused",
+    "PriceBelowOffers",
     "Priority",
     "ReputationView",
     "build_spec",

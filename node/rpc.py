@@ -40,8 +40,7 @@ from lpnode.node.job_manager import (
     JobNotFound,
     ManagerBusy,
 )
-from lpnode.node.job_requester import JobFailed, NoCandidates, ParametersRefused
-from lpnode.node.job_runner import PriceBelowOffers
+from lpnode.node.job_requester import JobFailed, NoCandidates, ParametersRefused, PriceBelowOffers
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
 from lpnode.node.rpc_job_bodies import InputTooLarge
 from lpnode.node.rpc_jobs import jobs_router

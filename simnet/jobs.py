@@ -9,7 +9,7 @@ import imagehash
 from lpnode.models.errors import ModelError
 from lpnode.node.daemon import Node
 from lpnode.node.job_convert import model_request
-from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, NoCandidates, run_job
+from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, NoCandidates, PriceBelowOffers, run_job
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.protocol.jobs import Progress
 from lpnode.reputation.spot_check import Runner
@@ -64,6 +64,8 @@ async def run_planned_job(
         attempts = outcome.attempts
     except NoCandidates:
         why = "no_candidates"
+    except PriceBelowOffers:
+        why = "price_below_offers"
     except JobFailed as exc:
         why = "failed"
         attempts = exc.attempts

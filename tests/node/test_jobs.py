@@ -31,6 +31,7 @@ from lpnode.node.job_requester import (
     JobRequest,
     NoCandidates,
     ParametersRefused,
+    PriceBelowOffers,
     run_job,
 )
 from lpnode.node.job_stream import receive_job_message, send_job_message
@@ -178,6 +179,11 @@ async def test_unknown_model_is_a_clear_error_listing_the_offers(pool: ModelPool
             NoCandidates, match=r"no peer offers text-to-image nobody/has-this.*text-to-image lpnode/tiny-sdxl"
         ):
             await run_job(requester.node, wrong, max_price=10_000, deadline_s=5)
+        # on offer, but above max_price everywhere: the request's fault, said before any peer is asked
+        opened = hub.stats.streams_opened
+        with pytest.raises(PriceBelowOffers, match=r"no offer fits max_price 0: .* prices this job at 1 micro"):
+            await run_job(requester.node, T2I, max_price=0, deadline_s=5)
+        assert hub.stats.streams_opened == opened
 
         # asked directly, the worker refuses before reserving anything
         with trio.fail_after(BOUND_S):
