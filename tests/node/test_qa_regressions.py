@@ -7,12 +7,15 @@ and no worker having quoted or run anything.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import httpx
 import pytest
 import trio
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
 from lpnode.node.cli_format import job_text, jobs_table
-from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.job_manager import JobManager
+from lpnode.node.network.memory import MemoryHub, open_memory_hub
 
 from .test_jobs import BOUND_S, Peer, completed, peers, png, sees_models
 from .test_rpc_jobs import AUTH, BODY, rpc
@@ -27,22 +30,29 @@ async def pool2() -> AsyncIterator[ModelPool]:
         yield pool
 
 
-async def test_sizes_no_model_takes_are_refused_before_any_peer_is_asked(pool2: ModelPool) -> None:
-    """N3: a width off the 8-pixel grid, and an upscale whose output is over every model's side: 422, no stream."""
+@asynccontextmanager
+async def requester_and_worker(pool: ModelPool) -> AsyncIterator[tuple[MemoryHub, Peer, httpx.AsyncClient, JobManager]]:
+    """A requester with its RPC API and one worker it has seen, on the in-memory network."""
     async with open_memory_hub() as hub, peers(hub) as start:
         requester: Peer = await start(0)  # type: ignore[assignment]
-        worker: Peer = await start(1, pool=pool2)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
         await sees_models(requester.node, [worker])
-        async with rpc(requester.node) as (client, _):
-            streams = hub.stats.streams_opened
-            with trio.fail_after(BOUND_S):
-                off_grid = await client.post("/text-to-image", json=BODY | {"width": 65}, headers=AUTH)
-                video = await client.post(
-                    "/image-to-video", files={"image": ("image", png(8, 8))}, data={"height": "100"}, headers=AUTH
-                )
-                files = {"image": ("image", png(256, 144))}
-                too_big = await client.post("/upscale", files=files, data={"scale": "4"}, headers=AUTH)
-            assert hub.stats.streams_opened == streams and completed(worker) == [0]
+        async with rpc(requester.node) as (client, jobs):
+            yield hub, worker, client, jobs
+
+
+async def test_sizes_no_model_takes_are_refused_before_any_peer_is_asked(pool2: ModelPool) -> None:
+    """N3: a width off the 8-pixel grid, and an upscale whose output is over every model's side: 422, no stream."""
+    async with requester_and_worker(pool2) as (hub, worker, client, _):
+        streams = hub.stats.streams_opened
+        with trio.fail_after(BOUND_S):
+            off_grid = await client.post("/text-to-image", json=BODY | {"width": 65}, headers=AUTH)
+            video = await client.post(
+                "/image-to-video", files={"image": ("image", png(8, 8))}, data={"height": "100"}, headers=AUTH
+            )
+            files = {"image": ("image", png(256, 144))}
+            too_big = await client.post("/upscale", files=files, data={"scale": "4"}, headers=AUTH)
+        assert hub.stats.streams_opened == streams and completed(worker) == [0]
     assert off_grid.status_code == 422 and video.status_code == 422
     assert off_grid.json()["message"] == (
         "body field width: 65 is not a multiple of 8 (diffusion models work in 8-pixel blocks): try 64 or 72"
@@ -77,22 +87,18 @@ async def test_a_non_finite_number_is_refused_as_such() -> None:
 
 async def test_a_running_job_lists_as_it_shows_and_a_cancelled_one_keeps_its_attempt(pool2: ModelPool) -> None:
     """N1: GET /v1/jobs shows a live job's progress and worker; N4: cancelled mid-run, its record names the try."""
-    async with open_memory_hub() as hub, peers(hub) as start:
-        requester: Peer = await start(0)  # type: ignore[assignment]
-        worker: Peer = await start(1, pool=pool2)  # type: ignore[assignment]
-        await sees_models(requester.node, [worker])
-        async with rpc(requester.node) as (client, jobs):
-            with trio.fail_after(BOUND_S):
-                # 20 steps: the cancel lands long before the worker could finish
-                body = BODY | {"num_images_per_prompt": 1, "num_inference_steps": 20}
-                headers = AUTH | {"Prefer": "respond-async"}
-                job_id = (await client.post("/text-to-image", json=body, headers=headers)).json()["id"]
-                async with jobs.listen(job_id) as listener:
-                    while (event := await listener.next()).kind != "progress":
-                        pass
-                listed = (await client.get("/v1/jobs", headers=AUTH)).json()["jobs"]
-                running = (await client.get("/v1/jobs?state=running", headers=AUTH)).json()["jobs"]
-                cancelled = await client.delete(f"/v1/jobs/{job_id}", headers=AUTH)
+    async with requester_and_worker(pool2) as (_, worker, client, jobs):
+        with trio.fail_after(BOUND_S):
+            # 20 steps: the cancel lands long before the worker could finish
+            body = BODY | {"num_images_per_prompt": 1, "num_inference_steps": 20}
+            headers = AUTH | {"Prefer": "respond-async"}
+            job_id = (await client.post("/text-to-image", json=body, headers=headers)).json()["id"]
+            async with jobs.listen(job_id) as listener:
+                while (event := await listener.next()).kind != "progress":
+                    pass
+            listed = (await client.get("/v1/jobs", headers=AUTH)).json()["jobs"]
+            running = (await client.get("/v1/jobs?state=running", headers=AUTH)).json()["jobs"]
+            cancelled = await client.delete(f"/v1/jobs/{job_id}", headers=AUTH)
     assert event.data["total"] == 20 and event.data["peer_id"] == worker.peer_id
     for records in (listed, running):
         (record,) = records
@@ -116,16 +122,12 @@ def test_a_job_without_step_counts_shows_no_made_up_steps() -> None:
 
 async def test_max_price_below_every_offer_is_a_price_error_not_a_missing_model(pool2: ModelPool) -> None:
     """N6: max_price 0 with the model on offer: 422 saying the cheapest price, no peer asked (was 404 no_candidates)."""
-    async with open_memory_hub() as hub, peers(hub) as start:
-        requester: Peer = await start(0)  # type: ignore[assignment]
-        worker: Peer = await start(1, pool=pool2)  # type: ignore[assignment]
-        await sees_models(requester.node, [worker])
-        async with rpc(requester.node) as (client, _):
-            streams = hub.stats.streams_opened
-            with trio.fail_after(BOUND_S):
-                free = await client.post("/text-to-image", json=BODY | {"max_price": 0}, headers=AUTH)
-                unknown = await client.post("/text-to-image", json=BODY | {"model_id": "nobody/has-it"}, headers=AUTH)
-            assert hub.stats.streams_opened == streams
+    async with requester_and_worker(pool2) as (hub, worker, client, _):
+        streams = hub.stats.streams_opened
+        with trio.fail_after(BOUND_S):
+            free = await client.post("/text-to-image", json=BODY | {"max_price": 0}, headers=AUTH)
+            unknown = await client.post("/text-to-image", json=BODY | {"model_id": "nobody/has-it"}, headers=AUTH)
+        assert hub.stats.streams_opened == streams
     assert free.status_code == 422 and free.json()["error"] == "price_below_offers"
     # 64×64 × 2 steps at 100 per megapixel-step: 1 micro-credit
     assert free.json()["message"] == (
