@@ -12,6 +12,9 @@ from typing import Any
 
 GIB = 1024**3
 PRICE_UNIT = "micro-credits per megapixel-step"
+# Upscaling and frame interpolation draw no noise: the seed every spec carries (and its receipt signs)
+# plays no role in their output, so showing one would suggest a way to vary it that does not exist.
+SEEDLESS_PIPELINES = frozenset({"upscale", "frame-interpolation"})
 
 Cell = Sequence[str]
 
@@ -31,6 +34,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Cell]], *, gap: int = 
 
 def _line(values: Sequence[str], widths: Sequence[int], gap: int) -> str:
     return (" " * gap).join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+
+def uses_seed(pipeline: object) -> bool:
+    """Whether ``pipeline`` (its wire name) draws noise from the seed, so the seed is worth showing."""
+    return str(pipeline) not in SEEDLESS_PIPELINES
 
 
 def short_peer_id(peer_id: str) -> str:
@@ -196,7 +204,8 @@ def job_summary(saved: Sequence[Any]) -> str:
         lines.append(f"  worker   {job.get('worker_peer_id', '?')}")
         lines.append(f"  model    {job.get('model_id') or item.receipt.model_id}")
         lines.append(f"  price    {price} micro-credits")
-        lines.append(f"  seed     {item.seed if item.seed is not None else item.receipt.spec.seed}")
+        if uses_seed(item.receipt.spec.pipeline):
+            lines.append(f"  seed     {item.seed if item.seed is not None else item.receipt.spec.seed}")
         attempts = job.get("attempts") or []
         if len(attempts) > 1:
             lines.append(f"  attempts {len(attempts)}: {attempts_text(attempts)}")
@@ -246,6 +255,14 @@ def jobs_table(records: Sequence[Mapping[str, Any]]) -> str:
     return table(("ID", "KIND", "STATE", "PROGRESS", "WORKER", "ERROR"), rows) + f"\n\n{len(rows)} job(s)"
 
 
+def _output_pipeline(record: Mapping[str, Any]) -> str:
+    """The pipeline that made a record's outputs: its kind, or a workflow's last step's."""
+    if record.get("kind") == "workflow":
+        steps = (record.get("request") or {}).get("steps") or [{}]
+        return str(steps[-1].get("pipeline", "?")) if isinstance(steps[-1], Mapping) else "?"
+    return str(record.get("kind", "?"))
+
+
 def job_text(record: Mapping[str, Any]) -> str:
     """``lpnode job ID``: one record, readable."""
     lines = [
@@ -265,8 +282,9 @@ def job_text(record: Mapping[str, Any]) -> str:
         lines.append(f"  {key} = {json.dumps(request[key])}")
     result = record.get("result")
     if isinstance(result, Mapping):
+        seeded = uses_seed(_output_pipeline(record))
         for media in result.get("images") or []:
-            lines.append(f"output    {media.get('url')} (seed {media.get('seed')})")
+            lines.append(f"output    {media.get('url')}" + (f" (seed {media.get('seed')})" if seeded else ""))
         for job in result.get("jobs") or []:
             lines.append(
                 f"job       {job.get('job_id', '?')[:16]}… on {job.get('worker_peer_id', '?')} "

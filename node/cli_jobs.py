@@ -238,7 +238,7 @@ def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
         async with LpnodeClient.from_data_dir(data_dir) as client:
             if note := await fit_default_size(client, command.pipeline, fields):
                 print(f"{command.name}: {note}", file=sys.stderr)
-            display = ProgressDisplay(sys.stderr, command.name)
+            display = ProgressDisplay(sys.stderr, command.name, images=int(fields.get("num_images_per_prompt", 1)))
             outcome = await submit_and_save(
                 client, lambda: client.submit(command.pipeline, fields, files=files, wait=False), args.output, display
             )

@@ -7,6 +7,12 @@ On a terminal one line is redrawn with ``\\r``::
 When stderr is a file or a pipe (CI logs, tests) redrawing would leave
 garbage, so a line is written only on a state change, at the first progress
 and at each quarter of the way. No terminal library: plain text, fixed width.
+
+A job whose worker is lost moves to another peer (the requester retries): the
+progress then comes from a new peer and starts over. That is said on a line of
+its own, on a terminal too, so a bar going back is never a mystery::
+
+    img2vid: 12D3KooW…a1b2c3 stopped at step 10/20; the job moved to 12D3KooW…d4e5f6
 """
 
 from __future__ import annotations
@@ -47,9 +53,12 @@ def _fraction(progress: Mapping[str, Any]) -> float:
 class ProgressDisplay:
     """Draws one job's progress; feed it :meth:`state` and :meth:`progress`, then :meth:`close`."""
 
-    def __init__(self, out: TextIO, label: str, *, tty: bool | None = None) -> None:
+    def __init__(self, out: TextIO, label: str, *, tty: bool | None = None, images: int = 1) -> None:
         self._out = out
         self._label = label
+        # One image: every progress event is its one try's, so a new peer is a new try. Several run side by
+        # side on different peers and their events interleave: a new try shows as the step count going back.
+        self._images = max(1, images)
         self._tty = out.isatty() if tty is None else tty
         self._state = "submitted"
         self._progress: dict[str, Any] = {}
@@ -67,6 +76,9 @@ class ProgressDisplay:
             self._line(f"{self._label}: {state}")
 
     def progress(self, progress: Mapping[str, Any]) -> None:
+        if moved := self._moved_text(progress):
+            self.note(moved)
+            self._quarter = -1  # the new try's quarters are shown from its start
         self._progress = dict(progress)
         if self._state in ("submitted", "queued"):
             self._state = "running"
@@ -82,6 +94,25 @@ class ProgressDisplay:
         """A new phase (a workflow's next step): its own label, and its own quarters from 0."""
         self._label = label
         self._quarter = -1
+        self._progress = {}  # the next phase's first peer is not a move from this one's
+
+    def note(self, text: str) -> None:
+        """A line of its own (ending a redrawn bar first); the bar is drawn again by the next update."""
+        self.close()
+        self._line(text)
+
+    def _moved_text(self, progress: Mapping[str, Any]) -> str:
+        """The line saying the job moved to another peer, if ``progress`` shows it did ("" if not)."""
+        before, after = self._progress.get("peer_id"), progress.get("peer_id")
+        if not (isinstance(before, str) and before and isinstance(after, str) and after) or before == after:
+            return ""
+        if self._images == 1:
+            where = f"step {self._progress.get('step', 0)}/{self._progress.get('total', '?')}"
+            return f"{self._label}: {short_peer_id(before)} stopped at {where}; the job moved to {short_peer_id(after)}"
+        step_before, step_after = self._progress.get("step"), progress.get("step")
+        if isinstance(step_before, int) and isinstance(step_after, int) and step_after < step_before:
+            return f"{self._label}: an image's worker stopped; it moved to {short_peer_id(after)}"
+        return ""  # another image's worker: images run side by side
 
     def close(self) -> None:
         """End the redrawn line so what follows starts on its own."""

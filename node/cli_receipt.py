@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lpnode.node.cli_format import uses_seed
 from lpnode.protocol.errors import OutputMismatch, ReceiptRejected
 from lpnode.protocol.jobs import MAX_RECEIPT_BYTES
 from lpnode.protocol.receipts import Receipt, verify_receipt
@@ -107,7 +108,8 @@ def receipt_text(receipt: Receipt, checked: list[Path]) -> str:
     if params is not None:
         for field in dataclasses.fields(params):
             lines.append(f"  {field.name} = {getattr(params, field.name)!r}")
-    lines.append(f"seed       {spec.seed}")
+    if uses_seed(spec.pipeline):  # signed all the same (see --json), but it shapes nothing here
+        lines.append(f"seed       {spec.seed}")
     for blob in spec.inputs:
         lines.append(f"input      {blob.name} {blob.media_type} {blob.size_bytes} B sha256 {blob.sha256}")
     for out in receipt.outputs:

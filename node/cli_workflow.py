@@ -36,7 +36,7 @@ from lpnode.node.cli_follow import (
     until_interrupted,
     write_file,
 )
-from lpnode.node.cli_format import size_text
+from lpnode.node.cli_format import size_text, uses_seed
 from lpnode.node.cli_progress import WorkflowProgress
 from lpnode.node.client import LpnodeClient
 from lpnode.protocol.errors import ConfigError, LpnodeError, ReceiptRejected
@@ -149,10 +149,10 @@ async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output:
             path = output.with_name(output.name + suffix)
             write_file(path, receipt_bytes)
             total += int(job.get("price", 0))
+            seed = f"seed {receipt.spec.seed}, " if uses_seed(receipt.spec.pipeline) else ""
             lines.append(
                 f"  step {k}/{len(step_ids)} {step.get('kind', '?')}: worker {job.get('worker_peer_id', '?')}, "
-                f"model {job.get('model_id', '?')}, price {job.get('price', '?')}, seed {receipt.spec.seed}, "
-                f"receipt {path}"
+                f"model {job.get('model_id', '?')}, price {job.get('price', '?')}, {seed}receipt {path}"
             )
     if last_outputs and not set(digests) <= last_outputs:
         raise ReceiptRejected("output_mismatch", "the final output is not what the last step's receipt names")

@@ -53,6 +53,7 @@ MAX_IMAGES_PER_PROMPT = 8
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024  # one non-file form field (a prompt is at most 2000 characters)
 FORM_OVERHEAD_BYTES = 1024 * 1024  # fields and multipart framing on top of the file itself
+MAX_JSON_DEPTH = 16  # a workflow nests 4 deep (body → steps → step → params): far deeper is a mistake or an attack
 PeerId = Annotated[str, Field(max_length=64)]
 # Diffusion pipelines denoise a latent the VAE downsamples 8×: every text-to-image and image-to-video
 # model on offer refuses another size, so it is refused here, in the field's terms, before any peer is asked.
@@ -382,9 +383,28 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         value = json.loads(raw or b"null")
     except ValueError as exc:
         raise invalid(f"not JSON: {exc}") from None
+    except RecursionError:  # json's decoder recurses per level: `[[[[...` a few thousand deep ends here
+        raise invalid(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise invalid("the body must be a JSON object")
+    if _depth(value) > MAX_JSON_DEPTH:  # what pydantic and the record's JSON would recurse over next
+        raise invalid(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s lists and objects nest (a scalar: 0), without recursing."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 async def read_form(request: Request, file_field: str, max_input_bytes: int) -> tuple[dict[str, Any], bytes]:

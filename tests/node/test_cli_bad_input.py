@@ -38,6 +38,19 @@ async def test_bad_input_is_answered_in_plain_words() -> None:
                 "not JSON": await client.post(
                     "/text-to-image", content=b'{"prompt": "x",', headers={**AUTH, "Content-Type": "application/json"}
                 ),
+                # QA2: a 500 (RecursionError in the JSON decoder), and past the decoder in pydantic's serializer
+                "deep JSON": await client.post(
+                    "/text-to-image", content=b"[" * 100_000, headers={**AUTH, "Content-Type": "application/json"}
+                ),
+                "deep params": await client.post(
+                    "/v1/workflows",
+                    content=b'{"steps": [{"pipeline": "text-to-image", "params": {"prompt": "x", "extra": '
+                    + b'{"a": ' * 900
+                    + b"1"
+                    + b"}" * 902
+                    + b"]}",
+                    headers={**AUTH, "Content-Type": "application/json"},
+                ),
             }
     messages = {what: answer.json()["message"] for what, answer in answers.items()}
     assert {what: answer.status_code for what, answer in answers.items()} == dict.fromkeys(answers, 422), messages
@@ -49,6 +62,7 @@ async def test_bad_input_is_answered_in_plain_words() -> None:
     assert messages["two files"] == "body: malformed multipart body: Too many files. Maximum number of files is 1."
     assert messages["no file"] == "body: missing file field 'image'"
     assert messages["not JSON"].startswith("body: not JSON: ")
+    assert messages["deep JSON"] == messages["deep params"] == "body: JSON nested deeper than 16 levels"
 
 
 @asynccontextmanager

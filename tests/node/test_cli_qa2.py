@@ -1,0 +1,92 @@
+"""Regressions from the second outside-user pass (QA2): what the CLI shows of seeds and of a job moving peers.
+
+Found by hand against three running nodes: upscale and frame interpolation results, workflow steps and
+receipts showed a seed that plays no role in their output; a worker killed mid-job (`kill -9`) left no
+trace in the progress lines (the bar went on from another peer, its counter starting over), only the
+final summary named the lost try.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from lpnode.node.cli import main
+from lpnode.node.cli_format import job_summary, job_text, uses_seed
+from lpnode.node.cli_progress import ProgressDisplay, WorkflowProgress
+from lpnode.protocol import sign_receipt
+
+from ..protocol.job_factory import WORKER, make_quote, make_receipt, quote_request, upscale_spec
+
+OLD = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"
+NEW = "12D3KooWDxHc5CyN4s4SDzAHu8Bd4iikF8yfqBfrfCmxUo6H2S8d"
+
+
+def test_only_pipelines_that_draw_noise_show_a_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert [uses_seed(p) for p in ("text-to-image", "image-to-image", "image-to-video")] == [True] * 3
+    assert [uses_seed(p) for p in ("upscale", "frame-interpolation")] == [False] * 2
+
+    request = quote_request(upscale_spec())
+    receipt = make_receipt(request, make_quote(request))
+    saved = SimpleNamespace(
+        path=Path("big.png"), size_bytes=10, seed=99, job={"price": 1}, receipt_path=Path("r"), receipt=receipt
+    )
+    assert "seed" not in job_summary([saved])
+    path = tmp_path / "big.png.receipt"
+    path.write_bytes(sign_receipt(WORKER, receipt))
+    assert main(["receipt", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("VALID") and "seed" not in out
+
+    record = {"id": "j", "kind": "upscale", "result": {"images": [{"url": "/v1/outputs/ab", "seed": 5}], "jobs": []}}
+    assert "output    /v1/outputs/ab\n" in job_text(record) + "\n"
+    assert "(seed 5)" in job_text(record | {"kind": "text-to-image"})
+    workflow = record | {
+        "kind": "workflow",
+        "request": {"steps": [{"pipeline": "text-to-image"}, {"pipeline": "upscale"}]},
+    }
+    assert "seed" not in job_text(workflow)
+
+
+def test_a_job_moving_to_another_peer_says_so_on_its_own_line() -> None:
+    out = io.StringIO()
+    display = ProgressDisplay(out, "img2vid", tty=False)
+    display.state("running")
+    for step in (1, 5, 10):
+        display.progress({"fraction": step / 20, "step": step, "total": 20, "peer_id": OLD})
+    display.progress({"fraction": 1 / 20, "step": 1, "total": 20, "peer_id": NEW})
+    display.progress({"fraction": 2 / 20, "step": 2, "total": 20, "peer_id": NEW})
+    lines = out.getvalue().splitlines()
+    assert lines[4] == "img2vid: 12D3KooW…CVe2Xo stopped at step 10/20; the job moved to 12D3KooW…6H2S8d"
+    # the new try's progress is shown from its start (its first quarter), not hidden behind the old one's
+    assert lines[5].startswith("img2vid [#") and "step 1/20  running on 12D3KooW…6H2S8d" in lines[5]
+
+    tty = io.StringIO()
+    display = ProgressDisplay(tty, "t", tty=True)
+    display.progress({"fraction": 0.5, "step": 1, "total": 2, "peer_id": OLD})
+    display.progress({"fraction": 0.5, "step": 1, "total": 2, "peer_id": NEW})
+    assert "\nt: 12D3KooW…CVe2Xo stopped at step 1/2; the job moved to 12D3KooW…6H2S8d\n\r" in tty.getvalue()
+
+
+def test_images_side_by_side_on_two_peers_are_no_move_but_a_count_going_back_is() -> None:
+    out = io.StringIO()
+    display = ProgressDisplay(out, "txt2img", tty=False, images=2)
+    display.progress({"fraction": 0.25, "step": 1, "total": 4, "peer_id": OLD})
+    display.progress({"fraction": 0.5, "step": 2, "total": 4, "peer_id": NEW})
+    display.progress({"fraction": 0.75, "step": 3, "total": 4, "peer_id": OLD})
+    assert "moved" not in out.getvalue()
+    display.progress({"fraction": 0.5, "step": 2, "total": 4, "peer_id": NEW})
+    assert out.getvalue().splitlines()[-2] == "txt2img: an image's worker stopped; it moved to 12D3KooW…6H2S8d"
+
+
+def test_a_workflow_s_next_step_on_another_peer_is_no_move() -> None:
+    out = io.StringIO()
+    display = WorkflowProgress(out, ["text-to-image", "upscale"], tty=False)
+    display.progress({"fraction": 0.25, "step": 1, "total": 2, "peer_id": OLD})
+    display.progress({"fraction": 0.5, "step": 2, "total": 2, "peer_id": OLD})
+    display.progress({"fraction": 0.75, "step": 1, "total": 2, "peer_id": NEW})
+    assert "moved" not in out.getvalue()
+    display.progress({"fraction": 0.55, "step": 0, "total": 2, "peer_id": OLD})
+    assert "step 2/2 upscale: 12D3KooW…6H2S8d stopped at step 1/2; the job moved to 12D3KooW…CVe2Xo" in out.getvalue()
