@@ -478,6 +478,8 @@ async def bench(setup: Setup, out: Path) -> None:
         "size": setup.size,
         "steps": setup.steps,
         "repeats": setup.repeats,
+        # the requester's spare job streams (node/spare_streams.py); "0" = off, unset = the default
+        "spare_stream_ttl_s": os.environ.get("LPNODE_SPARE_STREAM_TTL_S", "default"),
         "png_bytes": png_bytes,
         "direct_ms": ms(got["direct"]),
         "device_ms": ms(got["device"]),
@@ -588,7 +590,6 @@ def fine_split(
             submit = first(requester, window, "submit")
             job = first(requester, window, "run_job")
             quote_request = first(requester, window, "sent", "QuoteRequest")
-            opened = first(requester, window, "open_stream")
             request = first(worker, window, "received", "QuoteRequest")
             pool_run = first(worker, window, "pool_run")
             result_sent = first(worker, window, "sent", "Result")
@@ -599,6 +600,14 @@ def fine_split(
         except LookupError as missing:
             print(f"probe {missing} is missing in a timed job: no fine breakdown", file=sys.stderr)
             return None
+        # This job's own open, if it made one: a job on a spare stream (node/spare_streams.py) opens
+        # none, and the open in its window is the next spare's, made while the worker ran this job.
+        own_open = [p for p in requester if p["probe"] == "open_stream" and job["start"] <= p["start"]]
+        opened = next((p for p in own_open if p["end"] <= quote_request["start"]), None)
+        on_spare = opened is None
+        if opened is None:  # no open: "choose" holds the take of the spare, "open" is 0
+            opened = {"start": quote_request["start"], "end": quote_request["start"]}
+        parts.setdefault("on_spare", []).append(float(on_spare))
         values = {
             "http_in": read["start"] - start,
             "parse": submit["start"] - read["start"],
@@ -621,7 +630,10 @@ def fine_split(
         }
         for key, value in values.items():
             parts.setdefault(key, []).append(value)
-    return {key: ms(values) for key, values in parts.items()} if parts else None
+    if not parts:
+        return None
+    on_spare = parts.pop("on_spare")
+    return {**{key: ms(values) for key, values in parts.items()}, "jobs_on_spares": int(sum(on_spare))}
 
 
 def cpu_name() -> str:
@@ -680,7 +692,13 @@ def report(path: Path) -> str:
         if f := r.get("fine_ms"):
             lines += ["", "| finer parts of a network job (probe stamps, medians) | ms |", "|---|---|"]
             lines += [f"| {FINE_PARTS[key]} | {f[key]} |" for key in FINE_PARTS]
-            lines.append(f"| sum of the finer parts but `pool.run` | {round(sum(f.values()), 2)} |")
+            lines.append(f"| sum of the finer parts but `pool.run` | {round(sum(f[key] for key in FINE_PARTS), 2)} |")
+            spares = r.get("spare_stream_ttl_s", "default")
+            lines += [
+                "",
+                f"Spare job streams (`spare_stream_ttl_s` {spares}): "
+                f"{f.get('jobs_on_spares', 0)} of {r['repeats']} timed jobs ran on a stream opened ahead.",
+            ]
         lines += [
             "",
             f"Jobs per second, tiny-sdxl {r['stream_size']}×{r['stream_size']}, 1 step, {r['stream_jobs']} jobs, "

@@ -62,6 +62,7 @@ class NodeConfig:
     max_input_bytes: int = 64 * 1024 * 1024  # one uploaded input (image, video) of an RPC job; larger: HTTP 413
     outputs_max_bytes: int = 2 * 1024 * 1024 * 1024  # job outputs kept on disk for download; the oldest go first
     max_rpc_jobs: int = 64  # RPC requests queued or running at once; more are refused (HTTP 429)
+    spare_stream_ttl_s: float = 5.0  # keep a job stream open ahead to each worker in use this long; 0 = off
 
     def validate(self) -> NodeConfig:
         """Return self if every value is sane; raise ConfigError otherwise."""
@@ -103,6 +104,7 @@ class NodeConfig:
         _check_range("max_input_bytes", self.max_input_bytes, 1024, 2**40)
         _check_range("outputs_max_bytes", self.outputs_max_bytes, 1024 * 1024, 2**50)
         _check_range("max_rpc_jobs", self.max_rpc_jobs, 1, 100_000)
+        _check_range("spare_stream_ttl_s", self.spare_stream_ttl_s, 0, 60)
         if self.advert_ttl_s <= self.advert_interval_s:
             raise ConfigError(
                 f"advert_ttl_s ({self.advert_ttl_s}) must exceed advert_interval_s ({self.advert_interval_s}), "

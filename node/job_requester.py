@@ -73,6 +73,7 @@ from .peer_choice import (
     rank_candidates,
     work_is_known,
 )
+from .spare_streams import SpareStreams
 from .transfer import DEFAULT_MAX_TOTAL_BYTES, TransferLimits, receive_transfer, send_transfer
 
 if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for the annotation
@@ -213,12 +214,15 @@ async def run_job(
     framing: FramingConfig | None = None,
     quote_timeout_s: float = DEFAULT_QUOTE_TIMEOUT_S,
     silence_s: float = DEFAULT_SILENCE_S,
+    spares: SpareStreams | None = None,
 ) -> JobOutcome:
     """Get ``job`` done by the best peer that will; raises NoCandidates or JobFailed (with every attempt).
 
     ``priority``, ``min_vram_bytes``, ``reputation`` and ``min_reputation`` shape the
     ranking (``peer_choice``). This node is a candidate only when ``allow_local`` is set
     and ``local`` is this node's worker; otherwise the job always goes to another peer.
+    ``spares``: job streams opened ahead (``spare_streams``); a try takes the worker's spare
+    if there is one, and has the next one opened while the worker runs the job.
     """
     if local is not None and local.peer_id != node.peer_id:
         raise ValueError(f"the local worker is {local.peer_id}, not this node {node.peer_id}")
@@ -267,20 +271,32 @@ async def run_job(
         raise NoCandidates(spec, describe_offers(adverts), max_price, ", ".join(required))
     attempts: list[Attempt] = []
     give_up_at = trio.current_time() + deadline_s
-    for candidate in candidates[:MAX_ATTEMPTS]:
-        remaining = give_up_at - trio.current_time()
-        if remaining <= 0:
-            break
+
+    def new_try(candidate: Candidate, remaining: float, *, take_spare: bool = True) -> _Try:
         # the router's choice is bound into what this peer is asked, so it runs the ranked model
         try_spec = spec if spec.model_id else dataclasses.replace(spec, model_id=candidate.model_id)
         try_ = _Try(node, candidate, try_spec, inputs, max_price, remaining, on_progress, framing or FramingConfig())
         try_.quote_timeout_s, try_.silence_s = quote_timeout_s, silence_s
         try_.local = local if candidate.peer_id == node.peer_id else None
+        try_.spares, try_.take_spare = spares, take_spare
+        return try_
+
+    for candidate in candidates[:MAX_ATTEMPTS]:
+        remaining = give_up_at - trio.current_time()
+        if remaining <= 0:
+            break
+        try_ = new_try(candidate, remaining)
         outcome = await try_.run()
+        if spares is not None and try_.spare_was_dead() and (remaining := give_up_at - trio.current_time()) > 0:
+            # A spare the worker had already closed (it restarted, or waits less than we hold spares)
+            # says nothing about the worker: the same candidate again, on a stream opened now.
+            spares.note_stale()
+            try_ = new_try(candidate, remaining, take_spare=False)
+            outcome = await try_.run()
         attempts.append(try_.attempt())
         if outcome is not None:
             return JobOutcome(
-                spec=try_spec,
+                spec=try_.machine.request.spec,
                 job_id=try_.machine.job_id,
                 worker_peer_id=candidate.peer_id,
                 model_id=outcome[0].model_id,
@@ -330,6 +346,9 @@ class _Try:
         self.silence_s = DEFAULT_SILENCE_S
         self.local: LocalWorker | None = None  # set when the candidate is this node itself
         self.send_error = ""  # the first send that failed, if any
+        self.spares: SpareStreams | None = None  # take the worker's spare stream, and open the next one
+        self.take_spare = True  # False: open a stream now even if a spare is held
+        self.on_spare = False  # this try runs on a spare stream (opened before the job)
 
     def attempt(self) -> Attempt:
         machine = self.machine
@@ -343,6 +362,12 @@ class _Try:
             detail = self.send_error
         price = machine.quote.price if machine.quote is not None else None
         return Attempt(self.candidate.peer_id, self.candidate.model_id, machine.job_id, outcome, detail, price)
+
+    def spare_was_dead(self) -> bool:
+        """This try ran on a spare that broke before the worker said anything: not the worker's doing."""
+        machine = self.machine
+        unanswered = machine.quote is None and machine.refusal is None and machine.error is None
+        return self.on_spare and unanswered and self.outcome == "disconnected"
 
     def _end(self, outcome: str, detail: str) -> None:
         if not self.outcome:
@@ -377,6 +402,10 @@ class _Try:
     async def _open(self, stack: contextlib.AsyncExitStack) -> ByteStream:
         """A job stream to the candidate: over the network, or in process to this node's own worker."""
         if self.candidate.peer_id != self.node.peer_id:
+            spares = self.spares if self.take_spare else None
+            if spares is not None and (spare := spares.take(self.candidate.peer_id)) is not None:
+                self.on_spare = True
+                return spare
             return await self.node.network.open_stream(self.candidate.peer_id, JOB_PROTOCOL, self.candidate.addrs)
         if self.local is None:  # run_job never ranks this node without a local worker; kept as a guard
             raise NetworkError("this node has no local worker to run the job on")
@@ -399,6 +428,10 @@ class _Try:
             await self._apply(machine.accept(self.node.now_ms()))
             if not await self._send_inputs():
                 return None
+        if self.spares is not None and self.local is None:
+            # the worker now runs the job and both sides mostly wait on its device: the time to open
+            # the stream the next job to it will take (spare_streams)
+            self.spares.replenish(self.candidate.peer_id, self.candidate.addrs)
         while machine.phase in (Phase.ACCEPTED, Phase.RUNNING):
             await self._next()
         if machine.phase is not Phase.DELIVERING:  # type: ignore[comparison-overlap]  # _next moved it

@@ -14,6 +14,7 @@ from lpnode.node.daemon import Node
 from lpnode.node.job_requester import JobOutcome, JobRequest, ProgressCallback, run_job
 from lpnode.node.peer_choice import Priority, ReputationView
 from lpnode.node.rpc_job_bodies import JobOptions
+from lpnode.node.spare_streams import SpareStreams
 
 if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch
     from lpnode.node.local_jobs import LocalWorker
@@ -27,12 +28,14 @@ def requester_runner(
     local: LocalWorker | None = None,
     reputation: ReputationView | None = None,
     rng: random.Random | None = None,
+    spares: SpareStreams | None = None,
 ) -> JobRunner:
     """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
 
     ``local`` is this node's own worker, the candidate a job with ``allow_local`` may use;
     ``reputation`` (the reputation store) steers the ranking: banned peers are never chosen.
     ``rng`` drives the ranking's exploration (seeded in tests; default: one per job).
+    ``spares`` keeps a job stream open ahead to the workers in use (``spare_streams``).
     """
 
     async def run(
@@ -55,6 +58,7 @@ def requester_runner(
             min_reputation=options.min_reputation or 0.0,
             rng=rng,
             on_progress=on_progress,
+            spares=spares,
         )
 
     return run

@@ -35,8 +35,9 @@ from lpnode.node.offer import OfferSource, serve_device_monitor
 from lpnode.node.rpc import create_app, serve_rpc, status_for
 from lpnode.node.rpc_info import check_not_running
 from lpnode.node.rpc_token import TOKEN_FILE, load_or_create_token
+from lpnode.node.spare_streams import SpareStreams, open_spare_streams
 from lpnode.protocol.errors import ConfigError, NetworkError
-from lpnode.protocol.names import SOFTWARE_VERSION
+from lpnode.protocol.names import JOB_PROTOCOL, SOFTWARE_VERSION
 from lpnode.reputation.spot_check import open_spot_checker
 from lpnode.reputation.store import REPUTATION_MIGRATIONS, ReputationStore, open_reputation
 
@@ -148,12 +149,15 @@ async def _open_jobs(
 ) -> AsyncIterator[tuple[JobManager, ReputationStore]]:
     """The RPC job manager: records and outputs kept for the API, jobs sent through this node's requester,
     steered by the reputation store (same database) and spot-checked (``lpnode.reputation.spot_check``)."""
-    async with open_job_storage(
-        config.data_dir, config.outputs_max_bytes, wall_clock(), extra_migrations=REPUTATION_MIGRATIONS
-    ) as (book, outputs):
+    async with (
+        open_job_storage(
+            config.data_dir, config.outputs_max_bytes, wall_clock(), extra_migrations=REPUTATION_MIGRATIONS
+        ) as (book, outputs),
+        _open_spares(config, node) as spares,
+    ):
         assert book.store is not None
         reputation = await open_reputation(book.store, clock=wall_clock)
-        runner = requester_runner(node, local, reputation=reputation)
+        runner = requester_runner(node, local, reputation=reputation, spares=spares)
         async with (
             open_spot_checker(node, runner, reputation) as checker,
             open_job_manager(
@@ -166,6 +170,16 @@ async def _open_jobs(
             ) as jobs,
         ):
             yield jobs, reputation
+
+
+@contextlib.asynccontextmanager
+async def _open_spares(config: NodeConfig, node: Node) -> AsyncIterator[SpareStreams | None]:
+    """The requester's spare job streams (``spare_streams``); None when ``spare_stream_ttl_s`` is 0."""
+    if config.spare_stream_ttl_s <= 0:
+        yield None
+        return
+    async with open_spare_streams(node.network, JOB_PROTOCOL, ttl_s=config.spare_stream_ttl_s) as spares:
+        yield spares
 
 
 def _cheating(pool: ModelPool, cheat: str) -> InferencePool:

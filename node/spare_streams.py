@@ -1,0 +1,159 @@
+"""Job streams opened ahead of need: at most one idle stream per worker we are using.
+
+Opening a libp2p stream is the largest single part of a network job's overhead
+after the output transfer: ~3-4 ms of py-libp2p CPU on both ends (yamux SYN and
+ACK, multistream-select, a burst of window updates), paid again by every job
+(docs/benchmarks.md, "a thinner path"). A requester that sends jobs back to back
+to one worker, as scripts, workflows and spot checks do, need not pay it each
+time: while the worker runs a job for us, and both event loops mostly wait on the
+device, :meth:`SpareStreams.replenish` opens the next stream to it, and the next
+job to that worker :meth:`~SpareStreams.take` s it instead of opening one.
+
+Nothing on the wire changes: a spare is an ordinary job stream whose
+QuoteRequest comes later. Workers must allow for that (docs/protocol.md, "Opening
+a stream ahead"): ours wait ``WorkerConfig.request_timeout_s`` (10 s) for it, and
+a spare is closed unused after ``ttl_s`` (5 s by default), well before. A spare
+can still be dead when taken (the worker restarted, or is another
+implementation with a shorter wait): the requester then opens a fresh stream,
+so a spare can cost a job a few ms but never an attempt (``job_requester``).
+
+Bounded: one spare (held or being opened) per peer, ``max_peers`` peers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import trio
+from lpnode.protocol.errors import NetworkError
+
+from .network.base import ByteStream, Network, PeerId
+
+log = logging.getLogger("lpnode.spare_streams")
+
+DEFAULT_TTL_S = 5.0  # half our workers' request_timeout_s: a spare is closed before the worker gives up on it
+DEFAULT_MAX_PEERS = 32  # workers with a spare at once; each costs both sides one idle stream
+OPEN_TIMEOUT_S = 5.0  # a spare that takes longer to open is not worth having
+
+
+@dataclass
+class _Spare:
+    peer: PeerId
+    stream: ByteStream | None = None  # None while it is being opened
+    taken: trio.Event = field(default_factory=trio.Event)
+
+
+class SpareStreams:
+    """Idle job streams, one per recently used worker; built by :func:`open_spare_streams`."""
+
+    def __init__(
+        self, network: Network, protocol_id: str, nursery: trio.Nursery, *, ttl_s: float, max_peers: int
+    ) -> None:
+        self._network = network
+        self._protocol_id = protocol_id
+        self._nursery = nursery
+        self._ttl_s = ttl_s
+        self._max_peers = max_peers
+        self._spares: dict[PeerId, _Spare] = {}  # opening or held, one per peer
+        self._closed = False
+        self._changed = trio.Event()
+        # opened, taken, expired (closed unused), open_failed, stale (taken, but dead: see note_stale), full
+        self.counts: Counter[str] = Counter()
+
+    def take(self, peer: PeerId) -> ByteStream | None:
+        """The idle stream to ``peer``, now the caller's to use and close; None if there is none ready."""
+        spare = self._spares.get(peer)
+        if spare is None or spare.stream is None:
+            return None
+        del self._spares[peer]
+        spare.taken.set()
+        self.counts["taken"] += 1
+        return spare.stream
+
+    def replenish(self, peer: PeerId, addrs: Sequence[str] = ()) -> None:
+        """Open a spare stream to ``peer`` in the background, unless one is held or being opened."""
+        if self._closed or peer in self._spares:
+            return
+        if len(self._spares) >= self._max_peers:
+            self.counts["full"] += 1
+            return
+        spare = _Spare(peer)
+        self._spares[peer] = spare
+        self._nursery.start_soon(self._keep, spare, tuple(addrs))
+
+    async def wait_changed(self) -> None:
+        """Return once a spare has been opened, failed to open, or closed unused."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def note_stale(self) -> None:
+        """A taken spare turned out dead before the worker said anything (counted, for the bench and tests)."""
+        self.counts["stale"] += 1
+
+    def held(self) -> frozenset[PeerId]:
+        """Peers with a spare ready to take."""
+        return frozenset(peer for peer, spare in self._spares.items() if spare.stream is not None)
+
+    async def _keep(self, spare: _Spare, addrs: tuple[str, ...]) -> None:
+        """Open the spare, hold it until taken or ``ttl_s`` passes, then close it if unused."""
+        try:
+            with trio.fail_after(OPEN_TIMEOUT_S):
+                stream = await self._network.open_stream(spare.peer, self._protocol_id, addrs)
+        except (NetworkError, trio.TooSlowError) as exc:
+            # not an error: the job that wanted it opens its own stream, and reports a dead peer itself
+            log.debug("no spare stream to %s: %s", spare.peer, exc)
+            self.counts["open_failed"] += 1
+            self._forget(spare)
+            self._notify()
+            return
+        spare.stream = stream
+        self.counts["opened"] += 1
+        self._notify()
+        try:
+            with trio.move_on_after(self._ttl_s):
+                await spare.taken.wait()
+        finally:
+            # Unless take() handed it out (synchronously, so there is no race with this check), it is
+            # ours to close: at the ttl, or when the node shuts down (aclose is shielded).
+            if not spare.taken.is_set():
+                self._forget(spare)
+                self.counts["expired"] += 1
+                self._notify()
+                with contextlib.suppress(NetworkError):
+                    await stream.aclose()
+
+    def stop(self) -> None:
+        """Open no more spares (the held ones are closed as the owning block exits)."""
+        self._closed = True
+
+    def _forget(self, spare: _Spare) -> None:
+        if self._spares.get(spare.peer) is spare:
+            del self._spares[spare.peer]
+
+
+@contextlib.asynccontextmanager
+async def open_spare_streams(
+    network: Network, protocol_id: str, *, ttl_s: float = DEFAULT_TTL_S, max_peers: int = DEFAULT_MAX_PEERS
+) -> AsyncIterator[SpareStreams]:
+    """Spare streams for ``protocol_id``; every spare still held is closed when the block exits."""
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive (leave spares out to open every stream on demand)")
+    if max_peers < 1:
+        raise ValueError("max_peers must be at least 1")
+    async with trio.open_nursery() as nursery:
+        spares = SpareStreams(network, protocol_id, nursery, ttl_s=ttl_s, max_peers=max_peers)
+        try:
+            yield spares
+        finally:
+            spares.stop()
+            nursery.cancel_scope.cancel()
+
+
+__all__ = ["DEFAULT_TTL_S", "SpareStreams", "open_spare_streams"]
