@@ -186,6 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         device=args.device,
     )
+    _ready_data_dir(config.data_dir, writable=True)  # before seconds of model loading, not after
     from lpnode.node.run import run_node  # libp2p, FastAPI and torch load only for `run`
 
     if args.cheat is not None:
@@ -199,8 +200,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_id(args: argparse.Namespace) -> int:
     from lpnode.node.identity import load_or_create_key
 
-    print(load_or_create_key(_config(args).data_dir).peer_id)
+    print(load_or_create_key(_ready_data_dir(_config(args).data_dir, writable=False)).peer_id)
     return 0
+
+
+def _ready_data_dir(path: Path, *, writable: bool) -> Path:
+    """``path`` as a directory, created if missing; a ConfigError naming it (not a traceback) if it cannot be.
+
+    A node writes its key, token, database and outputs there: a read-only one is refused at once.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"data dir {path} is a file, not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"data dir {path} cannot be created: {exc.strerror or exc}") from None
+    if writable and not os.access(path, os.W_OK):
+        raise ConfigError(f"data dir {path} is not writable (the node keeps its key, database and outputs there)")
+    return path
 
 
 def _cmd_peers(args: argparse.Namespace) -> int:

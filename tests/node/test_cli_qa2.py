@@ -90,3 +90,16 @@ def test_a_workflow_s_next_step_on_another_peer_is_no_move() -> None:
     assert "moved" not in out.getvalue()
     display.progress({"fraction": 0.55, "step": 0, "total": 2, "peer_id": OLD})
     assert "step 2/2 upscale: 12D3KooW…6H2S8d stopped at step 1/2; the job moved to 12D3KooW…CVe2Xo" in out.getvalue()
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found with a read-only mount (`OSError: [Errno 30] Read-only file system` traceback from `lpnode run`/`id`);
+    # a path under a file fails the same way in mkdir and needs no mount here
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["id", "--data-dir", str(blocker)]) == 2
+    assert capsys.readouterr().err == f"lpnode: data dir {blocker} is a file, not a directory\n"
+    assert main(["run", "--data-dir", str(blocker / "node"), "--no-mdns"]) == 2
+    assert capsys.readouterr().err == f"lpnode: data dir {blocker / 'node'} cannot be created: Not a directory\n"
