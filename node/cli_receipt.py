@@ -54,9 +54,11 @@ def load_and_verify(path: Path, outputs: list[Path]) -> Receipt:
     """The verified receipt in ``path``; :class:`ReceiptRejected` with the reason otherwise."""
     try:
         with path.open("rb") as file:
-            data = file.read(MAX_RECEIPT_BYTES + 1)  # verify_receipt rejects the oversized with a reason
+            data = file.read(MAX_RECEIPT_BYTES + 1)  # bounded: what is past the limit is never read
     except OSError as exc:
         raise ReceiptRejected("unreadable", f"{path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_RECEIPT_BYTES:  # said here: verify_receipt would name the bytes read, not the file's size
+        raise ReceiptRejected("oversized", f"over the {MAX_RECEIPT_BYTES}-byte receipt limit")
     receipt = verify_receipt(data)
     signed = {out.sha256: out.name for out in receipt.outputs}
     for output in outputs:

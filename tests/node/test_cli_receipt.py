@@ -79,6 +79,13 @@ def test_a_receipt_signed_by_someone_else_or_garbage_is_invalid(
     assert code == 1 and "malformed" in err
     code, _, err = verify(capsys, tmp_path / "missing.receipt")
     assert code == 1 and "unreadable" in err
+    huge = tmp_path / "huge.receipt"
+    huge.write_bytes(b"\x00" * 5_000_000)  # QA2: was told as "oversized: 262145 bytes", the bytes read
+    code, _, err = verify(capsys, huge)
+    assert (code, err) == (
+        1,
+        f"lpnode: INVALID receipt {huge}: oversized: over the 262144-byte receipt limit\n",
+    )
 
 
 def test_the_wrong_output_file_is_invalid(signed: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
