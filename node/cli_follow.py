@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -61,6 +62,7 @@ class Saved:
     job: Mapping[str, Any]  # the response's `jobs[n]` entry: worker, model, price, attempts
     receipt_path: Path
     receipt: Receipt
+    media_type: str = ""  # what the receipt says the bytes are (image/png, video/mp4)
 
 
 async def until_interrupted(run: Callable[[], Awaitable[T]]) -> T | None:
@@ -151,8 +153,26 @@ async def save_outputs(client: LpnodeClient, result: Mapping[str, Any], output: 
         write_file(path, data)
         write_file(receipt_path(path), receipt_bytes)
         seed = media.get("seed")
-        saved.append(Saved(path, len(data), seed if isinstance(seed, int) else None, job, receipt_path(path), receipt))
+        kind = next((out.media_type for out in receipt.outputs if out.sha256 == digest), "")
+        saved.append(
+            Saved(path, len(data), seed if isinstance(seed, int) else None, job, receipt_path(path), receipt, kind)
+        )
     return saved
+
+
+def check_output(path: Path) -> Path:
+    """``path`` if an output can be written there; an error before the job is submitted (and paid) if not.
+
+    Found by hand: a job to ``-o missing-dir/out.png`` ran, was paid for, and only then failed to save.
+    """
+    parent = path.parent
+    if path.is_dir():
+        raise LpnodeError(f"cannot write {path}: it is a directory")
+    if not parent.is_dir():
+        raise LpnodeError(f"cannot write {path}: no directory {parent}")
+    if not os.access(parent, os.W_OK):
+        raise LpnodeError(f"cannot write {path}: directory {parent} is not writable")
+    return path
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -214,6 +234,7 @@ __all__ = [
     "JobNotDone",
     "Saved",
     "cancel_quietly",
+    "check_output",
     "follow",
     "output_paths",
     "read_input",

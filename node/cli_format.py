@@ -41,6 +41,18 @@ def uses_seed(pipeline: object) -> bool:
     return str(pipeline) not in SEEDLESS_PIPELINES
 
 
+# what each output media type is saved as; another name keeps the bytes as they are (no conversion)
+MEDIA_SUFFIXES = {"image/png": (".png", "a PNG image"), "video/mp4": (".mp4", "an H.264 MP4 video")}
+
+
+def format_note(path: Any, media_type: str) -> str:
+    """``", a PNG image whatever its name says"`` when ``path``'s suffix is not its format's ("" if it is)."""
+    suffix, what = MEDIA_SUFFIXES.get(media_type, ("", ""))
+    if not suffix or str(path).lower().endswith(suffix):
+        return ""
+    return f", {what} whatever its name says"
+
+
 def short_peer_id(peer_id: str) -> str:
     """``12D3KooW…a1b2c3``: enough to tell peers apart, short enough for a table."""
     return peer_id if len(peer_id) <= 16 else f"{peer_id[:8]}…{peer_id[-6:]}"
@@ -200,7 +212,8 @@ def job_summary(saved: Sequence[Any]) -> str:
         job = item.job
         price = int(job.get("price", 0))
         total += price
-        lines.append(f"saved {item.path} ({size_text(item.size_bytes)})")
+        note = format_note(item.path, getattr(item, "media_type", ""))
+        lines.append(f"saved {item.path} ({size_text(item.size_bytes)}{note})")
         lines.append(f"  worker   {job.get('worker_peer_id', '?')}")
         lines.append(f"  model    {job.get('model_id') or item.receipt.model_id}")
         lines.append(f"  price    {price} micro-credits")

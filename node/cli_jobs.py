@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from lpnode.node.cli_follow import read_input, submit_and_save
+from lpnode.node.cli_follow import check_output, read_input, submit_and_save
 from lpnode.node.cli_format import job_summary, job_text, jobs_table
 from lpnode.node.cli_progress import ProgressDisplay
 from lpnode.node.client import LpnodeClient
@@ -230,18 +230,23 @@ async def fit_default_size(client: LpnodeClient, pipeline: str, fields: dict[str
 def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
     command: PipelineCommand = args.pipeline_command
     fields = job_fields(args, command)
+    check_output(args.output)
     files = None
     if command.input_name is not None:
         files = {command.input_name: read_input(getattr(args, command.input_name), MAX_INPUT_BYTES)}
 
     async def main() -> int:
         async with LpnodeClient.from_data_dir(data_dir) as client:
-            if note := await fit_default_size(client, command.pipeline, fields):
-                print(f"{command.name}: {note}", file=sys.stderr)
+            note = await fit_default_size(client, command.pipeline, fields)
+
+            async def submit() -> dict[str, Any]:
+                answer = await client.submit(command.pipeline, fields, files=files, wait=False)
+                if note:  # once the node took the job: a request it refuses (422) needs no word on its size
+                    print(f"{command.name}: {note}", file=sys.stderr)
+                return answer
+
             display = ProgressDisplay(sys.stderr, command.name, images=int(fields.get("num_images_per_prompt", 1)))
-            outcome = await submit_and_save(
-                client, lambda: client.submit(command.pipeline, fields, files=files, wait=False), args.output, display
-            )
+            outcome = await submit_and_save(client, submit, args.output, display)
         if isinstance(outcome, str):
             print(f"lpnode: {outcome}", file=sys.stderr)
             return EXIT_INTERRUPTED

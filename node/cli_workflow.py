@@ -30,13 +30,14 @@ import trio
 from lpnode.node.cli_follow import (
     JobNotDone,
     cancel_quietly,
+    check_output,
     follow,
     output_paths,
     read_input,
     until_interrupted,
     write_file,
 )
-from lpnode.node.cli_format import size_text, uses_seed
+from lpnode.node.cli_format import format_note, size_text, uses_seed
 from lpnode.node.cli_progress import WorkflowProgress
 from lpnode.node.client import LpnodeClient
 from lpnode.protocol.errors import ConfigError, LpnodeError, ReceiptRejected
@@ -83,6 +84,13 @@ def load_spec(path: Path, input_file: Path | None = None) -> dict[str, Any]:
     return spec
 
 
+def _media_type(data: bytes) -> str:
+    """image/png or video/mp4 by the bytes' signature ("" for neither): what the note on a saved name needs."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    return "video/mp4" if data[4:8] == b"ftyp" else ""
+
+
 def default_output(spec_path: Path, spec: Mapping[str, Any]) -> Path:
     last = str(spec["steps"][-1].get("pipeline", ""))
     return spec_path.with_suffix(".mp4" if last in VIDEO_PIPELINES else ".png")
@@ -90,7 +98,7 @@ def default_output(spec_path: Path, spec: Mapping[str, Any]) -> Path:
 
 def cmd_workflow(args: argparse.Namespace, data_dir: Path) -> int:
     spec = load_spec(args.file, args.input)
-    output: Path = args.output or default_output(args.file, spec)
+    output: Path = check_output(args.output or default_output(args.file, spec))
 
     async def main() -> int:
         async with LpnodeClient.from_data_dir(data_dir) as client:
@@ -132,7 +140,7 @@ async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output:
         data = await client.output(str(item["url"]))
         write_file(path, data)
         digests[hashlib.sha256(data).hexdigest()] = path
-        lines.append(f"saved {path} ({size_text(len(data))})")
+        lines.append(f"saved {path} ({size_text(len(data))}{format_note(path, _media_type(data))})")
     total = 0
     last_outputs: set[str] = set()
     step_ids = result.get("steps") or []

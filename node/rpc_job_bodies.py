@@ -58,6 +58,7 @@ PeerId = Annotated[str, Field(max_length=64)]
 # Diffusion pipelines denoise a latent the VAE downsamples 8×: every text-to-image and image-to-video
 # model on offer refuses another size, so it is refused here, in the field's terms, before any peer is asked.
 DIFFUSION_SIZE_MULTIPLE = 8
+_VERIFICATION = re.compile(r"none|spot|redundant:[2-5]")
 
 
 class InputTooLarge(LpnodeError):
@@ -75,12 +76,24 @@ class JobOptions(BaseModel):
     deadline: float = Field(120.0, gt=0, le=3600, description="seconds for the whole request")
     priority: Literal["cost", "speed", "trust"] = "speed"
     # K as reputation.policy.parse_verification takes it (1 < K <= MAX_REDUNDANCY = 5): refused here, as a 422
-    verification: str = Field("spot", pattern=r"^(none|spot|redundant:[2-5])$", description="none | spot | redundant:K")
+    verification: str = Field("spot", description="none | spot | redundant:K (K peers run it, 2..5)")
     min_reputation: float | None = Field(None, ge=0.0, le=1.0)
     min_vram_gb: float | None = Field(None, ge=0.0, le=4096.0, description="GPU memory the worker must have")
     prefer: list[PeerId] = Field(default_factory=list, max_length=32)
     avoid: list[PeerId] = Field(default_factory=list, max_length=32)
     allow_local: bool = False
+
+    @field_validator("verification")
+    @classmethod
+    def _verification(cls, value: str) -> str:
+        # said in words: a regex pattern in the 422 ("should match pattern '^(none|spot|...'") reads as noise
+        if not _VERIFICATION.fullmatch(value):
+            raise PydanticCustomError(
+                "verification",
+                "{value} is not none, spot or redundant:K with K from 2 to 5",
+                {"value": repr(value[:40])},  # bounded: the answer echoes it
+            )
+        return value
 
     def options(self) -> JobOptions:
         return JobOptions.model_validate({name: getattr(self, name) for name in JobOptions.model_fields})

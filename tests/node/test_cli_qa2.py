@@ -16,7 +16,9 @@ import pytest
 from lpnode.node.cli import main
 from lpnode.node.cli_format import job_summary, job_text, uses_seed
 from lpnode.node.cli_progress import ProgressDisplay, WorkflowProgress
+from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.protocol import sign_receipt
+from pydantic import ValidationError
 
 from ..protocol.job_factory import WORKER, make_quote, make_receipt, quote_request, upscale_spec
 
@@ -103,3 +105,41 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(
     assert capsys.readouterr().err == f"lpnode: data dir {blocker} is a file, not a directory\n"
     assert main(["run", "--data-dir", str(blocker / "node"), "--no-mdns"]) == 2
     assert capsys.readouterr().err == f"lpnode: data dir {blocker / 'node'} cannot be created: Not a directory\n"
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_job_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by hand: `-o missing-dir/out.png` ran the job, paid for it, then failed to save; here no node runs
+    # in tmp_path, so an answer about the output (not "no node running") shows the check comes first
+    target = tmp_path / "missing" / "a.png"
+    assert main(["txt2img", "x", "-o", str(target), "--data-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"lpnode: cannot write {target}: no directory {target.parent}\n"
+    assert main(["upscale", str(tmp_path), "-o", str(tmp_path), "--data-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"lpnode: cannot write {tmp_path}: it is a directory\n"
+    chain = tmp_path / "chain.toml"
+    chain.write_text('[[steps]]\npipeline = "text-to-image"\nparams = { prompt = "x" }\n')
+    assert main(["workflow", "run", str(chain), "-o", str(target), "--data-dir", str(tmp_path)]) == 1
+    assert "no directory" in capsys.readouterr().err
+
+
+def test_an_output_named_for_another_format_is_saved_as_is_and_said_so() -> None:
+    request = quote_request()
+    receipt = make_receipt(request, make_quote(request))
+
+    def saved(name: str, media_type: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            path=Path(name), size_bytes=2048, seed=1, job={}, receipt_path=Path(name + ".r"), receipt=receipt,
+            media_type=media_type,
+        )  # fmt: skip
+
+    assert "saved pic.jpg (2.0 KiB, a PNG image whatever its name says)" in job_summary([saved("pic.jpg", "image/png")])
+    assert "saved pic.PNG (2.0 KiB)\n" in job_summary([saved("pic.PNG", "image/png")])
+    assert "(2.0 KiB, an H.264 MP4 video whatever its name says)" in job_summary([saved("v.gif", "video/mp4")])
+
+
+def test_a_bad_verification_is_refused_in_words_not_as_a_pattern() -> None:
+    with pytest.raises(ValidationError) as caught:
+        JobOptions.model_validate({"verification": "all"})
+    assert caught.value.errors()[0]["msg"] == "'all' is not none, spot or redundant:K with K from 2 to 5"
+    assert JobOptions.model_validate({"verification": "redundant:3"}).verification == "redundant:3"
