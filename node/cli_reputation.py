@@ -88,10 +88,13 @@ async def _export(client: Any) -> dict[str, Any]:
 
 
 def cmd_reputation(args: argparse.Namespace, data_dir: Path) -> int:
+    from lpnode.node.cli_follow import check_output, write_file
     from lpnode.node.client import LpnodeClient
 
     if args.peer == EXPORT and args.output is None:
         raise ConfigError("lpnode reputation export needs -o FILE")
+    if args.peer == EXPORT:
+        check_output(args.output)  # before asking the node for every evidence row
 
     async def ask() -> dict[str, Any]:
         async with LpnodeClient.from_data_dir(data_dir) as client:
@@ -104,7 +107,7 @@ def cmd_reputation(args: argparse.Namespace, data_dir: Path) -> int:
 
     answer = trio.run(ask)
     if args.peer == EXPORT:
-        args.output.write_text(json.dumps(answer, indent=1))
+        write_file(args.output, json.dumps(answer, indent=1).encode())
         print(f"{len(answer['evidence'])} evidence rows written to {args.output}")
     elif args.json:
         print(json.dumps(answer, indent=2))

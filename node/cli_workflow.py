@@ -47,6 +47,7 @@ EXIT_INTERRUPTED = 130
 MAX_SPEC_BYTES = 1024 * 1024
 MAX_INPUT_BYTES = 512 * 1024 * 1024
 VIDEO_PIPELINES = frozenset({"image-to-video", "frame-interpolation"})  # their output is an MP4
+INPUT_PIPELINES = frozenset({"image-to-image", "image-to-video", "upscale", "frame-interpolation"})  # take a file
 
 
 def add_workflow_command(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -79,8 +80,12 @@ def load_spec(path: Path, input_file: Path | None = None) -> dict[str, Any]:
     steps = spec.get("steps")
     if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) and "pipeline" in s for s in steps):
         raise ConfigError(f"workflow {path} needs 'steps': a non-empty list of tables with a 'pipeline'")
+    first = str(steps[0]["pipeline"])
     if input_file is not None:
         spec["input"] = base64.b64encode(read_input(input_file, MAX_INPUT_BYTES)).decode()
+    elif first in INPUT_PIPELINES and "input" not in spec:
+        # the node would ask for "base64 in `input`": true of the API, but a CLI user gives a file
+        raise ConfigError(f"workflow {path}: step 1 ({first}) needs an input file: give it with --input FILE")
     return spec
 
 

@@ -16,8 +16,10 @@ import pytest
 from lpnode.node.cli import main
 from lpnode.node.cli_format import job_summary, job_text, uses_seed
 from lpnode.node.cli_progress import ProgressDisplay, WorkflowProgress
+from lpnode.node.cli_workflow import load_spec
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.protocol import sign_receipt
+from lpnode.protocol.errors import ConfigError
 from pydantic import ValidationError
 
 from ..protocol.job_factory import WORKER, make_quote, make_receipt, quote_request, upscale_spec
@@ -143,3 +145,23 @@ def test_a_bad_verification_is_refused_in_words_not_as_a_pattern() -> None:
         JobOptions.model_validate({"verification": "all"})
     assert caught.value.errors()[0]["msg"] == "'all' is not none, spot or redundant:K with K from 2 to 5"
     assert JobOptions.model_validate({"verification": "redundant:3"}).verification == "redundant:3"
+
+
+def test_a_workflow_whose_first_step_takes_a_file_asks_for_input_in_cli_terms(tmp_path: Path) -> None:
+    # the node's 422 says "give it as base64 in `input`": the API's words, not a CLI user's
+    chain = tmp_path / "up.toml"
+    chain.write_text('[[steps]]\npipeline = "upscale"\nparams = { scale = 2 }\n')
+    with pytest.raises(ConfigError, match=r"step 1 \(upscale\) needs an input file: give it with --input FILE"):
+        load_spec(chain)
+    image = tmp_path / "in.png"
+    image.write_bytes(b"\x89PNG")
+    assert load_spec(chain, image)["input"] == "iVBORw=="
+
+
+def test_reputation_export_to_a_path_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was a FileNotFoundError traceback, after the node had sent every evidence row
+    target = tmp_path / "missing" / "evidence.json"
+    assert main(["reputation", "export", "-o", str(target), "--data-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"lpnode: cannot write {target}: no directory {target.parent}\n"
