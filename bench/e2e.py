@@ -247,7 +247,13 @@ class NodeProc:
 
 
 async def launch(
-    tmp: Path, name: str, setup: Setup, serve: str, bootstrap: str | None, stack: contextlib.AsyncExitStack
+    tmp: Path,
+    name: str,
+    setup: Setup,
+    serve: str,
+    bootstrap: str | None,
+    stack: contextlib.AsyncExitStack,
+    env: dict[str, str] | None = None,
 ) -> NodeProc:
     data_dir = tmp / name
     data_dir.mkdir()
@@ -267,7 +273,7 @@ async def launch(
     args += [f"--device={setup.device}"] if worker else []
     args += [f"--bootstrap={bootstrap}"] if bootstrap else []
     log = (data_dir / "node.log").open("wb")
-    process = await trio.lowlevel.open_process(args, stdout=-1, stderr=log)
+    process = await trio.lowlevel.open_process(args, stdout=-1, stderr=log, env={**os.environ, **(env or {})})
 
     async def stop() -> None:
         with trio.CancelScope(shield=True):
@@ -578,8 +584,11 @@ def fine_split(
         probes: list[dict[str, Any]], window: tuple[float, float], name: str, message: str = ""
     ) -> dict[str, Any]:
         start, end = window
+        # a receive is stamped from when the wait began: on a spare stream (node/spare_streams.py) the
+        # worker waits for the QuoteRequest since the previous job, so receives are matched by their end
+        at = "end" if name == "received" else "start"
         for p in probes:
-            if p["probe"] == name and start <= p["start"] <= end and (not message or p.get("message") == message):
+            if p["probe"] == name and start <= p[at] <= end and (not message or p.get("message") == message):
                 return p
         raise LookupError(f"{name} {message}".strip())
 

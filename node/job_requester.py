@@ -222,7 +222,7 @@ async def run_job(
     ranking (``peer_choice``). This node is a candidate only when ``allow_local`` is set
     and ``local`` is this node's worker; otherwise the job always goes to another peer.
     ``spares``: job streams opened ahead (``spare_streams``); a try takes the worker's spare
-    if there is one, and has the next one opened while the worker runs the job.
+    if there is one, and a job done has the next one to its worker opened.
     """
     if local is not None and local.peer_id != node.peer_id:
         raise ValueError(f"the local worker is {local.peer_id}, not this node {node.peer_id}")
@@ -295,6 +295,10 @@ async def run_job(
             outcome = await try_.run()
         attempts.append(try_.attempt())
         if outcome is not None:
+            if spares is not None and try_.local is None:
+                # the worker is idle again and we have yet to store and answer: the time to open the
+                # stream the next job to it will take (spare_streams explains why not earlier)
+                spares.replenish(candidate.peer_id, candidate.addrs)
             return JobOutcome(
                 spec=try_.machine.request.spec,
                 job_id=try_.machine.job_id,
@@ -403,7 +407,7 @@ class _Try:
         """A job stream to the candidate: over the network, or in process to this node's own worker."""
         if self.candidate.peer_id != self.node.peer_id:
             spares = self.spares if self.take_spare else None
-            if spares is not None and (spare := spares.take(self.candidate.peer_id)) is not None:
+            if spares is not None and (spare := await spares.take(self.candidate.peer_id)) is not None:
                 self.on_spare = True
                 return spare
             return await self.node.network.open_stream(self.candidate.peer_id, JOB_PROTOCOL, self.candidate.addrs)
@@ -428,10 +432,6 @@ class _Try:
             await self._apply(machine.accept(self.node.now_ms()))
             if not await self._send_inputs():
                 return None
-        if self.spares is not None and self.local is None:
-            # the worker now runs the job and both sides mostly wait on its device: the time to open
-            # the stream the next job to it will take (spare_streams)
-            self.spares.replenish(self.candidate.peer_id, self.candidate.addrs)
         while machine.phase in (Phase.ACCEPTED, Phase.RUNNING):
             await self._next()
         if machine.phase is not Phase.DELIVERING:  # type: ignore[comparison-overlap]  # _next moved it

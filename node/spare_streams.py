@@ -5,9 +5,16 @@ after the output transfer: ~3-4 ms of py-libp2p CPU on both ends (yamux SYN and
 ACK, multistream-select, a burst of window updates), paid again by every job
 (docs/benchmarks.md, "a thinner path"). A requester that sends jobs back to back
 to one worker, as scripts, workflows and spot checks do, need not pay it each
-time: while the worker runs a job for us, and both event loops mostly wait on the
-device, :meth:`SpareStreams.replenish` opens the next stream to it, and the next
-job to that worker :meth:`~SpareStreams.take` s it instead of opening one.
+time: once a job to a worker is done, :meth:`SpareStreams.replenish` opens the
+next stream to it while the requester stores the outputs and answers its client,
+and the next job to that worker :meth:`~SpareStreams.take` s it instead of
+opening one (waiting for it if it is still being opened: that is never slower
+than opening another).
+
+Not while the worker runs our job, though the loops look idle then: the open's
+CPU work on the worker competes with its model thread (the GIL; on a CPU
+worker, the cores themselves), and the job's own run got slower by more than the
+open saves (bench/spares.py, docs/benchmarks.md).
 
 Nothing on the wire changes: a spare is an ordinary job stream whose
 QuoteRequest comes later. Workers must allow for that (docs/protocol.md, "Opening
@@ -44,6 +51,7 @@ OPEN_TIMEOUT_S = 5.0  # a spare that takes longer to open is not worth having
 class _Spare:
     peer: PeerId
     stream: ByteStream | None = None  # None while it is being opened
+    ready: trio.Event = field(default_factory=trio.Event)  # the open finished, either way
     taken: trio.Event = field(default_factory=trio.Event)
 
 
@@ -64,11 +72,18 @@ class SpareStreams:
         # opened, taken, expired (closed unused), open_failed, stale (taken, but dead: see note_stale), full
         self.counts: Counter[str] = Counter()
 
-    def take(self, peer: PeerId) -> ByteStream | None:
-        """The idle stream to ``peer``, now the caller's to use and close; None if there is none ready."""
+    async def take(self, peer: PeerId) -> ByteStream | None:
+        """The idle stream to ``peer``, now the caller's to use and close; None if there is none.
+
+        A spare still being opened is waited for (at most ``OPEN_TIMEOUT_S``): it is further along
+        than a stream the caller would open now.
+        """
         spare = self._spares.get(peer)
-        if spare is None or spare.stream is None:
+        if spare is None:
             return None
+        await spare.ready.wait()
+        if spare.stream is None or self._spares.get(peer) is not spare:
+            return None  # the open failed, or another job took it meanwhile
         del self._spares[peer]
         spare.taken.set()
         self.counts["taken"] += 1
@@ -111,17 +126,19 @@ class SpareStreams:
             log.debug("no spare stream to %s: %s", spare.peer, exc)
             self.counts["open_failed"] += 1
             self._forget(spare)
-            self._notify()
             return
-        spare.stream = stream
-        self.counts["opened"] += 1
-        self._notify()
+        else:
+            spare.stream = stream
+            self.counts["opened"] += 1
+        finally:
+            spare.ready.set()  # whatever happened (a cancelled open too): no take() waits forever
+            self._notify()
         try:
             with trio.move_on_after(self._ttl_s):
                 await spare.taken.wait()
         finally:
-            # Unless take() handed it out (synchronously, so there is no race with this check), it is
-            # ours to close: at the ttl, or when the node shuts down (aclose is shielded).
+            # Unless take() handed it out (synchronously after its wait, so there is no race with this
+            # check), it is ours to close: at the ttl, or when the node shuts down (aclose is shielded).
             if not spare.taken.is_set():
                 self._forget(spare)
                 self.counts["expired"] += 1
