@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import trio
 from lpnode.node.cli_progress import ProgressDisplay
-from lpnode.node.client import LpnodeClient, RpcError
+from lpnode.node.client import EventStreamBroken, LpnodeClient, NodeNotRunning, RpcError
 from lpnode.protocol.errors import LpnodeError, ReceiptRejected
 from lpnode.protocol.receipts import Receipt, verify_receipt
 
@@ -103,16 +103,25 @@ async def follow(client: LpnodeClient, record: Mapping[str, Any], display: Progr
         if current.get("state") in FINAL_STATES:
             return current
         display.state(str(current.get("state", "queued")))
-        async with contextlib.aclosing(client.job_events(job_id)) as events:
-            async for event in events:
-                if event.name == "progress":
-                    display.progress(event.data)
-                elif event.name == "state":
-                    display.state(str(event.data.get("state", "?")))
-                elif event.name == "done":
-                    display.state(str(event.data.get("state", "?")))
-                    return event.data
-        current = await client.job(job_id)  # the stream ended early: where is it now?
+        try:
+            async with contextlib.aclosing(client.job_events(job_id)) as events:
+                async for event in events:
+                    if event.name == "progress":
+                        display.progress(event.data)
+                    elif event.name == "state":
+                        display.state(str(event.data.get("state", "?")))
+                    elif event.name == "done":
+                        display.state(str(event.data.get("state", "?")))
+                        return event.data
+        except EventStreamBroken:
+            pass  # a node that stopped answers nothing below; one that is still there says where the job is
+        try:
+            current = await client.job(job_id)  # the stream ended early: where is it now?
+        except NodeNotRunning:
+            raise LpnodeError(
+                f"the node stopped while job {job_id} ran; once it runs again, `lpnode job {job_id}` shows"
+                " what became of it"
+            ) from None
     raise LpnodeError(f"job {job_id}: the node's event stream kept ending before the job did")
 
 

@@ -51,6 +51,10 @@ class RpcError(LpnodeError):
         self.error = error
 
 
+class EventStreamBroken(LpnodeError):
+    """A job's event stream ended mid-way (the node stopped, or the connection broke): ask the node again."""
+
+
 class LpnodeClient:
     def __init__(
         self,
@@ -224,8 +228,8 @@ class LpnodeClient:
                             return
         except httpx.ConnectError as exc:
             raise NodeNotRunning(self.data_dir, f"nothing answers at {self.url}") from exc
-        except httpx.HTTPError as exc:
-            raise LpnodeError(f"event stream {path} from {self.url} failed: {exc!r}") from exc
+        except httpx.HTTPError as exc:  # named, not repr'd: httpx's reprs mean nothing to a user
+            raise EventStreamBroken(f"the event stream {path} from {self.url} broke ({type(exc).__name__})") from exc
 
     # ------------------------------------------------------------ plumbing
 
@@ -290,4 +294,4 @@ def _segment(value: str) -> str:
     return value
 
 
-__all__ = ["PIPELINES", "Event", "LpnodeClient", "NodeNotRunning", "RpcError"]
+__all__ = ["PIPELINES", "Event", "EventStreamBroken", "LpnodeClient", "NodeNotRunning", "RpcError"]

@@ -9,17 +9,21 @@ final summary named the lost try.
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from lpnode.node.cli import main
+from lpnode.node.cli_follow import follow
 from lpnode.node.cli_format import job_summary, job_text, uses_seed
 from lpnode.node.cli_progress import ProgressDisplay, WorkflowProgress
 from lpnode.node.cli_workflow import load_spec
+from lpnode.node.client import LpnodeClient
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.protocol import sign_receipt
-from lpnode.protocol.errors import ConfigError
+from lpnode.protocol.errors import ConfigError, LpnodeError
 from pydantic import ValidationError
 
 from ..protocol.job_factory import WORKER, make_quote, make_receipt, quote_request, upscale_spec
@@ -165,3 +169,41 @@ def test_reputation_export_to_a_path_that_cannot_be_written_is_one_line(
     target = tmp_path / "missing" / "evidence.json"
     assert main(["reputation", "export", "-o", str(target), "--data-dir", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"lpnode: cannot write {target}: no directory {target.parent}\n"
+
+
+class _BrokenEvents(httpx.AsyncByteStream):
+    """An event stream that sends one progress event, then breaks as a killed node's does."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'event: progress\ndata: {"fraction": 0.25, "step": 5, "total": 20, "peer_id": "P"}\n\n'
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+def _node(record: dict[str, object] | None) -> httpx.MockTransport:
+    """A node whose event stream breaks; after that it is gone (``record`` None) or answers ``record``."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, stream=_BrokenEvents())
+        if record is None:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json=record)
+
+    return httpx.MockTransport(answer)
+
+
+async def test_a_node_killed_mid_job_is_told_in_words_and_a_broken_stream_alone_is_recovered() -> None:
+    # found with kill -9 of the requester's node under `lpnode img2vid`: the CLI said "event stream ... failed:
+    # RemoteProtocolError('peer closed connection without sending complete message body (incomplete chunked read)')"
+    record = {"id": "j1", "state": "running"}
+    out = io.StringIO()
+    async with LpnodeClient("http://node", "t", data_dir=Path("/d"), transport=_node(None)) as client:
+        with pytest.raises(LpnodeError) as caught:
+            await follow(client, record, ProgressDisplay(out, "img2vid", tty=False))
+    assert str(caught.value) == (
+        "the node stopped while job j1 ran; once it runs again, `lpnode job j1` shows what became of it"
+    )
+    assert "step 5/20" in out.getvalue()
+    done = {"id": "j1", "state": "succeeded", "result": {}}
+    async with LpnodeClient("http://node", "t", data_dir=Path("/d"), transport=_node(done)) as client:
+        assert await follow(client, record, ProgressDisplay(io.StringIO(), "x", tty=False)) == done
