@@ -53,6 +53,7 @@ MAX_IMAGES_PER_PROMPT = 8
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024  # one non-file form field (a prompt is at most 2000 characters)
 FORM_OVERHEAD_BYTES = 1024 * 1024  # fields and multipart framing on top of the file itself
+_TEXT_FIELDS = frozenset({"prompt"})  # form fields where "" is a value (a blank prompt), not "not given"
 MAX_JSON_DEPTH = 16  # a workflow nests 4 deep (body → steps → step → params): far deeper is a mistake or an attack
 PeerId = Annotated[str, Field(max_length=64)]
 # Diffusion pipelines denoise a latent the VAE downsamples 8×: every text-to-image and image-to-video
@@ -447,6 +448,8 @@ async def read_form(request: Request, file_field: str, max_input_bytes: int) -> 
         raise
     except Exception as exc:  # starlette's MultiPartException and parser errors: a malformed upload
         detail = getattr(exc, "detail", None) or str(exc)  # starlette's str() would prefix its own "400: "
+        if "Part exceeded maximum size" in detail:  # a big part without a filename is a text field to starlette
+            detail += f" (a text field; send the file as a file part with a filename, e.g. curl -F {file_field}=@FILE)"
         raise invalid(f"malformed multipart body: {detail}") from None
     try:
         fields: dict[str, Any] = {}
@@ -456,10 +459,16 @@ async def read_form(request: Request, file_field: str, max_input_bytes: int) -> 
                 if name != file_field and name not in FILE_FIELDS:
                     raise invalid(f"unexpected file field {name!r} (this endpoint takes {file_field!r})")
                 upload = value
+            elif name == file_field or name in FILE_FIELDS:  # a part without a filename: starlette's text field
+                raise invalid(
+                    f"field {name!r} came as text, not as a file: send it as a file part with a filename"
+                    f" (curl -F {name}=@FILE)"
+                )
             elif name in ("prefer", "avoid"):  # repeated fields or comma-separated
                 fields.setdefault(name, []).extend(p.strip() for p in value.split(",") if p.strip())
-            else:
+            elif value or name in _TEXT_FIELDS:
                 fields[name] = value
+            # else: an empty field is one not given (HTML forms and generated clients send every field)
         if upload is None:
             raise invalid(f"missing file field {file_field!r}")
         if upload.size is not None and upload.size > max_input_bytes:

@@ -65,6 +65,27 @@ async def test_bad_input_is_answered_in_plain_words() -> None:
     assert messages["deep JSON"] == messages["deep params"] == "body: JSON nested deeper than 16 levels"
 
 
+async def test_form_fields_as_forms_send_them() -> None:
+    # QA2: `curl -F "image=<in.png"` (a part without a filename: a text field to the parser) was answered
+    # "missing file field 'image'" though the field was there; an empty field (HTML forms and generated
+    # clients send every field) was refused as "not a valid integer" instead of meaning "not given"
+    async with lone_client() as client:
+        with trio.fail_after(BOUND_S):
+            as_text = await client.post("/upscale", files={"image": (None, png(8, 8)[:100])}, headers=AUTH)
+            blanks = await client.post(
+                "/image-to-image",
+                files={"image": ("a.png", png(8, 8))},
+                data={"prompt": "", "seed": "", "num_inference_steps": "", "strength": ""},
+                headers=AUTH,
+            )
+    assert as_text.status_code == 422
+    assert as_text.json()["message"] == (
+        "body: field 'image' came as text, not as a file: send it as a file part with a filename (curl -F image=@FILE)"
+    )
+    # past validation: the lone node has no peer to ask, so "no candidates" is the next answer
+    assert (blanks.status_code, blanks.json()["error"]) == (404, "no_candidates"), blanks.json()
+
+
 @asynccontextmanager
 async def lone_client() -> AsyncIterator[httpx.AsyncClient]:
     """An RPC client of one node alone on an in-memory network (bad input never reaches a peer)."""
