@@ -286,9 +286,13 @@ def job_text(record: Mapping[str, Any]) -> str:
     if record.get("parent_id"):
         lines.append(f"workflow  {record['parent_id']}")
     progress = record.get("progress") or {}
-    if progress:
-        lines.append(f"progress  {_progress_text(progress)}")
     request = record.get("request") or {}
+    steps = request.get("steps") if record.get("kind") == "workflow" else None
+    if progress and isinstance(steps, list) and steps:
+        # its step counter is the running step's own ("step 3/3" of a 4-step chain's last step): the share is the news
+        lines.append(f"progress  {float(progress.get('fraction') or 0) * 100:.0f}% of {len(steps)} step(s)")
+    elif progress:
+        lines.append(f"progress  {_progress_text(progress)}")
     if request:
         lines.append("request")
     for key in sorted(request):

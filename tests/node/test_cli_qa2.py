@@ -207,3 +207,14 @@ async def test_a_node_killed_mid_job_is_told_in_words_and_a_broken_stream_alone_
     done = {"id": "j1", "state": "succeeded", "result": {}}
     async with LpnodeClient("http://node", "t", data_dir=Path("/d"), transport=_node(done)) as client:
         assert await follow(client, record, ProgressDisplay(io.StringIO(), "x", tty=False)) == done
+
+
+def test_a_workflow_record_shows_its_share_of_its_steps_not_the_last_step_s_counter() -> None:
+    # `lpnode job <workflow>` of the README's 4-step chain said "progress  100% (step 3/3)": frame interpolation's
+    # own counter, read as "step 3 of 3" of a chain of four
+    steps = [{"pipeline": p} for p in ("text-to-image", "image-to-video", "upscale", "frame-interpolation")]
+    record = {"kind": "workflow", "progress": {"fraction": 1.0, "step": 3, "total": 3}, "request": {"steps": steps}}
+    assert "progress  100% of 4 step(s)" in job_text(record)
+    assert "progress  50% (step 1/2)" in job_text(
+        {"kind": "upscale", "progress": {"fraction": 0.5, "step": 1, "total": 2}}
+    )
