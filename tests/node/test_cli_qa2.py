@@ -9,6 +9,7 @@ final summary named the lost try.
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -218,3 +219,17 @@ def test_a_workflow_record_shows_its_share_of_its_steps_not_the_last_step_s_coun
     assert "progress  50% (step 1/2)" in job_text(
         {"kind": "upscale", "progress": {"fraction": 0.5, "step": 1, "total": 2}}
     )
+
+
+def test_a_listen_port_another_process_holds_is_refused_before_the_node_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by hand: py-libp2p listens with SO_REUSEPORT, so a second node on lp1's port started silently and the
+    # kernel split incoming connections between the two; the holder here listens the same way
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        addr = f"/ip4/127.0.0.1/tcp/{holder.getsockname()[1]}"
+        assert main(["run", "--data-dir", str(tmp_path), "--listen", addr, "--no-mdns"]) == 2
+    assert capsys.readouterr().err == f"lpnode: listen: {addr} is in use by another process (another node?)\n"
