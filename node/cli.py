@@ -190,7 +190,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     _ready_data_dir(config.data_dir, writable=True)  # before seconds of model loading, not after
-    _check_listen_ports(config.listen)
+    _check_ports(config.listen, config.rpc)
     from lpnode.node.run import run_node  # libp2p, FastAPI and torch load only for `run`
 
     if args.cheat is not None:
@@ -211,27 +211,37 @@ def _cmd_id(args: argparse.Namespace) -> int:
 _TCP_MULTIADDR = re.compile(r"^/ip(4|6)/([^/]+)/tcp/(\d+)(/|$)")
 
 
-def _check_listen_ports(listen: Sequence[str]) -> None:
-    """A ConfigError for a fixed TCP listen port that another process holds.
+def _check_ports(listen: Sequence[str], rpc: str) -> None:
+    """A ConfigError for a fixed TCP port (libp2p listen address or RPC) that another process holds.
 
     py-libp2p listens with SO_REUSEPORT (for hole punching), so a second node on a taken port starts
     without a word and the kernel splits incoming connections between the two (seen: 12 of 20 to one,
-    8 to the other). A plain bind fails where another socket listens; SO_REUSEADDR lets it past the
-    TIME_WAIT leftovers of a node just stopped.
+    8 to the other). A taken RPC port is found by the server too, but only after the models loaded.
     """
     for addr in listen:
         match = _TCP_MULTIADDR.match(addr)
-        if match is None or match.group(3) == "0":
-            continue
-        family = socket.AF_INET if match.group(1) == "4" else socket.AF_INET6
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((match.group(2), int(match.group(3))))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ConfigError(f"listen: {addr} is in use by another process (another node?)") from None
-                # anything else (an address not on this host, ...) is the libp2p host's to report
+        if match is not None:
+            family = socket.AF_INET if match.group(1) == "4" else socket.AF_INET6
+            _check_port("listen", addr, family, match.group(2), int(match.group(3)))
+    host, _, port = rpc.rpartition(":")
+    if port.isdigit():
+        family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+        _check_port("rpc", rpc, family, host.strip("[]"), int(port))
+
+
+def _check_port(setting: str, shown: str, family: socket.AddressFamily, host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # a plain bind fails where another socket listens; SO_REUSEADDR lets it past the TIME_WAIT
+        # leftovers of a node just stopped
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{setting}: {shown} is in use by another process (another node?)") from None
+            # anything else (an address not on this host, ...) is for the server or host to report
 
 
 def _ready_data_dir(path: Path, *, writable: bool) -> Path:

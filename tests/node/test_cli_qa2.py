@@ -232,4 +232,7 @@ def test_a_listen_port_another_process_holds_is_refused_before_the_node_starts(
         holder.listen()
         addr = f"/ip4/127.0.0.1/tcp/{holder.getsockname()[1]}"
         assert main(["run", "--data-dir", str(tmp_path), "--listen", addr, "--no-mdns"]) == 2
-    assert capsys.readouterr().err == f"lpnode: listen: {addr} is in use by another process (another node?)\n"
+        assert capsys.readouterr().err == f"lpnode: listen: {addr} is in use by another process (another node?)\n"
+        rpc = f"127.0.0.1:{holder.getsockname()[1]}"  # an RPC port in use was found only after the models loaded
+        assert main(["run", "--data-dir", str(tmp_path), "--rpc", rpc, "--listen", "/ip4/127.0.0.1/tcp/0"]) == 2
+        assert capsys.readouterr().err == f"lpnode: rpc: {rpc} is in use by another process (another node?)\n"
