@@ -12,6 +12,14 @@ opening the next stream while the worker runs slow its model thread?), and the f
     python bench/spares.py gpu --out spares.jsonl    # the SDXL-Turbo-size setup of bench/e2e.py
     python bench/spares.py cpu --out spares.jsonl    # tiny-sdxl on this machine's CPU
     python bench/spares.py report spares.jsonl
+
+Loopback has no latency, and the open's cost there is CPU. Between homes it is a round trip
+(multistream-select's answer), which this box cannot add to its loopback (no netem). ``wan`` runs
+the same comparison in one process on the in-memory network (``lpnode.node.network.memory``, real
+time) with a fixed one-way delay, one worker serving tiny-sdxl from a real pool, two requester
+nodes calling ``run_job`` one after the other (no HTTP):
+
+    python bench/spares.py wan --rtt-ms 60 --repeats 10
 """
 
 from __future__ import annotations
@@ -135,6 +143,85 @@ def summarize(
     }
 
 
+async def bench_wan(rtt_ms: float, repeats: int) -> None:
+    """``run_job`` times with and without spares over links of ``rtt_ms``, printed as a table."""
+    import functools
+    import random
+
+    from lpnode.models.pool import PoolConfig, open_model_pool
+    from lpnode.node.config import NodeConfig
+    from lpnode.node.daemon import serve_node
+    from lpnode.node.gpu import GpuInfo
+    from lpnode.node.job_requester import JobRequest, run_job
+    from lpnode.node.job_worker import WorkerConfig, serve_job_worker
+    from lpnode.node.network.memory import LatencyModel, open_memory_hub
+    from lpnode.node.offer import OfferSource
+    from lpnode.node.serving import serve_model_offers
+    from lpnode.node.spare_streams import open_spare_streams
+    from lpnode.protocol.jobspec import Pipeline, TextToImageParams
+    from lpnode.protocol.names import JOB_PROTOCOL
+    from lpnode.protocol.signing import NodeKey
+
+    cpu = (GpuInfo(name="cpu", kind="cpu", vram_total_bytes=0, vram_free_bytes=0),)
+    config = NodeConfig(listen=("/memory/0",), mdns=False, advert_interval_s=0.5, advert_min_gap_s=0.1).validate()
+    job = JobRequest(Pipeline.TEXT_TO_IMAGE, TextToImageParams("bench", 64, 64, 2, 0.0, ""), "lpnode/tiny-sdxl", 1)
+    pool_config = PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu", batch_window_s=0.0)
+    latency = LatencyModel.constant(rtt_ms / 2000)
+    async with (
+        open_memory_hub(latency=latency) as hub,
+        open_model_pool(pool_config) as pool,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        if True:  # one indent level kept for the body below
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            nodes = []
+            for index in range(3):
+                key = NodeKey(bytes([index + 1]) * 32)
+                net = await stack.enter_async_context(hub.open_network(key))
+                if nodes:
+                    await net.connect(nodes[0].network.listen_addrs()[0])
+                offer = OfferSource(queue_capacity=4, devices=cpu)
+                node = await nursery.start(functools.partial(serve_node, config, key, net, offer))
+                if index == 0:  # the worker
+                    await nursery.start(serve_model_offers, pool, offer, 100, node.publisher.poke)
+                    await nursery.start(
+                        functools.partial(serve_job_worker, net, key, pool, WorkerConfig(), wall_clock=node.wall_clock)
+                    )
+                nodes.append(node)
+            worker, with_spares, without = nodes
+            spares = await stack.enter_async_context(open_spare_streams(with_spares.network, JOB_PROTOCOL))
+            for requester in (with_spares, without):
+                while not ((r := requester.directory.get(worker.peer_id)) is not None and r.advert.models):
+                    await requester.directory.wait_changed()
+            times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+
+            async def one(arm: str) -> None:
+                requester = with_spares if arm == "on" else without
+                start = trio.current_time()
+                await run_job(
+                    requester,
+                    job,
+                    max_price=10**9,
+                    deadline_s=60,
+                    rng=random.Random(0),
+                    spares=spares if arm == "on" else None,
+                )
+                times[arm].append(trio.current_time() - start)
+
+            for arm in ARMS:  # warm-up: the model's first run, and the first spare
+                await one(arm)
+                times[arm].clear()
+            for i in range(repeats):
+                for arm in ARMS if i % 2 == 0 else reversed(ARMS):
+                    await one(arm)
+            nursery.cancel_scope.cancel()
+    on, off = e2e.ms(times["on"]), e2e.ms(times["off"])
+    print(
+        f"| RTT {rtt_ms:g} ms, tiny-sdxl 64×64 2 steps, CPU, {repeats} jobs per arm | {on} | {off} | {off - on:.2f} |"
+    )
+    print(f"spares taken {spares.counts['taken']}, stale {spares.counts['stale']}")
+
+
 def gpu_name(setup: e2e.Setup) -> str:
     if not setup.device.startswith("cuda"):
         return e2e.cpu_name()
@@ -171,7 +258,8 @@ def report(path: Path) -> str:
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("what", choices=("cpu", "gpu", "report"))
+    parser.add_argument("what", choices=("cpu", "gpu", "wan", "report"))
+    parser.add_argument("--rtt-ms", type=float, default=60.0, help="wan: round-trip time of every link")
     parser.add_argument("file", nargs="?", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench-spares.jsonl"))
     parser.add_argument("--smoke", action="store_true", help="the gpu setup with tiny modules on the CPU")
@@ -179,6 +267,9 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.what == "report":
         print(report(args.file or args.out))
+        return 0
+    if args.what == "wan":
+        trio.run(bench_wan, args.rtt_ms, args.repeats or 10)
         return 0
     setup = e2e.SETUPS["smoke" if args.smoke else args.what]
     if args.repeats:

@@ -222,7 +222,7 @@ async def run_job(
     ranking (``peer_choice``). This node is a candidate only when ``allow_local`` is set
     and ``local`` is this node's worker; otherwise the job always goes to another peer.
     ``spares``: job streams opened ahead (``spare_streams``); a try takes the worker's spare
-    if there is one, and a job done has the next one to its worker opened.
+    if there is one, and has the next one opened while the worker runs the job.
     """
     if local is not None and local.peer_id != node.peer_id:
         raise ValueError(f"the local worker is {local.peer_id}, not this node {node.peer_id}")
@@ -295,10 +295,6 @@ async def run_job(
             outcome = await try_.run()
         attempts.append(try_.attempt())
         if outcome is not None:
-            if spares is not None and try_.local is None:
-                # the worker is idle again and we have yet to store and answer: the time to open the
-                # stream the next job to it will take (spare_streams explains why not earlier)
-                spares.replenish(candidate.peer_id, candidate.addrs)
             return JobOutcome(
                 spec=try_.machine.request.spec,
                 job_id=try_.machine.job_id,
@@ -432,6 +428,11 @@ class _Try:
             await self._apply(machine.accept(self.node.now_ms()))
             if not await self._send_inputs():
                 return None
+        if self.spares is not None and self.local is None:
+            # The worker now runs the job: the time to open the stream the next job to it will take.
+            # Hidden behind the run, the open costs the next job nothing, not even its round trip
+            # (spare_streams; opened after the job instead, it only moved into the answer's path).
+            self.spares.replenish(self.candidate.peer_id, self.candidate.addrs)
         while machine.phase in (Phase.ACCEPTED, Phase.RUNNING):
             await self._next()
         if machine.phase is not Phase.DELIVERING:  # type: ignore[comparison-overlap]  # _next moved it

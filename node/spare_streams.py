@@ -1,28 +1,27 @@
 """Job streams opened ahead of need: at most one idle stream per worker we are using.
 
-Opening a libp2p stream is the largest single part of a network job's overhead
-after the output transfer: ~3-4 ms of py-libp2p CPU on both ends (yamux SYN and
-ACK, multistream-select, a burst of window updates), paid again by every job
-(docs/benchmarks.md, "a thinner path"). A requester that sends jobs back to back
-to one worker, as scripts, workflows and spot checks do, need not pay it each
-time: once a job to a worker is done, :meth:`SpareStreams.replenish` opens the
-next stream to it while the requester stores the outputs and answers its client,
-and the next job to that worker :meth:`~SpareStreams.take` s it instead of
-opening one (waiting for it if it is still being opened: that is never slower
-than opening another).
+A new job stream costs a round trip before the QuoteRequest can go (multistream-select's
+answer): tens of ms between homes, and on loopback still ~3-4 ms of py-libp2p CPU on both
+ends (yamux SYN and ACK, the negotiation, a burst of window updates; docs/benchmarks.md).
+A requester sending jobs back to back to one worker, as scripts, workflows and spot checks
+do, need not pay it each time: once the worker has the job and runs it,
+:meth:`SpareStreams.replenish` opens the next stream to it, hidden behind the run, and the
+next job to that worker :meth:`~SpareStreams.take` s it instead of opening one (waiting for it
+if it is still being opened: that is never slower than opening another).
 
-Not while the worker runs our job, though the loops look idle then: the open's
-CPU work on the worker competes with its model thread (the GIL; on a CPU
-worker, the cores themselves), and the job's own run got slower by more than the
-open saves (bench/spares.py, docs/benchmarks.md).
+Measured (``bench/spares.py``, docs/benchmarks.md "Spare job streams"): on the H100 host,
+3-4 ms less per job on loopback; on the in-memory network with a 20 or 60 ms round trip, one
+round trip less. Opened after the job instead, the open only moved into the requester's
+answer (output store, final record) and saved nothing reliable. The cost: the worker handles
+the open while its model runs; on a GPU worker that did not measurably slow the run, while on
+a 2-core CPU box running tiny models the open competes for the cores themselves.
 
-Nothing on the wire changes: a spare is an ordinary job stream whose
-QuoteRequest comes later. Workers must allow for that (docs/protocol.md, "Opening
-a stream ahead"): ours wait ``WorkerConfig.request_timeout_s`` (10 s) for it, and
-a spare is closed unused after ``ttl_s`` (5 s by default), well before. A spare
-can still be dead when taken (the worker restarted, or is another
-implementation with a shorter wait): the requester then opens a fresh stream,
-so a spare can cost a job a few ms but never an attempt (``job_requester``).
+Nothing on the wire changes: a spare is an ordinary job stream whose QuoteRequest comes
+later. Workers must allow for that (docs/protocol.md §8.7): ours wait
+``WorkerConfig.request_timeout_s`` (10 s) for it, and a spare is closed unused after
+``ttl_s`` (5 s by default), well before. A spare can still be dead when taken (the worker
+restarted, or is another implementation with a shorter wait): the requester then opens a
+fresh stream, so a spare can cost a job a few ms but never an attempt (``job_requester``).
 
 Bounded: one spare (held or being opened) per peer, ``max_peers`` peers at once.
 """
