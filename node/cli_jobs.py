@@ -203,11 +203,23 @@ def fitted_size(width: int, height: int, limits: Iterable[Mapping[str, Any]]) ->
     return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
 
 
-async def fit_default_size(client: LpnodeClient, pipeline: str, fields: dict[str, Any]) -> str:
-    """Set a width and height that the network takes when the user gave neither; what was chosen, or ""."""
-    if pipeline not in LIVEPEER_DEFAULT_SIZE or "width" in fields or "height" in fields:
+# Likewise the endpoints' default steps where some model on offer may take fewer (Livepeer's image-to-image
+# default is 100; the tiny presets take 50): the CLI asks for the most that some peer on offer takes.
+LIVEPEER_DEFAULT_STEPS = {"text-to-image": 50, "image-to-image": 100, "image-to-video": 25}
+
+
+def fitted_steps(steps: int, limits: Iterable[Mapping[str, Any]]) -> int:
+    """``steps``, or the most steps one of ``limits`` takes when none takes ``steps`` (unchanged without limits)."""
+    most = [int(limit["max_steps"]) for limit in limits]
+    return steps if not most or max(most) >= steps else max(most)
+
+
+async def fit_defaults(client: LpnodeClient, pipeline: str, fields: dict[str, Any]) -> str:
+    """Set a size and steps that the network takes where the user gave none; what was chosen, or ""."""
+    size_free = pipeline in LIVEPEER_DEFAULT_SIZE and "width" not in fields and "height" not in fields
+    steps_free = pipeline in LIVEPEER_DEFAULT_STEPS and "num_inference_steps" not in fields
+    if not (size_free or steps_free):
         return ""
-    width, height = LIVEPEER_DEFAULT_SIZE[pipeline]
     model = fields.get("model_id")
     offers = [
         offer
@@ -216,15 +228,27 @@ async def fit_default_size(client: LpnodeClient, pipeline: str, fields: dict[str
         if offer["pipeline"] == pipeline and (not model or offer["model_id"] == model)
     ]
     if any(offer.get("limits") is None for offer in offers):
-        return ""  # some peer does not say what it takes: ask for the endpoint's default
-    fitted = fitted_size(width, height, [offer["limits"] for offer in offers])
-    if fitted == (width, height):
-        return ""
-    fields["width"], fields["height"] = fitted
-    return (
-        f"size {fitted[0]}×{fitted[1]}: the largest of the default {width}×{height} shape that a peer on offer takes"
-        " (--width/--height to choose)"
-    )
+        return ""  # some peer does not say what it takes: ask for the endpoint's defaults
+    limits = [offer["limits"] for offer in offers]
+    notes = []
+    if size_free:
+        width, height = LIVEPEER_DEFAULT_SIZE[pipeline]
+        fitted = fitted_size(width, height, limits)
+        if fitted != (width, height):
+            fields["width"], fields["height"] = fitted
+            notes.append(
+                f"size {fitted[0]}×{fitted[1]}: the largest of the default {width}×{height} shape"
+                " that a peer on offer takes (--width/--height to choose)"
+            )
+    if steps_free:
+        default = LIVEPEER_DEFAULT_STEPS[pipeline]
+        steps = fitted_steps(default, limits)
+        if steps != default:
+            fields["num_inference_steps"] = steps
+            notes.append(
+                f"{steps} steps: the most a peer on offer takes, under the default {default} (--steps to choose)"
+            )
+    return "; ".join(notes)
 
 
 def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
@@ -237,7 +261,7 @@ def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
 
     async def main() -> int:
         async with LpnodeClient.from_data_dir(data_dir) as client:
-            note = await fit_default_size(client, command.pipeline, fields)
+            note = await fit_defaults(client, command.pipeline, fields)
 
             async def submit() -> dict[str, Any]:
                 answer = await client.submit(command.pipeline, fields, files=files, wait=False)

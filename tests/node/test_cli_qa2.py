@@ -19,6 +19,7 @@ import pytest
 from lpnode.node.cli import main
 from lpnode.node.cli_follow import follow
 from lpnode.node.cli_format import job_summary, job_text, uses_seed
+from lpnode.node.cli_jobs import fitted_steps
 from lpnode.node.cli_progress import ProgressDisplay, WorkflowProgress
 from lpnode.node.cli_workflow import load_spec
 from lpnode.node.client import LpnodeClient
@@ -236,3 +237,13 @@ def test_a_listen_port_another_process_holds_is_refused_before_the_node_starts(
         rpc = f"127.0.0.1:{holder.getsockname()[1]}"  # an RPC port in use was found only after the models loaded
         assert main(["run", "--data-dir", str(tmp_path), "--rpc", rpc, "--listen", "/ip4/127.0.0.1/tcp/0"]) == 2
         assert capsys.readouterr().err == f"lpnode: rpc: {rpc} is in use by another process (another node?)\n"
+
+
+def test_a_default_step_count_beyond_every_offer_comes_down_to_the_most_one_takes() -> None:
+    # `lpnode img2img out.png "winter" -o w.png` (no --steps) was a 422: Livepeer's default of 100 steps, where
+    # the tiny presets take 50; the size was already fitted this way, the steps were not
+    tiny, big = {"max_steps": 50}, {"max_steps": 200}
+    assert fitted_steps(100, [tiny]) == 50
+    assert fitted_steps(100, [tiny, big]) == 100  # some peer takes the default: it stays
+    assert fitted_steps(100, []) == 100  # nobody says: the node answers
+    assert fitted_steps(25, [tiny]) == 25
