@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import itertools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any
 import trio
 from lpnode.node.config import LOG_LEVELS, SERVE_NONE, NodeConfig, load_config
 from lpnode.protocol.errors import ConfigError, LpnodeError
+from lpnode.protocol.names import SOFTWARE_VERSION
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -47,6 +49,7 @@ def build_parser(*, simulator: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lpnode", description="A peer-to-peer network of home GPUs selling AI inference."
     )
+    parser.add_argument("--version", action="version", version=f"lpnode {SOFTWARE_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
@@ -136,7 +139,7 @@ def _asks_for_sim(argv: Sequence[str]) -> bool:
 
 def _asks_for_debug(argv: Sequence[str]) -> bool:
     """Whether ``--log-level debug`` is given (or LPNODE_LOG_LEVEL says debug): then the libraries speak too."""
-    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    pairs = itertools.pairwise(argv)  # each word with the next (a trailing --log-level has no value)
     flagged = "--log-level=debug" in argv or any(a == "--log-level" and b == "debug" for a, b in pairs)
     return flagged or os.environ.get("LPNODE_LOG_LEVEL", "").lower() == "debug"
 

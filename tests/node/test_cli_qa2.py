@@ -247,3 +247,13 @@ def test_a_default_step_count_beyond_every_offer_comes_down_to_the_most_one_take
     assert fitted_steps(100, [tiny, big]) == 100  # some peer takes the default: it stays
     assert fitted_steps(100, []) == 100  # nobody says: the node answers
     assert fitted_steps(25, [tiny]) == 25
+
+
+def test_lpnode_alone_is_usage_and_version_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # a bare `lpnode` was a ValueError traceback (zip(strict=True) over an empty command line); --version unknown
+    with pytest.raises(SystemExit) as usage:
+        main([])
+    assert usage.value.code == 2 and "the following arguments are required: COMMAND" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0 and capsys.readouterr().out == "lpnode 0.1.0\n"
