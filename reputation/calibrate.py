@@ -33,7 +33,7 @@ from lpnode.protocol.jobspec import OUTPUT_MEDIA_TYPE, Pipeline
 
 from .cheats import Cheater, CheatMode, HonestVariant, applicable_cheats, honest_variant_adapter, other_model_adapter
 from .compare import Comparison, Thresholds, Verdict, compare_outputs
-from .policy_sim import SimConfig, SimPeer, Summary, simulate, summarise
+from .policy_sim import SimConfig, SimPeer, Summary, simulate, summarise, without_probes
 from .scoring import ScoringConfig
 
 __all__ = ["CASES", "Case", "Sample", "main", "measure", "separation_table", "synthetic_frame"]
@@ -223,18 +223,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="honest off rate for --target-runs (repeat; default 0.2 %% and 1 %%)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --honest-sample and --target-runs")
+    parser.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="simulate without suspect probes (suspect_probes = 0); default: with them, as shipped",
+    )
     args = parser.parse_args(argv)
     thresholds = Thresholds()
     start = time.perf_counter()
     if args.honest_sample is not None or args.target_runs is not None:
         return _large(args, thresholds, start)
     if args.sweep:
-        for line in sweep_table():
+        for line in sweep_table(probes=not args.no_probes):
             print(line, flush=True)
         print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
         return 0
     if args.sim_only:
-        print("\n".join(simulation_table([], honest_peers=args.honest_peers)))
+        print("\n".join(simulation_table([], honest_peers=args.honest_peers, probes=not args.no_probes)))
         print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
         return 0
     samples: list[Sample] = []
@@ -245,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{case.pipeline.value}: done after {time.perf_counter() - start:.1f} s", file=sys.stderr)
     table = separation_table(samples)
     print("\n".join(table))
-    sim = simulation_table(samples, honest_peers=args.honest_peers)
+    sim = simulation_table(samples, honest_peers=args.honest_peers, probes=not args.no_probes)
     print("\n".join(sim))
     if args.out is not None:
         args.out.write_text(_report(table, sim, thresholds, args.jobs, time.perf_counter() - start))
@@ -267,7 +272,8 @@ def _large(args: argparse.Namespace, thresholds: Thresholds, start: float) -> in
         elapsed("honest sample done")
     if args.target_runs is not None:
         rates = args.off_rate or [0.002, 0.01]
-        for line in target_table(rates, args.target_runs, config=NetConfig(seed=args.seed)):
+        net = NetConfig(seed=args.seed)
+        for line in target_table(rates, args.target_runs, config=without_probes(net) if args.no_probes else net):
             print(line, flush=True)
         elapsed("target runs done")
     return 0
@@ -278,18 +284,29 @@ def honest_disagreement_rate(samples: Sequence[Sample]) -> float:
     return sum(s.comparison.verdict is not Verdict.AGREE for s in honest) / len(honest) if honest else 0.0
 
 
-def simulation_table(samples: Sequence[Sample], seed: int = 0, honest_peers: int = 20) -> list[str]:
-    """The policy simulation, with the honest off rate at least the measured honest disagreement rate."""
+def simulation_table(
+    samples: Sequence[Sample], seed: int = 0, honest_peers: int = 20, *, probes: bool = True
+) -> list[str]:
+    """The policy simulation, with the honest off rate at least the measured honest disagreement rate; suspect
+    probes on (as shipped) unless ``probes`` is False. The starved row's peer gets no job after its first blame."""
     measured = honest_disagreement_rate(samples)
     lines = [
         "| peers | honest off rate | banned | jobs to ban: median / p90 / max | banned within 50 jobs | "
-        "blames per check | extra runs per job (all / once established) |",
-        "|---|---|---|---|---|---|---|",
+        "blames per check | extra runs per job (all / once established) | suspect probes per peer |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    kinds = (
+        SimPeer("cheat 100 %", 1.0),
+        SimPeer("cheat 100 %, starved", 1.0, starved_after_blame=True),
+        SimPeer("cheat 10 %", 0.10),
+        SimPeer("cheat 1 %", 0.01),
+    )
+    counts = (200, 50, 300, 50)
     for off in sorted({max(measured, 0.002), 0.01}):
         config = SimConfig(honest_off_rate=off, seed=seed)
-        for name, rate, count in (("cheat 100 %", 1.0, 200), ("cheat 10 %", 0.10, 300), ("cheat 1 %", 0.01, 50)):
-            lines.append(_sim_row(summarise(name, simulate(config, [SimPeer(name, rate)] * count)), off))
+        config = config if probes else without_probes(config)
+        for peer, count in zip(kinds, counts, strict=True):
+            lines.append(_sim_row(summarise(peer.name, simulate(config, [peer] * count)), off))
         lines.append(_sim_row(summarise("honest", simulate(config, [SimPeer("honest")] * honest_peers)), off))
     return lines
 
@@ -314,6 +331,7 @@ def sweep_table(
     honest_low: int = 2_000,
     honest_high: int = 400,
     seed: int = 1,
+    probes: bool = True,
 ) -> Iterator[str]:
     """The ban rule's trade-off, row by row: 10 % cheaters banned within 50 jobs against honest peers banned.
 
@@ -327,6 +345,7 @@ def sweep_table(
     for p0, log_ratio in rules:
         scoring = ScoringConfig(ban_honest_rate=p0, ban_log_ratio=log_ratio)
         low = SimConfig(honest_off_rate=0.002, scoring=scoring, seed=seed)
+        low = low if probes else without_probes(low)
         cheat = summarise("cheat 10 %", simulate(low, [SimPeer("cheat 10 %", 0.10)] * cheaters))
         short = replace(low, jobs_per_peer=1_000, established_after=500)
         honest = summarise("honest", simulate(short, [SimPeer("honest")] * honest_low))
@@ -349,7 +368,7 @@ def _sim_row(s: Summary, off: float) -> str:
     return (
         f"| {s.peers} × {s.name} | {100 * off:g} % | {s.banned}/{s.peers} | {num(s.median_jobs_to_ban)} / "
         f"{num(s.p90_jobs_to_ban)} / {num(s.max_jobs_to_ban)} | {s.banned_within_50}/{s.peers} | "
-        f"{s.blame_rate:.4f} | {100 * s.overhead:.1f} % / {est} |"
+        f"{s.blame_rate:.4f} | {100 * s.overhead:.1f} % / {est} | {s.probes / max(1, s.peers):.2f} |"
     )
 
 

@@ -12,6 +12,9 @@ Two readings, side by side, per honest off rate:
   jobs of its own (:func:`~lpnode.reputation.policy_sim.simulate`), so 400 peers
   are 4 million jobs; how many peers are banned.
 
+Suspect probes are on unless the configuration's ``spot.suspect_probes`` is 0
+(``calibrate --no-probes``), in both readings.
+
 No cheaters in the network runs: the target is about honest peers, and a
 cheater would only add blames that honest checkers win (a cheater's output
 disagrees with both honest ones, so the honest pair is credited).
@@ -41,6 +44,7 @@ class TargetRow:
     median_ban_job: float | None  # user job number (1..jobs) of the bans, median
     extra_runs_per_job: float  # checker and tie-breaker runs per user job, over all simulations
     blames_per_check: float
+    probes_per_job: float  # suspect probes (runs, also in extra_runs_per_job) per user job
     stress_peers: int  # per-peer reading: honest peers of 10,000 jobs each
     stress_banned: int
 
@@ -67,7 +71,7 @@ def target_row(
     ban_jobs = [job for o in outcomes for _, job in o.bans]
     with_ban = sum(bool(o.bans) for o in outcomes)
     checks = sum(o.checks for o in outcomes)
-    stress = SimConfig(honest_off_rate=off_rate, seed=net.seed)
+    stress = SimConfig(honest_off_rate=off_rate, seed=net.seed, spot=net.spot)  # probes on or off alike
     honest = summarise("honest", simulate(stress, [SimPeer("honest")] * stress_peers)) if stress_peers else None
     return TargetRow(
         off_rate=off_rate,
@@ -78,6 +82,7 @@ def target_row(
         median_ban_job=float(statistics.median(ban_jobs)) if ban_jobs else None,
         extra_runs_per_job=sum(o.extra_runs for o in outcomes) / (runs * net.jobs),
         blames_per_check=sum(o.blames for o in outcomes) / checks if checks else 0.0,
+        probes_per_job=sum(o.probes for o in outcomes) / (runs * net.jobs),
         stress_peers=stress_peers,
         stress_banned=honest.banned if honest else 0,
     )
@@ -90,8 +95,8 @@ def target_table(
     net = config or NetConfig()
     yield from [
         f"| honest off rate | network: simulations with ≥ 1 honest ban (of {net.jobs:,} jobs, {net.peers} peers) | "
-        "95 % interval | honest bans in all | median job of a ban | extra runs per job | blames per check | "
-        "per peer: banned in 10,000 jobs each |",
+        "95 % interval | honest bans in all | median job of a ban | extra runs per job (of them probes) | "
+        "blames per check | per peer: banned in 10,000 jobs each |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for off in off_rates:
@@ -101,6 +106,6 @@ def target_table(
         yield (
             f"| {100 * off:.3g} % | {row.runs_with_ban}/{row.runs} ({100 * row.runs_with_ban / row.runs:.1f} %) | "
             f"{100 * low:.2f}–{100 * high:.2f} % | {row.honest_bans} | {median} | "
-            f"{100 * row.extra_runs_per_job:.1f} % | {row.blames_per_check:.4f} | "
+            f"{100 * row.extra_runs_per_job:.1f} % ({100 * row.probes_per_job:.2f} %) | {row.blames_per_check:.4f} | "
             f"{row.stress_banned}/{row.stress_peers} |"
         )
