@@ -76,15 +76,30 @@ def max_frame_bytes(cls: type[Any]) -> int:
 # ---------------------------------------------------------------- encoding
 
 
-def _to_wire(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+_PLAIN = frozenset({str, int, bytes, bool, type(None)})  # exact types that go on the wire as they are
+_SORTED_FIELDS: dict[type[Any], tuple[str, ...]] = {}  # per dataclass, its field names in wire order
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as plain msgpack data, every map's keys sorted: what canonical msgpack packs.
+
+    One pass, with each dataclass's sorted field names computed once: a job costs a few hundred
+    of these calls per message, and this runs on the event loop.
+    """
+    cls = type(value)
+    if cls in _PLAIN:
+        return value
+    names = _SORTED_FIELDS.get(cls)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _SORTED_FIELDS[cls] = tuple(sorted(f.name for f in dataclasses.fields(value)))
+    if names is not None:
+        return {name: _canonical(getattr(value, name)) for name in names}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple | list):
-        return [_to_wire(v) for v in value]
+        return [_canonical(v) for v in value]
     if isinstance(value, dict):
-        return {k: _to_wire(v) for k, v in value.items()}
+        return {k: _canonical(value[k]) for k in sorted(value)}
     if isinstance(value, float) and not math.isfinite(value):
         raise MalformedMessage("non-finite floats are not allowed on the wire")
     return value
@@ -93,15 +108,7 @@ def _to_wire(value: Any) -> Any:
 def canonical_bytes(value: Any) -> bytes:
     """Canonical msgpack of a message body (or any wire value): sorted keys, float64."""
     packer = msgpack.Packer(use_bin_type=True, use_single_float=False, datetime=False)
-    return bytes(packer.pack(_sort_maps(_to_wire(value))))
-
-
-def _sort_maps(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sort_maps(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_sort_maps(v) for v in value]
-    return value
+    return bytes(packer.pack(_canonical(value)))
 
 
 def encode(msg: Any) -> bytes:

@@ -9,6 +9,8 @@ https://github.com/libp2p/specs/blob/master/peer-ids/peer-ids.md
 
 from __future__ import annotations
 
+import functools
+
 from .errors import InvalidSignature
 
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -51,6 +53,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return b58encode(_PEER_ID_PREFIX + public_key)
 
 
+@functools.lru_cache(maxsize=4096)  # every signature check decodes the signer's id; a node sees few peers
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """The raw Ed25519 public key inside ``peer_id``.
 
