@@ -307,7 +307,11 @@ def cmd_cancel(args: argparse.Namespace, data_dir: Path) -> int:
             return await client.cancel_job(args.id)
 
     record = trio.run(main)
-    print(f"job {record.get('id', args.id)} {record.get('state', 'cancelled')}")
+    state = record.get("state", "cancelled")
+    if state != "cancelled":  # seen: a workflow's running step answered after it ended, as "succeeded"
+        print(f"lpnode: job {record.get('id', args.id)} was not cancelled: it ended {state}", file=sys.stderr)
+        return 1
+    print(f"job {record.get('id', args.id)} cancelled")
     return 0
 
 

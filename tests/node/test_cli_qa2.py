@@ -8,8 +8,12 @@ final summary named the lost try.
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
+import os
 import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -257,3 +261,32 @@ def test_lpnode_alone_is_usage_and_version_is_one_line(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as version:
         main(["--version"])
     assert version.value.code == 0 and capsys.readouterr().out == "lpnode 0.1.0\n"
+
+
+def test_a_cancel_the_node_did_not_carry_out_is_not_reported_as_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # seen: `lpnode cancel <a workflow's running step>` waited for the step to end, then printed
+    # "job ... succeeded" with exit 0; here a stand-in node answers the DELETE the same way
+    class Node(http.server.BaseHTTPRequestHandler):
+        def do_DELETE(self) -> None:
+            body = json.dumps({"id": "job_a", "state": "succeeded"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Node) as server:
+        thread = threading.Thread(target=server.handle_request)
+        thread.start()
+        (tmp_path / "rpc.json").write_text(
+            json.dumps({"url": f"http://127.0.0.1:{server.server_port}", "pid": os.getpid()})
+        )
+        (tmp_path / "rpc.token").write_text("t0ken")
+        assert main(["cancel", "job_a", "--data-dir", str(tmp_path)]) == 1
+        thread.join(timeout=10)
+    assert capsys.readouterr().err == "lpnode: job job_a was not cancelled: it ended succeeded\n"
