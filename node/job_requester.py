@@ -41,7 +41,7 @@ from lpnode.protocol.errors import (
     ProtocolViolation,
     StreamTimeout,
 )
-from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, JobMessage, Progress, QuoteRequest
+from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, JobMessage, Progress, QuoteRequest, RefusalReason
 from lpnode.protocol.jobspec import (
     IMAGE_PNG,
     VIDEO_MP4,
@@ -62,6 +62,7 @@ from lpnode.protocol.receipts import Receipt
 
 from .daemon import Node
 from .framing import FramedStream, FramingConfig
+from .input_probe import IMAGE, InputUnreadable, probe_input
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream
 from .peer_choice import (
@@ -80,6 +81,11 @@ if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for 
     from .local_jobs import LocalWorker
 
 MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allows
+# Workers that refused "busy" are asked again, up to this many rounds, once their advert shows a
+# free slot or their refusal's retry_after passed (clamped here), while the deadline allows.
+BUSY_ROUNDS = 8
+BUSY_MIN_WAIT_S = 0.25
+BUSY_MAX_WAIT_S = 30.0
 # A worker that says nothing for this long is given up on, so one stalled peer cannot eat the
 # whole deadline: a quote needs no device work and comes fast; once running, workers send
 # progress after every step, but a cold model may load for a while before the first.
@@ -140,6 +146,7 @@ class JobFailed(LpnodeError):
 
 QUOTE_ABOVE_ADVERT = "violation:quote_above_advert"  # a quote dearer than the peer's advert says: not accepted
 PARAMS_REFUSED = "refused:unsupported_params"  # an Attempt's outcome when a worker's model limits refuse the job
+INVALID_INPUT = "error:invalid_input"  # ... when its model could not take the input (size, format) it was sent
 
 
 class ParametersRefused(JobFailed):
@@ -163,6 +170,19 @@ class PriceBelowOffers(ParametersRefused):
     Like parameters beyond every advertised limit, it is the request that cannot be met, told
     before any peer is asked; not a 404: the model is on offer.
     """
+
+
+def _image_size(spec: JobSpec, inputs: Mapping[str, bytes]) -> tuple[int, int] | None:
+    """An image-to-image input's (width, height) from its header: the job's output size, checked against
+    the offers' limits before any peer is sent the file. None if it is not one or cannot be read (the
+    worker then says why)."""
+    if spec.pipeline is not Pipeline.IMAGE_TO_IMAGE or "image" not in inputs:
+        return None
+    try:
+        size = probe_input(IMAGE, inputs["image"])
+    except InputUnreadable:
+        return None
+    return size.width, size.height
 
 
 def media_type_of(name: str, data: bytes) -> str:
@@ -231,7 +251,7 @@ async def run_job(
     adverts = [record.advert for record in node.directory if record.advert.peer_id != node.peer_id]
     if allow_local and local is not None:
         adverts.append(node.publisher.build())  # the directory never holds our own advert
-    fitting, beyond_limits = fit_offers(adverts, spec)
+    fitting, beyond_limits = fit_offers(adverts, spec, _image_size(spec, inputs))
     wanted = spec.pipeline.value
     if beyond_limits and not any(
         o.pipeline == wanted and (not spec.model_id or o.model_id == spec.model_id) for a in fitting for o in a.models
@@ -266,11 +286,14 @@ async def run_job(
                 f"({cheapest.model_id} on {cheapest.peer_id[-12:]}) prices this job at {cheapest.price} micro-credits"
             )
         required = [f"min_vram_bytes {min_vram_bytes}"] if min_vram_bytes > 0 else []
+        if avoid:
+            required.append("avoid " + ", ".join(peer[-12:] for peer in avoid))
         if reputation is not None:
             required.append(f"min_reputation {min_reputation}, banned peers excluded")
         raise NoCandidates(spec, describe_offers(adverts), max_price, ", ".join(required))
     attempts: list[Attempt] = []
-    give_up_at = trio.current_time() + deadline_s
+    started = trio.current_time()
+    give_up_at = started + deadline_s
 
     def new_try(candidate: Candidate, remaining: float, *, take_spare: bool = True) -> _Try:
         # the router's choice is bound into what this peer is asked, so it runs the ranked model
@@ -281,11 +304,8 @@ async def run_job(
         try_.spares, try_.take_spare = spares, take_spare
         return try_
 
-    for candidate in candidates[:MAX_ATTEMPTS]:
-        remaining = give_up_at - trio.current_time()
-        if remaining <= 0:
-            break
-        try_ = new_try(candidate, remaining)
+    async def try_one(candidate: Candidate) -> tuple[_Try, tuple[Receipt, tuple[bytes, ...]] | None]:
+        try_ = new_try(candidate, give_up_at - trio.current_time())
         outcome = await try_.run()
         if spares is not None and try_.spare_was_dead() and (remaining := give_up_at - trio.current_time()) > 0:
             # A spare the worker had already closed (it restarted, or waits less than we hold spares)
@@ -294,22 +314,61 @@ async def run_job(
             try_ = new_try(candidate, remaining, take_spare=False)
             outcome = await try_.run()
         attempts.append(try_.attempt())
-        if outcome is not None:
-            return JobOutcome(
-                spec=try_.machine.request.spec,
-                job_id=try_.machine.job_id,
-                worker_peer_id=candidate.peer_id,
-                model_id=outcome[0].model_id,
-                price=outcome[0].price,
-                outputs=outcome[1],
-                receipt=outcome[0],
-                receipt_bytes=try_.machine.receipt_bytes,
-                attempts=tuple(attempts),
-            )
-    if attempts and all(a.outcome == PARAMS_REFUSED for a in attempts):
-        # every worker asked said its model cannot take these parameters: the request is what is wrong
-        raise ParametersRefused(f"{spec.pipeline} parameters refused by every peer asked ({len(attempts)})", attempts)
-    raise JobFailed(f"{spec.pipeline} job failed on {len(attempts)} peer(s) within {deadline_s} s", attempts)
+        return try_, outcome
+
+    pending = candidates[:MAX_ATTEMPTS]
+    for busy_round in range(BUSY_ROUNDS + 1):
+        busy: list[Candidate] = []
+        wait_s = BUSY_MAX_WAIT_S
+        for candidate in pending:
+            if give_up_at - trio.current_time() <= 0:
+                break
+            try_, outcome = await try_one(candidate)
+            if outcome is not None:
+                return JobOutcome(
+                    spec=try_.machine.request.spec,
+                    job_id=try_.machine.job_id,
+                    worker_peer_id=candidate.peer_id,
+                    model_id=outcome[0].model_id,
+                    price=outcome[0].price,
+                    outputs=outcome[1],
+                    receipt=outcome[0],
+                    receipt_bytes=try_.machine.receipt_bytes,
+                    attempts=tuple(attempts),
+                )
+            if (refusal := try_.machine.refusal) is not None and refusal.reason is RefusalReason.BUSY:
+                busy.append(candidate)
+                wait_s = min(wait_s, max(BUSY_MIN_WAIT_S, refusal.retry_after_ms / 1000))
+        # at most half the time left, so a last ask still fits before the deadline
+        wait_s = min(wait_s, (give_up_at - trio.current_time()) / 2)
+        if not busy or busy_round == BUSY_ROUNDS or wait_s < BUSY_MIN_WAIT_S:
+            break
+        # Every other candidate failed for good; a busy one may have room soon. Its advert says when
+        # a slot frees (queue depth), and its refusal's retry_after bounds the wait.
+        await _until_capacity(node, {candidate.peer_id for candidate in busy}, wait_s)
+        pending = busy
+    refused_params = (PARAMS_REFUSED, INVALID_INPUT)
+    if attempts and all(a.outcome in refused_params for a in attempts):
+        # every worker asked said its model cannot take these parameters or this input: the request is wrong
+        raise ParametersRefused(f"{spec.pipeline} job refused by every peer asked ({len(attempts)})", attempts)
+    peers = len({a.peer_id for a in attempts})
+    elapsed = trio.current_time() - started
+    raise JobFailed(
+        f"{spec.pipeline} job failed on {peers} peer(s), {len(attempts)} attempt(s), "
+        f"after {elapsed:.1f} s of its {deadline_s:g} s deadline",
+        attempts,
+    )
+
+
+async def _until_capacity(node: Node, peers: set[str], timeout_s: float) -> None:
+    """Return once one of ``peers`` advertises a free slot (an advert newer than now), or after ``timeout_s``."""
+    with trio.move_on_after(timeout_s):
+        while True:
+            await node.directory.wait_changed()
+            for peer in peers:
+                record = node.directory.get(peer)
+                if record is not None and record.advert.queue_depth < record.advert.queue_capacity:
+                    return
 
 
 class _Try:

@@ -52,7 +52,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from lpnode.protocol.advert import CapabilityAdvert, ModelLimits, ModelOffer
-from lpnode.protocol.jobspec import JobSpec, UpscaleParams
+from lpnode.protocol.jobspec import ImageToImageParams, JobSpec, UpscaleParams
 
 DEFAULT_EXPLORE_SHARE = 0.05  # one job in twenty tries a peer the ranking would not have picked first
 UNMEASURED_SPEED = 0.0
@@ -148,10 +148,11 @@ def has_vram(advert: CapabilityAdvert, min_vram_bytes: int) -> bool:
     return any(gpu.kind != "cpu" and gpu.vram_total_bytes >= min_vram_bytes for gpu in advert.gpus)
 
 
-def limits_refusal(limits: ModelLimits | None, spec: JobSpec) -> str:
+def limits_refusal(limits: ModelLimits | None, spec: JobSpec, image_size: tuple[int, int] | None = None) -> str:
     """Why an offer with ``limits`` cannot take ``spec`` ("" if it can, or if it advertises no limits).
 
-    Only what the spec's parameters say (size, steps, frames); input-sized work is the worker's to check.
+    What the spec's parameters say (size, steps, frames), and for image-to-image, whose output is its
+    input's size, ``image_size`` (width, height) when the requester read it from the input's header.
     """
     if limits is None:
         return ""
@@ -159,6 +160,12 @@ def limits_refusal(limits: ModelLimits | None, spec: JobSpec) -> str:
     if isinstance(params, UpscaleParams):
         return _upscale_refusal(limits, params)
     width, height = getattr(params, "width", None), getattr(params, "height", None)
+    if image_size is not None and isinstance(params, ImageToImageParams):
+        in_width, in_height = image_size
+        if max(in_width, in_height) > limits.max_side:
+            return f"input image {in_width}×{in_height} exceeds its {limits.max_side}-pixel side"
+        if in_width * in_height > limits.max_pixels:
+            return f"input image {in_width}×{in_height} exceeds its {limits.max_pixels} pixels"
     if width is not None and height is not None:
         if max(width, height) > limits.max_side:
             return f"{width}×{height} exceeds its {limits.max_side}-pixel side"
@@ -192,11 +199,13 @@ def _upscale_refusal(limits: ModelLimits, params: UpscaleParams) -> str:
     return ""
 
 
-def fit_offers(adverts: Sequence[CapabilityAdvert], spec: JobSpec) -> tuple[list[CapabilityAdvert], list[str]]:
+def fit_offers(
+    adverts: Sequence[CapabilityAdvert], spec: JobSpec, image_size: tuple[int, int] | None = None
+) -> tuple[list[CapabilityAdvert], list[str]]:
     """``adverts`` without the offers whose advertised limits refuse ``spec``, and why each was dropped.
 
     A requester asks only peers whose model can take the job; an offer without limits (an older
-    node) is kept and asked as before.
+    node) is kept and asked as before. ``image_size``: see :func:`limits_refusal`.
     """
     kept: list[CapabilityAdvert] = []
     dropped: list[str] = []
@@ -204,7 +213,7 @@ def fit_offers(adverts: Sequence[CapabilityAdvert], spec: JobSpec) -> tuple[list
         models = []
         for offer in advert.models:
             matches = offer in _offers_for(advert, spec)
-            reason = limits_refusal(offer.limits, spec) if matches else ""
+            reason = limits_refusal(offer.limits, spec, image_size) if matches else ""
             if reason:
                 dropped.append(f"{offer.model_id} on {advert.peer_id[-12:]}: {reason}")
             else:

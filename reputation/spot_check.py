@@ -192,7 +192,8 @@ class SpotChecker:
         history = self._history(first, family)  # before this job: the policy's "first jobs" count
         plan = None
         if not isinstance(method, NoVerification):
-            job_context = PlanContext(first, history, outcome.spec.pipeline, self._candidates(outcome, {first}))
+            candidates = self._candidates(outcome, {first, *_failed_peers(outcome)})
+            job_context = PlanContext(first, history, outcome.spec.pipeline, candidates)
             plan = method.plan(job_context, self.rng)
         check = plan is not None and plan.copies > 0 and not isinstance(method, Redundant)
         skipped = check and (plan is None or not plan.peers or self._pending >= self.max_pending)
@@ -326,8 +327,11 @@ class SpotChecker:
                 run.outcomes[copy.worker_peer_id] = copy
         resolution = await self._resolve(run)
         while (resolution is None or resolution.need_more) and len(run.outcomes) < max_peers:
-            candidates = self._candidates(first, set(run.outcomes))
-            pick = choose_checker(candidates, first.worker_peer_id, self.rng, exclude=frozenset(run.outcomes))
+            failed = _failed_peers(first)
+            candidates = self._candidates(first, {*run.outcomes, *failed})
+            pick = choose_checker(
+                candidates, first.worker_peer_id, self.rng, exclude=frozenset({*run.outcomes, *failed})
+            )
             if pick is None:
                 break
             copy = await self._copy(job, inputs, options, first, pick.peer_id, exclude=set(run.outcomes))
@@ -349,7 +353,8 @@ class SpotChecker:
     ) -> JobOutcome | None:
         """The same spec as ``first`` (its model bound), an ordinary job to ``peer`` (others if it refuses)."""
         same = dataclasses.replace(job, model_id=first.model_id)
-        avoid = sorted({*exclude, *options.avoid, self.node.peer_id} - {peer})
+        # never back to a peer that already failed this job (it may be gone), nor to those that ran it
+        avoid = sorted({*exclude, *_failed_peers(first), *options.avoid, self.node.peer_id} - {peer})
         copy_options = options.model_copy(update={"prefer": [peer], "avoid": avoid, "allow_local": False})
         try:
             outcome = await self.runner(same, inputs, copy_options, _ignore_progress)
@@ -409,7 +414,7 @@ class SpotChecker:
         if len(checkers) + 2 > SPOT_PEERS:
             return []  # the check is full already
         family = model_family(outcome.model_id)
-        exclude = frozenset({outcome.worker_peer_id, *checkers})
+        exclude = frozenset({outcome.worker_peer_id, *checkers, *_failed_peers(outcome)})
         candidates = [(c, self._history(c.peer_id, family)) for c in self._candidates(outcome, set(exclude))]
         pick = choose_suspect(candidates, self.rng, exclude=exclude, probes=self.policy.config.suspect_probes)
         return [] if pick is None else [pick.peer_id]
@@ -432,6 +437,14 @@ class SpotChecker:
             gpu = advert.gpus[0].name if advert.gpus else ""
             out.append(Candidate(peer, self.reputation.score(peer, family), _addr_prefix(advert.listen_addrs), gpu))
         return out
+
+
+def _failed_peers(outcome: JobOutcome) -> set[str]:
+    """Peers whose attempts at this job failed (refused, gone, bad result): not asked to check it.
+
+    A worker that just dropped the job is often down, and its advert outlives it for a while.
+    """
+    return {a.peer_id for a in outcome.attempts if a.outcome != "done"} - {outcome.worker_peer_id}
 
 
 @asynccontextmanager

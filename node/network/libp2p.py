@@ -38,6 +38,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -205,6 +206,12 @@ class Libp2pNetwork:
         if info.peer_id == self._host.get_id():
             raise PeerUnreachable(f"{addr!r} is this node's own address")
         if not self._swarm_connections().get(info.peer_id):
+            # An explicit connect dials for real. py-libp2p's swarm otherwise refuses, for a while, to dial a
+            # peer whose addresses all failed (its "negative cache"): a restarted bootstrap node then stayed
+            # alone for ~50 s while peering redialed it every 8 s. Callers of connect back off themselves.
+            swarm = self._host.get_network()
+            if isinstance(swarm, Swarm):
+                swarm.unblock_peer(info.peer_id)
             await self._dial(info, what=addr)
         return info.peer_id.to_base58()
 

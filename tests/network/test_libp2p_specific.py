@@ -368,3 +368,19 @@ async def test_garbage_pubsub_frame_costs_the_sender_its_stream_not_the_node() -
             await node.publish(TOPIC, b"still here")
             assert (await at_friend.receive()).data == b"still here"
             assert node.stats()["pubsub_streams_dropped"] == 1
+
+
+async def test_a_peer_that_came_back_is_dialed_at_once_despite_py_libp2p_negative_cache() -> None:
+    """A bootstrap node restarted on its old address: an explicit connect must reach it now (QA O8: py-libp2p's
+    dial negative cache refused every redial for ~50 s, so the restarted node stayed alone)."""
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK) as (dialer,):
+            async with _nodes(LOOPBACK, first_key=1) as (first_life,):
+                addr = next(a for a in first_life.listen_addrs() if "/127.0.0.1/" in a)
+                await dialer.connect(addr)
+            with pytest.raises(PeerUnreachable):  # gone: this failed dial puts it in the negative cache
+                await dialer.connect(addr)
+            port = multiaddr.Multiaddr(addr).value_for_protocol("tcp")
+            again = Libp2pConfig(listen_addrs=(f"/ip4/127.0.0.1/tcp/{port}",), enable_mdns=False)
+            async with _nodes(again, first_key=1) as (second_life,):
+                assert await dialer.connect(addr) == second_life.local_peer

@@ -1,0 +1,103 @@
+"""What ``run_job`` does when the request or the workers stand in the way (QA's second pass, O2, O4, O5).
+
+A busy worker is asked again once it may have room, within the deadline; an image-to-image input
+larger than every offer takes is a 422 before any peer gets it; an ``avoid`` that excludes every
+peer is named in the error. In-memory network, the real tiny-sdxl preset (real time: the model
+runs in the pool's threads), every wait bounded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from lpnode.models.pool import ModelPool
+from lpnode.node.job_requester import (
+    JobFailed,
+    JobRequest,
+    NoCandidates,
+    ParametersRefused,
+    run_job,
+)
+from lpnode.node.job_worker import WorkerConfig
+from lpnode.node.network.base import ByteStream
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
+
+from .test_jobs import BOUND_S, MODEL, T2I, Peer, peers, png, pool, sees_models
+
+__all__ = ["pool"]  # the fixture, shared with test_jobs
+
+HELD = "a reservation held by another requester"
+
+
+async def test_a_busy_worker_is_asked_again_when_it_may_have_room(pool: ModelPool) -> None:
+    workers: list[Peer] = []
+    streams: list[ByteStream] = []
+
+    async def full_at_first(stream: ByteStream) -> None:
+        worker = workers[0].worker
+        assert worker is not None
+        streams.append(stream)
+        if len(streams) > 1:
+            await worker.handle(stream)
+            return
+        worker.reservations.add(HELD)  # its one slot is taken while the first request comes
+        try:
+            await worker.handle(stream)
+        finally:
+            worker.reservations.discard(HELD)
+
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        workers.append(await start(1, pool=pool, handler=full_at_first))  # type: ignore[arg-type]
+        assert workers[0].worker is not None
+        workers[0].worker.config = WorkerConfig(max_jobs=1)
+        await sees_models(requester.node, workers)
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S)
+    outcomes = [a.outcome for a in outcome.attempts]
+    assert outcomes[0] == "refused:busy" and outcomes[-1] == "done", outcomes
+    assert all(a.peer_id == workers[0].peer_id for a in outcome.attempts)
+
+
+async def test_a_worker_busy_until_the_deadline_fails_the_job_saying_how_long_it_tried(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        assert worker.worker is not None
+        worker.worker.config = WorkerConfig(max_jobs=1)
+        worker.worker.reservations.add(HELD)  # and never released
+        await sees_models(requester.node, [worker])
+        with trio.fail_after(BOUND_S), pytest.raises(JobFailed) as failed:
+            await run_job(requester.node, T2I, max_price=10_000, deadline_s=2.5)
+    outcomes = [a.outcome for a in failed.value.attempts]
+    assert len(outcomes) >= 2 and set(outcomes) == {"refused:busy"}, outcomes  # asked again, not given up at once
+    assert "of its 2.5 s deadline" in str(failed.value)
+
+
+async def test_an_image_to_image_input_larger_than_every_offer_is_refused_before_any_peer_gets_it(
+    pool: ModelPool,
+) -> None:
+    i2i = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 2, 0.0, ""), MODEL, seed=3)
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        record = requester.node.directory.get(worker.peer_id)
+        assert record is not None
+        limits = next(o.limits for o in record.advert.models if o.model_id == MODEL and o.pipeline == "image-to-image")
+        assert limits is not None
+        side = limits.max_side + 8
+        with trio.fail_after(BOUND_S), pytest.raises(ParametersRefused, match=f"input image {side}×{side}") as refused:
+            await run_job(requester.node, i2i, {"image": png(side, side)}, max_price=10**7, deadline_s=BOUND_S)
+    assert refused.value.attempts == ()
+    assert worker.worker is not None and worker.worker.completed == 0
+
+
+async def test_avoiding_every_peer_says_so(pool: ModelPool) -> None:
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        with pytest.raises(NoCandidates, match=f"avoid {worker.peer_id[-12:]}"):
+            await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, avoid=[worker.peer_id])
