@@ -301,7 +301,11 @@ class SpotChecker:
             attempts = [a for o in run.outcomes.values() for a in o.attempts]
             raise NoMajority(f"redundant:{k}: {len(run.outcomes)} peer(s) ran the job without a majority", attempts)
         winner = outcome.worker_peer_id if outcome.worker_peer_id in resolution.credited else resolution.credited[0]
-        return run.outcomes[winner]
+        answer = run.outcomes[winner]
+        # Every peer that ran it is in the answer's attempts (the job record shows them), the winner's last:
+        # a user who asked for k copies sees how many ran, also when fewer peers than that could.
+        others = [a for peer, o in run.outcomes.items() if peer != winner for a in o.attempts]
+        return dataclasses.replace(answer, attempts=(*others, *answer.attempts))
 
     async def _settle(
         self,

@@ -177,6 +177,9 @@ async def test_redundant_answers_with_the_majority_and_none_checks_nothing(tmp_p
         assert outcome.worker_peer_id in net.honest
         assert net.reputation.state(net.cheater, FAMILY).blames == 1
         assert net.reputation.counters()["check_runs"] == 2
+        # the answer's attempts name every peer that ran it, the majority's answer last
+        ran = [a.peer_id for a in outcome.attempts if a.outcome == "done"]
+        assert sorted(ran) == sorted([*net.honest, net.cheater]) and ran[-1] == outcome.worker_peer_id
 
         unchecked = await settled(net, 2, verification="none")
         assert unchecked.worker_peer_id == net.cheater  # not banned yet, still the cheapest
