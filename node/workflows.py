@@ -5,8 +5,15 @@
 step to step, as the job spec's input choices say: text → image, image → image,
 image → video, video → video, and upscaling both image → image and video →
 video; the input file of the first step) and raises the API's 422 for the first problem.
+Messages count steps from 1, as the CLI does (the field paths, ``steps.0``, are pydantic's).
 :func:`run_workflow` runs a plan step by step through the job manager, each
 step a child record of the workflow's, each free to go to another peer.
+
+The workflow's job options are every step's options, with two of them shared
+out over the chain: ``max_price`` is the budget of the whole workflow (a step
+may spend at most what the earlier steps left of it) and ``deadline`` the time
+for the whole workflow (a step gets what is left of it). A step's record shows
+the options it ran with.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import trio
 from fastapi.exceptions import RequestValidationError
+from lpnode.node.job_requester import JobFailed, PriceBelowOffers
 from lpnode.node.rpc_job_bodies import (
     BODIES,
     IMAGE,
@@ -31,6 +40,7 @@ from lpnode.node.rpc_job_bodies import (
     prepare,
     validate,
 )
+from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobspec import PIPELINE_IO, VIDEO_MP4, Pipeline
 from pydantic import BaseModel, Field
 
@@ -47,6 +57,14 @@ MAKES: dict[Pipeline, dict[str | None, str]] = {
 # Stand-ins for an input only the run will make, so planning can run each step's spec checks.
 _STAND_IN = {IMAGE: b"\x89PNG\r\n\x1a\n", VIDEO: b"\x00\x00\x00\x18ftypisom"}
 _OPTION_FIELDS = frozenset(JobOptions.model_fields)
+
+
+class WorkflowBudgetSpent(PriceBelowOffers):
+    """What the earlier steps left of the workflow's ``max_price`` does not cover the next step (HTTP 422)."""
+
+
+class WorkflowDeadlinePassed(JobFailed):
+    """The workflow's ``deadline`` passed before its next step could start (HTTP 503, as a job's deadline)."""
 
 
 class StepBody(BaseModel):
@@ -68,12 +86,28 @@ class WorkflowPlan:
     request: dict[str, Any]  # the workflow record's `request`
     max_output_bytes: int
 
-    def step(self, index: int, data: bytes | None) -> PreparedJob:
-        """Step ``index`` with its input (the workflow's file, or the previous step's output)."""
-        body = self.bodies[index]
+    def step(
+        self, index: int, data: bytes | None, *, budget: int | None = None, time_left_s: float | None = None
+    ) -> PreparedJob:
+        """Step ``index`` with its input (the workflow's file, or the previous step's output).
+
+        It runs with the workflow's options; ``budget`` (micro-credits) and ``time_left_s``
+        replace its ``max_price`` and ``deadline`` (default: the workflow's whole ones).
+        Its ``request`` shows the options it runs with.
+        """
+        options = self.options.model_dump()
+        if budget is not None:
+            options["max_price"] = budget
+        if time_left_s is not None:
+            options["deadline"] = max(0.001, round(time_left_s, 3))  # the record's deadline stays > 0, as checked
+        body = self.bodies[index].model_copy(update=options)  # checked values: no validation to repeat
         name = INPUT_FILE[body.pipeline]
         inputs = {name: data} if name is not None and data is not None else {}
         return prepare(body, inputs, self.max_output_bytes)
+
+    def step_name(self, index: int) -> str:
+        """``step 2 (upscale)``: counted from 1, as the CLI and the receipts' file names count."""
+        return f"step {index + 1} ({self.bodies[index].pipeline})"
 
 
 def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowPlan:
@@ -88,11 +122,14 @@ def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowP
         makes = MAKES[step.pipeline]
         if have not in makes:
             raise invalid(_mismatch(index, step.pipeline, list(makes), have), "body", where)
+        step_name = f"step {index + 1} ({step.pipeline})"
         if options_given := sorted(_OPTION_FIELDS & step.params.keys()):
-            raise invalid(f"job options {options_given} belong to the workflow, not to one step", "body", where)
-        body = _step_body(step, index)
+            raise invalid(
+                f"{step_name}: job options {options_given} belong to the workflow, not to one step", "body", where
+            )
+        body = _step_body(step, step_name)
         if body.image_count() != 1:
-            raise invalid("a workflow step makes one image (num_images_per_prompt = 1)", "body", where)
+            raise invalid(f"{step_name}: a workflow step makes one image (num_images_per_prompt = 1)", "body", where)
         # the spec's own checks, with a stand-in for an input that only the run will make
         name = INPUT_FILE[step.pipeline]
         prepare(body, {name: _STAND_IN[have]} if name and have else {}, max_output_bytes, declare=False)
@@ -104,16 +141,42 @@ def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowP
 
 
 async def run_workflow(manager: JobManager, live: _Live, plan: WorkflowPlan) -> dict[str, Any]:
-    """Every step in order, as children of ``live``; the workflow's result."""
+    """Every step in order, as children of ``live``, within the workflow's budget and deadline; its result.
+
+    A step that fails fails the workflow, its error's message naming the step.
+    """
     data = plan.first_input
     step_ids: list[str] = []
     jobs: list[Any] = []
     images: list[Any] = []
+    max_price, deadline_s = plan.options.max_price, plan.options.deadline
+    give_up_at = trio.current_time() + deadline_s
+    spent = 0  # micro-credits, as the steps' workers quoted and signed
     for index in range(len(plan.bodies)):
-        child, data = await manager.run_child(live, plan.step(index, data), (index, len(plan.bodies)))
+        name = plan.step_name(index)
+        time_left_s = give_up_at - trio.current_time()
+        if time_left_s <= 0:
+            raise WorkflowDeadlinePassed(
+                f"{name} not started: the workflow's deadline of {deadline_s} s passed during the {index} step(s) "
+                "before it"
+            )
+        budget = max_price - spent
+        prepared = plan.step(index, data, budget=budget, time_left_s=time_left_s)
+        try:
+            child, data = await manager.run_child(live, prepared, (index, len(plan.bodies)))
+        except PriceBelowOffers as exc:
+            if not spent:
+                raise _named(exc, name) from None
+            raise WorkflowBudgetSpent(
+                f"{name}: the earlier steps spent {spent} of the workflow's max_price {max_price}, "
+                f"and the {budget} micro-credits left do not cover it ({exc})"
+            ) from None
+        except LpnodeError as exc:
+            raise _named(exc, name) from None
         step_ids.append(child["id"])
         jobs.extend(child["result"]["jobs"])
         images = child["result"]["images"]
+        spent += sum(int(job["price"]) for job in child["result"]["jobs"])
     return {
         "steps": step_ids,
         "outputs": [image["url"] for image in images],
@@ -123,12 +186,23 @@ async def run_workflow(manager: JobManager, live: _Live, plan: WorkflowPlan) -> 
     }
 
 
-def _step_body(step: StepBody, index: int) -> Any:
+def _named(exc: LpnodeError, name: str) -> LpnodeError:
+    """``exc`` with its message naming the step; its type (and so its HTTP status and kind) kept.
+
+    The message is rewritten in place: the error types take different constructor arguments,
+    so a copy could not be built generically. The step's own record keeps the plain message.
+    """
+    message = f"{name}: {exc}"
+    exc.args = (message, *exc.args[1:])
+    return exc
+
+
+def _step_body(step: StepBody, name: str) -> Any:
     values = {**step.params, "model_id": step.model_id}
     try:
         return validate(BODIES[step.pipeline], values)
     except RequestValidationError as exc:  # say which step
-        raise invalid(f"step {index} ({step.pipeline}): {'; '.join(_msg(e) for e in exc.errors())}") from None
+        raise invalid(f"{name}: {'; '.join(_msg(e) for e in exc.errors())}") from None
 
 
 def _msg(error: Any) -> str:
@@ -156,19 +230,30 @@ def _kind_of(data: bytes | None) -> str | None:
 
 def _mismatch(index: int, pipeline: Pipeline, takes: list[str | None], have: str | None) -> str:
     wants = " or ".join(_a(kind) for kind in takes if kind is not None)
+    name, before = f"step {index + 1} ({pipeline})", f"step {index}"  # counted from 1
     if index == 0:
         if None in takes:
-            return f"step 0 ({pipeline}) takes no input file, but the workflow has one"
+            return f"{name} takes no input file, but the workflow has one"
         if have is None:
-            return f"step 0 ({pipeline}) needs {wants}: give it as base64 in `input`"
-        return f"step 0 ({pipeline}) needs {wants}, but `input` is {_a(have)}"
+            return f"{name} needs {wants}: give it as base64 in `input`"
+        return f"{name} needs {wants}, but `input` is {_a(have)}"
     if None in takes:
-        return f"step {index} ({pipeline}) takes no input, so it cannot follow step {index - 1}"
-    return f"step {index} ({pipeline}) needs {wants} but step {index - 1} makes {_a(have)}"
+        return f"{name} takes no input, so it cannot follow {before}"
+    return f"{name} needs {wants} but {before} makes {_a(have)}"
 
 
 def _a(kind: str | None) -> str:
     return f"an {kind}" if kind == IMAGE else f"a {kind}"
 
 
-__all__ = ["MAKES", "MAX_STEPS", "StepBody", "WorkflowBody", "WorkflowPlan", "plan_workflow", "run_workflow"]
+__all__ = [
+    "MAKES",
+    "MAX_STEPS",
+    "StepBody",
+    "WorkflowBody",
+    "WorkflowBudgetSpent",
+    "WorkflowDeadlinePassed",
+    "WorkflowPlan",
+    "plan_workflow",
+    "run_workflow",
+]

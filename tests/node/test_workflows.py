@@ -56,7 +56,9 @@ def test_upscale_takes_the_video_of_the_step_before_and_makes_a_video() -> None:
     # a video input file can start a chain at upscale; an upscaled image still cannot be interpolated
     video = base64.b64encode(b"\x00\x00\x00\x18ftypisom" + bytes(16)).decode()
     assert len(plan_workflow({"steps": [UPSCALE, INTERPOLATE], "input": video}, 1 << 20).bodies) == 2
-    assert "needs a video but step 1 makes an image" in rejected({"steps": [T2I, UPSCALE, INTERPOLATE]})
+    assert "step 3 (frame-interpolation) needs a video but step 2 makes an image" in rejected(
+        {"steps": [T2I, UPSCALE, INTERPOLATE]}
+    )
     # the step for an MP4 names its input "video", and its spec declares the video's size for the quote
     clip = encode_mp4([np.zeros((12, 16, 3), dtype=np.uint8)] * 3, 4.0)
     step = plan.step(2, clip)
@@ -65,14 +67,14 @@ def test_upscale_takes_the_video_of_the_step_before_and_makes_a_video() -> None:
 
 
 def test_chains_that_do_not_fit_are_refused_before_running() -> None:
-    assert "needs an image but step 1 makes a video" in rejected({"steps": [T2I, I2V, I2I]})
+    assert "needs an image but step 2 makes a video" in rejected({"steps": [T2I, I2V, I2I]})
     assert "needs an image or a video: give it as base64" in rejected({"steps": [UPSCALE]})
     assert "takes no input" in rejected({"steps": [T2I, T2I]})
     assert "give it as base64" in rejected({"steps": [UPSCALE]})
     assert "takes no input file" in rejected({"steps": [T2I], "input": base64.b64encode(png()).decode()})
     assert "not base64" in rejected({"steps": [UPSCALE], "input": "%%%"})
     # the step's own parameters, as its endpoint checks them; options belong to the workflow
-    assert "step 1 (upscale)" in rejected({"steps": [T2I, {"pipeline": "upscale", "params": {"scale": 99}}]})
+    assert "step 2 (upscale)" in rejected({"steps": [T2I, {"pipeline": "upscale", "params": {"scale": 99}}]})
     assert "belong to the workflow" in rejected({"steps": [T2I | {"params": {"prompt": "x", "max_price": 1}}]})
     assert "num_images_per_prompt" in rejected(
         {"steps": [T2I | {"params": {"prompt": "x", "num_images_per_prompt": 2}}]}
