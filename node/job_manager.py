@@ -198,13 +198,20 @@ class JobManager:
         raise JobCancelled(f"job {job_id} ended {record['state']}")
 
     async def cancel(self, job_id: str) -> Record:
-        """Cancel a queued or running job and return its final record; JobAlreadyFinished if it had ended."""
+        """Cancel a queued or running job and return its final record; JobAlreadyFinished if it had ended.
+
+        A running workflow step cannot stop alone (the next step needs its output): its workflow is cancelled.
+        """
         live = self._live.get(job_id)
         if live is None:
             record = await self.get(job_id)  # JobNotFound if unknown
             raise JobAlreadyFinished(f"job {job_id} already ended: {record['state']}")
-        live.cancel_requested = True
-        live.scope.cancel()
+        parent = self._live.get(live.record["parent_id"] or "")
+        # A workflow's step runs in its workflow's task, inside no scope of its own: cancelling the step
+        # cancels the workflow, and both end cancelled (cancelling only the step's scope did nothing).
+        target = parent if parent is not None else live
+        target.cancel_requested = True
+        target.scope.cancel()
         await live.finished.wait()
         return _copy(live.record)
 
