@@ -18,12 +18,27 @@ from lpnode.node.directory import PeerRecord
 from lpnode.protocol.advert import GpuInfo, ModelOffer
 from lpnode.protocol.codec import PROTOCOL_VERSION
 from lpnode.protocol.names import SOFTWARE_VERSION
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+
+class ErrorDetail(BaseModel):
+    msg: str
 
 
 class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable kind, e.g. `unauthorized`, `not_found`, `invalid_request`")
     message: str = Field(description="what went wrong, for humans")
+    detail: ErrorDetail | None = Field(
+        default=None,
+        description='the message again in the shape Livepeer\'s AI API gives errors (`{"detail": {"msg": ...}}`), '
+        "so its clients and SDKs read it; filled from `message`",
+    )
+
+    @model_validator(mode="after")
+    def _livepeer_shape(self) -> ErrorBody:
+        if self.detail is None:
+            self.detail = ErrorDetail(msg=self.message)
+        return self
 
 
 class Health(BaseModel):

@@ -104,7 +104,7 @@ async def test_an_unknown_model_is_404_and_the_message_lists_what_the_network_of
             )
     assert unknown.status_code == 404, unknown.text
     body = unknown.json()
-    assert set(body) == {"error", "message"}
+    assert set(body) == {"error", "message", "detail"} and body["detail"] == {"msg": body["message"]}
     assert "no peer offers text-to-image nobody/has-this" in body["message"]
     assert "lpnode/tiny-sdxl" in body["message"]  # what the network does offer
     assert upscale.status_code == 404, upscale.text

@@ -194,10 +194,9 @@ async def test_validation_errors_are_422_with_a_clear_message(autojump_clock: tr
     async with two_nodes() as (a, _), client_for(create_app(a, TOKEN)) as client:
         response = await client.get("/v1/peers", params={"changed_since": "x", "wait_s": "999"})
     assert response.status_code == 422
-    assert response.json() == {
-        "error": "invalid_request",
-        "message": "query parameter wait_s: Input should be less than or equal to 60",
-    }
+    message = "query parameter wait_s: Input should be less than or equal to 60"
+    # ours, and the same message where Livepeer's AI API clients look for it
+    assert response.json() == {"error": "invalid_request", "message": message, "detail": {"msg": message}}
 
 
 async def test_long_poll_times_out_with_the_same_version(autojump_clock: trio.testing.MockClock) -> None:
@@ -244,7 +243,8 @@ async def test_lpnode_error_from_a_handler_has_the_common_body(autojump_clock: t
         async with client_for(app) as client:
             response = await client.get("/v1/boom")
     assert response.status_code == 504
-    assert response.json() == {"error": "peer_unreachable", "message": "peer 12D3KooWx did not answer"}
+    message = "peer 12D3KooWx did not answer"
+    assert response.json() == {"error": "peer_unreachable", "message": message, "detail": {"msg": message}}
 
 
 async def test_serve_rpc_binds_port_zero_and_publishes_then_removes_rpc_json(tmp_path: Path) -> None:
