@@ -15,6 +15,12 @@ of reservations (quoted or running jobs): a full worker refuses ``busy`` at
 once instead of queueing without bound. A failure inside one job ends that job
 with a typed JobError; the handler root catches the rest with a log line, so a
 peer sending garbage never takes the node down.
+
+Every job a requester accepted ends with one log line (:func:`_log_served`):
+INFO when it was delivered or the requester cancelled it, WARNING when it failed
+or was abandoned. It names the job, the requester, the pipeline, the model, the
+outcome, the run time and the price, never the prompt (it may be private).
+Quotes that were refused or never taken are not jobs served: no line.
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ class _Job:
         self.run_scope = trio.CancelScope()
         self.send_lock = trio.Lock()  # progress, cancel answers and the result share one writer
         self.model_name = ""  # the preset that will run it, chosen at quote time
+        self.run_ms: int | None = None  # the run's length, once it ran (whatever its end)
+        self.delivered = False  # the output's bytes all went out
+        self.note = ""  # why it ended, when the machine's reason alone does not say (for the log line)
 
     async def apply(self, actions: Sequence[Action | object]) -> None:
         for action in actions:
@@ -121,8 +130,10 @@ class _Job:
             else:  # a frame started and stalled: the stream is reset
                 await self.apply(self.machine.cancel("requester stalled mid-frame", self.worker.now_ms()))
         except NetworkError as exc:
+            self.note = self.note or f"requester went away: {exc}"
             await self.apply(self.machine.cancel(f"requester went away: {exc}", self.worker.now_ms()))
         except ProtocolError as exc:
+            self.note = self.note or str(exc)[:200]
             await self.apply(self.machine.fail(ErrorCode.PROTOCOL_VIOLATION, str(exc)[:400], self.worker.now_ms()))
         return None
 
@@ -218,6 +229,8 @@ class JobWorker:
             # exception between the quote and that end, so capacity can never leak.
             if job.machine.quote is not None:
                 self.release(job.machine.quote.quote_id)
+            if job.machine.accepted_at_ms:
+                _log_served(job, msg)
 
     async def _quote(self, job: _Job, request: QuoteRequest) -> None:
         now = self.now_ms()
@@ -253,13 +266,16 @@ class JobWorker:
                     # leaves the stream framed, so the requester hears input_mismatch instead of a reset.
                     got = await receive_transfer(job.framed, limits)
                 except NetworkError as exc:
+                    job.note = f"requester went away while sending inputs: {exc}"
                     await job.apply(job.machine.cancel(f"requester went away: {exc}", self.now_ms()))
                     return None
                 except ProtocolError as exc:
+                    job.note = f"input {blob.name}: {exc}"[:200]
                     await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, str(exc)[:400], self.now_ms()))
                     return None
                 announced = (got.header.total_bytes, got.header.media_type, got.header.sha256.hex())
                 if announced != (blob.size_bytes, blob.media_type, blob.sha256):
+                    job.note = f"input {blob.name} differs from its descriptor"
                     await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, f"{blob.name} differs", self.now_ms()))
                     return None
                 inputs[blob.name] = got.data
@@ -310,7 +326,9 @@ class JobWorker:
                 except Exception as exc:  # a bug in a model: this job fails with a word, the node serves on
                     log.exception("job %s: the run failed", machine.job_id[:12])
                     failure = ErrorCode.INTERNAL, f"the worker's run failed ({type(exc).__name__})"
+            job.run_ms = int((trio.current_time() - started) * 1000)
             if failure is not None:
+                job.note = failure[1][:200]
                 # Outside run_scope: failing the machine aborts the run (cancels run_scope), and a
                 # JobError sent inside that scope would be cancelled on its way out, so the
                 # requester would read a bare end of stream instead of the typed error.
@@ -319,7 +337,7 @@ class JobWorker:
             nursery.cancel_scope.cancel()
         if output is None or machine.ended:
             return
-        run_ms = int((trio.current_time() - started) * 1000)
+        run_ms = job.run_ms or 0
         encoded = encode_output(output)
         receipt = Receipt(
             job_id=machine.job_id,
@@ -349,9 +367,40 @@ class JobWorker:
         try:
             await send_transfer(job.framed, data, encoded.blob.media_type)
         except NetworkError as exc:
-            log.info("job %s: requester %s left before the output arrived: %s", machine.job_id[:12], job.peer, exc)
+            job.note = f"requester left before the output arrived: {exc}"
             return
+        job.delivered = True
         self.completed += 1
+
+
+def _log_served(job: _Job, request: QuoteRequest) -> None:
+    """The one line for a job the requester accepted (see the module docstring): no prompt in it."""
+    machine = job.machine
+    price = machine.quote.price if machine.quote is not None else 0
+    model = machine.quote.model_id if machine.quote is not None else request.spec.model_id
+    if job.delivered:
+        outcome, level = "done", logging.INFO
+    elif machine.reason == "done":  # signed and sent, but the output never reached the requester
+        outcome, level = "abandoned", logging.WARNING
+    elif machine.reason == "cancelled_by_requester":
+        outcome, level = "cancelled by the requester", logging.INFO
+    elif machine.reason == "cancelled_by_worker" or not machine.ended:  # not ended: this node stopped, or a bug
+        outcome, level = "abandoned", logging.WARNING
+    else:  # error:<code>, deadline, violation:<reason>
+        outcome, level = f"failed ({machine.reason})", logging.WARNING
+    run = "not run" if job.run_ms is None else f"run {job.run_ms} ms"
+    log.log(
+        level,
+        "job %s for %s: %s %s %s, %s, price %d%s",
+        machine.job_id[:12],
+        machine.requester_peer_id[-12:],
+        request.spec.pipeline,
+        model,
+        outcome,
+        run,
+        price,
+        f": {job.note}" if job.note and not job.delivered else "",
+    )
 
 
 async def _close(stream: ByteStream) -> None:

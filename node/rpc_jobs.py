@@ -8,7 +8,9 @@ each output, the price, every attempt, the signed receipt) and ``request_id``
 (the record in ``/v1/jobs``). A sync request is tied to its HTTP request: if
 the handler is cancelled (the client went away, the node stops) the job is
 cancelled too. With ``Prefer: respond-async`` the answer is 202 with
-``Location: /v1/jobs/<id>`` and the job runs on whatever the client does.
+``Location: /v1/jobs/<id>`` and ``Preference-Applied: respond-async`` (RFC 7240
+§3), and the job runs on whatever the client does. Outputs are served by the
+sha256 their receipt signs: content-addressed, so cacheable for good.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from lpnode.node.job_book import STATES
-from lpnode.node.job_manager import JobManager
+from lpnode.node.job_manager import JobManager, JobNotFound
 from lpnode.node.job_results import output_url
 from lpnode.node.rpc_job_bodies import (
     BODIES,
@@ -47,6 +49,13 @@ MAX_LIST = 500
 _JOB_ID = r"^[0-9a-z_]{1,64}$"
 # module level: FastAPI resolves the (string) annotations of the handlers in module globals
 JobId = Annotated[str, PathParam(pattern=_JOB_ID)]
+# An output's URL names its bytes (their sha256), so they never change: a year, the usual "forever" (RFC 9111
+# §5.2.2.1), private because the API is per-user behind its token; immutable spares revalidation (RFC 8246).
+OUTPUT_CACHE_CONTROL = "private, max-age=31536000, immutable"
+
+
+class ReceiptNotFound(JobNotFound):
+    """The job exists but has no receipt with that index (HTTP 404, kind ``receipt_not_found``)."""
 
 
 class OutputStore:
@@ -115,7 +124,8 @@ async def respond(manager: JobManager, job_id: str, request: Request) -> Any:
     """202 + the record for an async request; the result once the job ends otherwise."""
     if wants_async(request):
         record = await manager.get(job_id)
-        return JSONResponse(record, status_code=HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job_id}"})
+        headers = {"Location": f"/v1/jobs/{job_id}", "Preference-Applied": "respond-async"}
+        return JSONResponse(record, status_code=HTTP_202_ACCEPTED, headers=headers)
     record = await manager.wait_result(job_id)
     # Already the documented shape (ImageResponse, still the endpoints' response_model for OpenAPI),
     # built by the manager from checked values: sent as it is, not validated and re-encoded again.
@@ -214,7 +224,12 @@ def jobs_router(
         )
 
     async def receipt_response(job_id: str, n: int) -> Response:
-        return Response(await manager.receipt(job_id, n), media_type="application/octet-stream")
+        await manager.get(job_id)  # job_not_found for an unknown job ...
+        try:
+            data = await manager.receipt(job_id, n)
+        except JobNotFound as exc:  # ... and for a known one, the receipt is what is missing
+            raise ReceiptNotFound(str(exc)) from None
+        return Response(data, media_type="application/octet-stream")
 
     @router.get("/v1/jobs/{job_id}/receipts/{n}", response_class=Response)
     async def job_receipt_n(job_id: JobId, n: Annotated[int, PathParam(ge=0, le=10_000)]) -> Response:
@@ -233,7 +248,7 @@ def jobs_router(
         if found is None:
             raise HTTPException(HTTP_404_NOT_FOUND, f"no output {sha256} here (never made, or evicted)")
         media_type, data = found
-        return Response(data, media_type=media_type, headers={"Cache-Control": "immutable"})
+        return Response(data, media_type=media_type, headers={"Cache-Control": OUTPUT_CACHE_CONTROL})
 
     return router
 
@@ -264,4 +279,13 @@ def _inline(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-__all__ = ["ImageResponse", "OutputStore", "jobs_router", "output_url", "respond", "wants_async"]
+__all__ = [
+    "OUTPUT_CACHE_CONTROL",
+    "ImageResponse",
+    "OutputStore",
+    "ReceiptNotFound",
+    "jobs_router",
+    "output_url",
+    "respond",
+    "wants_async",
+]

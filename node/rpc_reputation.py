@@ -8,7 +8,9 @@
   order with their signed receipts (base64), a page at a time (``next_after``);
   ``lpnode reputation export`` pages through it;
 * ``GET /v1/reputation/{peer_id}``: one peer, with its evidence count and most
-  recent verdicts.
+  recent verdicts; 404 ``peer_not_found`` for a peer the store holds nothing
+  about (no score, ban or evidence), as ``/v1/peers/{peer_id}`` answers a peer
+  not in the directory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Annotated, Any
 import trio
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from lpnode.node.rpc_models import ErrorBody
 from lpnode.reputation.export import wire_row
 from lpnode.reputation.store import MAX_EVIDENCE_PAGE, ReputationStore
 
@@ -71,11 +75,19 @@ def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRou
         rows = await reputation.evidence(peer_id=peer_id, after_id=after, limit=limit)
         return {"evidence": [wire_row(r) for r in rows], "next_after": rows[-1]["id"] if rows else None}
 
-    @router.get("/{peer_id}")
-    async def peer(peer_id: Annotated[str, PathParam(pattern=_PEER_ID_PATTERN)]) -> dict[str, Any]:
+    @router.get("/{peer_id}", responses={404: {"model": ErrorBody, "description": "nothing known about the peer"}})
+    async def peer(peer_id: Annotated[str, PathParam(pattern=_PEER_ID_PATTERN)]) -> Any:
         """One peer: scores per model family, ban state and expiry, evidence count, recent verdicts."""
+        evidence_count = await reputation.evidence_count(peer_id)
+        if not evidence_count and peer_id not in reputation.peers():
+            # not a neutral score: an unknown id is as likely a typo, and /v1/peers/{id} says 404 too
+            message = (
+                f"no reputation for peer {peer_id}: this node holds no score, ban or evidence about it; "
+                "GET /v1/reputation lists the peers it has"
+            )
+            return JSONResponse(ErrorBody(error="peer_not_found", message=message).model_dump(), status_code=404)
         described = reputation.describe(peer_id)
-        described["evidence_count"] = await reputation.evidence_count(peer_id)
+        described["evidence_count"] = evidence_count
         rows = await reputation.evidence(peer_id=peer_id, newest_first=True, limit=RECENT_VERDICTS)
         described["recent"] = [_recent(row, peer_id) for row in rows]
         return described

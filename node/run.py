@@ -56,9 +56,17 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    import libp2p  # noqa: F401  (its import configures its logger: that must come first, to be undone here)
+
+    libp2p_log = logging.getLogger("libp2p")
+    if not libp2p_log.handlers:
+        # Without LIBP2P_DEBUG, py-libp2p's import leaves its logger with no handler and propagate off,
+        # so its warnings reached Python's last-resort handler as bare lines (no time, level or logger):
+        # they go through the node's handler, in the node's format. (With LIBP2P_DEBUG set, it has its own.)
+        libp2p_log.propagate = True
     if level != "debug":
         # py-libp2p logs every dial retry and stream reset at INFO; that is its business, not the user's
-        logging.getLogger("libp2p").setLevel(logging.WARNING)
+        libp2p_log.setLevel(logging.WARNING)
         # diffusers/transformers warn about optional backends (torchvision) and dtype casts
         # on every model load; harmless for our presets and alarming to an operator
         # (they configure their own loggers on first import, so a level set here would be
