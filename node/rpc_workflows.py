@@ -4,7 +4,7 @@ The body is JSON (the first step's file, if any, as base64 in ``input``),
 read bounded like an upload. The chain is checked whole before anything runs
 (422). The answer is sync by default, or 202 with ``Prefer: respond-async``;
 the workflow is a record of kind ``workflow`` in ``/v1/jobs`` and each step a
-child record of it.
+child record of it, whose ``request`` shows the options the step ran with.
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ def workflows_router(
         },
     )
     async def workflow(request: Request) -> Any:
-        """Run steps in a chain, each step's output the next one's input; one receipt per step."""
+        """Run steps in a chain, each step's output the next one's input; one receipt per step.
+
+        The job options apply to every step; `max_price` is the budget of the whole chain (a step may
+        spend what the steps before it left) and `deadline` its time (a step gets what is left).
+        """
         plan = plan_workflow(await read_json(request, max_body), max_output_bytes)
 
         async def work(live: _Live) -> dict[str, Any]:
