@@ -402,7 +402,7 @@ class JobManager:
         sha = result["images"][0]["url"].rsplit("/", 1)[-1]
         found = await self.outputs.get(sha)
         if found is None:  # the store evicted it already: bounded too small for one chain
-            raise LpnodeError(f"output {sha} of step {index} was evicted before the next step could read it")
+            raise LpnodeError(f"output {sha} of step {index + 1} was evicted before the next step could read it")
         return _copy(child.record), found[1]
 
     # ------------------------------------------------------------ record changes
