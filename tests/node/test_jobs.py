@@ -21,7 +21,7 @@ import trio
 import trio.testing
 from lpnode.models.base import PipelineKind
 from lpnode.models.pool import ModelPool, ModelStatus, PoolConfig, open_model_pool
-from lpnode.node import job_requester
+from lpnode.node import job_requester, job_try
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.framing import FramedStream
 from lpnode.node.gossip import WallClock
@@ -568,7 +568,7 @@ async def test_an_expired_quote_moves_the_job_to_the_next_candidate(
     pool: ModelPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the classic flow (quote, then Accept), as for a job with large inputs
-    monkeypatch.setattr(job_requester, "ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES", -1)
+    monkeypatch.setattr(job_try, "ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES", -1)
     async with open_memory_hub() as hub, peers(hub) as start:
         requester: Peer = await start(0)  # type: ignore[assignment]
         far: Peer = await start(1, pool=pool)  # type: ignore[assignment]
@@ -622,7 +622,7 @@ def test_a_request_is_taken_in_advance_only_by_a_worker_that_advertises_it_and_f
             spec = job_requester.build_spec(T2I, {}, 1 << 20)
         candidate = Candidate("peer", (), MODEL, True, 1.0, 1, 0, 4, False, job_features=features)
         node = type("NodeStandIn", (), {"peer_id": "me"})()
-        try_ = job_requester._Try(node, candidate, spec, {}, 10, 10.0, None, FramingConfig())  # type: ignore[arg-type]
+        try_ = job_try.CandidateTry(node, candidate, spec, {}, 10, 10.0, None, FramingConfig())  # type: ignore[arg-type]
         return try_.machine.request
 
     assert request_to((ACCEPT_IN_ADVANCE,)).accept

@@ -1,0 +1,305 @@
+"""One try of a job on one candidate: one stream, driven by :class:`RequesterNegotiation`.
+
+:class:`CandidateTry` opens the stream (over the network, on a spare stream opened ahead, or in
+process to this node's own worker), runs the negotiation, sends the inputs, receives and checks the
+outputs, and says how the try ended as an :class:`Attempt`. Choosing the candidates, retrying the
+next one and asking busy workers again is ``job_requester.run_job``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+from lpnode.protocol.errors import NetworkError, OutputMismatch, ProtocolError, ProtocolViolation, StreamTimeout
+from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, JobMessage, Progress, QuoteRequest
+from lpnode.protocol.jobspec import JobSpec
+from lpnode.protocol.names import JOB_PROTOCOL
+from lpnode.protocol.negotiation import Action, Phase, RequesterNegotiation, Send
+from lpnode.protocol.receipts import Receipt
+
+from .daemon import Node
+from .framing import FramedStream, FramingConfig
+from .job_stream import receive_job_message, send_job_message
+from .network.base import ByteStream
+from .peer_choice import Candidate, work_is_known
+from .spare_streams import SpareStreams
+from .transfer import TransferLimits, receive_transfer, send_transfer
+
+if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for the annotation
+    from .local_jobs import LocalWorker
+
+# A worker that says nothing for this long is given up on, so one stalled peer cannot eat the
+# whole deadline: a quote needs no device work and comes fast; once running, workers send
+# progress after every step, but a cold model may load for a while before the first.
+DEFAULT_QUOTE_TIMEOUT_S = 10.0
+DEFAULT_SILENCE_S = 60.0
+CANCEL_GRACE_S = 1.0  # time given to telling a worker we gave up
+# Inputs up to this size follow the QuoteRequest at once (QuoteRequest.accept). Well under what a
+# refusing worker drops while it waits for our close (job_stream.MAX_LINGER_BYTES) and under one
+# yamux window, so sending them never blocks on a worker that is not reading.
+ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES = 32 * 1024
+QUOTE_ABOVE_ADVERT = "violation:quote_above_advert"  # a quote dearer than the peer's advert says: not accepted
+
+ProgressCallback = Callable[[str, Progress], None]  # (worker peer id, latest progress)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    peer_id: str
+    model_id: str  # the model asked of this peer (the job's, or the one the router chose there)
+    job_id: str  # this try's job id (fresh nonce per try)
+    outcome: str  # "done", "refused:busy", "error:out_of_memory", "disconnected", "violation:bad_receipt", ...
+    detail: str  # for people
+    price: int | None  # quoted micro-credits, when a quote came
+
+
+class CandidateTry:
+    """One candidate, one stream."""
+
+    def __init__(
+        self,
+        node: Node,
+        candidate: Candidate,
+        spec: JobSpec,
+        inputs: Mapping[str, bytes],
+        max_price: int,
+        time_left_s: float,
+        on_progress: ProgressCallback | None,
+        framing: FramingConfig,
+    ) -> None:
+        self.node = node
+        self.candidate = candidate
+        self.inputs = inputs
+        self.time_left_s = time_left_s
+        self.on_progress = on_progress
+        self.framing = framing
+        # Small inputs (none, for text-to-image) go right behind the request, taken in advance: one
+        # round trip less. Large ones wait for a quote, so a refusing worker is not sent megabytes.
+        small = sum(blob.size_bytes for blob in spec.inputs) <= ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES
+        in_advance = small and ACCEPT_IN_ADVANCE in candidate.job_features
+        deadline_ms = max(1, int(time_left_s * 1000))
+        request = QuoteRequest(spec, secrets.token_bytes(16), max_price, deadline_ms, accept=in_advance)
+        self.machine = RequesterNegotiation(request, node.peer_id, candidate.peer_id)
+        self.outcome = ""  # set when this try ended for a reason the machine does not know
+        self.detail = ""
+        self.framed: FramedStream | None = None
+        self.quote_timeout_s = DEFAULT_QUOTE_TIMEOUT_S
+        self.silence_s = DEFAULT_SILENCE_S
+        self.local: LocalWorker | None = None  # set when the candidate is this node itself
+        self.send_error = ""  # the first send that failed, if any
+        self.spares: SpareStreams | None = None  # take the worker's spare stream, and open the next one
+        self.take_spare = True  # False: open a stream now even if a spare is held
+        self.on_spare = False  # this try runs on a spare stream (opened before the job)
+
+    def attempt(self) -> Attempt:
+        machine = self.machine
+        outcome = self.outcome or machine.reason or ("disconnected" if self.send_error else str(machine.phase))
+        detail = self.detail
+        if not detail and machine.refusal is not None:
+            detail = machine.refusal.message
+        if not detail and machine.error is not None:
+            detail = machine.error.message
+        if not detail:
+            detail = self.send_error
+        price = machine.quote.price if machine.quote is not None else None
+        return Attempt(self.candidate.peer_id, self.candidate.model_id, machine.job_id, outcome, detail, price)
+
+    def spare_was_dead(self) -> bool:
+        """This try ran on a spare that broke before the worker said anything: not the worker's doing."""
+        machine = self.machine
+        unanswered = machine.quote is None and machine.refusal is None and machine.error is None
+        return self.on_spare and unanswered and self.outcome == "disconnected"
+
+    def _end(self, outcome: str, detail: str) -> None:
+        if not self.outcome:
+            self.outcome, self.detail = outcome, detail
+
+    async def run(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
+        with trio.move_on_after(self.time_left_s) as scope:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    stream = await self._open(stack)
+                except NetworkError as exc:
+                    self._end("unreachable", str(exc))
+                    return None
+                self.framed = FramedStream(stream, self.framing)
+                try:
+                    return await self._negotiate()
+                finally:
+                    # Tell the worker we gave up (deadline, a bad result, our caller's cancel),
+                    # briefly and shielded: this may run while a cancellation unwinds.
+                    with trio.CancelScope(shield=True):
+                        if not self.machine.ended:
+                            with trio.move_on_after(CANCEL_GRACE_S):
+                                await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
+                        # Our close is the worker's signal that the outputs arrived; not cut short by a
+                        # timeout (a libp2p close cancelled halfway can damage the shared connection).
+                        with contextlib.suppress(NetworkError):  # already reset by the peer or by us
+                            await stream.aclose()
+        if scope.cancelled_caught:
+            self._end("deadline", f"no verified result within {self.time_left_s:.1f} s")
+        return None
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> ByteStream:
+        """A job stream to the candidate: over the network, or in process to this node's own worker."""
+        if self.candidate.peer_id != self.node.peer_id:
+            spares = self.spares if self.take_spare else None
+            if spares is not None and (spare := await spares.take(self.candidate.peer_id)) is not None:
+                self.on_spare = True
+                return spare
+            return await self.node.network.open_stream(self.candidate.peer_id, JOB_PROTOCOL, self.candidate.addrs)
+        if self.local is None:  # run_job never ranks this node without a local worker; kept as a guard
+            raise NetworkError("this node has no local worker to run the job on")
+        return await stack.enter_async_context(self.local.open_stream())
+
+    async def _negotiate(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
+        machine = self.machine
+        in_advance = machine.request.accept
+        await self._apply(machine.start(self.node.now_ms()))
+        if in_advance and not await self._send_inputs():
+            return None
+        while machine.phase is Phase.REQUESTED:
+            await self._next()
+        if machine.phase not in (Phase.QUOTED, Phase.ACCEPTED):
+            return None
+        if self._quote_above_advert():
+            await self._apply(machine.cancel("quote above the advertised price", self.now()))
+            return None
+        if not in_advance:
+            await self._apply(machine.accept(self.node.now_ms()))
+            if not await self._send_inputs():
+                return None
+        if self.spares is not None and self.local is None:
+            # The worker now runs the job: the time to open the stream the next job to it will take.
+            # Hidden behind the run, the open costs the next job nothing, not even its round trip
+            # (spare_streams; opened after the job instead, it only moved into the answer's path).
+            self.spares.replenish(self.candidate.peer_id, self.candidate.addrs)
+        while machine.phase in (Phase.ACCEPTED, Phase.RUNNING):
+            await self._next()
+        if machine.phase is not Phase.DELIVERING:  # type: ignore[comparison-overlap]  # _next moved it
+            return None
+        return await self._receive_outputs()
+
+    async def _send_inputs(self) -> bool:
+        assert self.framed is not None
+        try:
+            for blob in self.machine.request.spec.inputs:
+                await send_transfer(self.framed, self.inputs[blob.name], blob.media_type)
+        except NetworkError as exc:
+            self._end("disconnected", f"while sending inputs: {exc}")
+            return False
+        return True
+
+    async def _receive_outputs(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
+        machine = self.machine
+        receipt = machine.receipt
+        assert receipt is not None and self.framed is not None
+        outputs: list[bytes] = []
+        received: list[str] = []
+        try:
+            for out in receipt.outputs:
+                limits = TransferLimits(max_total_bytes=out.size_bytes)
+                got = await receive_transfer(self.framed, limits, expected_sha256=bytes.fromhex(out.sha256))
+                outputs.append(got.data)
+                # receive_transfer hashed every byte it returns and checked that hash against the header's:
+                # the header's hash is the hash of these bytes, no need to hash them a second time
+                received.append(got.header.sha256.hex())
+            # The machine checks those hashes against the receipt, so "done" is only ever reached
+            # through the signed hashes.
+            await self._apply(machine.outputs_received(received, self.now()))
+        except OutputMismatch as exc:
+            self._end("output_mismatch", str(exc))
+            return None
+        except ProtocolError as exc:
+            self._end("output_mismatch", f"output does not match the receipt: {exc}")
+            return None
+        except NetworkError as exc:
+            self._end("disconnected", f"while receiving outputs: {exc}")
+            return None
+        return receipt, tuple(outputs)
+
+    def now(self) -> int:
+        return self.node.now_ms()
+
+    def _quote_above_advert(self) -> bool:
+        """A quote dearer than the peer's own signed advert prices this job: bait and switch, refused.
+
+        Only where the advert's price is exact (the work is known from the spec): for input-sized
+        jobs the ranking's estimate is a stand-in and the worker's quote is what prices them.
+        """
+        quote = self.machine.quote
+        spec = self.machine.request.spec
+        if quote is None or not work_is_known(spec) or quote.price <= self.candidate.price:
+            return False
+        self._end(
+            QUOTE_ABOVE_ADVERT,
+            f"quoted {quote.price} micro-credits; its advert prices this job at {self.candidate.price}",
+        )
+        return True
+
+    async def _next(self) -> None:
+        """Feed the worker's next message (or the clock) to the machine; note why a try ended."""
+        assert self.framed is not None
+        machine = self.machine
+        wakeup = machine.next_wakeup_ms()
+        until_wakeup_s = float("inf") if wakeup is None else max(0.0, (wakeup - self.now()) / 1000)
+        silence_s = self.quote_timeout_s if machine.phase is Phase.REQUESTED else self.silence_s
+        silent_first = silence_s < until_wakeup_s
+        msg: JobMessage
+        try:
+            msg = await receive_job_message(self.framed, timeout_s=min(until_wakeup_s, silence_s))
+        except StreamTimeout as exc:
+            if self.framed.broken is None and silent_first:
+                self._end("timeout", f"worker silent for {silence_s} s in phase {machine.phase}")
+                await self._apply(machine.cancel("worker silent", self.now()))
+                return
+            if self.framed.broken is None:  # nothing by the wakeup: let the machine tick
+                await self._apply(machine.on_tick(max(self.now(), wakeup or 0)))
+                return
+            self._end("disconnected", f"worker stalled mid-frame: {exc}")
+            machine.cancel("worker stalled", self.now())
+            return
+        except NetworkError as exc:
+            self._end("disconnected", str(exc))
+            machine.cancel("worker went away", self.now())
+            return
+        except ProtocolError as exc:
+            self._end("garbage", str(exc))
+            await self._apply(machine.cancel("protocol_violation", self.now()))
+            return
+        try:
+            await self._apply(machine.on_message(msg, self.now()))
+        except ProtocolViolation as exc:
+            self.detail = exc.detail
+            await self._apply(exc.actions)
+            return
+        if isinstance(msg, Progress) and self.on_progress is not None:
+            self.on_progress(self.candidate.peer_id, msg)
+
+    async def _apply(self, actions: Sequence[Action | object]) -> None:
+        assert self.framed is not None
+        for action in actions:
+            if isinstance(action, Send):
+                try:
+                    await send_job_message(self.framed, action.message, self.node.key)
+                except NetworkError as exc:
+                    # Not the outcome yet: a worker that closed its side may have said why first
+                    # (an expired quote, a deadline) and the next read finds that, or the end.
+                    self.send_error = self.send_error or str(exc)
+
+
+__all__ = [
+    "ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES",
+    "CANCEL_GRACE_S",
+    "DEFAULT_QUOTE_TIMEOUT_S",
+    "DEFAULT_SILENCE_S",
+    "QUOTE_ABOVE_ADVERT",
+    "Attempt",
+    "CandidateTry",
+    "ProgressCallback",
+]
