@@ -15,13 +15,11 @@ Errors the user can fix are one line on stderr, never a traceback: exit code
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import itertools
 import json
 import logging
 import os
-import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +28,7 @@ from typing import Any
 
 import trio
 from lpnode.node.config import LOG_LEVELS, SERVE_NONE, NodeConfig, load_config
+from lpnode.node.network.ports import multiaddr_port_in_use, port_in_use
 from lpnode.protocol.errors import ConfigError, LpnodeError
 from lpnode.protocol.names import SOFTWARE_VERSION
 
@@ -211,40 +210,17 @@ def _cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
-_TCP_MULTIADDR = re.compile(r"^/ip(4|6)/([^/]+)/tcp/(\d+)(/|$)")
-
-
 def _check_ports(listen: Sequence[str], rpc: str) -> None:
-    """A ConfigError for a fixed TCP port (libp2p listen address or RPC) that another process holds.
-
-    py-libp2p listens with SO_REUSEPORT (for hole punching), so a second node on a taken port starts
-    without a word and the kernel splits incoming connections between the two (seen: 12 of 20 to one,
-    8 to the other). A taken RPC port is found by the server too, but only after the models loaded.
-    """
+    """A ConfigError for a fixed TCP port (libp2p listen address or RPC) that another process holds
+    (``network.ports`` says why that matters); found here before the models load, not by the server after."""
     for addr in listen:
-        match = _TCP_MULTIADDR.match(addr)
-        if match is not None:
-            family = socket.AF_INET if match.group(1) == "4" else socket.AF_INET6
-            _check_port("listen", addr, family, match.group(2), int(match.group(3)))
+        if multiaddr_port_in_use(addr):
+            raise ConfigError(f"listen: {addr} is in use by another process (another node?)")
     host, _, port = rpc.rpartition(":")
     if port.isdigit():
         family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
-        _check_port("rpc", rpc, family, host.strip("[]"), int(port))
-
-
-def _check_port(setting: str, shown: str, family: socket.AddressFamily, host: str, port: int) -> None:
-    if port == 0:
-        return
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # a plain bind fails where another socket listens; SO_REUSEADDR lets it past the TIME_WAIT
-        # leftovers of a node just stopped
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"{setting}: {shown} is in use by another process (another node?)") from None
-            # anything else (an address not on this host, ...) is for the server or host to report
+        if port_in_use(family, host.strip("[]"), int(port)):
+            raise ConfigError(f"rpc: {rpc} is in use by another process (another node?)")
 
 
 def _ready_data_dir(path: Path, *, writable: bool) -> Path:

@@ -63,6 +63,7 @@ from .base import (
     PeerId,
     StreamHandler,
 )
+from .ports import multiaddr_port_in_use
 
 __all__ = ["Libp2pConfig", "Libp2pNetwork", "open_libp2p_network"]
 
@@ -410,7 +411,14 @@ class Libp2pNetwork:
 
 @asynccontextmanager
 async def open_libp2p_network(key: NodeKey, config: Libp2pConfig) -> AsyncIterator[Libp2pNetwork]:
-    """Start a libp2p node with ``key``'s identity; leaving the block closes it."""
+    """Start a libp2p node with ``key``'s identity; leaving the block closes it.
+
+    Raises :class:`NetworkError` for a fixed listen port another process holds (``ports``): py-libp2p
+    would share it silently.
+    """
+    for addr in config.listen_addrs:
+        if multiaddr_port_in_use(addr):
+            raise NetworkError(f"cannot listen on {addr}: another process holds that port (another node?)")
     network = Libp2pNetwork(_new_host(key, config), config)
     async with trio.open_nursery() as nursery:
         await nursery.start(network._serve)

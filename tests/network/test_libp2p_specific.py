@@ -32,7 +32,7 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.tools.anyio_service import background_trio_service
 from lpnode.node.network.base import ByteStream, ConnectionEventKind, GossipMessage
 from lpnode.node.network.libp2p import Libp2pConfig, Libp2pNetwork, open_libp2p_network
-from lpnode.protocol.errors import PeerUnreachable, StreamClosed
+from lpnode.protocol.errors import NetworkError, PeerUnreachable, StreamClosed
 
 from .conftest import deterministic_key, wait_subscribed
 
@@ -384,3 +384,16 @@ async def test_a_peer_that_came_back_is_dialed_at_once_despite_py_libp2p_negativ
             again = Libp2pConfig(listen_addrs=(f"/ip4/127.0.0.1/tcp/{port}",), enable_mdns=False)
             async with _nodes(again, first_key=1) as (second_life,):
                 assert await dialer.connect(addr) == second_life.local_peer
+
+
+async def test_a_listen_port_another_process_holds_is_refused() -> None:
+    """py-libp2p listens with SO_REUSEPORT: without this check a second node on a taken port starts silently
+    and the kernel splits the first node's incoming connections between the two (QA O11)."""
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK) as (first,):
+            addr = next(a for a in first.listen_addrs() if "/127.0.0.1/" in a)
+            port = multiaddr.Multiaddr(addr).value_for_protocol("tcp")
+            taken = Libp2pConfig(listen_addrs=(f"/ip4/127.0.0.1/tcp/{port}",), enable_mdns=False)
+            with pytest.raises(NetworkError, match="another process holds that port"):
+                async with open_libp2p_network(deterministic_key(5), taken):
+                    pass
