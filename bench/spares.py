@@ -172,49 +172,48 @@ async def bench_wan(rtt_ms: float, repeats: int) -> None:
         open_model_pool(pool_config) as pool,
         contextlib.AsyncExitStack() as stack,
     ):
-        if True:  # one indent level kept for the body below
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            nodes = []
-            for index in range(3):
-                key = NodeKey(bytes([index + 1]) * 32)
-                net = await stack.enter_async_context(hub.open_network(key))
-                if nodes:
-                    await net.connect(nodes[0].network.listen_addrs()[0])
-                offer = OfferSource(queue_capacity=4, devices=cpu)
-                node = await nursery.start(functools.partial(serve_node, config, key, net, offer))
-                if index == 0:  # the worker
-                    await nursery.start(serve_model_offers, pool, offer, 100, node.publisher.poke)
-                    await nursery.start(
-                        functools.partial(serve_job_worker, net, key, pool, WorkerConfig(), wall_clock=node.wall_clock)
-                    )
-                nodes.append(node)
-            worker, with_spares, without = nodes
-            spares = await stack.enter_async_context(open_spare_streams(with_spares.network, JOB_PROTOCOL))
-            for requester in (with_spares, without):
-                while not ((r := requester.directory.get(worker.peer_id)) is not None and r.advert.models):
-                    await requester.directory.wait_changed()
-            times: dict[str, list[float]] = {arm: [] for arm in ARMS}
-
-            async def one(arm: str) -> None:
-                requester = with_spares if arm == "on" else without
-                start = trio.current_time()
-                await run_job(
-                    requester,
-                    job,
-                    max_price=10**9,
-                    deadline_s=60,
-                    rng=random.Random(0),
-                    spares=spares if arm == "on" else None,
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        nodes = []
+        for index in range(3):
+            key = NodeKey(bytes([index + 1]) * 32)
+            net = await stack.enter_async_context(hub.open_network(key))
+            if nodes:
+                await net.connect(nodes[0].network.listen_addrs()[0])
+            offer = OfferSource(queue_capacity=4, devices=cpu)
+            node = await nursery.start(functools.partial(serve_node, config, key, net, offer))
+            if index == 0:  # the worker
+                await nursery.start(serve_model_offers, pool, offer, 100, node.publisher.poke)
+                await nursery.start(
+                    functools.partial(serve_job_worker, net, key, pool, WorkerConfig(), wall_clock=node.wall_clock)
                 )
-                times[arm].append(trio.current_time() - start)
+            nodes.append(node)
+        worker, with_spares, without = nodes
+        spares = await stack.enter_async_context(open_spare_streams(with_spares.network, JOB_PROTOCOL))
+        for requester in (with_spares, without):
+            while not ((r := requester.directory.get(worker.peer_id)) is not None and r.advert.models):
+                await requester.directory.wait_changed()
+        times: dict[str, list[float]] = {arm: [] for arm in ARMS}
 
-            for arm in ARMS:  # warm-up: the model's first run, and the first spare
+        async def one(arm: str) -> None:
+            requester = with_spares if arm == "on" else without
+            start = trio.current_time()
+            await run_job(
+                requester,
+                job,
+                max_price=10**9,
+                deadline_s=60,
+                rng=random.Random(0),
+                spares=spares if arm == "on" else None,
+            )
+            times[arm].append(trio.current_time() - start)
+
+        for arm in ARMS:  # warm-up: the model's first run, and the first spare
+            await one(arm)
+            times[arm].clear()
+        for i in range(repeats):
+            for arm in ARMS if i % 2 == 0 else reversed(ARMS):
                 await one(arm)
-                times[arm].clear()
-            for i in range(repeats):
-                for arm in ARMS if i % 2 == 0 else reversed(ARMS):
-                    await one(arm)
-            nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
     on, off = e2e.ms(times["on"]), e2e.ms(times["off"])
     print(
         f"| RTT {rtt_ms:g} ms, tiny-sdxl 64×64 2 steps, CPU, {repeats} jobs per arm | {on} | {off} | {off - on:.2f} |"
