@@ -48,7 +48,7 @@ from lpnode.node.job_book import (
     RecordBook,
     _copy,
 )
-from lpnode.node.job_events import LISTENER_BUFFER, EventSink, JobEvent, Listener, _Forward
+from lpnode.node.job_events import ATTEMPT, LISTENER_BUFFER, EventSink, JobEvent, Listener, TryEvents, _Forward
 from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, PriceBelowOffers, ProgressCallback
 from lpnode.node.job_results import _attempt, _b64, _cut_short, _snake, output_url, sha256_hex
 from lpnode.node.job_runner import JobRunner, requester_runner
@@ -311,7 +311,8 @@ class JobManager:
                 fraction = min(1.0, step / total) if total else 0.0
                 self._progress(live, {"fraction": fraction, "step": step, "total": total, "peer_id": peer_id})
 
-            return on_progress
+            # each try's start and end as `attempt` events (job_events), beside the progress
+            return TryEvents(index, on_progress, lambda event: self._push(live, event))
 
         async def one(index: int) -> None:
             job = prepared.jobs[index]
@@ -380,7 +381,10 @@ class JobManager:
         def forward(progress: dict[str, Any]) -> None:
             self._progress(parent, progress | {"fraction": (index + progress["fraction"]) / count})
 
-        child.listeners.add(_Forward(forward))
+        def forward_attempt(data: dict[str, Any]) -> None:
+            self._push(parent, JobEvent(ATTEMPT, data | {"workflow_step": index + 1, "step_id": child.record["id"]}))
+
+        child.listeners.add(_Forward(forward, forward_attempt))
         final = FAILED
         try:  # created running (_admit): it runs in its parent's slot
             result = await self.execute(child, prepared)
@@ -417,7 +421,9 @@ class JobManager:
 
     def _progress(self, live: _Live, progress: dict[str, Any]) -> None:
         live.record["progress"] = progress
-        event = JobEvent("progress", progress)
+        self._push(live, JobEvent("progress", progress))
+
+    def _push(self, live: _Live, event: JobEvent) -> None:
         for listener in list(live.listeners):
             listener.push(event)
 

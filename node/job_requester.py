@@ -62,6 +62,7 @@ from .job_try import (
     Attempt,
     CandidateTry,
     ProgressCallback,
+    TryWatcher,
 )
 from .peer_choice import (
     Candidate,
@@ -218,6 +219,8 @@ async def run_job(
     and ``local`` is this node's worker; otherwise the job always goes to another peer.
     ``spares``: job streams opened ahead (``spare_streams``); a try takes the worker's spare
     if there is one, and has the next one opened while the worker runs the job.
+    ``on_progress`` gets each try's progress; a :class:`~.job_try.TryWatcher` also hears each try
+    start and end.
     """
     if local is not None and local.peer_id != node.peer_id:
         raise ValueError(f"the local worker is {local.peer_id}, not this node {node.peer_id}")
@@ -281,7 +284,12 @@ async def run_job(
         try_.spares, try_.take_spare = spares, take_spare
         return try_
 
+    watcher = on_progress if isinstance(on_progress, TryWatcher) else None
+
     async def try_one(candidate: Candidate) -> tuple[CandidateTry, tuple[Receipt, tuple[bytes, ...]] | None]:
+        number = len(attempts) + 1
+        if watcher is not None:
+            watcher.try_started(number, candidate.peer_id, candidate.model_id)
         try_ = new_try(candidate, give_up_at - trio.current_time())
         outcome = await try_.run()
         if spares is not None and try_.spare_was_dead() and (remaining := give_up_at - trio.current_time()) > 0:
@@ -291,6 +299,8 @@ async def run_job(
             try_ = new_try(candidate, remaining, take_spare=False)
             outcome = await try_.run()
         attempts.append(try_.attempt())
+        if watcher is not None:
+            watcher.try_ended(number, attempts[-1])
         return try_, outcome
 
     pending = candidates[:MAX_ATTEMPTS]
@@ -362,6 +372,7 @@ __all__ = [
     "Priority",
     "ProgressCallback",
     "ReputationView",
+    "TryWatcher",
     "build_spec",
     "run_job",
 ]

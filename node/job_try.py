@@ -58,6 +58,29 @@ class Attempt:
     price: int | None  # quoted micro-credits, when a quote came
 
 
+class TryWatcher:
+    """A progress callback that also hears each of a job's tries start and end (``run_job`` tells it).
+
+    Passed as ``run_job``'s ``on_progress``: it is a :data:`ProgressCallback` itself, so it goes through
+    every runner that hands that callback on (the job manager's ``JobRunner``, the spot checker) with
+    no signature changed, and the requester knows nothing of who shows the tries or how. A plain
+    callable still gets progress alone. A spot check's copies run with a callback of their own: a
+    watcher hears the job's own tries, never the checks.
+    """
+
+    def __call__(self, peer_id: str, message: Progress) -> None:
+        """A try's latest progress."""
+
+    def try_started(self, number: int, peer_id: str, model_id: str) -> None:
+        """Try ``number`` (counted from 1) starts on ``peer_id``, which is asked to run ``model_id``."""
+
+    def try_ended(self, number: int, attempt: Attempt) -> None:
+        """Try ``number`` ended as ``attempt`` records it (outcome ``done``: a verified result).
+
+        Not called for a try cut short by a cancel (the job's, or the node stopping).
+        """
+
+
 class CandidateTry:
     """One candidate, one stream."""
 
@@ -302,4 +325,5 @@ __all__ = [
     "Attempt",
     "CandidateTry",
     "ProgressCallback",
+    "TryWatcher",
 ]
