@@ -223,6 +223,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="honest off rate for --target-runs (repeat; default 0.2 %% and 1 %%)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --honest-sample and --target-runs")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="--honest-sample: also write its raw pairs here")
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="only pool honest-sample JSON files (--json, calibrate_shards) into one sample's tables",
+    )
+    parser.add_argument("--prior-comparisons", default="0/0", metavar="K/N", help="--pool: earlier diffusion counts")
+    parser.add_argument("--prior-jobs", default="0/0", metavar="K/N", help="--pool: earlier diffusion jobs")
     parser.add_argument(
         "--no-probes",
         action="store_true",
@@ -231,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     thresholds = Thresholds()
     start = time.perf_counter()
+    if args.pool:
+        return _pool(args)
     if args.honest_sample is not None or args.target_runs is not None:
         return _large(args, thresholds, start)
     if args.sweep:
@@ -269,6 +281,12 @@ def _large(args: argparse.Namespace, thresholds: Thresholds, start: float) -> in
     if args.honest_sample is not None:
         sample = honest_sample(args.honest_sample, thresholds=thresholds, seed=args.seed, progress=elapsed)
         print("\n".join(honest_tables(sample)), flush=True)
+        if args.json is not None:
+            import json
+
+            from .calibrate_pool import sample_to_json
+
+            args.json.write_text(json.dumps(sample_to_json(sample, {"seed": args.seed}), separators=(",", ":")))
         elapsed("honest sample done")
     if args.target_runs is not None:
         rates = args.off_rate or [0.002, 0.01]
@@ -276,6 +294,27 @@ def _large(args: argparse.Namespace, thresholds: Thresholds, start: float) -> in
         for line in target_table(rates, args.target_runs, config=without_probes(net) if args.no_probes else net):
             print(line, flush=True)
         elapsed("target runs done")
+    return 0
+
+
+def _pool(args: argparse.Namespace) -> int:
+    """--pool: the files' samples summed, their tables, repeated jobs, and the diffusion bounds with the priors."""
+    from .calibrate_honest import honest_tables
+    from .calibrate_pool import duplicates, pool_files, pooled_bounds
+
+    sample, metas = pool_files(args.pool)
+    print("\n".join(honest_tables(sample)))
+    repeated = duplicates(sample)
+    print(
+        f"\n{len(metas)} files; jobs repeated across or within them: {sum(repeated.values())} "
+        f"({', '.join(f'{p.value} {n}' for p, n in repeated.items())})\n"
+    )
+    for cpu_only in (True, False):
+        print(f"{'CPU runs only' if cpu_only else 'all runs (CUDA too)'}:")
+        bounds = pooled_bounds(
+            sample, prior_comparisons=args.prior_comparisons, prior_jobs=args.prior_jobs, cpu_only=cpu_only
+        )
+        print("\n".join(bounds) + "\n")
     return 0
 
 

@@ -18,10 +18,18 @@ runs, counting honest peers blamed.
 the unit the rate bound is stated in; pairs of two variants are measured too.
 Jobs are batched where the adapter allows (requests with one batch key run
 together, up to ``max_batch``); the variants run the same batches.
+
+``runs`` picks other honest runs than the default set, among them ``cuda-fp32``
+and ``cuda-fp16`` (the preset on the GPU in that dtype, against the CPU
+reference). Big samples run as shards in parallel processes and are pooled
+afterwards (:mod:`~lpnode.reputation.calibrate_pool`,
+:mod:`~lpnode.reputation.calibrate_shards`); each job keeps a digest of its
+fields so that pooled shards can be checked for repeated jobs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -42,10 +50,24 @@ from .cheats import HonestVariant, honest_variant_adapter
 from .compare import RGB, Comparison, FrameMetrics, Thresholds, Verdict, compare_frames, decode_frames
 from .policy import resolve
 
-__all__ = ["HONEST_SHARES", "HonestSample", "PairResult", "honest_sample", "honest_tables", "job_fields"]
+__all__ = [
+    "DEVICE_RUNS",
+    "HONEST_SHARES",
+    "HonestSample",
+    "PairResult",
+    "honest_sample",
+    "honest_tables",
+    "job_digest",
+    "job_fields",
+]
 
 THREADS = "threads"  # the reference adapter on one CPU thread
 REFERENCE = HonestVariant.REFERENCE.value
+# Honest runs on the GPU: the preset loaded on CUDA in this dtype (float16 is what a consumer GPU serves with).
+DEVICE_RUNS: dict[str, tuple[str, torch.dtype]] = {
+    "cuda-fp32": ("cuda", torch.float32),
+    "cuda-fp16": ("cuda", torch.float16),
+}
 # Share of the comparisons per pipeline: the diffusion pipelines carry the risk (noise, many steps), so most go there.
 HONEST_SHARES: dict[Pipeline, float] = {
     Pipeline.TEXT_TO_IMAGE: 0.30,
@@ -118,6 +140,12 @@ def job_fields(pipeline: Pipeline, rng: random.Random) -> dict[str, object]:
     return {"video": encode_mp4(frames, float(rng.choice((8, 10, 24)))), "multiplier": rng.choice((2, 3, 4))}
 
 
+def job_digest(pipeline: Pipeline, fields: dict[str, object]) -> str:
+    """A short digest of one job (pipeline and every field, input bytes included): equal jobs, equal digests."""
+    text = repr((pipeline.value, sorted(fields.items())))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -140,6 +168,7 @@ class HonestSample:
     third_needed: dict[Pipeline, int] = field(default_factory=dict)  # triples whose first two did not agree
     blamed: dict[Pipeline, int] = field(default_factory=dict)  # honest peers blamed over those triples
     seconds: dict[Pipeline, float] = field(default_factory=dict)
+    digests: dict[Pipeline, list[str]] = field(default_factory=dict)  # job_digest of each job, by job index
 
 
 def _batches(adapter: ModelAdapter, requests: Sequence[Request]) -> Iterator[list[int]]:
@@ -174,15 +203,26 @@ def _run_names() -> list[str]:
     return [*names, THREADS] if torch.get_num_threads() > 1 else names
 
 
+def _check_runs(runs: Sequence[str]) -> None:
+    known = {*(v.value for v in HonestVariant), THREADS, *DEVICE_RUNS}
+    unknown = [r for r in runs if r not in known]
+    if unknown or REFERENCE not in runs or len(set(runs)) != len(runs) or len(runs) < 3:
+        # three runs at least: the tie-break needs a third peer
+        raise ValueError(f"runs must name the reference and at least two more of {sorted(known)}, got {list(runs)}")
+    if THREADS in runs and torch.get_num_threads() == 1:
+        raise ValueError("the threads run needs the reference on more than one thread")
+
+
 def _honest_outputs(
-    pipeline: Pipeline, requests: Sequence[Request], thresholds: Thresholds, seed: int
+    pipeline: Pipeline, requests: Sequence[Request], thresholds: Thresholds, seed: int, runs: Sequence[str]
 ) -> dict[str, list[list[RGB]]]:
     media = OUTPUT_MEDIA_TYPE[pipeline]
     outputs: dict[str, list[list[RGB]]] = {}
     reference = registry.resolve(PRESET[pipeline])
     reference.load("cpu")
+    digest = reference.weights_sha256()
     outputs[REFERENCE] = _run_all(reference, requests, media, thresholds)
-    if THREADS in _run_names():
+    if THREADS in runs:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -191,10 +231,19 @@ def _honest_outputs(
             torch.set_num_threads(threads)
     reference.unload()
     for variant in HonestVariant:
-        if variant is HonestVariant.REFERENCE:
+        if variant is HonestVariant.REFERENCE or variant.value not in runs:
             continue
         adapter = honest_variant_adapter(PRESET[pipeline], variant, seed=seed)
         outputs[variant.value] = _run_all(adapter, requests, media, thresholds)
+        adapter.unload()
+    for name, (device, dtype) in DEVICE_RUNS.items():
+        if name not in runs:
+            continue
+        adapter = registry.resolve(PRESET[pipeline])
+        adapter.load(device, dtype)
+        if adapter.weights_sha256() != digest:  # "another device" must never silently mean "other weights"
+            raise ValueError(f"{pipeline.value} {name}: weights hash differs from the CPU reference's")
+        outputs[name] = _run_all(adapter, requests, media, thresholds)
         adapter.unload()
     return outputs
 
@@ -219,10 +268,16 @@ def honest_sample(
     seed: int = 0,
     pipelines: Sequence[Pipeline] = tuple(HONEST_SHARES),
     progress: Callable[[str], None] | None = None,
+    runs: Sequence[str] | None = None,
 ) -> HonestSample:
-    """At least ``n`` comparisons of a variant with the reference, shared out by :data:`HONEST_SHARES`."""
+    """At least ``n`` comparisons of a variant with the reference, shared out by :data:`HONEST_SHARES`.
+
+    ``runs``: the honest runs of every job (the reference among them); default the reference, every
+    :class:`HonestVariant` and ``threads`` where torch has more than one thread."""
     thresholds = thresholds or Thresholds()
-    variants = len(_run_names()) - 1
+    runs = list(runs) if runs is not None else _run_names()
+    _check_runs(runs)
+    variants = len(runs) - 1
     shares = {p: HONEST_SHARES[p] for p in pipelines}
     total = sum(shares.values())
     sample = HonestSample()
@@ -232,8 +287,9 @@ def honest_sample(
         rng = random.Random(f"honest/{seed}/{pipeline.value}")
         adapter = registry.resolve(PRESET[pipeline])
         kind = PipelineKind(pipeline.value)
-        requests = [adapter.spec.build_request(kind, **job_fields(pipeline, rng)) for _ in range(jobs)]
-        outputs = _honest_outputs(pipeline, requests, thresholds, seed)
+        fields = [job_fields(pipeline, rng) for _ in range(jobs)]
+        requests = [adapter.spec.build_request(kind, **f) for f in fields]
+        outputs = _honest_outputs(pipeline, requests, thresholds, seed, runs)
         names = list(outputs)
         triples = needed = blamed = 0
         for job in range(jobs):
@@ -247,6 +303,7 @@ def honest_sample(
         sample.jobs[pipeline], sample.triples[pipeline] = jobs, triples
         sample.third_needed[pipeline], sample.blamed[pipeline] = needed, blamed
         sample.seconds[pipeline] = time.perf_counter() - start
+        sample.digests[pipeline] = [job_digest(pipeline, f) for f in fields]
         if progress is not None:
             progress(f"{pipeline.value}: {jobs} jobs × {len(names)} runs in {sample.seconds[pipeline]:.0f} s")
     return sample
@@ -311,6 +368,7 @@ def honest_tables(sample: HonestSample) -> list[str]:
     diffusion = [p for p in vs_ref if p.pipeline in DIFFUSION]
     jobs_off = {(p.pipeline, p.job) for p in sample.pairs if p.comparison.verdict is not Verdict.AGREE}
     n_jobs = sum(sample.jobs.values())
+    n_diffusion = sum(jobs for pipeline, jobs in sample.jobs.items() if pipeline in DIFFUSION)
     triples, blamed = sum(sample.triples.values()), sum(sample.blamed.values())
 
     lines += [
@@ -324,6 +382,28 @@ def honest_tables(sample: HonestSample) -> list[str]:
         f"| not agree, every honest pair (pairs of one job share outputs: not independent) | "
         f"{_bound(_count(sample.pairs, NOT_AGREE), len(sample.pairs))} |",
         f"| jobs with any honest pair not agreeing (independent jobs) | {_bound(len(jobs_off), n_jobs)} |",
+        f"| diffusion jobs with any honest pair not agreeing (independent jobs) | "
+        f"{_bound(sum(p in DIFFUSION for p, _ in jobs_off), n_diffusion)} |",
         f"| honest peer blamed, per peer in an ordered tie-break triple | {_bound(blamed, 3 * triples)} |",
     ]
+    return [*lines, "", *_by_run(vs_ref)]
+
+
+def _by_run(vs_ref: Sequence[PairResult]) -> list[str]:
+    """Markdown: each honest run against the reference, diffusion pipelines apart from the single-pass ones."""
+    lines = [
+        "| run vs reference | diffusion: verdicts (agree/inc./disagree) | diffusion: not agree | 95 % upper bound | "
+        "diffusion: worst-frame SSIM min | pHash max | single-pass: verdicts | single-pass: not agree | "
+        "95 % upper bound |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(p.b if p.a == REFERENCE else p.a for p in vs_ref):
+        mine = [p for p in vs_ref if name in (p.a, p.b)]
+        diffusion = [p for p in mine if p.pipeline in DIFFUSION]
+        single = [p for p in mine if p.pipeline not in DIFFUSION]
+        ssim, _, phash, _ = _worst(diffusion)
+        lines.append(
+            f"| {name} | {_counts(diffusion)} | {_bound(_count(diffusion, NOT_AGREE), len(diffusion))} | {ssim} | "
+            f"{phash} | {_counts(single)} | {_bound(_count(single, NOT_AGREE), len(single))} |"
+        )
     return lines
