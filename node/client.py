@@ -11,6 +11,9 @@ and at ``/docs``). The job shapes, in short:
 - a finished pipeline call: ``{"images": [{"url", "seed", "nsfw"}], "jobs":
   [{"job_id", "worker_peer_id", "model_id", "price", "receipt" (base64),
   "attempts": [{"peer_id", "outcome", "detail", "price"}]}], "request_id"}``;
+  ``request_id`` is the job record's id (``job_…``), what :meth:`job`,
+  :meth:`job_events`, :meth:`cancel_job` and :meth:`receipt` take;
+  ``jobs[].job_id`` is the network job id its receipt signs;
 - a job record: ``{"id", "kind", "state", "created_at", "updated_at",
   "request", "progress": {"fraction", "step", "total", "peer_id"}, "result"
   (the finished call above, or null), "error": {"status", "error",
@@ -22,6 +25,8 @@ Every failure is an :class:`LpnodeError`: the node not running
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -81,10 +86,14 @@ class LpnodeClient:
         )
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> LpnodeClient:
-        """The client for the node running with ``data_dir``; raise :class:`NodeNotRunning` if none is."""
-        info = read_info(data_dir)
-        return cls(info.url, read_token(data_dir), data_dir=data_dir, timeout_s=timeout_s)
+    def from_data_dir(cls, data_dir: str | os.PathLike[str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> LpnodeClient:
+        """The client for the node running with ``data_dir``; raise :class:`NodeNotRunning` if none is.
+
+        ``data_dir`` may be a str or a path, with ``~`` as the CLI's ``--data-dir`` takes it.
+        """
+        path = Path(data_dir).expanduser()
+        info = read_info(path)
+        return cls(info.url, read_token(path), data_dir=path, timeout_s=timeout_s)
 
     async def __aenter__(self) -> Self:
         return self
@@ -182,6 +191,9 @@ class LpnodeClient:
         """``GET /v1/jobs/{id}``: one job record (shape in the module docstring)."""
         return await self._get(f"/v1/jobs/{_segment(job_id)}")
 
+    # The job-record calls take a record id (``job_…``: a record's ``id``, an answer's ``request_id``), not the
+    # network job id an answer's ``jobs[].job_id`` gives (the receipt's hash): a 404 for one of those says so.
+
     async def jobs(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """``GET /v1/jobs``: records, newest first, optionally only those in ``state``."""
         params: dict[str, str | float] = {"limit": limit}
@@ -198,7 +210,10 @@ class LpnodeClient:
         return await self._call("DELETE", f"/v1/jobs/{_segment(job_id)}")
 
     async def receipt(self, job_id: str, n: int = 0) -> bytes:
-        """The ``n``-th network job's signed receipt bytes (what ``lpnode receipt verify`` reads)."""
+        """The signed receipt bytes of the record's ``n``-th network job (what ``lpnode receipt verify`` reads).
+
+        ``job_id`` is the record's id (a finished call's ``request_id``), as for every job-record call.
+        """
         return await self._bytes(f"/v1/jobs/{_segment(job_id)}/receipts/{int(n)}", self._timeout_s)
 
     async def output(self, url_or_sha256: str) -> bytes:
@@ -273,9 +288,17 @@ class LpnodeClient:
             error, message = str(body["error"]), str(body["message"])
         except (ValueError, KeyError, TypeError):
             error, message = "http_error", response.text[:200] or response.reason_phrase
+        if error == "job_not_found" and _NETWORK_JOB_PATH.match(response.request.url.path):
+            message += (
+                "; that is a network job id (an answer's jobs[].job_id, the receipt's hash): job records are named"
+                " by the answer's request_id or a record's id (job_...)"
+            )
         if response.status_code == 401:
             message = f"the node at {self.url} refused the token in {self.data_dir}/rpc.token ({message})"
         return RpcError(response.status_code, error, message)
+
+
+_NETWORK_JOB_PATH = re.compile(r"^/v1/jobs/[0-9a-f]{64}(/|$)")
 
 
 def _form_value(value: Any) -> str | list[str]:
