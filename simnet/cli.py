@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,12 +37,12 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     run.add_argument("scenario", help="a TOML file, or the name of a bundled scenario (see `list`)")
     run.add_argument("--out", type=Path, default=None, help="report folder (metrics.json, summary.md, plots)")
     run.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    run.add_argument("--scale", type=float, default=1.0, help="multiply node counts and job rates")
-    run.add_argument("--duration", type=float, default=None, help="override duration_s (virtual seconds)")
+    run.add_argument("--scale", type=_positive(float), default=1.0, help="multiply node counts and job rates")
+    run.add_argument("--duration", type=_positive(float), default=None, help="override duration_s (virtual seconds)")
     run.add_argument(
         "--backend", choices=("memory", "libp2p"), default="memory", help="in-memory in virtual time, or real libp2p"
     )
-    run.add_argument("--processes", type=int, default=4, help="libp2p backend: worker processes")
+    run.add_argument("--processes", type=_positive(int), default=4, help="libp2p backend: worker processes")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(sim_handler=_run)
@@ -50,6 +51,33 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     table = sub.add_parser("table", help="one Markdown table row per report folder")
     table.add_argument("reports", nargs="+", type=Path, help="report folders (their metrics.json)")
     table.set_defaults(sim_handler=_table)
+
+
+def _positive(kind: type[float] | type[int]) -> Any:
+    """An argparse type: a finite number above 0 (a scale of 0 or a negative duration is a mistake, not a run)."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def check_out(out: Path | None) -> None:
+    """Refuse a report folder that cannot be one before the run, not after minutes of simulation."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise ScenarioError(f"--out {out}: a file is there, not a folder")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ScenarioError(f"--out {out}: cannot write under {parent}")
 
 
 def resolve_scenario(arg: str) -> Path:
@@ -78,6 +106,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     from .runner import run_scenario
 
     scenario = prepare(args)
+    check_out(args.out)
     bar = None if args.quiet else ProgressBar(sys.stderr)
     if args.backend == "libp2p":
         from .libp2p_backend import run_libp2p
@@ -90,8 +119,11 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
     out.write(summary_markdown(result.metrics))
     if args.out is not None:
-        for path in write_report(args.out, result.metrics, result.recorder, plots=not args.no_plots):
-            out.write(f"wrote {path}\n")
+        try:
+            for path in write_report(args.out, result.metrics, result.recorder, plots=not args.no_plots):
+                out.write(f"wrote {path}\n")
+        except OSError as exc:  # the summary above is all that is left of the run: say why the folder is not
+            raise ScenarioError(f"--out {args.out}: cannot write the report ({exc.strerror or exc})") from exc
     return 0
 
 
