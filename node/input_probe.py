@@ -14,9 +14,11 @@ requester-only node never imports torch.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lpnode.protocol.jobspec import MAX_DECLARED_FRAMES
+from lpnode.protocol.jobs import InputShape
+from lpnode.protocol.jobspec import MAX_DECLARED_FRAMES, JobSpec, Pipeline
 from PIL import Image
 
 IMAGE, VIDEO = "image", "video"
@@ -71,4 +73,25 @@ def _probe_video(data: bytes) -> InputSize:
     return InputSize(width, height, count)
 
 
-__all__ = ["InputSize", "InputUnreadable", "probe_input"]
+# The input whose size fixes a job's work, for the pipelines whose spec does not declare it
+# (QuoteRequest.input_shape); an upscale declares its input in the spec (UpscaleParams.input_*).
+_SHAPED_INPUT = {Pipeline.IMAGE_TO_IMAGE: IMAGE, Pipeline.FRAME_INTERPOLATION: VIDEO}
+
+
+def input_shape(spec: JobSpec, inputs: Mapping[str, bytes]) -> InputShape | None:
+    """What a QuoteRequest declares about ``spec``'s input (``QuoteRequest.input_shape``).
+
+    None for the pipelines that do not need it, or when the input is missing or unreadable: the
+    job is then priced as before, and the worker, reading the same file, says what is wrong with it.
+    """
+    kind = _SHAPED_INPUT.get(spec.pipeline)
+    if kind is None or kind not in inputs:
+        return None
+    try:
+        size = probe_input(kind, inputs[kind])
+        return InputShape(size.width, size.height, size.num_frames)
+    except (InputUnreadable, ValueError):  # ValueError: beyond what a QuoteRequest can declare
+        return None
+
+
+__all__ = ["InputSize", "InputUnreadable", "input_shape", "probe_input"]

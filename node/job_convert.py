@@ -9,11 +9,13 @@ quote time against the preset's limits, with no decoding and no device, so a
 job that cannot run is refused before capacity is reserved; checks that need
 the decoded input (an image's size) happen in ``pool.run`` before queueing.
 
-An upscale's work depends on its input, which the quote does not see: the spec
-declares the input's size (``UpscaleParams.input_*``), :func:`check_params`
-bounds and prices that, and :func:`model_request` refuses an input that is not
-what was declared (read from its header or container, nothing decoded), so a
-requester cannot buy a 64-frame upscale at the price of one frame.
+An upscale's, an image-to-image's and a frame interpolation's work depend on their
+input, which the quote does not see: the requester declares the input's size (an
+upscale in its spec, ``UpscaleParams.input_*``; the others in the QuoteRequest,
+``InputShape``), :func:`check_params` bounds and prices that, and
+:func:`model_request` refuses an input that is not what was declared (read from
+its header or container, nothing decoded), so a requester cannot buy a 64-frame
+job at the price of one frame.
 """
 
 from __future__ import annotations
@@ -37,15 +39,20 @@ from lpnode.models.base import (
 from lpnode.models.errors import ParameterError
 from lpnode.models.outputs import ImageOutput, VideoOutput
 from lpnode.models.upscale import probe_upscale_input
+from lpnode.protocol.jobs import InputShape
 from lpnode.protocol.jobspec import (
     IMAGE_PNG,
     VIDEO_MP4,
     BlobDescriptor,
     FrameInterpolationParams,
+    ImageToImageParams,
     JobSpec,
     UpscaleParams,
 )
 from lpnode.protocol.receipts import OutputHashes
+
+from .input_probe import IMAGE, VIDEO, InputUnreadable, probe_input
+from .peer_choice import interpolated_frames
 
 OUTPUT_NAME = "output"  # one output per job; num_images_per_prompt becomes several jobs
 # Spec fields that describe the input for pricing and are not model request fields.
@@ -59,8 +66,9 @@ class EncodedOutput:
     hashes: OutputHashes  # signed in the receipt
 
 
-def model_request(spec: JobSpec, inputs: Mapping[str, bytes]) -> Request:
-    """The model request for ``spec`` with the received input bytes; ParameterError if a value is refused."""
+def model_request(spec: JobSpec, inputs: Mapping[str, bytes], shape: InputShape | None = None) -> Request:
+    """The model request for ``spec`` with the received input bytes; ParameterError if a value is refused,
+    or if the input is not the ``shape`` the QuoteRequest declared (and the job was priced on)."""
     kind = PipelineKind(spec.pipeline.value)
     params = {k: v for k, v in dataclasses.asdict(spec.params).items() if k not in _DECLARED_INPUT}
     fields: dict[str, Any] = {**params, "seed": spec.seed, **inputs}
@@ -70,7 +78,25 @@ def model_request(spec: JobSpec, inputs: Mapping[str, bytes]) -> Request:
         raise ParameterError("spec", kind.value, f"fields the {kind} request takes ({exc})") from exc
     if isinstance(request, UpscaleRequest) and isinstance(spec.params, UpscaleParams) and spec.params.declared:
         _check_declared(spec.params, request)
+    if shape is not None:
+        _check_shape(spec, inputs, shape)
     return request
+
+
+def _check_shape(spec: JobSpec, inputs: Mapping[str, bytes], shape: InputShape) -> None:
+    """The input is the size the QuoteRequest declared, read as the requester reads it (``input_probe``)."""
+    kind = VIDEO if isinstance(spec.params, FrameInterpolationParams) else IMAGE
+    if kind not in inputs:
+        return  # not an input-sized pipeline: the declaration is ignored
+    try:
+        found = probe_input(kind, inputs[kind])
+    except InputUnreadable as exc:
+        raise ParameterError(kind, f"<{len(inputs[kind])} bytes>", f"a readable {kind} ({exc})") from exc
+    got = (found.width, found.height, found.num_frames)
+    declared = (shape.width, shape.height, shape.frames)
+    if got != declared:
+        shown = "{}x{} × {} frames"
+        raise ParameterError("input", shown.format(*got), "the declared " + shown.format(*declared))
 
 
 def _check_declared(params: UpscaleParams, request: UpscaleRequest) -> None:
@@ -83,11 +109,12 @@ def _check_declared(params: UpscaleParams, request: UpscaleRequest) -> None:
         raise ParameterError("input", shown.format(*got), "the declared " + shown.format(*declared))
 
 
-def check_params(preset_name: str, spec: JobSpec) -> None:
+def check_params(preset_name: str, spec: JobSpec, shape: InputShape | None = None) -> None:
     """Model-specific limits that need no input decoding; raises ParameterError naming the field.
 
-    Mirrors the parts of ``ModelAdapter.check_inputs`` that read only parameters,
-    so the worker refuses (``unsupported_params``) before it reserves anything.
+    Mirrors the parts of ``ModelAdapter.check_inputs`` that read only parameters (and the input
+    ``shape`` a QuoteRequest declares), so the worker refuses (``unsupported_params``) before it
+    reserves anything.
     """
     model = registry.spec(preset_name)
     kind = PipelineKind(spec.pipeline.value)
@@ -101,6 +128,8 @@ def check_params(preset_name: str, spec: JobSpec) -> None:
         _check_upscale_work(lim, spec, params)
     if isinstance(params, FrameInterpolationParams) and params.multiplier not in lim.scales:
         raise ParameterError("multiplier", params.multiplier, f"one of {list(lim.scales)}")
+    if shape is not None and isinstance(params, ImageToImageParams | FrameInterpolationParams):
+        _check_shape_work(lim, params, shape)
     width, height = getattr(params, "width", None), getattr(params, "height", None)
     if width is not None and height is not None:
         check_output_size(lim, width, height)
@@ -124,6 +153,17 @@ def _check_upscale_work(lim: Limits, spec: JobSpec, params: UpscaleParams) -> No
     else:
         check_int("input_frames", params.input_frames, 1, 1)
         check_output_size(lim, width, height)
+
+
+def _check_shape_work(lim: Limits, params: ImageToImageParams | FrameInterpolationParams, shape: InputShape) -> None:
+    """What the adapters check on the decoded input, on the declared size instead."""
+    if isinstance(params, ImageToImageParams):
+        check_output_size(lim, shape.width, shape.height)  # the output is the input's size
+        return
+    check_output_size(lim, shape.width, shape.height)
+    if shape.frames < 2:
+        raise ParameterError("input_frames", shape.frames, "at least 2 frames to interpolate between")
+    check_video_output(lim, shape.width, shape.height, interpolated_frames(shape.frames, params.multiplier))
 
 
 def encode_output(output: ImageOutput | VideoOutput) -> EncodedOutput:

@@ -83,17 +83,18 @@ def decide_quote(
         return Decline(RefusalReason.OTHER, f"{row.model_id}: weights not hashed yet", 5_000)
     if sum(blob.size_bytes for blob in spec.inputs) > config.max_input_bytes:
         return Decline(RefusalReason.INPUT_TOO_LARGE, f"inputs above {config.max_input_bytes} bytes", 0)
+    shape = request.input_shape
     try:
-        check_params(row.name, spec)
+        check_params(row.name, spec, shape)
     except ParameterError as exc:
         return Decline(RefusalReason.UNSUPPORTED_PARAMS, str(exc)[:500], 0)
-    price = job_price(spec, config.price_per_mpx_step)
+    price = job_price(spec, config.price_per_mpx_step, shape)
     if price > request.max_price:
         return Decline(RefusalReason.PRICE, f"{price} > max_price {request.max_price}", 0)
     speed = row.speed_mpx_steps_per_s
     # An input-sized job's work is unknown until its input is decoded: no ETA to refuse on then.
-    known = speed > 0 and work_is_known(spec)
-    eta_ms = int(job_mpx_steps(spec) / speed * 1000) if known else config.unmeasured_eta_ms
+    known = speed > 0 and work_is_known(spec, shape)
+    eta_ms = int(job_mpx_steps(spec, shape) / speed * 1000) if known else config.unmeasured_eta_ms
     if known and eta_ms > request.deadline_ms:
         return Decline(RefusalReason.DEADLINE, f"ETA {eta_ms} ms > deadline {request.deadline_ms} ms", 0)
     if held >= config.max_jobs:

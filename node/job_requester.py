@@ -53,7 +53,7 @@ from lpnode.protocol.receipts import Receipt
 
 from .daemon import Node
 from .framing import FramingConfig
-from .input_probe import IMAGE, InputUnreadable, probe_input
+from .input_probe import input_shape
 from .job_try import (
     ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES,
     DEFAULT_QUOTE_TIMEOUT_S,
@@ -148,19 +148,6 @@ class PriceBelowOffers(ParametersRefused):
     """
 
 
-def _image_size(spec: JobSpec, inputs: Mapping[str, bytes]) -> tuple[int, int] | None:
-    """An image-to-image input's (width, height) from its header: the job's output size, checked against
-    the offers' limits before any peer is sent the file. None if it is not one or cannot be read (the
-    worker then says why)."""
-    if spec.pipeline is not Pipeline.IMAGE_TO_IMAGE or "image" not in inputs:
-        return None
-    try:
-        size = probe_input(IMAGE, inputs["image"])
-    except InputUnreadable:
-        return None
-    return size.width, size.height
-
-
 def media_type_of(name: str, data: bytes) -> str:
     """The media type of an input, from its magic bytes (the spec hashes it in, so guess once, here)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -229,7 +216,9 @@ async def run_job(
     adverts = [record.advert for record in node.directory if record.advert.peer_id != node.peer_id]
     if allow_local and local is not None:
         adverts.append(node.publisher.build())  # the directory never holds our own advert
-    fitting, beyond_limits = fit_offers(adverts, spec, _image_size(spec, inputs))
+    # the input's size, read from its header, prices and bounds the jobs it sizes (QuoteRequest.input_shape)
+    shape = input_shape(spec, inputs)
+    fitting, beyond_limits = fit_offers(adverts, spec, shape)
     wanted = spec.pipeline.value
     if beyond_limits and not any(
         o.pipeline == wanted and (not spec.model_id or o.model_id == spec.model_id) for a in fitting for o in a.models
@@ -252,6 +241,7 @@ async def run_job(
             min_vram_bytes=min_vram_bytes,
             reputation=reputation,
             min_reputation=min_reputation,
+            input_shape=shape,
         )
 
     candidates = ranked(max_price, rng or random.Random())
@@ -277,7 +267,15 @@ async def run_job(
         # the router's choice is bound into what this peer is asked, so it runs the ranked model
         try_spec = spec if spec.model_id else dataclasses.replace(spec, model_id=candidate.model_id)
         try_ = CandidateTry(
-            node, candidate, try_spec, inputs, max_price, remaining, on_progress, framing or FramingConfig()
+            node,
+            candidate,
+            try_spec,
+            inputs,
+            max_price,
+            remaining,
+            on_progress,
+            framing or FramingConfig(),
+            input_shape=shape,
         )
         try_.quote_timeout_s, try_.silence_s = quote_timeout_s, silence_s
         try_.local = local if candidate.peer_id == node.peer_id else None

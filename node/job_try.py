@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from lpnode.protocol.errors import NetworkError, OutputMismatch, ProtocolError, ProtocolViolation, StreamTimeout
-from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, JobMessage, Progress, QuoteRequest
+from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, InputShape, JobMessage, Progress, QuoteRequest
 from lpnode.protocol.jobspec import JobSpec
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.negotiation import Action, Phase, RequesterNegotiation, Send
@@ -46,6 +46,13 @@ ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES = 32 * 1024
 QUOTE_ABOVE_ADVERT = "violation:quote_above_advert"  # a quote dearer than the peer's advert says: not accepted
 
 ProgressCallback = Callable[[str, Progress], None]  # (worker peer id, latest progress)
+# When a worker was lost, as people read it (an attempt's detail): how far the job had got there, as far as
+# the requester had heard (a worker that started running may be lost before its word of it arrives)
+_WHEN = {
+    Phase.REQUESTED: "waiting for its quote",
+    Phase.ACCEPTED: "after its quote was accepted",
+    Phase.RUNNING: "while running",
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ class CandidateTry:
         time_left_s: float,
         on_progress: ProgressCallback | None,
         framing: FramingConfig,
+        *,
+        input_shape: InputShape | None = None,
     ) -> None:
         self.node = node
         self.candidate = candidate
@@ -106,7 +115,9 @@ class CandidateTry:
         small = sum(blob.size_bytes for blob in spec.inputs) <= ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES
         in_advance = small and ACCEPT_IN_ADVANCE in candidate.job_features
         deadline_ms = max(1, int(time_left_s * 1000))
-        request = QuoteRequest(spec, secrets.token_bytes(16), max_price, deadline_ms, accept=in_advance)
+        request = QuoteRequest(
+            spec, secrets.token_bytes(16), max_price, deadline_ms, accept=in_advance, input_shape=input_shape
+        )
         self.machine = RequesterNegotiation(request, node.peer_id, candidate.peer_id)
         self.outcome = ""  # set when this try ended for a reason the machine does not know
         self.detail = ""
@@ -256,8 +267,8 @@ class CandidateTry:
         jobs the ranking's estimate is a stand-in and the worker's quote is what prices them.
         """
         quote = self.machine.quote
-        spec = self.machine.request.spec
-        if quote is None or not work_is_known(spec) or quote.price <= self.candidate.price:
+        request = self.machine.request
+        if quote is None or not work_is_known(request.spec, request.input_shape) or quote.price <= self.candidate.price:
             return False
         self._end(
             QUOTE_ABOVE_ADVERT,
@@ -284,11 +295,11 @@ class CandidateTry:
             if self.framed.broken is None:  # nothing by the wakeup: let the machine tick
                 await self._apply(machine.on_tick(max(self.now(), wakeup or 0)))
                 return
-            self._end("disconnected", f"worker stalled mid-frame: {exc}")
+            self._end("disconnected", f"{_WHEN.get(machine.phase, machine.phase)}: worker stalled mid-frame: {exc}")
             machine.cancel("worker stalled", self.now())
             return
         except NetworkError as exc:
-            self._end("disconnected", str(exc))
+            self._end("disconnected", f"{_WHEN.get(machine.phase, machine.phase)}: {exc}")
             machine.cancel("worker went away", self.now())
             return
         except ProtocolError as exc:

@@ -315,7 +315,7 @@ class JobWorker:
             nursery.start_soon(forward_progress)
             with job.run_scope:
                 try:
-                    request_for_pool = model_request(request.spec, inputs)
+                    request_for_pool = model_request(request.spec, inputs, request.input_shape)
                     if self.hooks.run_started is not None:
                         self.hooks.run_started()
                     output = await self.pool.run(job.model_name, request_for_pool, progress=on_progress)

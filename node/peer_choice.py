@@ -52,7 +52,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from lpnode.protocol.advert import CapabilityAdvert, ModelLimits, ModelOffer
-from lpnode.protocol.jobspec import ImageToImageParams, JobSpec, UpscaleParams
+from lpnode.protocol.jobs import InputShape
+from lpnode.protocol.jobspec import FrameInterpolationParams, ImageToImageParams, JobSpec, UpscaleParams
 
 DEFAULT_EXPLORE_SHARE = 0.05  # one job in twenty tries a peer the ranking would not have picked first
 UNMEASURED_SPEED = 0.0
@@ -102,18 +103,25 @@ class Candidate:
     job_features: tuple[str, ...] = ()  # the advert's job-stream extensions
 
 
-def job_mpx_steps(spec: JobSpec) -> float:
+def job_mpx_steps(spec: JobSpec, shape: InputShape | None = None) -> float:
     """Megapixel-steps of work the spec asks for (AI Horde's unit, as priced in adverts).
 
-    Pipelines whose output size depends on an input (image-to-image, upscale,
-    interpolation) are estimated at one megapixel-step: the requester does not
-    decode its own inputs just to price them, and the worker's quote is what binds.
-    The exception is an upscale whose spec declares its input (a video must): one
-    step over every output pixel of every frame.
+    The same count a worker's pool measures its speed in (``lpnode.models._status.mpx_steps``):
+    output pixels × output frames × denoising steps, where image-to-image runs
+    ``int(steps × strength)`` of its steps and the single-pass pipelines count one step.
+    Pipelines whose output size depends on an input need that input's size: an upscale
+    declares it in its spec, image-to-image and frame interpolation in the QuoteRequest's
+    ``input_shape`` (``input_probe.input_shape``). Without it such a job is estimated at one
+    megapixel-step (an older requester), and :func:`work_is_known` says so.
     """
     params = spec.params
     if isinstance(params, UpscaleParams) and params.declared:
         return params.output_pixels() / 1e6
+    if isinstance(params, ImageToImageParams) and shape is not None:
+        steps = max(1, int(params.num_inference_steps * params.strength))
+        return shape.width * shape.height * steps / 1e6
+    if isinstance(params, FrameInterpolationParams) and shape is not None:
+        return shape.width * shape.height * interpolated_frames(shape.frames, params.multiplier) / 1e6
     width = getattr(params, "width", 0)
     height = getattr(params, "height", 0)
     if not (width and height):
@@ -123,16 +131,24 @@ def job_mpx_steps(spec: JobSpec) -> float:
     return width * height * frames * steps / 1e6
 
 
-def work_is_known(spec: JobSpec) -> bool:
+def interpolated_frames(input_frames: int, multiplier: int) -> int:
+    """Frames out of an interpolation: ``multiplier - 1`` new ones between each pair of input frames."""
+    return (input_frames - 1) * multiplier + 1
+
+
+def work_is_known(spec: JobSpec, shape: InputShape | None = None) -> bool:
     """Whether :func:`job_mpx_steps` is the real work, not the one-mpx-step stand-in for input-sized jobs."""
-    if isinstance(spec.params, UpscaleParams) and spec.params.declared:
-        return True
-    return bool(getattr(spec.params, "width", 0) and getattr(spec.params, "height", 0))
+    params = spec.params
+    if isinstance(params, UpscaleParams):
+        return params.declared
+    if isinstance(params, ImageToImageParams | FrameInterpolationParams):
+        return shape is not None
+    return bool(getattr(params, "width", 0) and getattr(params, "height", 0))
 
 
-def job_price(spec: JobSpec, price_per_mpx_step: int) -> int:
+def job_price(spec: JobSpec, price_per_mpx_step: int, shape: InputShape | None = None) -> int:
     """Micro-credits for the job at ``price_per_mpx_step``; the worker quotes the same formula."""
-    return math.ceil(job_mpx_steps(spec) * price_per_mpx_step)
+    return math.ceil(job_mpx_steps(spec, shape) * price_per_mpx_step)
 
 
 def expected_seconds(work_mpx_steps: float, *, speed: float, warm: bool, queue_depth: int) -> float:
@@ -148,24 +164,23 @@ def has_vram(advert: CapabilityAdvert, min_vram_bytes: int) -> bool:
     return any(gpu.kind != "cpu" and gpu.vram_total_bytes >= min_vram_bytes for gpu in advert.gpus)
 
 
-def limits_refusal(limits: ModelLimits | None, spec: JobSpec, image_size: tuple[int, int] | None = None) -> str:
+def limits_refusal(limits: ModelLimits | None, spec: JobSpec, shape: InputShape | None = None) -> str:
     """Why an offer with ``limits`` cannot take ``spec`` ("" if it can, or if it advertises no limits).
 
-    What the spec's parameters say (size, steps, frames), and for image-to-image, whose output is its
-    input's size, ``image_size`` (width, height) when the requester read it from the input's header.
+    What the spec's parameters say (size, steps, frames), and for the pipelines whose output is
+    sized by their input (image-to-image, frame interpolation), ``shape``: the input's size as the
+    requester read it from the file's header.
     """
     if limits is None:
         return ""
     params = spec.params
     if isinstance(params, UpscaleParams):
         return _upscale_refusal(limits, params)
+    if shape is not None and isinstance(params, ImageToImageParams | FrameInterpolationParams):
+        reason = _input_refusal(limits, params, shape)
+        if reason:
+            return reason
     width, height = getattr(params, "width", None), getattr(params, "height", None)
-    if image_size is not None and isinstance(params, ImageToImageParams):
-        in_width, in_height = image_size
-        if max(in_width, in_height) > limits.max_side:
-            return f"input image {in_width}×{in_height} exceeds its {limits.max_side}-pixel side"
-        if in_width * in_height > limits.max_pixels:
-            return f"input image {in_width}×{in_height} exceeds its {limits.max_pixels} pixels"
     if width is not None and height is not None:
         if max(width, height) > limits.max_side:
             return f"{width}×{height} exceeds its {limits.max_side}-pixel side"
@@ -177,6 +192,25 @@ def limits_refusal(limits: ModelLimits | None, spec: JobSpec, image_size: tuple[
     frames = getattr(params, "num_frames", None)
     if frames is not None and frames > limits.max_frames:
         return f"num_frames {frames} exceeds its {limits.max_frames}"
+    return ""
+
+
+def _input_refusal(
+    limits: ModelLimits, params: ImageToImageParams | FrameInterpolationParams, shape: InputShape
+) -> str:
+    """An input-sized job's output against ``limits``, told in what the user sent (the input file)."""
+    what = f"input {'image' if isinstance(params, ImageToImageParams) else 'video'} {shape.width}×{shape.height}"
+    if max(shape.width, shape.height) > limits.max_side:
+        return f"{what} exceeds its {limits.max_side}-pixel side"
+    if shape.width * shape.height > limits.max_pixels:
+        return f"{what} exceeds its {limits.max_pixels} pixels"
+    if isinstance(params, FrameInterpolationParams):
+        frames = interpolated_frames(shape.frames, params.multiplier)
+        if frames > limits.max_frames:
+            return (
+                f"{shape.frames} input frames × multiplier {params.multiplier} make {frames} frames, "
+                f"more than its {limits.max_frames}"
+            )
     return ""
 
 
@@ -200,12 +234,12 @@ def _upscale_refusal(limits: ModelLimits, params: UpscaleParams) -> str:
 
 
 def fit_offers(
-    adverts: Sequence[CapabilityAdvert], spec: JobSpec, image_size: tuple[int, int] | None = None
+    adverts: Sequence[CapabilityAdvert], spec: JobSpec, shape: InputShape | None = None
 ) -> tuple[list[CapabilityAdvert], list[str]]:
     """``adverts`` without the offers whose advertised limits refuse ``spec``, and why each was dropped.
 
     A requester asks only peers whose model can take the job; an offer without limits (an older
-    node) is kept and asked as before. ``image_size``: see :func:`limits_refusal`.
+    node) is kept and asked as before. ``shape``: see :func:`limits_refusal`.
     """
     kept: list[CapabilityAdvert] = []
     dropped: list[str] = []
@@ -213,7 +247,7 @@ def fit_offers(
         models = []
         for offer in advert.models:
             matches = offer in _offers_for(advert, spec)
-            reason = limits_refusal(offer.limits, spec, image_size) if matches else ""
+            reason = limits_refusal(offer.limits, spec, shape) if matches else ""
             if reason:
                 dropped.append(f"{offer.model_id} on {advert.peer_id[-12:]}: {reason}")
             else:
@@ -255,15 +289,20 @@ def rank_candidates(
     min_vram_bytes: int = 0,
     reputation: ReputationView | None = None,
     min_reputation: float = 0.0,
+    input_shape: InputShape | None = None,
 ) -> list[Candidate]:
-    """Peers able to run ``spec`` within ``max_price``, best first, one entry per peer (see the module docstring)."""
+    """Peers able to run ``spec`` within ``max_price``, best first, one entry per peer (see the module docstring).
+
+    ``input_shape``: the input's size, which prices image-to-image and frame interpolation
+    (:func:`job_mpx_steps`); without it they are estimated at one megapixel-step.
+    """
     if not 0.0 <= explore_share <= 1.0:
         raise ValueError(f"explore_share must be in [0, 1], got {explore_share}")
     if not 0.0 <= min_reputation <= 1.0:
         raise ValueError(f"min_reputation must be in [0, 1], got {min_reputation}")
     priority = Priority(priority)
     preferred, avoided = set(prefer), set(avoid)
-    work = job_mpx_steps(spec)
+    work = job_mpx_steps(spec, input_shape)
     pairs: list[Candidate] = []
     for advert in adverts:
         if advert.peer_id in avoided or not has_vram(advert, min_vram_bytes):
@@ -273,7 +312,7 @@ def rank_candidates(
         if reputation is not None and reputation.is_banned(advert.peer_id):
             continue
         for offer in _offers_for(advert, spec):
-            price = job_price(spec, offer.price_per_mpx_step)
+            price = job_price(spec, offer.price_per_mpx_step, input_shape)
             if price > max_price:
                 continue
             score = NEUTRAL_REPUTATION if reputation is None else reputation.score(advert.peer_id, offer.model_id)
@@ -328,6 +367,7 @@ __all__ = [
     "expected_seconds",
     "fit_offers",
     "has_vram",
+    "interpolated_frames",
     "job_mpx_steps",
     "job_price",
     "limits_refusal",

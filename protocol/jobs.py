@@ -29,7 +29,17 @@ from typing import Annotated, Any, TypeAlias
 from .codec import Bound, decode_any, encode, max_frame_bytes, message
 from .envelope import SignedEnvelope, open_envelope, seal
 from .errors import InvalidSignature, MalformedMessage
-from .jobspec import MAX_INPUTS, BlobDescriptor, JobSpec, Sha256Hex, check_hex, check_nonce, check_range
+from .jobspec import (
+    MAX_DECLARED_FRAMES,
+    MAX_DECLARED_SIDE,
+    MAX_INPUTS,
+    BlobDescriptor,
+    JobSpec,
+    Sha256Hex,
+    check_hex,
+    check_nonce,
+    check_range,
+)
 from .signing import NodeKey
 
 MAX_PRICE = 10**15  # micro-credits: a billion credits, far above any job; keeps sums inside int64
@@ -47,6 +57,26 @@ ACCEPT_IN_ADVANCE = "accept_in_advance"  # it honours QuoteRequest.accept
 JOB_FEATURES = (ACCEPT_IN_ADVANCE,)  # what this version's worker speaks
 
 
+@dataclass(frozen=True)
+class InputShape:
+    """The size of a job's input as the requester read it from the file's header, nothing decoded.
+
+    Image-to-image makes an output of its input's size, and frame interpolation's work grows with
+    its input's frames; the spec does not say either (it names the input by hash and byte length
+    only). Declared here, the worker prices, times and bounds such a job when it quotes, before any
+    input is sent, and refuses an input that turns out otherwise.
+    """
+
+    width: int  # pixels (of each frame)
+    height: int  # pixels
+    frames: int  # 1 for an image; a video's frames as counted by the probe (non-empty packets)
+
+    def __post_init__(self) -> None:
+        check_range("width", self.width, 1, MAX_DECLARED_SIDE)
+        check_range("height", self.height, 1, MAX_DECLARED_SIDE)
+        check_range("frames", self.frames, 1, MAX_DECLARED_FRAMES)
+
+
 @message("job_quote_request", max_bytes=32 * 1024)
 @dataclass(frozen=True)
 class QuoteRequest:
@@ -60,6 +90,10 @@ class QuoteRequest:
     # only towards a worker whose advert lists ACCEPT_IN_ADVANCE (an older one would read the inputs
     # as a message out of turn).
     accept: bool = False
+    # The input's size, for the pipelines whose work the spec alone does not fix (image-to-image,
+    # frame interpolation; an upscale declares its input in the spec). Outside the spec, so not
+    # part of the job id: a worker that predates it ignores it and prices such jobs as before.
+    input_shape: InputShape | None = None
 
     def __post_init__(self) -> None:
         check_nonce(self.nonce)
@@ -243,6 +277,7 @@ __all__ = [
     "Accept",
     "Cancel",
     "ErrorCode",
+    "InputShape",
     "JobError",
     "JobMessage",
     "Progress",

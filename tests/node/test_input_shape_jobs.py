@@ -1,0 +1,63 @@
+"""An image-to-image job over the network is priced by its input, and a requester cannot lie about it.
+
+Real tiny-sdxl runs on the in-memory network; the fixtures are ``test_jobs``'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.node.framing import FramedStream
+from lpnode.node.job_requester import JobRequest, build_spec, run_job
+from lpnode.node.job_stream import receive_job_message, send_job_message
+from lpnode.node.job_worker import WorkerConfig
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.peer_choice import job_price
+from lpnode.node.transfer import send_transfer
+from lpnode.protocol.jobs import Accept, ErrorCode, InputShape, JobError, Quote, QuoteRequest
+from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
+from lpnode.protocol.names import JOB_PROTOCOL
+
+from .test_jobs import BOUND_S, MODEL, Peer, peers, png, sees_models
+
+I2I = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 4, 0.0, ""), MODEL, seed=3)
+PRICE = WorkerConfig().price_per_mpx_step
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ModelPool]:
+    async with open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool:
+        yield pool
+
+
+async def test_image_to_image_is_quoted_on_its_input_and_a_smaller_declaration_is_refused(pool: ModelPool) -> None:
+    image = png(128, 64)
+    spec = build_spec(I2I, {"image": image}, 10**7)
+    true_price = job_price(spec, PRICE, InputShape(128, 64, 1))  # 128 × 64 pixels × int(4 × 0.5) steps
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, I2I, {"image": image}, max_price=10_000, deadline_s=BOUND_S)
+
+            # a requester declaring a smaller input than it sends: quoted for the small one, refused on arrival
+            stream = await requester.node.network.open_stream(
+                worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
+            )
+            framed = FramedStream(stream)
+            lie = QuoteRequest(spec, b"m" * 16, 10_000, 60_000, input_shape=InputShape(16, 16, 1))
+            await send_job_message(framed, lie, requester.node.key)
+            quote = await receive_job_message(framed)
+            assert isinstance(quote, Quote)
+            await send_job_message(framed, Accept(quote.quote_id, quote.job_id, spec.inputs), requester.node.key)
+            await send_transfer(framed, image, "image/png")
+            answer = await receive_job_message(framed)
+    assert true_price == 2 and [(a.outcome, a.price) for a in outcome.attempts] == [("done", true_price)]
+    assert quote.price == job_price(spec, PRICE, InputShape(16, 16, 1)) == 1
+    assert isinstance(answer, JobError) and answer.code is ErrorCode.INVALID_INPUT
+    assert "the declared 16x16" in answer.message
+    assert worker.worker is not None and worker.worker.completed == 1 and worker.worker.reservations == set()
