@@ -110,6 +110,8 @@ async def follow(client: LpnodeClient, record: Mapping[str, Any], display: Progr
                         display.progress(event.data)
                     elif event.name == "state":
                         display.state(str(event.data.get("state", "?")))
+                    elif event.name == "attempt":
+                        display.attempt(event.data)
                     elif event.name == "done":
                         display.state(str(event.data.get("state", "?")))
                         return event.data

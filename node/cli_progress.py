@@ -8,9 +8,16 @@ When stderr is a file or a pipe (CI logs, tests) redrawing would leave
 garbage, so a line is written only on a state change, at the first progress
 and at each quarter of the way. No terminal library: plain text, fixed width.
 
-A job whose worker is lost moves to another peer (the requester retries): the
-progress then comes from a new peer and starts over. That is said on a line of
-its own, on a terminal too, so a bar going back is never a mystery::
+A try that fails (refusal, timeout, disconnect, a bad result) moves the job to
+another peer (the requester retries), and its progress starts over there. The
+node's ``attempt`` events say so, and why; the move is said on a line of its own,
+on a terminal too, once the next try starts (so a bar going back is never a mystery)::
+
+    img2vid: 12D3KooW…a1b2c3 failed: disconnected (stream reset); trying 12D3KooW…d4e5f6
+
+A node too old to send ``attempt`` events shows a move only as progress from
+another peer; that is still inferred (with less to say) until the first
+``attempt`` event shows the node sends them::
 
     img2vid: 12D3KooW…a1b2c3 stopped at step 10/20; the job moved to 12D3KooW…d4e5f6
 """
@@ -24,6 +31,7 @@ from lpnode.node.cli_format import short_peer_id
 
 BAR_WIDTH = 20
 QUARTERS = 4  # plain lines at 25%, 50%, 75%, 100%
+DETAIL_CHARS = 100  # of a failed try's detail on its line: the record (`lpnode job ID`) has all of it
 _BOUNDARY = 1e-9  # a workflow fraction this close to a step boundary is on it (float rounding)
 
 
@@ -65,6 +73,8 @@ class ProgressDisplay:
         self._quarter = -1  # last quarter written as a plain line
         self._width = 0  # of the drawn line, to blank leftovers when it shrinks
         self._open = False
+        self._attempt_events = False  # the node sends them: moves are said from them, not inferred from progress
+        self._failed: dict[int, Mapping[str, Any]] = {}  # per image: the try that failed, said when the next starts
 
     def state(self, state: str) -> None:
         if state == self._state:
@@ -75,8 +85,32 @@ class ProgressDisplay:
         else:
             self._line(f"{self._label}: {state}")
 
+    def attempt(self, data: Mapping[str, Any]) -> None:
+        """An ``attempt`` event: a failed try is said, with the peer taking the job, when the next try starts.
+
+        A failure with no try after it is not: the job failed, and its error lists every attempt.
+        """
+        self._attempt_events = True
+        image = data.get("image", 0)
+        image = image if isinstance(image, int) else 0
+        if data.get("stage") == "end" and data.get("ok") is False:
+            self._failed[image] = data
+            return
+        if data.get("stage") != "start" or (failed := self._failed.pop(image, None)) is None:
+            return
+        self.note(f"{self._attempt_label(data)}: {failed_text(failed, data)}")
+        if self._images == 1:
+            self._quarter = -1  # the new try's quarters are shown from its start
+            self._progress = {"peer_id": data.get("peer_id")} if isinstance(data.get("peer_id"), str) else {}
+
+    def _attempt_label(self, data: Mapping[str, Any]) -> str:
+        if self._images == 1:
+            return self._label
+        image = data.get("image")
+        return f"{self._label} image {image + 1 if isinstance(image, int) else '?'}/{self._images}"
+
     def progress(self, progress: Mapping[str, Any]) -> None:
-        if moved := self._moved_text(progress):
+        if not self._attempt_events and (moved := self._moved_text(progress)):
             self.note(moved)
             self._quarter = -1  # the new try's quarters are shown from its start
         self._progress = dict(progress)
@@ -133,6 +167,18 @@ class ProgressDisplay:
         self._out.flush()
 
 
+def failed_text(failed: Mapping[str, Any], next_try: Mapping[str, Any]) -> str:
+    """``12D3KooW…a1b2c3 failed: disconnected (stream reset); trying 12D3KooW…d4e5f6``."""
+    peer, after = str(failed.get("peer_id", "?")), str(next_try.get("peer_id", "?"))
+    detail = " ".join(str(failed.get("detail") or "").split())  # one line, whatever the worker wrote
+    detail = detail.replace(peer, short_peer_id(peer))  # network errors name the peer in full
+    if len(detail) > DETAIL_CHARS:
+        detail = detail[: DETAIL_CHARS - 1] + "…"
+    why = str(failed.get("outcome") or "failed") + (f" ({detail})" if detail else "")
+    trying = f"asking {short_peer_id(after)} again" if after == peer else f"trying {short_peer_id(after)}"
+    return f"{short_peer_id(peer)} failed: {why}; {trying}"
+
+
 class WorkflowProgress(ProgressDisplay):
     """A workflow's progress shown per step.
 
@@ -145,6 +191,13 @@ class WorkflowProgress(ProgressDisplay):
         super().__init__(out, self._step_label(0, pipelines), tty=tty)
         self._pipelines = list(pipelines) or ["?"]
         self._index = 0
+
+    def _attempt_label(self, data: Mapping[str, Any]) -> str:
+        """The step the try belongs to (``workflow_step``, from 1), whichever step the bar shows."""
+        step = data.get("workflow_step")
+        if not isinstance(step, int) or step < 1:
+            return self._label
+        return self._step_label(step - 1, self._pipelines)
 
     @staticmethod
     def _step_label(index: int, pipelines: Sequence[str]) -> str:
@@ -167,4 +220,4 @@ class WorkflowProgress(ProgressDisplay):
         super().progress({**progress, "fraction": overall - index})
 
 
-__all__ = ["ProgressDisplay", "WorkflowProgress", "bar_text"]
+__all__ = ["ProgressDisplay", "WorkflowProgress", "bar_text", "failed_text"]

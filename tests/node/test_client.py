@@ -118,7 +118,7 @@ async def test_client_runs_jobs_sync_and_async_and_follows_their_events(pool: Mo
     assert image.startswith(b"\x89PNG") and by_hash == image
     assert verify_receipt(base64.b64decode(done["jobs"][0]["receipt"])).outputs[0].sha256 == sha(image)
     names = [event.name for event in events]
-    assert names[-1] == "done" and set(names) <= {"progress", "state", "done"}
+    assert names[-1] == "done" and set(names) <= {"progress", "state", "attempt", "done"}
     assert events[-1].data == final and final["state"] == "succeeded"
     assert final["request"]["prefer"] == [worker.peer_id] and final["request"]["strength"] == 0.5
     assert verify_receipt(receipt).worker_peer_id == worker.peer_id
