@@ -211,7 +211,9 @@ def jobs_router(
 
     @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse)
     async def job_events(job_id: JobId) -> StreamingResponse:
-        """Server-sent events: `progress`, `state` on each change, then `done` with the final record."""
+        """Server-sent events: `progress`, `state` on each change, `attempt` as each try on a worker starts
+        (`stage` start: `image`, `attempt`, `peer_id`, `model_id`) and ends (`stage` end, also `ok`, `outcome`,
+        `detail`, `price`: the record's attempt entry), then `done` with the final record."""
         await manager.get(job_id)  # 404 before the stream starts
 
         async def stream() -> AsyncIterator[bytes]:
