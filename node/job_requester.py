@@ -34,7 +34,7 @@ import trio
 from lpnode.protocol.errors import (
     LpnodeError,
 )
-from lpnode.protocol.jobs import RefusalReason
+from lpnode.protocol.jobs import InputShape, RefusalReason
 from lpnode.protocol.jobspec import (
     IMAGE_PNG,
     VIDEO_MP4,
@@ -70,6 +70,7 @@ from .peer_choice import (
     ReputationView,
     describe_offers,
     fit_offers,
+    job_mpx_steps,
     rank_candidates,
 )
 from .spare_streams import SpareStreams
@@ -110,6 +111,12 @@ class JobOutcome:
     receipt: Receipt
     receipt_bytes: bytes  # as signed, for storage and `lpnode receipt verify`
     attempts: tuple[Attempt, ...]  # every try, the successful one last
+    input_shape: InputShape | None = None  # the input's size as declared to the worker, where it sizes the job
+
+    @property
+    def work_mpx_steps(self) -> float:
+        """The job's work as the worker priced it (``peer_choice.job_mpx_steps``)."""
+        return job_mpx_steps(self.spec, self.input_shape)
 
 
 class JobFailed(LpnodeError):
@@ -320,6 +327,7 @@ async def run_job(
                     receipt=outcome[0],
                     receipt_bytes=try_.machine.receipt_bytes,
                     attempts=tuple(attempts),
+                    input_shape=try_.machine.request.input_shape,
                 )
             if (refusal := try_.machine.refusal) is not None and refusal.reason is RefusalReason.BUSY:
                 busy.append(candidate)

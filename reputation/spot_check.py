@@ -44,7 +44,6 @@ from typing import Any
 import trio
 from lpnode.node.daemon import Node
 from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, ProgressCallback
-from lpnode.node.peer_choice import job_mpx_steps
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobs import Progress
@@ -197,7 +196,7 @@ class SpotChecker:
             plan = method.plan(job_context, self.rng)
         check = plan is not None and plan.copies > 0 and not isinstance(method, Redundant)
         skipped = check and (plan is None or not plan.peers or self._pending >= self.max_pending)
-        self._note_soon(first, family, job_mpx_steps(outcome.spec), skipped=skipped)
+        self._note_soon(first, family, outcome.work_mpx_steps, skipped=skipped)
         if plan is None:
             return outcome
         if isinstance(method, Redundant):
@@ -366,7 +365,7 @@ class SpotChecker:
             log.info("check copy of job %s on %s failed: %s", first.job_id[:12], peer, exc)
             await self.reputation.note_check_compute(0, 0.0, skipped=1)
             return None
-        await self.reputation.note_check_compute(1, job_mpx_steps(outcome.spec))
+        await self.reputation.note_check_compute(1, outcome.work_mpx_steps)
         if outcome.spec != first.spec:  # cannot happen through run_job; a guard for other runners
             log.warning("check copy of job %s ran another spec; dropped", first.job_id[:12])
             return None
