@@ -123,7 +123,9 @@ PIPELINE_COMMANDS = {
                 "--decode-chunk-size",
             ),
         ),
-        PipelineCommand("upscale", "upscale", "image", "upscale an image", ("--scale", "--prompt")),
+        PipelineCommand(
+            "upscale", "upscale", "image", "upscale an image, or an MP4 frame by frame", ("--scale", "--prompt")
+        ),
         PipelineCommand(
             "interpolate", "frame-interpolation", "video", "add frames between a video's frames", ("--multiplier",)
         ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ def add_reputation_command(commands: Any, common: argparse.ArgumentParser) -> No
         "reputation", parents=[common], help="show peers' scores, evidence and bans, or export the evidence"
     )
     sub.add_argument("peer", nargs="?", metavar="PEER | export", help="one peer's detail, or 'export'")
-    sub.add_argument("-o", "--output", type=Path, help="with export: the JSON file to write")
+    sub.add_argument("-o", "--output", type=Path, help="with export: the JSON file to write ('-': standard output)")
     sub.add_argument("--json", action="store_true", help="print the RPC API's JSON instead of a table")
 
 
@@ -92,8 +93,11 @@ def cmd_reputation(args: argparse.Namespace, data_dir: Path) -> int:
     from lpnode.node.client import LpnodeClient
 
     if args.peer == EXPORT and args.output is None:
-        raise ConfigError("lpnode reputation export needs -o FILE")
-    if args.peer == EXPORT:
+        raise ConfigError("reputation export needs -o FILE (or -o - for standard output)")
+    if args.peer != EXPORT and args.output is not None:
+        raise ConfigError("-o is for `lpnode reputation export -o FILE`; a table or --json goes to standard output")
+    to_stdout = args.peer == EXPORT and str(args.output) == "-"  # as every Unix tool takes it, not a file named "-"
+    if args.peer == EXPORT and not to_stdout:
         check_output(args.output)  # before asking the node for every evidence row
 
     async def ask() -> dict[str, Any]:
@@ -106,7 +110,10 @@ def cmd_reputation(args: argparse.Namespace, data_dir: Path) -> int:
             return await client._get("/v1/reputation")
 
     answer = trio.run(ask)
-    if args.peer == EXPORT:
+    if to_stdout:
+        print(json.dumps(answer, indent=1))
+        print(f"{len(answer['evidence'])} evidence rows written to standard output", file=sys.stderr)
+    elif args.peer == EXPORT:
         write_file(args.output, json.dumps(answer, indent=1).encode())
         print(f"{len(answer['evidence'])} evidence rows written to {args.output}")
     elif args.json:
