@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -64,14 +65,28 @@ class NodeConfig:
     max_rpc_jobs: int = 64  # RPC requests queued or running at once; more are refused (HTTP 429)
     spare_stream_ttl_s: float = 5.0  # keep a job stream open ahead to each worker in use this long; 0 = off
 
-    def validate(self) -> NodeConfig:
-        """Return self if every value is sane; raise ConfigError otherwise."""
+    def validate(self, sources: Mapping[str, str] | None = None) -> NodeConfig:
+        """Return self if every value is sane; raise ConfigError otherwise.
+
+        ``sources`` maps a setting to where its value came from (a file, ``$LPNODE_X``, the command line):
+        a refusal names it, so the user knows which of the merged sources to fix.
+        """
+        try:
+            return self._validate()
+        except ConfigError as exc:
+            setting = str(exc).split(":", 1)[0].split(" ", 1)[0]
+            where = (sources or {}).get(setting)
+            if where is None or "(from " in str(exc):
+                raise
+            raise ConfigError(f"{exc} (from {where})") from None
+
+    def _validate(self) -> NodeConfig:
         for addr in (*self.listen, *self.bootstrap):
             if not addr.startswith("/"):
                 raise ConfigError(f"{addr!r} is not a multiaddr (expected e.g. /ip4/127.0.0.1/tcp/9471)")
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
-                raise ConfigError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
+                raise ConfigError(f"bootstrap: address {addr!r} must end in /p2p/<peer id>")
         if not self.listen:
             raise ConfigError("listen: at least one address is needed")
         host = self.rpc_host
@@ -169,16 +184,22 @@ def load_config(
     values mean "not given" and are skipped.
     """
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if config_file is not None:
-        values.update(_from_toml(config_file))
-    values.update(_from_env(env or {}))
+        from_file = _from_toml(config_file)
+        values.update(from_file)
+        sources.update(dict.fromkeys(from_file, str(config_file)))
+    from_env = _from_env(env or {})
+    values.update(from_env)
+    sources.update({name: f"$LPNODE_{name.upper()}" for name in from_env})
     for name, value in (flags or {}).items():
         if value is None:
             continue
         if name not in _FIELDS:
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _coerce(name, value, "command line")
-    return NodeConfig(**values).validate()
+        sources[name] = "command line"
+    return NodeConfig(**values).validate(sources)
 
 
 def _from_toml(path: Path) -> dict[str, Any]:
@@ -214,6 +235,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         hint = Path
     try:
         if hint is Path:
+            if not isinstance(value, str | os.PathLike) or not str(value).strip():
+                raise ValueError(f"{value!r} is not a path")  # Path(5) is a TypeError, Path("") the current dir
             return Path(value).expanduser()
         if hint is bool:
             if isinstance(value, bool):
