@@ -81,9 +81,9 @@ class NodeConfig:
             raise ConfigError(f"{exc} (from {where})") from None
 
     def _validate(self) -> NodeConfig:
-        for addr in (*self.listen, *self.bootstrap):
-            if not addr.startswith("/"):
-                raise ConfigError(f"{addr!r} is not a multiaddr (expected e.g. /ip4/127.0.0.1/tcp/9471)")
+        for key, addrs in (("listen", self.listen), ("bootstrap", self.bootstrap)):
+            for addr in addrs:
+                _check_multiaddr(key, addr)
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
                 raise ConfigError(f"bootstrap: address {addr!r} must end in /p2p/<peer id>")
@@ -147,6 +147,22 @@ class NodeConfig:
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+
+
+def _check_multiaddr(key: str, addr: str) -> None:
+    """Refuse at start what the network layer would only refuse later: a bootstrap address with a mistyped
+    peer id was retried, and logged as unreachable, every few seconds for as long as the node ran."""
+    from multiaddr import Multiaddr  # light (~10 ms); py-libp2p's own parser, so what passes here dials there
+
+    if not addr.startswith("/"):
+        raise ConfigError(f"{key}: {addr!r} is not a multiaddr (expected e.g. /ip4/127.0.0.1/tcp/9471)")
+    try:
+        Multiaddr(addr)
+    except Exception as exc:  # multiaddr raises several unrelated types (StringParseError, ValueError, ...)
+        reason = str(exc).split(" (string: ", 1)[0]  # its message repeats the address, twice
+        if reason.startswith("Invalid MultiAddr '"):
+            reason = reason.split("': ", 1)[-1]
+        raise ConfigError(f"{key}: {addr!r} is not a valid multiaddr ({reason})") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,17 @@ def test_a_path_setting_that_is_not_a_path_is_refused_in_words(tmp_path: Path, v
         config.write_text(f"{name} = {value}\n")
         with pytest.raises(ConfigError, match=rf"^{name} \(from {config}\): .* is not a path$"):
             load_config(config_file=config)
+
+
+@pytest.mark.parametrize(
+    ("setting", "address", "why"),
+    [
+        ("bootstrap", "/ip4/192.0.2.7/tcp/9471/p2p/12D3KooW...", "Invalid CID: 12D3KooW..."),
+        ("listen", "/ip4/127.0.0.1/tcp/99999", "integer not in range"),
+        ("listen", "/ip4/300.1.1.1/tcp/1", "is not IPv4"),
+    ],
+)
+def test_a_multiaddr_that_cannot_be_dialled_or_bound_is_refused_at_start(setting: str, address: str, why: str) -> None:
+    # the README sample's placeholder peer id was accepted, then "unreachable ... retrying" every 8 s for ever
+    with pytest.raises(ConfigError, match=rf"^{setting}: '{re.escape(address)}' is not a valid multiaddr \(.*{why}"):
+        load_config(flags={setting: (address,)})
