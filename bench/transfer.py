@@ -12,6 +12,9 @@ connection between them. Each measurement opens a fresh stream on it and moves
   checks, sha256 of what arrived, the payload joined into one ``bytes``).
 * **transfer, sha256 given**: the same with the hash passed in, as a worker
   sending outputs whose hashes its receipt already holds does.
+* **stock frames**: "sha256 given" with py-libp2p's own 64 KiB yamux frames, each
+  of which leaves as two Noise messages (``node/network/_yamux_frames.py``); the
+  other modes run with lpnode's frames, which fit one.
 
 Time runs from the first send to the listener holding the whole payload
 (``trio.current_time()``, monotonic). The three alternate within each
@@ -21,6 +24,7 @@ processes would reach; the ratio is the point.
 
     python bench/transfer.py                       # 50 MB, chunks 64 KiB / 256 KiB / 1 MiB, 5 rounds
     python bench/transfer.py --mb 20 --rounds 3 --chunks 262144
+    python bench/transfer.py --mb 0.653 --rounds 41 --chunks 262144   # one 512² PNG output, as bench/e2e.py's
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from functools import partial
 
 import trio
 from lpnode.node.framing import FramedStream
+from lpnode.node.network._yamux_frames import STOCK_MAX_FRAME_BYTES, fit_frames_to_noise
 from lpnode.node.network.base import ByteStream, Network
 from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
 from lpnode.node.transfer import TransferLimits, receive_transfer, send_transfer
@@ -82,7 +87,7 @@ async def _measure(
     return end - start
 
 
-async def run(mb: float, chunks: list[int], rounds: int) -> list[tuple[int, float, float, float]]:
+async def run(mb: float, chunks: list[int], rounds: int) -> list[tuple[int, float, float, float, float]]:
     data = os.urandom(int(mb * 1e6))
     digest = hashlib.sha256(data).digest()
     config = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)
@@ -94,12 +99,18 @@ async def run(mb: float, chunks: list[int], rounds: int) -> list[tuple[int, floa
         for chunk in chunks:
             measure = partial(_measure, client, server, data, chunk)
             await measure(True, None)  # warm-up: first stream, allocator, yamux windows
-            raw, framed, known = [], [], []
+            raw, framed, known, stock = [], [], [], []
             for _ in range(rounds):
                 raw.append(await measure(False, None))
                 framed.append(await measure(True, None))
                 known.append(await measure(True, digest))
-            rows.append((chunk, statistics.median(raw), statistics.median(framed), statistics.median(known)))
+                fit_frames_to_noise(STOCK_MAX_FRAME_BYTES)
+                try:
+                    stock.append(await measure(True, digest))
+                finally:
+                    fit_frames_to_noise()
+            medians = (statistics.median(times) for times in (raw, framed, known, stock))
+            rows.append((chunk, *medians))
     return rows
 
 
@@ -114,13 +125,15 @@ def main() -> None:
     print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(
-        "\n| chunk | raw send_all MB/s | transfer MB/s (ratio) | transfer, sha256 given MB/s (ratio) |\n|---|---|---|---|"
+        "\n| chunk | raw send_all MB/s | transfer MB/s (ratio) | transfer, sha256 given MB/s (ratio) "
+        "| the same, stock yamux frames MB/s (ratio) | sha256 given, ms: ours / stock |\n|---|---|---|---|---|---|"
     )
     size = args.mb * 1e6
-    for chunk, raw_s, framed_s, known_s in rows:
-        raw, framed, known = (size / t / 1e6 for t in (raw_s, framed_s, known_s))
+    for chunk, raw_s, framed_s, known_s, stock_s in rows:
+        raw, framed, known, stock = (size / t / 1e6 for t in (raw_s, framed_s, known_s, stock_s))
         print(
-            f"| {chunk // 1024} KiB | {raw:.0f} | {framed:.0f} ({raw_s / framed_s:.2f}) | {known:.0f} ({raw_s / known_s:.2f}) |"
+            f"| {chunk // 1024} KiB | {raw:.0f} | {framed:.0f} ({raw_s / framed_s:.2f}) | {known:.0f} ({raw_s / known_s:.2f})"
+            f" | {stock:.0f} ({raw_s / stock_s:.2f}) | {known_s * 1e3:.2f} / {stock_s * 1e3:.2f} |"
         )
 
 

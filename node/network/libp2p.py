@@ -11,7 +11,8 @@ in the ``_libp2p_*`` helpers, never worked around by callers:
 - connection health pings drop a frozen peer within seconds instead of 60–90;
 - inbound streams are bounded and a crashing handler costs only its stream
   (``_libp2p_stream``);
-- leaving the context closes the host explicitly (py-libp2p leaks otherwise).
+- leaving the context closes the host explicitly (py-libp2p leaks otherwise);
+- a yamux data frame fits in one Noise message, not two (``_yamux_frames``).
 
 Usage::
 
@@ -54,6 +55,7 @@ from ._libp2p_mdns import serve_mdns
 from ._libp2p_pubsub import LpnodePubsub, make_router
 from ._libp2p_stream import TRANSPORT_ERRORS, InboundHandlerRoot, Libp2pStream
 from ._multiselect import PipelinedMultiselectClient
+from ._yamux_frames import fit_frames_to_noise
 from .base import (
     ByteStream,
     ConnectionEvent,
@@ -447,6 +449,7 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
         min_connections=0,
         low_watermark=0,
     )
+    fit_frames_to_noise()
     host = new_host(
         key_pair=key_pair,
         # Only Noise: new_host's default also accepts plaintext and secio.

@@ -397,3 +397,53 @@ async def test_a_listen_port_another_process_holds_is_refused() -> None:
             with pytest.raises(NetworkError, match="another process holds that port"):
                 async with open_libp2p_network(deterministic_key(5), taken):
                     pass
+
+
+async def test_a_yamux_frame_travels_as_one_noise_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """py-libp2p's 64 KiB yamux frames overflow a Noise message (65,519 bytes) and went out as two,
+    the second 17 bytes; ours fit one (``_yamux_frames``), and the bytes arrive as sent."""
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
+    from lpnode.node.network._yamux_frames import STOCK_MAX_FRAME_BYTES, fit_frames_to_noise
+
+    sent: list[tuple[int, int]] = []  # (channel, plaintext length) of every Noise message
+    encrypt = NoiseTransportReadWriter.encrypt
+
+    def counting(self: NoiseTransportReadWriter, data: bytes) -> bytes:
+        sent.append((id(self), len(data)))
+        return encrypt(self, data)
+
+    monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", counting)
+    payload = secrets.token_bytes(300_000)
+
+    async def messages_for_payload(node: Libp2pNetwork, peer: str) -> list[int]:
+        stream = await node.open_stream(peer, "/lpnode/test-frames/1")
+        sent.clear()
+        await stream.send_all(payload)
+        (channel,) = {c for c, n in sent if n > 60_000}  # the sender's side of the connection
+        return [n for c, n in sent if c == channel]
+
+    received = bytearray()
+    done = trio.Event()
+
+    async def sink(stream: ByteStream) -> None:
+        while chunk := await stream.receive_some(1 << 16):
+            received.extend(chunk)
+            if len(received) % len(payload) == 0:
+                done.set()
+
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK, LOOPBACK) as (a, b):
+            b.set_stream_handler("/lpnode/test-frames/1", sink)
+            await a.connect(b.listen_addrs()[0])
+            ours = await messages_for_payload(a, b.local_peer)
+            await done.wait()
+            done = trio.Event()
+            fit_frames_to_noise(STOCK_MAX_FRAME_BYTES)  # py-libp2p as shipped, for comparison
+            try:
+                stock = await messages_for_payload(a, b.local_peer)
+                await done.wait()
+            finally:
+                fit_frames_to_noise()
+    assert max(ours) <= MAX_PLAINTEXT_LENGTH and len(ours) == 5  # ceil(300,000 / 65,507)
+    assert len(stock) == 9 and stock.count(17) == 4  # 4 full frames, each split (65,519 + 17), and the rest
+    assert bytes(received) == payload * 2
