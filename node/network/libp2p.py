@@ -12,7 +12,8 @@ in the ``_libp2p_*`` helpers, never worked around by callers:
 - inbound streams are bounded and a crashing handler costs only its stream
   (``_libp2p_stream``);
 - leaving the context closes the host explicitly (py-libp2p leaks otherwise);
-- a yamux data frame fits in one Noise message, not two (``_yamux_frames``).
+- a yamux data frame fits in one Noise message, and window updates come once half the
+  window is read, not after every read (``_yamux_tuning``).
 
 Usage::
 
@@ -55,7 +56,7 @@ from ._libp2p_mdns import serve_mdns
 from ._libp2p_pubsub import LpnodePubsub, make_router
 from ._libp2p_stream import TRANSPORT_ERRORS, InboundHandlerRoot, Libp2pStream
 from ._multiselect import PipelinedMultiselectClient
-from ._yamux_frames import fit_frames_to_noise
+from ._yamux_tuning import tune_yamux
 from .base import (
     ByteStream,
     ConnectionEvent,
@@ -449,7 +450,7 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
         min_connections=0,
         low_watermark=0,
     )
-    fit_frames_to_noise()
+    tune_yamux()
     host = new_host(
         key_pair=key_pair,
         # Only Noise: new_host's default also accepts plaintext and secio.

@@ -30,6 +30,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.tools.anyio_service import background_trio_service
+from lpnode.node.network._libp2p_stream import Libp2pStream
 from lpnode.node.network.base import ByteStream, ConnectionEventKind, GossipMessage
 from lpnode.node.network.libp2p import Libp2pConfig, Libp2pNetwork, open_libp2p_network
 from lpnode.protocol.errors import NetworkError, PeerUnreachable, StreamClosed
@@ -399,51 +400,65 @@ async def test_a_listen_port_another_process_holds_is_refused() -> None:
                     pass
 
 
-async def test_a_yamux_frame_travels_as_one_noise_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    """py-libp2p's 64 KiB yamux frames overflow a Noise message (65,519 bytes) and went out as two,
-    the second 17 bytes; ours fit one (``_yamux_frames``), and the bytes arrive as sent."""
+async def test_yamux_frames_fit_one_noise_message_and_window_updates_come_per_half_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """py-libp2p's 64 KiB yamux frames overflow a Noise message (65,519 bytes) and went out as two, the
+    second 17 bytes, and its receiver credited the sender after every read; ours (``_yamux_tuning``) send
+    one message per frame and a window update per half window read, and the bytes arrive as sent."""
     from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
-    from lpnode.node.network._yamux_frames import STOCK_MAX_FRAME_BYTES, fit_frames_to_noise
+    from libp2p.stream_muxer.yamux.yamux import TYPE_WINDOW_UPDATE
+    from lpnode.node.network._yamux_tuning import tune_yamux
 
-    sent: list[tuple[int, int]] = []  # (channel, plaintext length) of every Noise message
+    sent: list[tuple[int, int, bytes]] = []  # (channel, plaintext length, its first bytes) per Noise message
     encrypt = NoiseTransportReadWriter.encrypt
 
-    def counting(self: NoiseTransportReadWriter, data: bytes) -> bytes:
-        sent.append((id(self), len(data)))
+    def recording(self: NoiseTransportReadWriter, data: bytes) -> bytes:
+        sent.append((id(self), len(data), bytes(data[:2])))
         return encrypt(self, data)
 
-    monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", counting)
-    payload = secrets.token_bytes(300_000)
-
-    async def messages_for_payload(node: Libp2pNetwork, peer: str) -> list[int]:
-        stream = await node.open_stream(peer, "/lpnode/test-frames/1")
-        sent.clear()
-        await stream.send_all(payload)
-        (channel,) = {c for c, n in sent if n > 60_000}  # the sender's side of the connection
-        return [n for c, n in sent if c == channel]
-
+    monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", recording)
+    payload = secrets.token_bytes(653_000)  # a 512² PNG output's size
     received = bytearray()
-    done = trio.Event()
+    arrived = trio.Event()
+    windows: list[int] = []  # each receiving stream's target window once the payload is in
 
     async def sink(stream: ByteStream) -> None:
         while chunk := await stream.receive_some(1 << 16):
             received.extend(chunk)
             if len(received) % len(payload) == 0:
-                done.set()
+                assert isinstance(stream, Libp2pStream)
+                windows.append(stream._stream.muxed_stream.target_recv_window)  # type: ignore[attr-defined]
+                arrived.set()
+
+    async def send_once(node: Libp2pNetwork, peer: str) -> tuple[list[int], int]:
+        """(sizes of the sender's Noise messages, window updates the receiver sent) for one payload."""
+        nonlocal arrived
+        stream = await node.open_stream(peer, "/lpnode/test-frames/1")
+        arrived = trio.Event()
+        sent.clear()
+        await stream.send_all(payload)
+        await arrived.wait()
+        (sender,) = {channel for channel, size, _ in sent if size > 60_000}
+        sizes = [size for channel, size, _ in sent if channel == sender]
+        updates = sum(
+            1 for channel, size, head in sent if channel != sender and head[1:] == bytes([TYPE_WINDOW_UPDATE])
+        )
+        return sizes, updates
 
     with trio.fail_after(DEADLINE):
         async with _nodes(LOOPBACK, LOOPBACK) as (a, b):
             b.set_stream_handler("/lpnode/test-frames/1", sink)
             await a.connect(b.listen_addrs()[0])
-            ours = await messages_for_payload(a, b.local_peer)
-            await done.wait()
-            done = trio.Event()
-            fit_frames_to_noise(STOCK_MAX_FRAME_BYTES)  # py-libp2p as shipped, for comparison
+            ours, our_updates = await send_once(a, b.local_peer)
+            tune_yamux(False)  # py-libp2p as shipped, for comparison
             try:
-                stock = await messages_for_payload(a, b.local_peer)
-                await done.wait()
+                stock, stock_updates = await send_once(a, b.local_peer)
             finally:
-                fit_frames_to_noise()
-    assert max(ours) <= MAX_PLAINTEXT_LENGTH and len(ours) == 5  # ceil(300,000 / 65,507)
-    assert len(stock) == 9 and stock.count(17) == 4  # 4 full frames, each split (65,519 + 17), and the rest
+                tune_yamux()
     assert bytes(received) == payload * 2
+    # ceil(653,000 / 65,507) frames, one Noise message each, none split
+    assert MAX_PLAINTEXT_LENGTH == 65_519 and sum(size > 1000 for size in ours) == 10 and 17 not in ours
+    assert stock.count(17) == 9  # 9 full frames of 65,524 bytes, each split in two (65,519 + 17)
+    assert our_updates <= 3 and stock_updates >= 8  # 2 and 10 when written
+    assert windows[0] > 256 * 1024  # the receive window still auto-tunes upwards, for long round trips
