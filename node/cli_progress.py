@@ -59,7 +59,7 @@ def _fraction(progress: Mapping[str, Any]) -> float:
 
 
 class ProgressDisplay:
-    """Draws one job's progress; feed it :meth:`state` and :meth:`progress`, then :meth:`close`."""
+    """Draws one job's progress; feed it :meth:`state`, :meth:`progress` and :meth:`attempt`, then :meth:`close`."""
 
     def __init__(self, out: TextIO, label: str, *, tty: bool | None = None, images: int = 1) -> None:
         self._out = out
@@ -74,7 +74,8 @@ class ProgressDisplay:
         self._width = 0  # of the drawn line, to blank leftovers when it shrinks
         self._open = False
         self._attempt_events = False  # the node sends them: moves are said from them, not inferred from progress
-        self._failed: dict[int, Mapping[str, Any]] = {}  # per image: the try that failed, said when the next starts
+        # per network job (workflow step, image): the try that failed, said when the next one starts
+        self._failed: dict[tuple[object, object], Mapping[str, Any]] = {}
 
     def state(self, state: str) -> None:
         if state == self._state:
@@ -91,12 +92,11 @@ class ProgressDisplay:
         A failure with no try after it is not: the job failed, and its error lists every attempt.
         """
         self._attempt_events = True
-        image = data.get("image", 0)
-        image = image if isinstance(image, int) else 0
+        job = (data.get("workflow_step"), data.get("image"))  # one network job: its tries follow each other
         if data.get("stage") == "end" and data.get("ok") is False:
-            self._failed[image] = data
+            self._failed[job] = data
             return
-        if data.get("stage") != "start" or (failed := self._failed.pop(image, None)) is None:
+        if data.get("stage") != "start" or (failed := self._failed.pop(job, None)) is None:
             return
         self.note(f"{self._attempt_label(data)}: {failed_text(failed, data)}")
         if self._images == 1:
