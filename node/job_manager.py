@@ -13,9 +13,10 @@ cancels the task's scope: the requester's ``finally`` tells the worker, which
 frees its reservation. A node that stops mid-job saves the record as
 ``interrupted`` (and a restarted node marks any record left unfinished so).
 
-Progress goes to any number of listeners (:meth:`JobManager.listen`). Each has
-a bounded buffer: a slow listener loses progress events, never ``state`` or
-``done`` (there are only a handful of those per job).
+Progress, and each try's start and end on a peer (``attempt``), go to any number of
+listeners (:meth:`JobManager.listen`). Each has a bounded buffer: a slow listener
+loses progress events first, attempt events only past a bound of their own, never
+``state`` or ``done`` (there are only a handful of those per job).
 
 The parts live beside it: the record book and output sink in :mod:`job_book`,
 listeners in :mod:`job_events`, the runner in :mod:`job_runner`, the record's
