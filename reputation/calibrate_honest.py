@@ -345,6 +345,15 @@ def _bound(k: int, n: int) -> str:
     return f"{k}/{n} | {100 * clopper_pearson_upper(k, n):.3f} %" if n else f"{k}/0 | –"
 
 
+def _runs_per_job(pairs: Sequence[PairResult]) -> str:
+    """Runs per job: one number, or the range where pooled shards ran different sets."""
+    names: dict[int, set[str]] = defaultdict(set)
+    for p in pairs:
+        names[p.job] |= {p.a, p.b}
+    sizes = {len(n) for n in names.values()} or {0}
+    return str(min(sizes)) if len(sizes) == 1 else f"{min(sizes)}–{max(sizes)}"
+
+
 def honest_tables(sample: HonestSample) -> list[str]:
     """Markdown: per pipeline counts, verdicts and worst metrics; then the rate bounds."""
     lines = [
@@ -356,7 +365,7 @@ def honest_tables(sample: HonestSample) -> list[str]:
     for pipeline, jobs in sample.jobs.items():
         pairs = [p for p in sample.pairs if p.pipeline is pipeline]
         vs_ref = [p for p in pairs if REFERENCE in (p.a, p.b)]
-        runs = len({p.a for p in pairs} | {p.b for p in pairs})
+        runs = _runs_per_job(pairs)
         ssim_w, ssim_m, phash, psnr = _worst(pairs)
         lines.append(
             f"| {pipeline.value} | {jobs} | {runs} | {len(vs_ref)} | {_counts(vs_ref)} | {len(pairs)} | "
