@@ -29,6 +29,7 @@ def requester_runner(
     reputation: ReputationView | None = None,
     rng: random.Random | None = None,
     spares: SpareStreams | None = None,
+    check_output_size: bool = True,
 ) -> JobRunner:
     """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
 
@@ -36,6 +37,7 @@ def requester_runner(
     ``reputation`` (the reputation store) steers the ranking: banned peers are never chosen.
     ``rng`` drives the ranking's exploration (seeded in tests; default: one per job).
     ``spares`` keeps a job stream open ahead to the workers in use (``spare_streams``).
+    ``check_output_size``: see ``run_job`` (off only in simulations).
     """
 
     async def run(
@@ -58,6 +60,7 @@ def requester_runner(
             min_reputation=options.min_reputation or 0.0,
             rng=rng,
             on_progress=on_progress,
+            check_output_size=check_output_size,
             spares=spares,
         )
 

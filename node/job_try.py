@@ -26,6 +26,7 @@ from .daemon import Node
 from .framing import FramedStream, FramingConfig
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream
+from .output_check import expected_size, output_problem
 from .peer_choice import Candidate, work_is_known
 from .spare_streams import SpareStreams
 from .transfer import TransferLimits, receive_transfer, send_transfer
@@ -44,6 +45,7 @@ CANCEL_GRACE_S = 1.0  # time given to telling a worker we gave up
 # yamux window, so sending them never blocks on a worker that is not reading.
 ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES = 32 * 1024
 QUOTE_ABOVE_ADVERT = "violation:quote_above_advert"  # a quote dearer than the peer's advert says: not accepted
+BAD_OUTPUT = "violation:bad_output"  # a signed output that is not the file the job asked for (output_check)
 
 ProgressCallback = Callable[[str, Progress], None]  # (worker peer id, latest progress)
 # When a worker was lost, as people read it (an attempt's detail): how far the job had got there, as far as
@@ -129,6 +131,7 @@ class CandidateTry:
         self.spares: SpareStreams | None = None  # take the worker's spare stream, and open the next one
         self.take_spare = True  # False: open a stream now even if a spare is held
         self.on_spare = False  # this try runs on a spare stream (opened before the job)
+        self.check_output_size = True  # False: outputs are checked for structure only (simnet's stand-ins)
 
     def attempt(self) -> Attempt:
         machine = self.machine
@@ -243,6 +246,9 @@ class CandidateTry:
                 # receive_transfer hashed every byte it returns and checked that hash against the header's:
                 # the header's hash is the hash of these bytes, no need to hash them a second time
                 received.append(got.header.sha256.hex())
+            if problem := await self._output_problem(receipt, outputs):
+                self._end(BAD_OUTPUT, problem)
+                return None
             # The machine checks those hashes against the receipt, so "done" is only ever reached
             # through the signed hashes.
             await self._apply(machine.outputs_received(received, self.now()))
@@ -256,6 +262,19 @@ class CandidateTry:
             self._end("disconnected", f"while receiving outputs: {exc}")
             return None
         return receipt, tuple(outputs)
+
+    async def _output_problem(self, receipt: Receipt, outputs: list[bytes]) -> str:
+        """Why an output is not the file the job asked for ("" if none): a signed text file is no image."""
+        request = self.machine.request
+        size = expected_size(request.spec, request.input_shape) if self.check_output_size else None
+        for index, (out, data) in enumerate(zip(receipt.outputs, outputs, strict=True)):
+            if out.media_type.startswith("video/"):  # a container walk: milliseconds, off the event loop
+                problem = await trio.to_thread.run_sync(output_problem, data, out.media_type, size)
+            else:
+                problem = output_problem(data, out.media_type, size)
+            if problem:
+                return f"output {index} ({out.media_type}, {len(data)} bytes) is {problem}"
+        return ""
 
     def now(self) -> int:
         return self.node.now_ms()
@@ -329,6 +348,7 @@ class CandidateTry:
 
 __all__ = [
     "ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES",
+    "BAD_OUTPUT",
     "CANCEL_GRACE_S",
     "DEFAULT_QUOTE_TIMEOUT_S",
     "DEFAULT_SILENCE_S",

@@ -28,6 +28,7 @@ The thresholds are calibrated by ``python -m lpnode.reputation.calibrate``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import math
 import statistics
@@ -321,9 +322,21 @@ def _decode_video(data: bytes, max_pixels: int, max_frames: int, side: Side) -> 
 
 
 def compare_outputs(
-    pipeline: Pipeline | str, a: bytes, b: bytes, media_type: str, thresholds: Thresholds | None = None
+    pipeline: Pipeline | str,
+    a: bytes,
+    b: bytes,
+    media_type: str,
+    thresholds: Thresholds | None = None,
+    *,
+    claimed_pixels: tuple[str | None, str | None] = (None, None),
 ) -> Comparison:
-    """Compare two encoded outputs of one job spec. Raises OutputUndecodable naming the bad side."""
+    """Compare two encoded outputs of one job spec. Raises OutputUndecodable naming the bad side.
+
+    ``claimed_pixels``: each side's receipt's ``pixel_sha256``, when there is one. For an image
+    (PNG decodes bit-exactly everywhere) a claim that is not the sha256 of the decoded pixels is
+    a signed false statement about the output: that side disagrees, whatever the pixels look like.
+    Video claims are not checked here: YUV to RGB conversion may differ between FFmpeg builds.
+    """
     thresholds = thresholds or Thresholds()
     pipeline = Pipeline(pipeline)
     if media_type not in OUTPUT_MEDIA_TYPES[pipeline]:
@@ -331,6 +344,10 @@ def compare_outputs(
     bounds = {"max_pixels": thresholds.max_pixels, "max_frames": thresholds.max_frames}
     frames_a = decode_frames(a, media_type, side="a", **bounds)
     frames_b = decode_frames(b, media_type, side="b", **bounds)
+    if media_type.startswith("image/"):
+        for side, claim, frames in (("a", claimed_pixels[0], frames_a), ("b", claimed_pixels[1], frames_b)):
+            if claim is not None and hashlib.sha256(frames[0].tobytes()).hexdigest() != claim:
+                return Comparison(Verdict.DISAGREE, f"false_pixel_hash_{side}")
     return compare_frames(pipeline, frames_a, frames_b, thresholds)
 
 
@@ -395,10 +412,14 @@ def _decide(bounds: PipelineThresholds, median: FrameMetrics, worst: FrameMetric
 def compare_receipts(a: Receipt, b: Receipt) -> Comparison | None:
     """Settle a comparison from two verified receipts of one job spec, or None when pixels must decide.
 
-    Equal decoded pixels agree at once; a different output count or media type,
-    or other weights under the same model id, disagree at once. Different model
-    ids (the spec let each worker route) cannot be settled here. Caller bug
-    (ValueError): receipts of two different specs.
+    Identical output files agree at once: the requester checked every received byte against
+    the receipt's ``sha256``, so equal file hashes are equal files. Nothing else a receipt
+    claims can make two runs agree, because nothing checked it (two identities of one cheat
+    could sign the same made-up ``pixel_sha256`` over different images): the pixels decide.
+    A different output count or media type, or other weights under the same model id,
+    disagree at once: those are each worker's own signed words against it. Different model
+    ids (the spec let each worker route) cannot be settled here. Caller bug (ValueError):
+    receipts of two different specs.
     """
     if a.spec != b.spec:
         raise ValueError("compare_receipts needs two receipts of the same job spec")
@@ -406,8 +427,8 @@ def compare_receipts(a: Receipt, b: Receipt) -> Comparison | None:
         return Comparison(Verdict.DISAGREE, "output_count_mismatch")
     if any(x.media_type != y.media_type for x, y in zip(a.outputs, b.outputs, strict=True)):
         return Comparison(Verdict.DISAGREE, "media_type_mismatch")
-    if all(x.pixel_sha256 == y.pixel_sha256 for x, y in zip(a.outputs, b.outputs, strict=True)):
-        return Comparison(Verdict.AGREE, "pixels_equal")
+    if all(x.sha256 == y.sha256 for x, y in zip(a.outputs, b.outputs, strict=True)):
+        return Comparison(Verdict.AGREE, "files_equal")
     if a.model_id == b.model_id and a.weights_sha256 != b.weights_sha256:
         return Comparison(Verdict.DISAGREE, "weights_differ")
     if any(len(x.phash) != len(y.phash) for x, y in zip(a.outputs, b.outputs, strict=True)):

@@ -33,6 +33,7 @@ not yet written counted in (``_unsaved_jobs``), so it decides exactly as if they
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import secrets
@@ -94,15 +95,23 @@ async def compare_pair(a: JobOutcome, b: JobOutcome, thresholds: Thresholds, *, 
     if quick is not None:
         return quick
     results: list[Comparison] = []
-    for hashes, out_a, out_b in zip(a.receipt.outputs, a.outputs, b.outputs, strict=True):
+    for hashes, other, out_a, out_b in zip(a.receipt.outputs, b.receipt.outputs, a.outputs, b.outputs, strict=True):
+        compare = functools.partial(
+            compare_outputs,
+            a.spec.pipeline,
+            out_a,
+            out_b,
+            hashes.media_type,
+            thresholds,
+            claimed_pixels=(hashes.pixel_sha256, other.pixel_sha256),
+        )
         try:
             # decoding and SSIM take milliseconds to seconds of CPU: off the event loop
-            args = (a.spec.pipeline, out_a, out_b, hashes.media_type, thresholds)
             if in_thread:
-                result = await trio.to_thread.run_sync(compare_outputs, *args)
+                result = await trio.to_thread.run_sync(compare)
             else:
                 await trio.lowlevel.checkpoint()
-                result = compare_outputs(*args)
+                result = compare()
         except OutputUndecodable as exc:
             # the bytes matched a signed receipt, so an undecodable output is its signer's doing
             result = Comparison(Verdict.DISAGREE, f"undecodable_{exc.side}")

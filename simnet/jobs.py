@@ -60,6 +60,7 @@ async def run_planned_job(
                 max_price=workload.max_price,
                 deadline_s=workload.deadline_s,
                 rng=random.Random(f"{seed}/choice/{job.index}"),
+                check_output_size=False,  # the stand-ins draw 64×64 pictures whatever the job asks (sim_pool)
             )
         attempts = outcome.attempts
     except NoCandidates:

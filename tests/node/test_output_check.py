@@ -1,0 +1,81 @@
+"""A signed output that is not the file the job asked for is not a result (QA3 Q2).
+
+A worker signed a text file as ``image/png``; the requester checked only that the bytes were the
+signed ones, paid, and saved the text as ``out.png``. Now each output's structure and size are
+checked before a try counts as done, and such a worker's try fails and the job moves on.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import trio
+from lpnode.models.outputs import encode_mp4
+from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.node.job_requester import run_job
+from lpnode.node.job_try import BAD_OUTPUT
+from lpnode.node.job_worker import WorkerHooks
+from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.output_check import expected_size, output_problem
+from lpnode.protocol.jobs import InputShape
+from PIL import Image
+
+from .test_input_shape import img2img_spec
+from .test_jobs import BOUND_S, T2I, Peer, peers, sees_models
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ModelPool]:
+    async with open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool:
+        yield pool
+
+
+def image(width: int, height: int, kind: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(out, format=kind)
+    return out.getvalue()
+
+
+def test_an_output_must_be_a_whole_png_or_mp4_of_the_asked_size() -> None:
+    assert output_problem(image(64, 48), "image/png", (64, 48)) == ""
+    assert output_problem(image(64, 48), "image/png", None) == ""  # the size unknown: structure only
+    assert output_problem(image(32, 32), "image/png", (64, 48)) == "32x32, not the 64x48 the job asked for"
+    assert output_problem(b"this is not a png, " * 20, "image/png", (64, 48)).startswith("not a readable PNG")
+    assert output_problem(image(64, 48, "JPEG"), "image/png", (64, 48)) == "a JPEG file, not a PNG"
+    whole = image(64, 48)
+    broken = whole[:60] + bytes([whole[60] ^ 0xFF]) + whole[61:]  # one flipped byte: a chunk's CRC fails
+    assert output_problem(broken, "image/png", (64, 48)).startswith("not a readable PNG")
+    clip = encode_mp4([np.zeros((12, 16, 3), dtype=np.uint8)] * 3, 5.0)
+    assert output_problem(clip, "video/mp4", (16, 12)) == ""
+    assert output_problem(clip, "video/mp4", (32, 24)) == "16x12, not the 32x24 the job asked for"
+    assert output_problem(b"\x00\x00\x00\x18ftypisom" + b"x" * 100, "video/mp4", None).startswith("not a readable MP4")
+    assert (
+        output_problem(b"GIF89a", "image/gif", None) == "an output of media type 'image/gif', which no pipeline makes"
+    )
+
+
+def test_the_asked_size_comes_from_the_spec_or_the_declared_input() -> None:
+    spec = img2img_spec(b"i")
+    assert expected_size(spec) is None and expected_size(spec, InputShape(48, 32, 1)) == (48, 32)
+
+
+async def test_a_worker_signing_a_text_file_as_its_image_is_not_paid_and_the_job_moves_on(pool: ModelPool) -> None:
+    def text_instead(_: bytes) -> bytes:
+        return b"this is not a png, " * 20
+
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        cheat: Peer = await start(1, pool=pool, hooks=WorkerHooks(forge_output=text_instead))  # type: ignore[assignment]
+        honest: Peer = await start(2, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [cheat, honest])
+        with trio.fail_after(BOUND_S):
+            outcome = await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[cheat.peer_id])
+    (forged, done) = outcome.attempts
+    assert (forged.peer_id, forged.outcome) == (cheat.peer_id, BAD_OUTPUT)
+    assert forged.detail.startswith("output 0 (image/png, 380 bytes) is not a readable PNG")
+    assert (done.peer_id, done.outcome) == (honest.peer_id, "done") and outcome.worker_peer_id == honest.peer_id
+    with Image.open(io.BytesIO(outcome.outputs[0])) as img:
+        assert img.size == (64, 64)
