@@ -26,6 +26,8 @@ Quotes that were refused or never taken are not jobs served: no line.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -59,7 +61,7 @@ from lpnode.protocol.signing import NodeKey
 from .framing import FramedStream
 from .gossip import WallClock
 from .inference import InferencePool
-from .job_convert import encode_output, model_request
+from .job_convert import EncodedOutput, encode_output, model_request
 from .job_proof import ReceiptSequence, error_code, runtime_facts
 from .job_quote import Decline, WorkerConfig, decide_quote
 from .job_stream import await_peer_close, receive_job_message, send_job_message
@@ -74,6 +76,7 @@ class WorkerHooks:
     """Test-only seams; production leaves them empty."""
 
     tamper_output: Callable[[bytes], bytes] | None = None  # applied to output bytes after they were signed
+    forge_output: Callable[[bytes], bytes] | None = None  # applied before they are hashed and signed
     tamper_receipt: Callable[[Receipt], Receipt] | None = None  # applied to the receipt before it is signed
     run_started: Callable[[], None] | None = None  # called when a job is handed to the pool
 
@@ -95,11 +98,15 @@ class _Job:
     async def apply(self, actions: Sequence[Action | object]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                async with self.send_lock:
-                    try:
-                        await send_job_message(self.framed, action.message, self.worker.key)
-                    except NetworkError as exc:  # the requester is gone; cleanup continues regardless
-                        log.debug("job %s: could not send %s: %s", self.machine.job_id[:12], action.message, exc)
+                # Our last word goes out even as the job is torn down around it: a violation read while
+                # the model runs aborts the run, whose end cancels the very task sending the JobError
+                # (QA3 Q13). Bounded all the same, by the framing's write timeout.
+                with trio.CancelScope(shield=isinstance(action.message, JobError)):
+                    async with self.send_lock:
+                        try:
+                            await send_job_message(self.framed, action.message, self.worker.key)
+                        except NetworkError as exc:  # the requester is gone; cleanup continues regardless
+                            log.debug("job %s: could not send %s: %s", self.machine.job_id[:12], action.message, exc)
             elif isinstance(action, ReleaseReservation):
                 self.worker.release(action.quote_id)
             elif isinstance(action, AbortRun):
@@ -339,6 +346,8 @@ class JobWorker:
             return
         run_ms = job.run_ms or 0
         encoded = encode_output(output)
+        if self.hooks.forge_output is not None:
+            encoded = _forged(encoded, self.hooks.forge_output(encoded.data))
         receipt = Receipt(
             job_id=machine.job_id,
             requester_peer_id=machine.requester_peer_id,
@@ -371,6 +380,14 @@ class JobWorker:
             return
         job.delivered = True
         self.completed += 1
+
+
+def _forged(encoded: EncodedOutput, data: bytes) -> EncodedOutput:
+    """``encoded`` with other bytes, hashed as if they were the output: a worker signing what it sends."""
+    digest = hashlib.sha256(data).hexdigest()
+    blob = dataclasses.replace(encoded.blob, size_bytes=len(data), sha256=digest)
+    hashes = dataclasses.replace(encoded.hashes, size_bytes=len(data), sha256=digest)
+    return EncodedOutput(data, blob, hashes)
 
 
 def _log_served(job: _Job, request: QuoteRequest) -> None:

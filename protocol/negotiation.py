@@ -165,17 +165,17 @@ class WorkerNegotiation(_Machine):
         if isinstance(msg, Accept) and self.phase is Phase.QUOTED:
             assert self.quote is not None and self.request is not None
             if (msg.quote_id, msg.job_id) != (self.quote.quote_id, self.job_id):
-                raise self._violation("wrong_quote", "Accept names another quote or job", self._violating())
+                raise self._violating("wrong_quote", "Accept names another quote or job")
             if msg.inputs != self.request.spec.inputs:
-                raise self._violation("wrong_inputs", "Accept lists inputs other than the spec's", self._violating())
+                raise self._violating("wrong_inputs", "Accept lists inputs other than the spec's")
             self.accepted_at_ms = now_ms
             self.phase = Phase.ACCEPTED
             return []
         if isinstance(msg, Cancel) and self.phase is not Phase.IDLE:
             if msg.job_id != self.job_id:
-                raise self._violation("wrong_job", "Cancel names another job", self._violating())
+                raise self._violating("wrong_job", "Cancel names another job")
             return self._end(Phase.CANCELLED, "cancelled_by_requester")
-        raise self._violation("unexpected", f"{type(msg).__name__} in phase {self.phase}", self._violating())
+        raise self._violating("unexpected", f"{type(msg).__name__} in phase {self.phase}")
 
     # this node's decisions -------------------------------------------------------------------
 
@@ -258,8 +258,9 @@ class WorkerNegotiation(_Machine):
     def _error(self, code: ErrorCode, message: str) -> JobError:
         return JobError(self.job_id, code, message)
 
-    def _violating(self) -> JobError:
-        return self._error(ErrorCode.PROTOCOL_VIOLATION, "message out of turn")
+    def _violating(self, reason: str, detail: str) -> ProtocolViolation:
+        """The requester broke the protocol: end the job, and tell it what it did (``detail``) in a JobError."""
+        return self._violation(reason, detail, self._error(ErrorCode.PROTOCOL_VIOLATION, detail))
 
     def _cleanup(self, ending: Phase) -> list[Action]:
         actions: list[Action] = []
