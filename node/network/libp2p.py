@@ -444,9 +444,6 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
         health_check_interval=config.health_check_interval_s,
         ping_timeout=config.ping_timeout_s,
         abort_connection_on_ping_failure=True,
-        # py-libp2p's auto-connector redials every peerstore entry toward 100+ connections
-        # every 30 s (the peerstore is never pruned); the node's own dialer decides whom
-        # to keep connected (node/peering.py), so turn it off.
         min_connections=0,
         low_watermark=0,
     )
@@ -463,7 +460,18 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
     # header and proposal in one write: a new stream costs one round trip, not two (_multiselect)
     assert isinstance(host, BasicHost), f"new_host made a {type(host).__name__}"
     host.multiselect_client = PipelinedMultiselectClient()
+    swarm = host.get_network()
+    assert isinstance(swarm, Swarm), f"new_host made a {type(swarm).__name__} network"
+    # py-libp2p's auto-connector dials peerstore entries toward the midpoint of its watermarks
+    # (150 with the default high watermark of 300, whatever low_watermark says) every 30 s and
+    # after each disconnect, and the peerstore is never pruned; the node's own dialer decides
+    # whom to keep connected (node/peering.py). Its entry point does nothing on this host.
+    swarm.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
     return host
+
+
+async def _no_auto_connect() -> None:
+    """The auto-connector's ``maybe_connect`` on our hosts: the node's dialer does that job (see above)."""
 
 
 def _dial_hint(addr: str, peer: ID) -> Multiaddr | None:

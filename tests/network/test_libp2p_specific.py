@@ -462,3 +462,20 @@ async def test_yamux_frames_fit_one_noise_message_and_window_updates_come_per_ha
     assert stock.count(17) == 9  # 9 full frames of 65,524 bytes, each split in two (65,519 + 17)
     assert our_updates <= 3 and stock_updates >= 8  # 2 and 10 when written
     assert windows[0] > 256 * 1024  # the receive window still auto-tunes upwards, for long round trips
+
+
+async def test_py_libp2ps_auto_connector_dials_nobody() -> None:
+    """Its target is the midpoint of the watermarks (150 by default, whatever low_watermark says): it dialled
+    every peerstore entry every 30 s beside the node's own dialer (QA3 Q12). Now it does nothing."""
+    from libp2p.network.swarm import Swarm
+
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK, LOOPBACK) as (a, b):
+            host = a._host  # type: ignore[attr-defined]
+            addr = multiaddr.Multiaddr(b.listen_addrs()[0])
+            peer = ID.from_base58(b.local_peer)
+            host.get_peerstore().add_addrs(peer, [addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}"))], 600)
+            swarm = host.get_network()
+            assert isinstance(swarm, Swarm)
+            await swarm.auto_connector.maybe_connect()  # what its timer and every disconnect call
+            assert b.local_peer not in a.connected_peers()
