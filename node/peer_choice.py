@@ -35,7 +35,11 @@ and the requester's :class:`Priority` decides the order:
 ``prefer`` peers come first whatever the priority: the user named them. With
 an empty ``model_id`` each (peer, model) of the pipeline is ranked and a peer
 keeps its best: the model router, which picks per priority (the cheapest model
-for ``cost``) and binds the choice into the job (``Candidate.model_id``).
+for ``cost``) and binds the choice into the job (``Candidate.model_id``). The
+router only picks among models that at least two of the candidates serve with
+the same weights, when there are any: a model one peer alone serves (or one any
+peer can name, advertising it) can never be spot-checked, so it gets only the
+jobs that name it, or that name its peer in ``prefer`` (QA3 Q2).
 Last, exploration: with probability ``explore_share`` one candidate from the
 rest of the list is moved to the front, so newcomers get work and can build a
 record (DESIGN.md, step 3); never in front of a preferred peer.
@@ -46,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -264,6 +268,15 @@ def _offers_for(advert: CapabilityAdvert, spec: JobSpec) -> list[ModelOffer]:
     ]
 
 
+def _checkable_models(pairs: Sequence[Candidate], weights: Mapping[tuple[str, str], str]) -> set[str]:
+    """Model ids that two or more of the candidate peers serve with the same (known) weights."""
+    servers: dict[tuple[str, str], set[str]] = {}
+    for candidate in pairs:
+        if sha := weights[candidate.peer_id, candidate.model_id]:
+            servers.setdefault((candidate.model_id, sha), set()).add(candidate.peer_id)
+    return {model_id for (model_id, _), peers in servers.items() if len(peers) >= 2}
+
+
 def _order_key(candidate: Candidate, priority: Priority) -> tuple[object, ...]:
     success = max(candidate.reputation, _MIN_SUCCESS)
     to_verified_s = candidate.expected_s / success
@@ -304,6 +317,7 @@ def rank_candidates(
     preferred, avoided = set(prefer), set(avoid)
     work = job_mpx_steps(spec, input_shape)
     pairs: list[Candidate] = []
+    weights: dict[tuple[str, str], str] = {}  # (peer, model) -> the weights its advert names
     for advert in adverts:
         if advert.peer_id in avoided or not has_vram(advert, min_vram_bytes):
             continue
@@ -337,6 +351,10 @@ def rank_candidates(
                     job_features=advert.job_features,
                 )
             )
+            weights[advert.peer_id, offer.model_id] = offer.weights_sha256
+    if not spec.model_id and (checkable := _checkable_models(pairs, weights)):
+        # the router's choice must be one a spot check can compare (the module docstring)
+        pairs = [c for c in pairs if c.model_id in checkable or c.preferred]
     pairs.sort(key=lambda c: _order_key(c, priority))
     candidates: list[Candidate] = []
     seen: set[str] = set()

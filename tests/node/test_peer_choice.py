@@ -336,16 +336,36 @@ def test_ranking_invariants(adverts: list[CapabilityAdvert], priority: Priority,
         assert [c.price for c in got] == sorted(c.price for c in got)
     else:
         assert [c.expected_s for c in got] == sorted(c.expected_s for c in got)
-    # exactly the peers with an affordable offer for the job and room in the queue
-    able = {
-        a.peer_id
+    # exactly the peers with an affordable offer for the job and room in the queue; the router
+    # (no model named) only among the models two or more of those serve, when there are any
+    offers = {
+        (a.peer_id, o.model_id)
         for a in adverts
         if a.queue_depth < a.queue_capacity
-        and any(
-            o.pipeline == T2I
-            and (not model or o.model_id == model)
-            and job_price(job, o.price_per_mpx_step) <= max_price
-            for o in a.models
-        )
+        for o in a.models
+        if o.pipeline == T2I
+        and (not model or o.model_id == model)
+        and job_price(job, o.price_per_mpx_step) <= max_price
     }
-    assert {c.peer_id for c in got} == able
+    checkable = {m for _, m in offers if sum(1 for _, n in offers if n == m) >= 2} if not model else set()
+    assert {c.peer_id for c in got} == {peer for peer, m in offers if not checkable or m in checkable}
+
+
+def test_the_router_picks_a_model_a_spot_check_can_compare() -> None:
+    """A model one peer alone advertises (any peer can name one) gets no job that left the model open,
+    however cheap: no other peer could ever check it (QA3 Q2). Named, or its peer preferred, it runs."""
+    adverts = [
+        advert("a", offer("m", price=50)),
+        advert("b", offer("m", price=60)),
+        advert("z", offer("fake", price=1)),
+    ]
+    cheapest = {"max_price": 10**6, "rng": random.Random(0), "explore_share": 0.0, "priority": Priority.COST}
+    assert [(c.peer_id, c.model_id) for c in rank_candidates(adverts, spec(model_id=""), **cheapest)] == [
+        ("a", "m"),
+        ("b", "m"),
+    ]
+    assert [c.peer_id for c in rank_candidates(adverts, spec(model_id="fake"), **cheapest)] == ["z"]
+    preferred = rank_candidates(adverts, spec(model_id=""), prefer=["z"], **cheapest)
+    assert [(c.peer_id, c.model_id) for c in preferred] == [("z", "fake"), ("a", "m"), ("b", "m")]
+    alone = [advert("a", offer("m", price=50)), advert("z", offer("fake", price=1))]  # nothing is checkable
+    assert [c.peer_id for c in rank_candidates(alone, spec(model_id=""), **cheapest)] == ["z", "a"]
