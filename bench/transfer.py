@@ -13,8 +13,10 @@ connection between them. Each measurement opens a fresh stream on it and moves
 * **transfer, sha256 given**: the same with the hash passed in, as a worker
   sending outputs whose hashes its receipt already holds does.
 * **stock yamux**: "sha256 given" with py-libp2p's yamux as shipped: 64 KiB frames,
-  each of which leaves as two Noise messages, and a window update after every read
-  (``node/network/_yamux_tuning.py``); the other modes run with lpnode's corrections.
+  each of which leaves as two Noise messages (``node/network/_yamux_tuning.py``); the
+  other modes run with lpnode's frames, which fit one. Both hosts share this process's
+  event loop, which hides what a sender waits for from a receiver in another process:
+  ``bench/transfer_2p.py`` measures that shape.
 
 Time runs from the first send to the listener holding the whole payload
 (``trio.current_time()``, monotonic). The three alternate within each

@@ -12,8 +12,7 @@ in the ``_libp2p_*`` helpers, never worked around by callers:
 - inbound streams are bounded and a crashing handler costs only its stream
   (``_libp2p_stream``);
 - leaving the context closes the host explicitly (py-libp2p leaks otherwise);
-- a yamux data frame fits in one Noise message, and window updates come once half the
-  window is read, not after every read (``_yamux_tuning``).
+- a yamux data frame fits in one Noise message, not two (``_yamux_tuning``).
 
 Usage::
 
