@@ -51,7 +51,7 @@ from lpnode.node.job_book import (
 )
 from lpnode.node.job_events import ATTEMPT, LISTENER_BUFFER, EventSink, JobEvent, Listener, TryEvents, _Forward
 from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, PriceBelowOffers, ProgressCallback
-from lpnode.node.job_results import _attempt, _b64, _cut_short, _snake, output_url, sha256_hex
+from lpnode.node.job_results import _attempt, _attempt_running, _b64, _cut_short, _snake, output_url, sha256_hex
 from lpnode.node.job_runner import JobRunner, requester_runner
 from lpnode.node.rpc_job_bodies import PreparedJob
 from lpnode.protocol.errors import LpnodeError
@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_JOBS = 64  # queued + running requests
 DEFAULT_MAX_RUNNING = 16  # requests running at once
 SAVE_GRACE_S = 5.0  # the final save still gets this long while the node shuts down
+# A running job's record (its tries so far, its progress) is saved this long after it changes, at most once
+# per such span: a node killed mid-job leaves the record saying who was running it and how far it got, and a
+# job that ends sooner is written only at its start and its end, as before.
+CHECKPOINT_DELAY_S = 1.0
 
 
 class ManagerBusy(LpnodeError):
@@ -95,6 +99,7 @@ class _Live:
     # receipts not yet written: they go in one transaction with the final record
     pending_receipts: list[tuple[int, bytes]] = field(default_factory=list)
     slot: object | None = None  # the borrower holding a running slot since submit, if it got one at once
+    changed: trio.Event = field(default_factory=trio.Event)  # the record changed since it was last saved
 
 
 StepWork = Callable[["_Live"], Awaitable[dict[str, Any]]]
@@ -304,6 +309,19 @@ class JobManager:
         # own attempt list dies with it when the job is cancelled, and the record should still say who ran it.
         tries: list[dict[str, str]] = [{} for _ in range(count)]
 
+        seen: list[list[dict[str, Any]]] = [[] for _ in range(count)]  # per image, its tries so far
+
+        def note_try(index: int, event: JobEvent) -> None:
+            """The record's attempts while the job runs, from each try's start and end (saved by the keeper)."""
+            self._push(live, event)
+            data, tries_of = event.data, seen[index]
+            if data["stage"] == "start":
+                tries_of.append(_attempt_running(data["peer_id"], data["model_id"]))
+            elif 0 < data["attempt"] <= len(tries_of):
+                tries_of[data["attempt"] - 1] = {k: data[k] for k in ("peer_id", "outcome", "detail", "price")}
+            live.record["attempts"] = [attempt for image in seen for attempt in image]
+            live.changed.set()
+
         def progress_of(index: int) -> ProgressCallback:
             def on_progress(peer_id: str, message: Progress) -> None:
                 tries[index].setdefault(message.job_id, peer_id)
@@ -313,12 +331,14 @@ class JobManager:
                 self._progress(live, {"fraction": fraction, "step": step, "total": total, "peer_id": peer_id})
 
             # each try's start and end as `attempt` events (job_events), beside the progress
-            return TryEvents(index, on_progress, lambda event: self._push(live, event))
+            return TryEvents(index, on_progress, lambda event: note_try(index, event))
 
         async def one(index: int) -> None:
             job = prepared.jobs[index]
             outcomes[index] = await self._runner(job, prepared.inputs, prepared.options, progress_of(index))
 
+        keeper = trio.CancelScope()
+        self._nursery.start_soon(self._keep_saved, live, keeper)
         # images run side by side; the first failure cancels the rest (the answer is all images or an error)
         try:
             async with trio.open_nursery() as nursery:
@@ -326,7 +346,7 @@ class JobManager:
                     nursery.start_soon(one, index)
         except BaseException as exc:
             if _cancelled(exc):
-                live.record["attempts"] = _cut_short(outcomes, tries, steps, live.cancel_requested)
+                live.record["attempts"] = _cut_short(outcomes, seen, tries, steps, live.cancel_requested)
                 raise
             if not isinstance(exc, BaseExceptionGroup):
                 raise
@@ -337,6 +357,8 @@ class JobManager:
             if isinstance(first, JobFailed):
                 live.record["attempts"] = [_attempt(a) for a in first.attempts]
             raise first from None
+        finally:
+            keeper.cancel()
         done = [o for o in outcomes if o is not None]
         live.record["attempts"] = [_attempt(a) for o in done for a in o.attempts]
         return await self._response(live, prepared.jobs, done)
@@ -422,7 +444,27 @@ class JobManager:
 
     def _progress(self, live: _Live, progress: dict[str, Any]) -> None:
         live.record["progress"] = progress
+        live.changed.set()
         self._push(live, JobEvent("progress", progress))
+
+    async def _keep_saved(self, live: _Live, scope: trio.CancelScope) -> None:
+        """While ``live``'s network jobs run: save its record ``CHECKPOINT_DELAY_S`` after it changes.
+
+        Cancelled (``scope``) when they end; the final save is ``_finish``'s. A save already under way
+        then still lands before it (the store serialises writes), and one that would come after it
+        finds the record finished and is skipped, so the final record is always the last word.
+        """
+        with scope:
+            while True:
+                await live.changed.wait()
+                await trio.sleep(CHECKPOINT_DELAY_S)
+                live.changed = trio.Event()
+                if live.record["state"] != RUNNING:
+                    return
+                try:
+                    await self.book.update(live.record, self._wall_clock())
+                except LpnodeError as exc:  # a lost checkpoint costs nothing the final save will not write
+                    log.warning("job %s: could not save its progress: %s", live.record["id"], exc)
 
     def _push(self, live: _Live, event: JobEvent) -> None:
         for listener in list(live.listeners):

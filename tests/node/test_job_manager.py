@@ -11,6 +11,7 @@ import trio
 import trio.testing
 from lpnode.node.job_manager import (
     CANCELLED,
+    CHECKPOINT_DELAY_S,
     INTERRUPTED,
     JobAlreadyFinished,
     JobEvent,
@@ -111,3 +112,31 @@ async def test_a_slow_listener_loses_progress_but_never_state_or_done() -> None:
         listener.push(JobEvent("progress", {"step": step}))
         assert (await listener.next()).data == {"step": step}
     assert listener.dropped == 96
+
+
+async def test_a_running_jobs_record_is_saved_with_its_tries_so_a_killed_node_still_says_who_ran_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Before, nothing of a run was saved before its end: a requester killed mid-job (kill -9, no final save)
+    left the record with no attempt and no progress (QA2, QA3). Now the record is saved a moment after a try
+    starts or ends, and the final save is still the last word."""
+    stuck = StuckPool()
+    book = MemoryRecordBook()
+    async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=stuck)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with open_job_manager(book, OutputStore(), requester_runner(requester.node)) as manager:
+            job_id = await manager.submit(job())
+            await stuck.running.wait()
+            assert (await book.get(job_id) or {})["attempts"] == []  # not yet: a short job costs no extra write
+            await trio.sleep(CHECKPOINT_DELAY_S)  # virtual time
+            saved = await book.get(job_id) or {}
+            await manager.cancel(job_id)
+            await trio.sleep(CHECKPOINT_DELAY_S * 2)  # a checkpoint due now must not overwrite the final record
+    assert saved["state"] == "running"
+    assert saved["attempts"] == [
+        {"peer_id": worker.peer_id, "outcome": "running", "detail": f"running {MODEL}", "price": None}
+    ]
+    final = await book.get(job_id) or {}
+    assert final["state"] == CANCELLED and [a["outcome"] for a in final["attempts"]] == ["cancelled"]
