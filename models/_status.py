@@ -57,7 +57,8 @@ def advertised_limits(preset: str) -> ModelLimits | None:
         lim = spec(preset).limits
     except UnknownModel:
         return None
-    return ModelLimits(lim.max_pixels, lim.max_side, lim.max_steps, lim.max_frames, lim.max_batch)
+    total = lim.max_total_pixels or lim.max_pixels * lim.max_frames
+    return ModelLimits(lim.max_pixels, lim.max_side, lim.max_steps, lim.max_frames, lim.max_batch, total)
 
 
 def mpx_steps(request: Request, raw: RawOutput) -> float:

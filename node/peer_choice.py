@@ -196,6 +196,15 @@ def limits_refusal(limits: ModelLimits | None, spec: JobSpec, shape: InputShape 
     frames = getattr(params, "num_frames", None)
     if frames is not None and frames > limits.max_frames:
         return f"num_frames {frames} exceeds its {limits.max_frames}"
+    if frames is not None and width is not None and height is not None:
+        return _total_refusal(limits, width * height * frames, f"{frames} frames of {width}×{height}")
+    return ""
+
+
+def _total_refusal(limits: ModelLimits, pixels: int, what: str) -> str:
+    """A video job's output pixels over all its frames against the offer's total ("" if they fit)."""
+    if pixels > limits.total_pixels:
+        return f"{what} ({pixels} pixels) exceed its {limits.total_pixels} output pixels per job"
     return ""
 
 
@@ -215,6 +224,8 @@ def _input_refusal(
                 f"{shape.frames} input frames × multiplier {params.multiplier} make {frames} frames, "
                 f"more than its {limits.max_frames}"
             )
+        size = f"{shape.width}×{shape.height}"
+        return _total_refusal(limits, shape.width * shape.height * frames, f"{frames} frames of {size}")
     return ""
 
 
@@ -234,6 +245,8 @@ def _upscale_refusal(limits: ModelLimits, params: UpscaleParams) -> str:
         return f"{output} exceeds its {limits.max_pixels} pixels"
     if params.input_frames > limits.max_frames:
         return f"input of {params.input_frames} frames exceeds its {limits.max_frames}"
+    if params.input_frames > 1:
+        return _total_refusal(limits, params.output_pixels(), f"{output} × {params.input_frames} frames")
     return ""
 
 

@@ -51,11 +51,21 @@ class ModelLimits:
     max_steps: int  # num_inference_steps
     max_frames: int  # output frames (1 for image pipelines)
     max_batch: int  # requests the model runs together in one batch
+    # Output pixels of one job over all its frames (a video's frames × each frame's pixels). Added after
+    # version 1 shipped: 0 (or absent, from an older node) = not advertised, max_pixels × max_frames.
+    max_total_pixels: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_side", "max_steps", "max_frames", "max_batch"):
             if not 1 <= getattr(self, name) <= 1 << 40:
                 raise ValueError(f"ModelLimits.{name} must be within 1..2**40")
+        if not 0 <= self.max_total_pixels <= 1 << 50:
+            raise ValueError("ModelLimits.max_total_pixels must be within 0..2**50")
+
+    @property
+    def total_pixels(self) -> int:
+        """Output pixels one job may make over all its frames."""
+        return self.max_total_pixels or self.max_pixels * self.max_frames
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,34 @@ def test_the_input_must_be_the_size_that_was_declared_and_priced() -> None:
     with pytest.raises(ParameterError, match="the declared 16x12 × 2 frames"):
         model_request(interpolation_spec(video), {"video": video}, InputShape(16, 12, 2))
     model_request(img2img_spec(image), {"image": image})  # undeclared (an older requester): as before
+
+
+def test_a_video_beyond_the_advertised_output_pixels_per_job_is_refused_before_asking() -> None:
+    """tiny-realesrgan takes 512² frames and 32 frames, but at most 2**20 output pixels per job; that total was in no
+    advert, so a 16-frame 512² upscale fitting every advertised limit was refused by every peer (QA3 Q7)."""
+    from lpnode.models._status import advertised_limits
+    from lpnode.protocol.jobspec import UpscaleParams
+
+    limits = advertised_limits("tiny-realesrgan")
+    assert limits is not None and limits.total_pixels == limits.max_total_pixels == 1 << 20
+    video = blob("video", b"v", "video/mp4")
+    spec = JobSpec(
+        Pipeline.UPSCALE,
+        "",
+        0,
+        (video,),
+        OutputExpectation("video/mp4", 1 << 24),
+        upscale=UpscaleParams(4, 128, 128, 16),
+    )
+    assert "(4194304 pixels) exceed its 1048576 output pixels per job" in limits_refusal(limits, spec)
+    fits = JobSpec(
+        Pipeline.UPSCALE,
+        "",
+        0,
+        (video,),
+        OutputExpectation("video/mp4", 1 << 24),
+        upscale=UpscaleParams(4, 128, 128, 4),
+    )
+    assert limits_refusal(limits, fits) == ""
+    older = ModelLimits(max_pixels=256 * 256, max_side=256, max_steps=1, max_frames=8, max_batch=1)  # no total sent
+    assert older.total_pixels == 8 * 256 * 256
