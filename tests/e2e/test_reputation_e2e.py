@@ -75,6 +75,7 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
             )
 
             jobs = 0
+            ran: list[str] = []  # who ran each job
             # from the summary: /v1/reputation/{cheater} is a 404 until the store holds something about it
             while not any(
                 p["peer_id"] == cheater and p["banned"] for p in (await reputation(requester.client))["peers"]
@@ -82,8 +83,9 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
                 assert jobs < MAX_JOBS_TO_BAN, await reputation(requester.client)
                 jobs += 1
                 result = await requester.client.text_to_image(**JOB, seed=jobs)
-                if jobs == 1:
-                    assert result["jobs"][0]["worker_peer_id"] == cheater  # the cheapest
+                ran.append(result["jobs"][0]["worker_peer_id"])
+                # the cheapest: by priority cost, but one job in twenty explores (peer_choice)
+                assert jobs < 2 or cheater in ran[:2], ran
                 # every job of a new peer is checked, in the background: wait for its verdict
                 settled = await reputation(requester.client, checks_above=jobs - 1, wait_s=50)
                 assert settled["counters"]["checks"] == jobs
