@@ -13,7 +13,7 @@ import httpx
 import trio
 from lpnode.node.network.memory import open_memory_hub
 
-from .test_jobs import BOUND_S, Peer, peers, png
+from .job_fixtures import BOUND_S, Peer, peers, png
 from .test_rpc_jobs import AUTH, rpc
 
 MP4_HEAD = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"

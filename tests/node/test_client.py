@@ -20,10 +20,8 @@ from lpnode.node.rpc_jobs import OutputStore
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_jobs import BOUND_S, Peer, peers, pool, sees_models
+from .job_fixtures import BOUND_S, Peer, peers, sees_models
 from .test_rpc import GPU, MODEL, TOKEN, two_nodes
-
-__all__ = ["pool"]  # the fixture, shared with test_jobs
 
 OPTIONS = {"max_price": 1_000_000, "deadline": BOUND_S}
 TINY_T2I = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 0.0, **OPTIONS}

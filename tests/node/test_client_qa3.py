@@ -15,7 +15,7 @@ from lpnode.node.rpc_info import RpcInfo, write_info
 from lpnode.node.rpc_jobs import OutputStore
 from lpnode.node.rpc_token import load_or_create_token
 
-from .test_jobs import Peer, peers
+from .job_fixtures import Peer, peers
 from .test_rpc import TOKEN
 
 

@@ -21,7 +21,7 @@ from lpnode.protocol.jobs import Accept, ErrorCode, InputShape, JobError, Quote,
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
 from lpnode.protocol.names import JOB_PROTOCOL
 
-from .test_jobs import BOUND_S, MODEL, Peer, peers, png, sees_models
+from .job_fixtures import BOUND_S, MODEL, Peer, peers, png, sees_models
 
 I2I = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 4, 0.0, ""), MODEL, seed=3)
 PRICE = WorkerConfig().price_per_mpx_step

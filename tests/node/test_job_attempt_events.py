@@ -31,10 +31,8 @@ from lpnode.node.workflows import plan_workflow, run_workflow
 from lpnode.protocol.jobs import Progress
 from lpnode.protocol.jobspec import Pipeline, TextToImageParams
 
-from .test_jobs import BOUND_S, MODEL, Peer, StuckPool, peers, pool, sees_models
+from .job_fixtures import BOUND_S, MODEL, Peer, StuckPool, peers, sees_models
 from .test_rpc_jobs import AUTH, rpc, sse_events
-
-__all__ = ["pool"]  # the fixture, shared with test_jobs
 
 T2I_BODY = {
     "prompt": "a lighthouse at dusk",

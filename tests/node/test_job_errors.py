@@ -12,9 +12,7 @@ from lpnode.node.job_requester import JobFailed, JobRequest, run_job
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
 
-from .test_jobs import BOUND_S, MODEL, Peer, peers, pool, sees_models
-
-__all__ = ["pool"]  # the fixture, shared with test_jobs
+from .job_fixtures import BOUND_S, MODEL, Peer, peers, sees_models
 
 NOT_AN_IMAGE = b"\x89PNG\r\n\x1a\n junk, not an image"  # PNG magic, then junk
 

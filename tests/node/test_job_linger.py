@@ -24,8 +24,8 @@ from lpnode.protocol.errors import StreamClosed
 from lpnode.protocol.jobs import QuoteRequest, Refusal
 from lpnode.protocol.names import JOB_PROTOCOL
 
+from .job_fixtures import T2I, Peer, StuckPool, peers, sees_models
 from .test_gossip import virtual_wall_clock
-from .test_jobs import T2I, Peer, StuckPool, peers, sees_models
 
 LINGER_S = 10.0
 

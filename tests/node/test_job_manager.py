@@ -27,8 +27,8 @@ from lpnode.node.rpc import status_for
 from lpnode.node.rpc_job_bodies import PreparedJob, TextToImageBody, prepare
 from lpnode.node.rpc_jobs import OutputStore
 
+from .job_fixtures import MODEL, Peer, StuckPool, peers, sees_models
 from .test_gossip import virtual_wall_clock
-from .test_jobs import MODEL, Peer, StuckPool, peers, sees_models
 
 T2I = TextToImageBody(prompt="a lighthouse", model_id=MODEL, width=64, height=64, num_inference_steps=2, seed=1)
 

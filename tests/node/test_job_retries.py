@@ -23,9 +23,7 @@ from lpnode.node.network.base import ByteStream
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
 
-from .test_jobs import BOUND_S, MODEL, T2I, Peer, peers, png, pool, sees_models
-
-__all__ = ["pool"]  # the fixture, shared with test_jobs
+from .job_fixtures import BOUND_S, MODEL, T2I, Peer, peers, png, sees_models
 
 HELD = "a reservation held by another requester"
 

@@ -24,7 +24,7 @@ from lpnode.node.serving import serve_model_offers
 from lpnode.protocol import GpuInfo, NodeKey
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_jobs import T2I
+from .job_fixtures import T2I
 
 DEADLINE_S = 60
 LOOPBACK = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)

@@ -23,8 +23,8 @@ from lpnode.node.output_check import expected_size, output_problem
 from lpnode.protocol.jobs import InputShape
 from PIL import Image
 
+from .job_fixtures import BOUND_S, T2I, Peer, peers, sees_models
 from .test_input_shape import img2img_spec
-from .test_jobs import BOUND_S, T2I, Peer, peers, sees_models
 
 
 @pytest.fixture

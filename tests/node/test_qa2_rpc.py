@@ -27,11 +27,9 @@ from lpnode.node.rpc import create_app, status_for
 from lpnode.node.rpc_jobs import OutputStore
 
 from ..reputation.stores import Clock, opened
+from .job_fixtures import BOUND_S, MODEL, T2I, Peer, StuckPool, peers, sees_models
 from .test_gossip import virtual_wall_clock
-from .test_jobs import BOUND_S, MODEL, T2I, Peer, StuckPool, peers, pool, sees_models
 from .test_rpc_jobs import AUTH, BODY
-
-__all__ = ["pool"]  # the fixture
 
 WORKER_LOG = "lpnode.node.job_worker"
 PROMPT = "a secret lighthouse nobody may read about"

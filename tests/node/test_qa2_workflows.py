@@ -29,8 +29,8 @@ from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.node.rpc_jobs import OutputStore
 from lpnode.node.workflows import plan_workflow
 
+from .job_fixtures import Peer, peers, png, sees_models
 from .test_gossip import virtual_wall_clock
-from .test_jobs import Peer, peers, png, sees_models
 from .test_rpc_jobs import AUTH
 
 T2I = {"pipeline": "text-to-image", "params": {"prompt": "a lighthouse", "width": 32, "height": 32}}

@@ -17,7 +17,7 @@ from lpnode.node.cli_format import job_text, jobs_table
 from lpnode.node.job_manager import JobManager
 from lpnode.node.network.memory import MemoryHub, open_memory_hub
 
-from .test_jobs import BOUND_S, Peer, completed, peers, png, sees_models
+from .job_fixtures import BOUND_S, Peer, completed, peers, png, sees_models
 from .test_rpc_jobs import AUTH, BODY, rpc
 
 UPSCALER = "lpnode/tiny-realesrgan"  # advertises a 512-pixel side

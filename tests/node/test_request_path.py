@@ -22,9 +22,7 @@ from lpnode.node.rpc_job_bodies import TextToImageBody, prepare
 from lpnode.node.store import open_store
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_jobs import BOUND_S, MODEL, Peer, peers, pool, sees_models
-
-__all__ = ["pool"]  # the fixture, shared with test_jobs
+from .job_fixtures import BOUND_S, MODEL, Peer, peers, sees_models
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -28,7 +28,7 @@ from lpnode.reputation.errors import BadVerification
 from lpnode.reputation.policy import parse_verification
 from pydantic import ValidationError
 
-from .test_jobs import BOUND_S, Peer, peers, png, sees_models
+from .job_fixtures import BOUND_S, Peer, peers, png, sees_models
 from .test_rpc_jobs import AUTH, OPTIONS, rpc
 
 MP4_HEAD = b"\x00\x00\x00\x18ftypisom"

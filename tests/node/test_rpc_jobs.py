@@ -28,9 +28,7 @@ from lpnode.node.rpc_jobs import OutputStore
 from lpnode.protocol.receipts import verify_receipt
 from PIL import Image
 
-from .test_jobs import BOUND_S, MODEL, Peer, peers, png, pool, sees_models
-
-__all__ = ["pool"]  # the fixture, shared with test_jobs
+from .job_fixtures import BOUND_S, MODEL, Peer, peers, png, sees_models
 
 AUTH = {"Authorization": "Bearer t"}
 BODY = {

@@ -21,10 +21,8 @@ from lpnode.node.spare_streams import SpareStreams, open_spare_streams
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.receipts import verify_receipt
 
+from .job_fixtures import BOUND_S, T2I, Peer, no_exploring, peers, sees_models
 from .test_gossip import key_for
-from .test_jobs import BOUND_S, T2I, Peer, no_exploring, peers, pool, sees_models
-
-__all__ = ["pool"]  # the fixture, shared with test_jobs
 
 ECHO = "/lpnode/test-echo/1"
 

@@ -15,8 +15,8 @@ from lpnode.node.network.memory import open_memory_hub
 from lpnode.protocol.jobs import Cancel, ErrorCode, JobError, Quote, QuoteRequest
 from lpnode.protocol.names import JOB_PROTOCOL
 
+from .job_fixtures import BOUND_S, T2I, Peer, StuckPool, peers, sees_models
 from .test_gossip import virtual_wall_clock
-from .test_jobs import BOUND_S, T2I, Peer, StuckPool, peers, sees_models
 
 
 async def test_a_cancel_naming_another_job_mid_run_gets_a_job_error_naming_the_fault(

@@ -15,9 +15,9 @@ from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.rpc import status_for
 from lpnode.node.rpc_jobs import OutputStore
 
+from .job_fixtures import Peer, StuckPool, peers, sees_models
 from .test_gossip import virtual_wall_clock
 from .test_job_manager import job
-from .test_jobs import Peer, StuckPool, peers, sees_models
 
 
 async def test_cancelling_a_running_step_cancels_it_and_its_workflow(autojump_clock: trio.testing.MockClock) -> None:

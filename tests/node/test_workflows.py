@@ -17,7 +17,7 @@ from lpnode.node.workflows import MAKES, plan_workflow
 from lpnode.protocol.jobspec import Pipeline, UpscaleParams
 from lpnode.protocol.receipts import verify_receipt
 
-from .test_jobs import BOUND_S, Peer, peers, png, sees_models
+from .job_fixtures import BOUND_S, Peer, peers, png, sees_models
 from .test_rpc_jobs import AUTH, pool4, rpc
 
 __all__ = ["pool4"]
