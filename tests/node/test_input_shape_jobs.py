@@ -1,15 +1,12 @@
 """An image-to-image job over the network is priced by its input, and a requester cannot lie about it.
 
-Real tiny-sdxl runs on the in-memory network; the fixtures are ``test_jobs``'.
+Real tiny-sdxl runs on the in-memory network; the fixtures are ``job_fixtures``'.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 import trio
-from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.models.pool import ModelPool
 from lpnode.node.framing import FramedStream
 from lpnode.node.job_requester import JobRequest, build_spec, run_job
 from lpnode.node.job_stream import receive_job_message, send_job_message
@@ -25,12 +22,6 @@ from .job_fixtures import BOUND_S, MODEL, Peer, peers, png, sees_models
 
 I2I = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 4, 0.0, ""), MODEL, seed=3)
 PRICE = WorkerConfig().price_per_mpx_step
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[ModelPool]:
-    async with open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool:
-        yield pool
 
 
 async def test_image_to_image_is_quoted_on_its_input_and_a_smaller_declaration_is_refused(pool: ModelPool) -> None:

@@ -1,6 +1,6 @@
 """A job over real libp2p on 127.0.0.1: requester → worker with the tiny-sdxl preset, verified receipt.
 
-The in-memory tests (``test_jobs.py``) cover the faults; this checks that the
+The in-memory tests (``test_jobs_faults.py``) cover the faults; this checks that the
 same worker and requester hold over TCP + Noise + Yamux streams. Waits are
 bounded by ``trio.fail_after``; nothing sleeps.
 """

@@ -8,13 +8,11 @@ checked before a try counts as done, and such a worker's try fails and the job m
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 
 import numpy as np
-import pytest
 import trio
 from lpnode.models.outputs import encode_mp4
-from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.models.pool import ModelPool
 from lpnode.node.job_requester import run_job
 from lpnode.node.job_try import BAD_OUTPUT
 from lpnode.node.job_worker import WorkerHooks
@@ -25,12 +23,6 @@ from PIL import Image
 
 from .job_fixtures import BOUND_S, T2I, Peer, peers, sees_models
 from .test_input_shape import img2img_spec
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[ModelPool]:
-    async with open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool:
-        yield pool
 
 
 def image(width: int, height: int, kind: str = "PNG") -> bytes:
