@@ -49,6 +49,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_LIBP2P_CHURN_LOGGERS = (
+    "libp2p.transport.tcp.tcp",
+    "libp2p.protocol_muxer.multiselect_client",
+    "libp2p.network.health.monitor",
+)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -64,6 +71,11 @@ def setup_logging(level: str) -> None:
         # so its warnings reached Python's last-resort handler as bare lines (no time, level or logger):
         # they go through the node's handler, in the node's format. (With LIBP2P_DEBUG set, it has its own.)
         libp2p_log.propagate = True
+    # py-libp2p logs ordinary churn at ERROR/WARNING: a peer that is down (each dial attempt, beside the node's
+    # own "bootstrap ... unreachable" warning), a peer that closed (a failed handshake write, a failed health
+    # ping). Left to log_level = "debug".
+    for churn in _LIBP2P_CHURN_LOGGERS:
+        logging.getLogger(churn).setLevel(logging.NOTSET if level == "debug" else logging.CRITICAL)
     if level != "debug":
         # py-libp2p logs every dial retry and stream reset at INFO; that is its business, not the user's
         libp2p_log.setLevel(logging.WARNING)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from lpnode.node.run import setup_logging
 
-_LOGGERS = ("", "libp2p")
+_LOGGERS = ("", "libp2p", "libp2p.transport.tcp.tcp", "libp2p.network.health.monitor")
 
 
 @pytest.fixture
@@ -48,3 +48,22 @@ def test_libp2p_warnings_carry_the_nodes_time_level_and_logger(
     assert len(lines) == 1, lines
     pattern = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING libp2p\.transport\.tcp: Failed to open TCP stream: .*"
     assert re.fullmatch(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_ordinary_churn_is_not_an_error_line_but_debug_shows_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """py-libp2p logs a down peer's every dial at ERROR and a closed peer's failed ping at WARNING; the node says
+    what matters itself ("bootstrap ... unreachable"), so an operator saw ERROR lines for normal churn (QA3 Q12)."""
+    monkeypatch.delenv("LIBP2P_DEBUG", raising=False)
+    import libp2p.utils.logging
+
+    libp2p.utils.logging.setup_logging()
+    setup_logging("info")
+    logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
+    logging.getLogger("libp2p.network.health.monitor").warning("Health check failed for a peer")
+    assert capsys.readouterr().err == ""
+    setup_logging("debug")
+    logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
+    assert "libp2p.transport.tcp.tcp: Failed to open TCP stream" in capsys.readouterr().err
