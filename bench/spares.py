@@ -5,7 +5,7 @@ Not a test. ``bench/e2e.py``'s cluster with a second requester: one ``lpnode run
 the model, requester A with spare streams (the default, ``node/spare_streams.py``) and requester B
 with ``LPNODE_SPARE_STREAM_TTL_S=0``, both bootstrapped to the worker. The driver sends one
 ``POST /text-to-image`` at a time, alternating A and B (and which goes first in each pair), so both
-arms see the same machine state. Per job, from the probes ``bench/e2e.py`` installs: the wall time,
+arms see the same machine state. Per job, from the probes ``bench/e2e_node.py`` installs: the wall time,
 the overhead (wall time minus the worker's own ``pool.run``), the worker's device stage (does
 opening the next stream while the worker runs slow its model thread?), and the finer parts.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -36,48 +35,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import e2e  # bench/e2e.py, beside this file
 import trio
+from e2e_cluster import job_client, launch, launch_worker, wait_for_models  # bench/e2e_*.py, beside this file
+from e2e_probes import FINE_PARTS, count_lines, fine_split, ms, read_probes
+from e2e_setup import Setup, add_run_arguments, device_name, job_body, run_command
 
 ARMS = ("on", "off")
 ARM_ENV = {"on": {}, "off": {"LPNODE_SPARE_STREAM_TTL_S": "0"}}
 
 
-async def bench(setup: e2e.Setup, out: Path) -> None:
-    import httpx
-
-    serve = ",".join(dict.fromkeys([setup.model, e2e.TINY]))
+async def bench(setup: Setup, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="lpnode-spares-") as tmp_name:
         async with contextlib.AsyncExitStack() as stack:
             tmp = Path(tmp_name)
-            worker = await e2e.launch(tmp, "worker", setup, serve, None, stack)
-            async with httpx.AsyncClient(base_url=worker.url, headers=e2e.auth(worker), trust_env=False) as client:
-                node = (await client.get("/v1/node")).raise_for_status().json()
-            addr = next(a for a in node["listen_addrs"] if a.startswith("/ip4/127.0.0.1/"))
+            worker, worker_peer_id, addr = await launch_worker(tmp, setup, stack)
             requesters = {
-                arm: await e2e.launch(tmp, f"requester-{arm}", setup, "none", addr, stack, env=ARM_ENV[arm])
-                for arm in ARMS
+                arm: await launch(tmp, f"requester-{arm}", setup, "none", addr, stack, env=ARM_ENV[arm]) for arm in ARMS
             }
             for requester in requesters.values():
-                await e2e.wait_for_models(requester, node["peer_id"])
+                await wait_for_models(requester, worker_peer_id)
             clients = {
-                arm: await stack.enter_async_context(
-                    httpx.AsyncClient(
-                        base_url=requester.url,
-                        headers=e2e.auth(requester),
-                        trust_env=False,
-                        timeout=180,
-                        limits=httpx.Limits(keepalive_expiry=2.0),  # under the server's 5 s keep-alive
-                    )
-                )
-                for arm, requester in requesters.items()
+                arm: await stack.enter_async_context(job_client(requester)) for arm, requester in requesters.items()
             }
             windows: dict[str, list[tuple[float, float]]] = {arm: [] for arm in ARMS}
             walls: dict[str, list[float]] = {arm: [] for arm in ARMS}
 
             async def job(arm: str, seed: int) -> None:
                 start, mono = time.perf_counter(), time.monotonic()
-                answer = await clients[arm].post("/text-to-image", json=e2e.job_body(setup, seed))
+                answer = await clients[arm].post("/text-to-image", json=job_body(setup, seed))
                 walls[arm].append(time.perf_counter() - start)
                 windows[arm].append((mono, time.monotonic()))
                 if answer.status_code != 200:
@@ -86,23 +71,23 @@ async def bench(setup: e2e.Setup, out: Path) -> None:
             for i in range(setup.warmup):
                 for arm in ARMS:
                     await job(arm, 900 + i)
-            skip_w = e2e.count_lines(worker.probe)
-            skip_r = {arm: e2e.count_lines(r.probe) for arm, r in requesters.items()}
+            skip_w = count_lines(worker.probe)
+            skip_r = {arm: count_lines(r.probe) for arm, r in requesters.items()}
             for arm in ARMS:
                 windows[arm].clear()
                 walls[arm].clear()
             for i in range(setup.repeats):
                 for arm in ARMS if i % 2 == 0 else reversed(ARMS):
                     await job(arm, i)
-            worker_probes = e2e.read_probes(worker.probe, skip_w)
+            worker_probes = read_probes(worker.probe, skip_w)
             arms = {
-                arm: summarize(walls[arm], windows[arm], worker_probes, e2e.read_probes(r.probe, skip_r[arm]))
+                arm: summarize(walls[arm], windows[arm], worker_probes, read_probes(r.probe, skip_r[arm]))
                 for arm, r in requesters.items()
             }
     pairs = [on - off for on, off in zip(arms["on"].pop("overheads"), arms["off"].pop("overheads"), strict=True)]
     record: dict[str, Any] = {
         "setup": setup.name,
-        "device": gpu_name(setup),
+        "device": device_name(setup),
         "cores": len(os.sched_getaffinity(0)),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": setup.model,
@@ -110,7 +95,7 @@ async def bench(setup: e2e.Setup, out: Path) -> None:
         "steps": setup.steps,
         "repeats": setup.repeats,
         "arms": arms,
-        "paired_overhead_difference_ms": e2e.ms(pairs),  # median over pairs of (on − off)
+        "paired_overhead_difference_ms": ms(pairs),  # median over pairs of (on − off)
     }
     line = json.dumps(record)
     print(line, flush=True)
@@ -134,11 +119,11 @@ def summarize(
         pool_run.append(run["end"] - run["start"])
         device.append(run["device_ms"] / 1000)
     return {
-        "network_ms": e2e.ms(walls),
-        "overhead_ms": e2e.ms(overheads),
-        "worker_pool_run_ms": e2e.ms(pool_run),
-        "worker_device_ms": e2e.ms(device),
-        "fine_ms": e2e.fine_split(windows, worker, requester),
+        "network_ms": ms(walls),
+        "overhead_ms": ms(overheads),
+        "worker_pool_run_ms": ms(pool_run),
+        "worker_device_ms": ms(device),
+        "fine_ms": fine_split(windows, worker, requester),
         "overheads": overheads,
     }
 
@@ -214,19 +199,11 @@ async def bench_wan(rtt_ms: float, repeats: int) -> None:
             for arm in ARMS if i % 2 == 0 else reversed(ARMS):
                 await one(arm)
         nursery.cancel_scope.cancel()
-    on, off = e2e.ms(times["on"]), e2e.ms(times["off"])
+    on, off = ms(times["on"]), ms(times["off"])
     print(
         f"| RTT {rtt_ms:g} ms, tiny-sdxl 64×64 2 steps, CPU, {repeats} jobs per arm | {on} | {off} | {off - on:.2f} |"
     )
     print(f"spares taken {spares.counts['taken']}, stale {spares.counts['stale']}")
-
-
-def gpu_name(setup: e2e.Setup) -> str:
-    if not setup.device.startswith("cuda"):
-        return e2e.cpu_name()
-    import torch
-
-    return str(torch.cuda.get_device_name(0))
 
 
 def report(path: Path) -> str:
@@ -245,9 +222,7 @@ def report(path: Path) -> str:
             f"| **job − the worker's `pool.run`** | **{on['overhead_ms']}** | **{off['overhead_ms']}** |",
         ]
         if on["fine_ms"] and off["fine_ms"]:
-            lines += [
-                f"| {text} | {on['fine_ms'][key]} | {off['fine_ms'][key]} |" for key, text in e2e.FINE_PARTS.items()
-            ]
+            lines += [f"| {text} | {on['fine_ms'][key]} | {off['fine_ms'][key]} |" for key, text in FINE_PARTS.items()]
             lines.append(
                 f"| jobs on a spare stream | {on['fine_ms']['jobs_on_spares']} | {off['fine_ms']['jobs_on_spares']} |"
             )
@@ -259,22 +234,12 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("what", choices=("cpu", "gpu", "wan", "report"))
     parser.add_argument("--rtt-ms", type=float, default=60.0, help="wan: round-trip time of every link")
-    parser.add_argument("file", nargs="?", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("bench-spares.jsonl"))
-    parser.add_argument("--smoke", action="store_true", help="the gpu setup with tiny modules on the CPU")
-    parser.add_argument("--repeats", type=int, help="timed jobs per arm (default: the setup's)")
+    add_run_arguments(parser, out=Path("bench-spares.jsonl"), repeats_help="timed jobs per arm (default: the setup's)")
     args = parser.parse_args(argv)
-    if args.what == "report":
-        print(report(args.file or args.out))
-        return 0
     if args.what == "wan":
         trio.run(bench_wan, args.rtt_ms, args.repeats or 10)
         return 0
-    setup = e2e.SETUPS["smoke" if args.smoke else args.what]
-    if args.repeats:
-        setup = dataclasses.replace(setup, repeats=args.repeats)
-    trio.run(bench, setup, args.out)
-    return 0
+    return run_command(args, report, bench)
 
 
 if __name__ == "__main__":
