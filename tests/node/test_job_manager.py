@@ -130,7 +130,9 @@ async def test_a_running_jobs_record_is_saved_with_its_tries_so_a_killed_node_st
             job_id = await manager.submit(job())
             await stuck.running.wait()
             assert (await book.get(job_id) or {})["attempts"] == []  # not yet: a short job costs no extra write
-            await trio.sleep(CHECKPOINT_DELAY_S)  # virtual time
+            # virtual time; past the checkpoint due CHECKPOINT_DELAY_S after the try started (at this same instant,
+            # so a sleep of exactly the delay would tie with it, and ties wake in either order)
+            await trio.sleep(CHECKPOINT_DELAY_S * 1.5)
             saved = await book.get(job_id) or {}
             await manager.cancel(job_id)
             await trio.sleep(CHECKPOINT_DELAY_S * 2)  # a checkpoint due now must not overwrite the final record
