@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from lpnode.node.store import ConstraintViolation, Migration, Store
+from lpnode.node.store import ConstraintViolation, Migration, Store, SyncTransaction
 from lpnode.protocol.errors import LpnodeError
 
 __all__ = [
@@ -310,21 +310,24 @@ class JobRecords:
         elif live is not None:  # progress held back in memory goes out with this change
             changes["progress"] = _encode("progress", live.record.progress)
         assignments = ", ".join(f"{column} = :{column}" for column in changes)
-        async with self._store.transaction() as tx:
-            row = await tx.fetch_one(
+        receipt_rows = [(job_id, index, bytes(receipt)) for index, receipt in receipts]
+
+        def change(tx: SyncTransaction) -> tuple[sqlite3.Row | None, sqlite3.Row | None]:
+            # one transaction, one hop: the final record and its receipts land together or not at all
+            row = tx.fetch_one(
                 f"UPDATE jobs SET {assignments} WHERE id = :id AND state IN {_LIVE_STATES} RETURNING {_COLUMNS}",
                 {**changes, "id": job_id},
             )
-            if row is None:
-                found = await tx.fetch_one("SELECT state FROM jobs WHERE id = ?", (job_id,))
-            elif receipts:
+            if row is None:  # why not: no such record, or a finished one
+                return None, tx.fetch_one("SELECT state FROM jobs WHERE id = ?", (job_id,))
+            if receipt_rows:
                 try:
-                    await tx.executemany(
-                        "INSERT INTO job_receipts (job_id, idx, receipt) VALUES (?, ?, ?)",
-                        [(job_id, index, bytes(receipt)) for index, receipt in receipts],
-                    )
+                    tx.executemany("INSERT INTO job_receipts (job_id, idx, receipt) VALUES (?, ?, ?)", receipt_rows)
                 except ConstraintViolation as exc:
                     raise InvalidRecord(f"job {job_id} already has one of receipts {[i for i, _ in receipts]}") from exc
+            return row, None
+
+        row, found = await self._store.atomic(change)
         if row is None:
             if found is None:
                 raise UnknownJob(job_id)
@@ -395,13 +398,15 @@ class JobRecords:
         return live.record
 
     async def flush_progress(self) -> None:
-        """Write every progress still held in memory (e.g. before a clean shutdown)."""
-        for live in list(self._live.values()):
-            record = live.record
-            await self._store.execute(
-                f"UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND state IN {_LIVE_STATES}",
-                (_encode("progress", record.progress), record.updated_at, record.id),
-            )
+        """Write every progress still held in memory (e.g. before a clean shutdown), in one transaction."""
+        written = [(live, live.record) for live in self._live.values()]  # as they are now, not after the await
+        if not written:
+            return
+        await self._store.executemany(
+            f"UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND state IN {_LIVE_STATES}",
+            [(_encode("progress", record.progress), record.updated_at, record.id) for _, record in written],
+        )
+        for live, record in written:
             live.persisted_at = record.updated_at
 
     async def get(self, job_id: str) -> JobRecord | None:
