@@ -12,9 +12,9 @@ connection between them. Each measurement opens a fresh stream on it and moves
   checks, sha256 of what arrived, the payload joined into one ``bytes``).
 * **transfer, sha256 given**: the same with the hash passed in, as a worker
   sending outputs whose hashes its receipt already holds does.
-* **stock yamux**: "sha256 given" with py-libp2p's yamux as shipped: 64 KiB frames,
-  each of which leaves as two Noise messages (``node/network/_yamux_tuning.py``); the
-  other modes run with lpnode's frames, which fit one. Both hosts share this process's
+* **stock yamux**: "sha256 given" between two more hosts that run py-libp2p's yamux
+  (``Libp2pConfig(muxer="py-libp2p")``); the other modes run lpnode's (``node/network/_yamux.py``).
+  Both hosts share this process's
   event loop, which hides what a sender waits for from a receiver in another process:
   ``bench/transfer_2p.py`` measures that shape.
 
@@ -42,7 +42,6 @@ from functools import partial
 
 import trio
 from lpnode.node.framing import FramedStream
-from lpnode.node.network._yamux_tuning import tune_yamux
 from lpnode.node.network.base import ByteStream, Network
 from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
 from lpnode.node.transfer import TransferLimits, receive_transfer, send_transfer
@@ -93,24 +92,26 @@ async def run(mb: float, chunks: list[int], rounds: int) -> list[tuple[int, floa
     data = os.urandom(int(mb * 1e6))
     digest = hashlib.sha256(data).digest()
     config = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)
+    stock_config = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False, muxer="py-libp2p")
     rows = []
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(open_libp2p_network(NodeKey(b"\x01" * 32), config))
         server = await stack.enter_async_context(open_libp2p_network(NodeKey(b"\x02" * 32), config))
+        stock_client = await stack.enter_async_context(open_libp2p_network(NodeKey(b"\x03" * 32), stock_config))
+        stock_server = await stack.enter_async_context(open_libp2p_network(NodeKey(b"\x04" * 32), stock_config))
         await client.connect(server.listen_addrs()[0])
+        await stock_client.connect(stock_server.listen_addrs()[0])
         for chunk in chunks:
             measure = partial(_measure, client, server, data, chunk)
+            measure_stock = partial(_measure, stock_client, stock_server, data, chunk)
             await measure(True, None)  # warm-up: first stream, allocator, yamux windows
+            await measure_stock(True, None)
             raw, framed, known, stock = [], [], [], []
             for _ in range(rounds):
                 raw.append(await measure(False, None))
                 framed.append(await measure(True, None))
                 known.append(await measure(True, digest))
-                tune_yamux(False)
-                try:
-                    stock.append(await measure(True, digest))
-                finally:
-                    tune_yamux()
+                stock.append(await measure_stock(True, digest))
             medians = (statistics.median(times) for times in (raw, framed, known, stock))
             rows.append((chunk, *medians))
     return rows

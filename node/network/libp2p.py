@@ -12,7 +12,8 @@ in the ``_libp2p_*`` helpers, never worked around by callers:
 - inbound streams are bounded and a crashing handler costs only its stream
   (``_libp2p_stream``);
 - leaving the context closes the host explicitly (py-libp2p leaks otherwise);
-- a yamux data frame fits in one Noise message, not two (``_yamux_tuning``).
+- yamux is lpnode's own (``_yamux``): py-libp2p's costs ~0.4 ms of Python per message
+  and polls every 10 ms for flow-control credit; the wire protocol is the same.
 
 Usage::
 
@@ -28,15 +29,16 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import ifaddr
 import multiaddr.exceptions
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, IMuxedConn, INetConn, INetStream, INetwork, INotifee, ISecureConn
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
-from libp2p.custom_types import TProtocol
+from libp2p.custom_types import TMuxerOptions, TProtocol
 from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
@@ -44,6 +46,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
@@ -55,7 +58,7 @@ from ._libp2p_mdns import serve_mdns
 from ._libp2p_pubsub import LpnodePubsub, make_router
 from ._libp2p_stream import TRANSPORT_ERRORS, InboundHandlerRoot, Libp2pStream
 from ._multiselect import PipelinedMultiselectClient
-from ._yamux_tuning import tune_yamux
+from ._yamux import YamuxConnection
 from .base import (
     ByteStream,
     ConnectionEvent,
@@ -101,6 +104,8 @@ class Libp2pConfig:
     max_inbound_streams: int = 128
     # Bound on dialing a peer plus negotiating a stream's protocol.
     dial_timeout_s: float = 10.0
+    # The yamux implementation: "lpnode" (``_yamux``) or "py-libp2p" (its own, for benchmarks that compare).
+    muxer: Literal["lpnode", "py-libp2p"] = "lpnode"
 
     def __post_init__(self) -> None:
         if not self.listen_addrs:
@@ -111,6 +116,8 @@ class Libp2pConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"Libp2pConfig.{name} must be a positive number of seconds, got {value!r}")
+        if self.muxer not in ("lpnode", "py-libp2p"):
+            raise ValueError(f"Libp2pConfig.muxer must be 'lpnode' or 'py-libp2p', got {self.muxer!r}")
         if self.max_inbound_streams < 1:
             raise ValueError(f"Libp2pConfig.max_inbound_streams must be >= 1, got {self.max_inbound_streams}")
         if self.mdns_interface_addr is not None:
@@ -446,12 +453,12 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
         min_connections=0,
         low_watermark=0,
     )
-    tune_yamux()
+    muxers: TMuxerOptions = {TProtocol(YAMUX_PROTOCOL_ID): YamuxConnection if config.muxer == "lpnode" else Yamux}
     host = new_host(
         key_pair=key_pair,
         # Only Noise: new_host's default also accepts plaintext and secio.
         sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        muxer_opt=muxers,
         listen_addrs=[Multiaddr(a) for a in config.listen_addrs],
         enable_mDNS=False,  # ours is in _libp2p_mdns: pinned interface, and it dials
         connection_config=health,
@@ -466,7 +473,18 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
     # after each disconnect, and the peerstore is never pruned; the node's own dialer decides
     # whom to keep connected (node/peering.py). Its entry point does nothing on this host.
     swarm.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
+    swarm.upgrader.muxer_multistream = _NegotiatedMuxer(muxers, swarm.upgrader.muxer_multistream.negotiate_timeout)
     return host
+
+
+class _NegotiatedMuxer(MuxerMultistream):
+    """py-libp2p's muxer negotiation, building the class it negotiated: 0.8.1's ``new_conn`` builds its
+    own ``Yamux`` for ``/yamux/1.0.0`` whatever class the host was given."""
+
+    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
+        muxer = await self.select_transport(conn)
+        protocol = next(p for p, cls in self.transports.items() if cls is muxer)
+        return self._annotate_connection(muxer(conn, peer_id), conn, protocol)
 
 
 async def _no_auto_connect() -> None:

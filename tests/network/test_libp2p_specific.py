@@ -399,11 +399,13 @@ async def test_a_listen_port_another_process_holds_is_refused() -> None:
                     pass
 
 
-async def test_a_yamux_frame_travels_as_one_noise_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    """py-libp2p's 64 KiB yamux frames overflow a Noise message (65,519 bytes) and went out as two, the
-    second 17 bytes; ours (``_yamux_tuning``) fit one, and the bytes arrive as sent."""
+async def test_lpnode_yamux_talks_to_py_libp2ps_and_fits_frames_in_noise_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Our yamux (``_yamux``) against py-libp2p's own, both ways, with payloads past every window: the bytes
+    arrive as sent. Its data frames fit one Noise message each (py-libp2p's 64 KiB frames went out as two,
+    the second 17 bytes), and its window updates are few (py-libp2p's receiver sends one per read)."""
     from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
-    from lpnode.node.network._yamux_tuning import tune_yamux
 
     sent: list[tuple[int, int]] = []  # (channel, plaintext length) of every Noise message
     encrypt = NoiseTransportReadWriter.encrypt
@@ -413,41 +415,46 @@ async def test_a_yamux_frame_travels_as_one_noise_message(monkeypatch: pytest.Mo
         return encrypt(self, data)
 
     monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", recording)
-    payload = secrets.token_bytes(653_000)  # a 512² PNG output's size
-    received = bytearray()
-    arrived = trio.Event()
+    payload = secrets.token_bytes(3_000_000)  # past the 1 MiB window ours gives and py-libp2p's 256 KiB
 
-    async def sink(stream: ByteStream) -> None:
-        while chunk := await stream.receive_some(1 << 16):
+    async def echo(stream: ByteStream) -> None:
+        received = bytearray()
+        while len(received) < len(payload) and (chunk := await stream.receive_some(1 << 16)):
             received.extend(chunk)
-            if len(received) % len(payload) == 0:
-                arrived.set()
+        await stream.send_all(bytes(received))
+        await stream.aclose()
 
-    async def send_once(node: Libp2pNetwork, peer: str) -> list[int]:
-        """The sizes of the sender's Noise messages for one payload."""
-        nonlocal arrived
+    async def round_trip(node: Libp2pNetwork, peer: str) -> tuple[bytes, list[int]]:
         stream = await node.open_stream(peer, "/lpnode/test-frames/1")
-        arrived = trio.Event()
         sent.clear()
-        await stream.send_all(payload)
-        await arrived.wait()
-        (sender,) = {channel for channel, size in sent if size > 60_000}
-        return [size for channel, size in sent if channel == sender]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, payload)
+            back = bytearray()
+            while len(back) < len(payload) and (chunk := await stream.receive_some(1 << 16)):
+                back.extend(chunk)
+        await stream.aclose()
+        big = {channel for channel, size in sent if size > 60_000}
+        return bytes(back), [size for channel, size in sent if channel in big]
 
+    stock = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False, muxer="py-libp2p")
     with trio.fail_after(DEADLINE):
-        async with _nodes(LOOPBACK, LOOPBACK) as (a, b):
-            b.set_stream_handler("/lpnode/test-frames/1", sink)
-            await a.connect(b.listen_addrs()[0])
-            ours = await send_once(a, b.local_peer)
-            tune_yamux(False)  # py-libp2p as shipped, for comparison
-            try:
-                stock = await send_once(a, b.local_peer)
-            finally:
-                tune_yamux()
-    assert bytes(received) == payload * 2
-    # ceil(653,000 / 65,507) frames, one Noise message each, none split
-    assert MAX_PLAINTEXT_LENGTH == 65_519 and sum(size > 1000 for size in ours) == 10 and 17 not in ours
-    assert stock.count(17) == 9  # 9 full frames of 65,524 bytes, each split in two (65,519 + 17)
+        async with _nodes(LOOPBACK, stock, LOOPBACK) as (ours, theirs, ours_too):
+            for node in (ours, theirs, ours_too):
+                node.set_stream_handler("/lpnode/test-frames/1", echo)
+            await ours.connect(theirs.listen_addrs()[0])
+            await theirs.connect(ours_too.listen_addrs()[0])
+            await ours.connect(ours_too.listen_addrs()[0])
+            back, _ = await round_trip(ours, theirs.local_peer)  # we open, py-libp2p accepts
+            assert back == payload
+            back, _ = await round_trip(theirs, ours_too.local_peer)  # py-libp2p opens, we accept
+            assert back == payload
+            back, sizes = await round_trip(ours, ours_too.local_peer)  # ours on both ends
+            assert back == payload
+    # both directions of the last round trip: ceil(3,000,000 / 65,507) = 46 data frames each way, each
+    # one whole Noise message; the rest are window updates and the open, a handful, not one per read
+    assert MAX_PLAINTEXT_LENGTH == 65_519 and max(sizes) == 65_519 and 17 not in sizes
+    assert sum(size > 1000 for size in sizes) == 2 * 46
+    assert len(sizes) - 2 * 46 <= 16
 
 
 async def test_py_libp2ps_auto_connector_dials_nobody() -> None:
