@@ -171,6 +171,10 @@ class _ConnectionNotifee(INotifee):
         return
 
 
+# How long listen addresses are reused: an interface's address may change (DHCP), a bound port does not.
+LISTEN_ADDRS_TTL_S = 30.0
+
+
 class Libp2pNetwork:
     """A started libp2p node; obtain one from :func:`open_libp2p_network`."""
 
@@ -187,6 +191,7 @@ class Libp2pNetwork:
         self._event_sinks: set[trio.MemorySendChannel[ConnectionEvent]] = set()
         self._close_requested = trio.Event()
         self._closed = trio.Event()
+        self._listen_addrs: tuple[list[str], float] | None = None  # (addresses, when they were read)
         host.get_network().register_notifee(_ConnectionNotifee(self))
 
     # -- Network ----------------------------------------------------------------------
@@ -196,13 +201,20 @@ class Libp2pNetwork:
         return self._local_peer
 
     def listen_addrs(self) -> list[str]:
+        # Kept for LISTEN_ADDRS_TTL_S: every advert carries them, and reading them (the listeners' sockets,
+        # then the interfaces' addresses for a wildcard bind) cost a busy worker milliseconds per advert.
+        now = trio.current_time()
+        if self._listen_addrs is not None and now - self._listen_addrs[1] < LISTEN_ADDRS_TTL_S:
+            return list(self._listen_addrs[0])
         suffix = f"/p2p/{self._local_peer}"
         out: list[str] = []
         for bound in self._host.get_transport_addrs():
             for addr in _expand_unspecified(bound):
                 if addr + suffix not in out:
                     out.append(addr + suffix)
-        return out
+        if out:  # none before the listeners are up: read again next time
+            self._listen_addrs = (out, now)
+        return list(out)
 
     def connected_peers(self) -> frozenset[PeerId]:
         return frozenset(peer.to_base58() for peer, conns in self._swarm_connections().items() if conns)
@@ -474,7 +486,23 @@ def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
     # whom to keep connected (node/peering.py). Its entry point does nothing on this host.
     swarm.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
     swarm.upgrader.muxer_multistream = _NegotiatedMuxer(muxers, swarm.upgrader.muxer_multistream.negotiate_timeout)
+    _remember_transport_addrs(host)
     return host
+
+
+def _remember_transport_addrs(host: BasicHost) -> None:
+    """py-libp2p reads its listeners' sockets and parses their multiaddrs again on every gossip publish
+    (for the signed peer record it attaches): milliseconds of a busy worker's event loop per advert. A
+    bound listener's address does not change, so the first non-empty answer is kept."""
+    read = host.get_transport_addrs
+    known: list[Multiaddr] = []
+
+    def remembered() -> list[Multiaddr]:
+        if not known:
+            known.extend(read())
+        return list(known)
+
+    host.get_transport_addrs = remembered  # type: ignore[method-assign]
 
 
 class _NegotiatedMuxer(MuxerMultistream):
