@@ -16,13 +16,19 @@ from .inference import InferencePool
 log = logging.getLogger(__name__)
 
 
+RESERVED_AHEAD = 1024  # receipt numbers put on file at once
+
+
 class ReceiptSequence:
     """Per-worker receipt numbers that keep increasing across restarts.
 
-    With a file, the last number is persisted before it is used; without one
-    (or on top of it) the counter is seeded from the wall clock in microseconds,
-    so a restarted worker whose file was lost still never repeats a number
-    unless its clock went back.
+    With a file, numbers are reserved :data:`RESERVED_AHEAD` at a time: the file
+    holds the end of the block in use, written before the block's first number is
+    handed out, so a restart (even after kill -9) starts past every number used,
+    and a job costs a file write once per block, not once per receipt. Without a
+    file (or on top of it) the counter is seeded from the wall clock in
+    microseconds, so a restarted worker whose file was lost still never repeats a
+    number unless its clock went back. Numbers increase; they need not be dense.
     """
 
     def __init__(self, wall_clock: WallClock, path: Path | None = None) -> None:
@@ -35,12 +41,14 @@ class ReceiptSequence:
             except ValueError:
                 log.warning("receipt sequence file %s is unreadable; seeding from the clock", path)
         self._last = max(seeded, stored)
+        self._reserved = self._last  # numbers up to this one are on file
 
     def next(self) -> int:
         self._last += 1
-        if self._path is not None:
+        if self._path is not None and self._last > self._reserved:
+            self._reserved = self._last + RESERVED_AHEAD - 1
             tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(str(self._last))  # a few bytes: cheaper than a thread hop
+            tmp.write_text(str(self._reserved))  # a few bytes: cheaper than a thread hop
             tmp.replace(self._path)
         return self._last
 

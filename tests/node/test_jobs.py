@@ -116,6 +116,30 @@ def test_receipt_sequence_increases_across_restarts(tmp_path: Path) -> None:
     assert ReceiptSequence(lambda: 2000.0, None).next() > numbers[-1]
 
 
+def test_receipt_numbers_go_on_file_a_block_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One file write per RESERVED_AHEAD receipts, not per receipt, and a restart (kill -9 included: the
+    block is on file before its first number is used) starts past every number handed out."""
+    from lpnode.node import job_proof
+    from lpnode.node.job_proof import RESERVED_AHEAD, ReceiptSequence
+
+    path = tmp_path / "receipt-seq"
+    writes = 0
+    replace = Path.replace
+
+    def counting(self: Path, target: Path) -> Path:
+        nonlocal writes
+        writes += 1
+        return replace(self, target)
+
+    monkeypatch.setattr(job_proof.Path, "replace", counting)
+    sequence = ReceiptSequence(lambda: 1000.0, path)
+    numbers = [sequence.next() for _ in range(2 * RESERVED_AHEAD + 1)]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert writes == 3
+    assert int(path.read_text()) >= numbers[-1]
+    assert ReceiptSequence(lambda: 1.0, path).next() > numbers[-1]
+
+
 async def test_image_to_image_inputs_travel_hash_checked(pool: ModelPool) -> None:
     from lpnode.node.job_requester import build_spec
     from lpnode.node.transfer import send_transfer
