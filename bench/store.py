@@ -137,19 +137,23 @@ async def _file_rows(directory: Path, runs: int, output_bytes: int) -> list[str]
     for synchronous in ("NORMAL", "FULL") if knows_durability else ("FULL",):
         kwargs: dict[str, Any] = {"synchronous": synchronous} if knows_durability else {}
         files = OutputFiles(directory / synchronous.lower(), 4 * 1024**3, **kwargs)
-        batch: list[tuple[str, str, bytes]] = []
-
-        async def prepare(i: int) -> None:
-            blob[:8] = (i + WARMUP).to_bytes(8, "big")  # new bytes each time: never "already stored"
-            data = bytes(blob)
-            batch[:] = [(hashlib.sha256(data).hexdigest(), "image/png", data)]
-
-        async def put(_: int) -> None:
-            files.put_verified(batch)
-
         name = f"OutputFiles.put_verified ({output_bytes // 1000} kB, {synchronous})"
-        rows.append(_row(name, "files", await _timed(runs, put, prepare)))
+        rows.append(_row(name, "files", await _time_puts(files, blob, runs)))
     return rows
+
+
+async def _time_puts(files: OutputFiles, blob: bytearray, runs: int) -> list[float]:
+    batch: list[tuple[str, str, bytes]] = []
+
+    async def prepare(i: int) -> None:
+        blob[:8] = (i + WARMUP).to_bytes(8, "big")  # new bytes each time: never "already stored"
+        data = bytes(blob)
+        batch[:] = [(hashlib.sha256(data).hexdigest(), "image/png", data)]
+
+    async def put(_: int) -> None:
+        files.put_verified(batch)
+
+    return await _timed(runs, put, prepare)
 
 
 async def _main(args: argparse.Namespace) -> None:

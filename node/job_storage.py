@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
 from lpnode.node.job_book import Record
 from lpnode.node.job_records import JOB_MIGRATIONS, JobRecords, JobState
 from lpnode.node.output_files import OutputFiles, Verified
-from lpnode.node.store import Migration, Store, open_store
+from lpnode.node.store import Migration, Store, Synchronous, open_store
 
 DATABASE_FILE = "lpnode.db"
 OUTPUTS_DIR = "outputs"
@@ -83,16 +84,27 @@ class FileOutputs:
 
 @asynccontextmanager
 async def open_job_storage(
-    data_dir: Path, outputs_max_bytes: int, now: float, *, extra_migrations: Sequence[Migration] = ()
+    data_dir: Path,
+    outputs_max_bytes: int,
+    now: float,
+    *,
+    extra_migrations: Sequence[Migration] = (),
+    synchronous: Synchronous = "NORMAL",
 ) -> AsyncIterator[tuple[StoredRecords, FileOutputs]]:
     """Records in ``<data_dir>/lpnode.db`` (unfinished ones marked interrupted) and outputs in ``<data_dir>/outputs``.
 
     ``extra_migrations``: other components' schemas in the same database (``records.store``).
+    ``synchronous``: how durable both are, one rule for the two (:func:`open_store`,
+    :class:`OutputFiles`): ``"NORMAL"`` survives a killed process, ``"FULL"`` a power cut too.
     """
-    async with open_store(data_dir / DATABASE_FILE, [*JOB_MIGRATIONS, *extra_migrations]) as store:
+    async with open_store(
+        data_dir / DATABASE_FILE, [*JOB_MIGRATIONS, *extra_migrations], synchronous=synchronous
+    ) as store:
         records = StoredRecords(JobRecords(store), store)
         await records.mark_interrupted(now)  # whatever ran when the node last stopped did not finish
-        files = await trio.to_thread.run_sync(OutputFiles, data_dir / OUTPUTS_DIR, outputs_max_bytes)
+        files = await trio.to_thread.run_sync(
+            partial(OutputFiles, data_dir / OUTPUTS_DIR, outputs_max_bytes, synchronous=synchronous)
+        )
         yield records, FileOutputs(files)
 
 

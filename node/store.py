@@ -18,6 +18,7 @@ WAL file (the OS page cache) before it returns, so a killed process (kill -9, a 
 committed row; only a power cut or kernel panic can lose the last transactions, never corrupt the
 file. ``synchronous="FULL"`` adds an fsync per commit for power-loss durability at a few ms per
 commit on ordinary disks; the node's records (jobs, reputation evidence) are not worth that.
+The job outputs the records name follow the same setting (:mod:`lpnode.node.output_files`).
 
 Concurrency: one writer connection behind a ``trio.Lock`` (every write, and every transaction, is
 serialised) and one query-only reader connection for :meth:`Store.fetch_all` / :meth:`Store.fetch_one`,
@@ -73,6 +74,7 @@ __all__ = [
     "Store",
     "StoreError",
     "SyncTransaction",
+    "Synchronous",
     "Transaction",
     "Written",
     "open_store",
@@ -85,6 +87,10 @@ DEFAULT_MAX_ROWS = 10_000  # a query returning more than this is a bug (missing 
 Params = Sequence[Any] | Mapping[str, Any]
 
 Backend = Literal["aiosqlite", "inline"]
+
+# SQLite's synchronous pragma in WAL mode, and the node's durability rule (module docstring);
+# lpnode.node.output_files keeps outputs by the same setting.
+Synchronous = Literal["NORMAL", "FULL"]
 
 _VERSIONS = "SELECT component, version FROM schema_versions"
 _COMPONENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -231,6 +237,11 @@ class _Connection:
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
         raise NotImplementedError
 
+    async def call_to_end(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """:meth:`call`, but once ``fn`` is submitted a cancelled caller still waits for its end
+        (SQLite's busy timeout bounds that): it learns whether ``fn`` returned or raised."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -275,6 +286,11 @@ class _AioConnection(_Connection):
         result: _T = await self._bridge.run(aconn._execute(on_thread))  # type: ignore[no-untyped-call]
         return result
 
+    async def call_to_end(self, fn: Callable[..., _T], *args: Any) -> _T:
+        with trio.CancelScope(shield=True):
+            result = await self.call(fn, *args)
+        return result
+
     async def close(self) -> None:
         await self._bridge.run(self._conn.close())
 
@@ -289,6 +305,10 @@ class _InlineConnection(_Connection):
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
         await trio.lowlevel.checkpoint()
         return _mapped(self.path, fn, self._conn, args)
+
+    async def call_to_end(self, fn: Callable[..., _T], *args: Any) -> _T:
+        # fn runs after the checkpoint, synchronously: a cancel lands before it starts or not at all
+        return await self.call(fn, *args)
 
     async def close(self) -> None:
         await self.call(sqlite3.Connection.close)
@@ -420,9 +440,7 @@ class Store:
         self._check()
         async with self._write_lock:
             self._check()
-            with trio.CancelScope(shield=True):
-                written = await self._writer.call(_write, sql, params)
-        return written
+            return await self._writer.call_to_end(_write, sql, params)
 
     async def executemany(self, sql: str, params: Iterable[Params]) -> Written:
         """One statement for each parameter set, all committed together."""
@@ -456,8 +474,7 @@ class Store:
         self._check()
         async with self._write_lock:
             self._check()
-            with trio.CancelScope(shield=True):
-                result: _T = await self._writer.call(_atomically, self.path, fn)
+            result: _T = await self._writer.call_to_end(_atomically, self.path, fn)
         return result
 
     @asynccontextmanager
@@ -505,7 +522,7 @@ async def open_store(
     path: Path,
     migrations: Sequence[Migration],
     *,
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    synchronous: Synchronous = "NORMAL",
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     backend: Backend = "aiosqlite",
 ) -> AsyncIterator[Store]:

@@ -26,6 +26,7 @@ from lpnode.node.job_records import (
     RecordTooLarge,
     UnknownJob,
 )
+from lpnode.node.output_files import OutputFiles
 from lpnode.node.store import open_store
 
 from tests.node.store_kill_writer import PAIRS_MIGRATION
@@ -247,13 +248,18 @@ async def test_prune_keeps_the_newest_finished_and_every_live_record(tmp_path: P
 
 @pytest.mark.slow
 async def test_committed_records_survive_kill_9_mid_write(tmp_path: Path) -> None:
-    """A real child process writes in a loop; SIGKILL lands while it writes; nothing it reported is lost."""
+    """A real child process writes in a loop; SIGKILL lands while it writes; nothing it reported is lost:
+    no committed row, and no output file stored without fsync (``synchronous="NORMAL"``)."""
     path = tmp_path / "node.db"
+    outputs = tmp_path / "outputs"
     writer = Path(__file__).with_name("store_kill_writer.py")
     reported_jobs: list[str] = []
     reported_pairs: list[int] = []
+    reported_outputs: list[str] = []
     with trio.fail_after(60):
-        process = await trio.lowlevel.open_process([sys.executable, str(writer), str(path)], stdout=subprocess.PIPE)
+        process = await trio.lowlevel.open_process(
+            [sys.executable, str(writer), str(path), str(outputs)], stdout=subprocess.PIPE
+        )
         assert process.stdout is not None
         buffered = b""
         try:
@@ -266,6 +272,8 @@ async def test_committed_records_survive_kill_9_mid_write(tmp_path: Path) -> Non
                     what, value = line.decode().split()
                     if what == "job":
                         reported_jobs.append(value)
+                    elif what == "output":
+                        reported_outputs.append(value)
                     else:
                         reported_pairs.append(int(value))
         finally:
@@ -284,6 +292,9 @@ async def test_committed_records_survive_kill_9_mid_write(tmp_path: Path) -> Non
         halves = {row["n"]: row["halves"] for row in rows}
         assert all(count == 2 for count in halves.values())  # every transaction whole or absent
         assert set(reported_pairs) <= set(halves)
+    files = OutputFiles(outputs, max_bytes=1024**3)  # a restart: scans the directory, drops a cut-short temp file
+    assert reported_outputs and all(files.get(digest) is not None for digest in reported_outputs)  # get re-hashes
+    assert not [p for p in outputs.iterdir() if p.name.startswith(".tmp-")]
 
 
 async def test_save_inserts_or_replaces_a_record_built_elsewhere(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ class CountingFiles(OutputFiles):
 
 
 def test_a_verified_batch_is_stored_with_one_directory_sync(tmp_path: Path) -> None:
-    files = CountingFiles(tmp_path, max_bytes=10_000)
+    files = CountingFiles(tmp_path, max_bytes=10_000, synchronous="FULL")  # NORMAL syncs nothing
     blobs = [PNG + bytes([n]) * 100 for n in range(3)]
     entries = files.put_verified([(sha(b), "image/png", b) for b in blobs])
     assert [e.sha256 for e in entries] == [sha(b) for b in blobs] and files.directory_syncs == 1
@@ -112,7 +112,7 @@ async def test_a_network_job_costs_two_record_writes_and_one_output_batch(pool: 
         await sees_models(requester.node, [worker])
         records = CountingRecords(stored._records, stored.store)
         records.writes = []
-        files = CountingFiles(tmp_path / "outputs", max_bytes=1 << 24)
+        files = CountingFiles(tmp_path / "outputs", max_bytes=1 << 24, synchronous="FULL")  # syncs count batches
         runner = requester_runner(requester.node)
         async with open_job_manager(records, FileOutputs(files), runner, status_for=status_for) as manager:
             with trio.fail_after(BOUND_S):
