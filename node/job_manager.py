@@ -384,9 +384,10 @@ class JobManager:
                 }
             )
         # The requester hashed every received byte against the signed receipt (JobOutcome.outputs):
-        # stored without a second hash, in one batch. Durable when this returns, and only then is
-        # the record saved as succeeded (with the receipts, in one transaction): a record never
-        # names an output a crash could have lost.
+        # stored without a second hash, in one batch. Stored as durably as the records when this
+        # returns (a killed process loses neither; job_storage), and only then is the record saved
+        # as succeeded (with the receipts, in one transaction): a record never names an output a
+        # crash of this process could have lost.
         await self.outputs.put_verified(outputs)
         return {"images": images, "jobs": infos, "request_id": live.record["id"]}
 

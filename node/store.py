@@ -63,6 +63,8 @@ import trio
 import trio_asyncio
 from lpnode.protocol.errors import LpnodeError
 
+from ._aiosqlite_hop import run_on_connection_thread
+
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
     "DEFAULT_MAX_ROWS",
@@ -262,7 +264,8 @@ class _Bridge:
 
 
 class _AioConnection(_Connection):
-    """aiosqlite's thread per connection, driven through the trio-asyncio bridge."""
+    """aiosqlite's thread per connection: opened and closed through the trio-asyncio bridge, every
+    statement in between sent straight to the thread (``_aiosqlite_hop``)."""
 
     def __init__(self, bridge: _Bridge, conn: aiosqlite.Connection) -> None:
         self._bridge = bridge
@@ -271,20 +274,18 @@ class _AioConnection(_Connection):
 
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
         # aiosqlite has no public way to run a function on its connection thread: each public call
-        # (execute, fetchone, cursor close, commit, ...) is a hop of its own, ~0.2 ms each through
-        # trio-asyncio, where the SQL itself takes ~0.02 ms. Its private Connection._execute(fn, *args)
-        # queues fn on that thread (every public method is built on it) and Connection._conn is the raw
-        # sqlite3 connection, to be used on that thread only. This is the only use of either; checked
-        # against aiosqlite 0.20.0, 0.21.0 and 0.22.1 (pyproject bounds the version). Once queued, fn runs
-        # to its end whether or not anyone still awaits it.
+        # (execute, fetchone, cursor close, commit, ...) is a hop of its own, ~0.2 ms each where the SQL
+        # itself takes ~0.02 ms. The function goes to that thread the way aiosqlite's own methods send
+        # theirs, minus asyncio (``_aiosqlite_hop``); Connection._conn is the raw sqlite3 connection, to be
+        # used on that thread only. Checked against aiosqlite 0.20.0, 0.21.0 and 0.22.1 (pyproject bounds
+        # the version). Once queued, fn runs to its end whether or not anyone still awaits it.
         aconn = self._conn
         path = self.path
 
         def on_thread() -> _T:
             return _mapped(path, fn, aconn._conn, args)
 
-        result: _T = await self._bridge.run(aconn._execute(on_thread))  # type: ignore[no-untyped-call]
-        return result
+        return await run_on_connection_thread(aconn, on_thread)
 
     async def call_to_end(self, fn: Callable[..., _T], *args: Any) -> _T:
         with trio.CancelScope(shield=True):

@@ -203,16 +203,23 @@ async def test_an_atomic_write_cancelled_before_it_starts_does_nothing(tmp_path:
 
 
 async def test_every_call_is_one_hop_to_aiosqlites_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The point of the one-hop paths: count the functions queued on aiosqlite's connection threads."""
-    hops: list[str] = []
-    queue = aiosqlite.Connection._execute
+    """The point of the one-hop paths: count the functions queued on aiosqlite's connection threads, all
+    sent straight from trio (``_aiosqlite_hop``), none through aiosqlite's asyncio methods."""
+    from lpnode.node import store as store_module
 
-    def counted(self: aiosqlite.Connection, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    hops: list[str] = []
+    direct = store_module.run_on_connection_thread
+
+    async def counted(conn: aiosqlite.Connection, fn: Callable[[], Any]) -> Any:
         hops.append(getattr(fn, "__name__", "?"))
-        return queue(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        return await direct(conn, fn)
+
+    def through_asyncio(self: aiosqlite.Connection, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"{fn!r} went through aiosqlite's asyncio path")
 
     async with open_store(tmp_path / "node.db", [NOTES]) as store:
-        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        monkeypatch.setattr(store_module, "run_on_connection_thread", counted)
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", through_asyncio)
 
         async def hops_of(call: Callable[[], Any]) -> int:
             hops.clear()
@@ -236,3 +243,4 @@ async def test_every_call_is_one_hop_to_aiosqlites_thread(tmp_path: Path, monkey
                 await tx.execute("UPDATE notes SET body = 'b' WHERE body = 'y'")
 
         assert await hops_of(two_awaited) == 4  # BEGIN, two statements, COMMIT
+        monkeypatch.undo()  # closing the connections is aiosqlite's own (asyncio) business
