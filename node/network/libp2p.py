@@ -45,7 +45,6 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
@@ -58,6 +57,7 @@ from ._libp2p_mdns import serve_mdns
 from ._libp2p_pubsub import LpnodePubsub, make_router
 from ._libp2p_stream import TRANSPORT_ERRORS, InboundHandlerRoot, Libp2pStream
 from ._multiselect import PipelinedMultiselectClient
+from ._noise_reads import NoiseTransport
 from ._yamux import YamuxConnection
 from .base import (
     ByteStream,

@@ -46,4 +46,5 @@ async def test_text_to_image_between_two_processes(tmp_path: Path) -> None:
     assert receipt.worker_peer_id == worker.peer_id and receipt.requester_peer_id == requester.peer_id
     assert receipt.model_id == "lpnode/tiny-sdxl"  # routed: the request named no model
     assert receipt.outputs[0].sha256 == hashlib.sha256(image.content).hexdigest()
-    assert (worker.data_dir / "receipt-seq").read_text().strip() == str(receipt.seq)
+    # numbers go on file a block at a time, the block's end before its first number is used (job_proof)
+    assert int((worker.data_dir / "receipt-seq").read_text()) >= receipt.seq
