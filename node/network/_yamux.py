@@ -86,6 +86,7 @@ MAX_STREAMS = 512  # open streams per connection, both directions together
 MAX_PENDING_ACCEPT = 64  # inbound streams the host has not taken yet
 MAX_CONTROL_BACKLOG = 1024  # control frames waiting for the writer: past this the peer is flooding us
 CLOSE_GRACE_S = 2.0  # closing: the GO_AWAY's write, and the swarm's own clean-up
+WRITE_TIMEOUT_S = 10.0  # one message of at most 64 KiB: 2 s on a 256 kbit/s uplink; past this the peer is not reading
 
 
 class YamuxProtocolError(MuxedStreamError):
@@ -134,7 +135,9 @@ class YamuxStream(IMuxedStream):
         if self._unacked >= RECEIVE_WINDOW // 2 and not self._recv_closed and not self._reset:
             delta, self._unacked = self._unacked, 0
             self._recv_window += delta
-            await self._conn._send_frames(_frame(TYPE_WINDOW_UPDATE, 0, self.stream_id, delta))
+            # the bytes are read either way: a connection that died meanwhile ends the next read
+            with contextlib.suppress(MuxedStreamError):
+                await self._conn._send_frames(_frame(TYPE_WINDOW_UPDATE, 0, self.stream_id, delta))
         return data
 
     async def write(self, data: bytes) -> None:
@@ -349,15 +352,31 @@ class YamuxConnection(IMuxedConn):
     # ------------------------------------------------------------ writing
 
     async def _send_frames(self, *parts: bytes | memoryview) -> None:
-        """Send frames as one Noise message (their total must fit one)."""
+        """Send frames as one Noise message (their total must fit one).
+
+        Waiting for the turn to write can be cancelled; the write itself cannot: a Noise message
+        cut off halfway would leave the peer a stream it cannot decrypt, and every stream on the
+        connection would die with the one whose caller gave up. A write that does not finish
+        within :data:`WRITE_TIMEOUT_S` (the peer stopped reading) ends the connection instead.
+        """
         if self._closing:
             raise MuxedStreamReset(f"yamux connection to {self.peer_id} is closed")
         data = b"".join(parts)
         async with self._write_lock:
-            try:
-                await self.secured_conn.write(data)
-            except Exception as exc:  # any failure of the secure channel ends this connection, never the host
-                raise MuxedStreamReset(f"yamux connection to {self.peer_id} failed: {exc!r}") from exc
+            if self._closing:
+                raise MuxedStreamReset(f"yamux connection to {self.peer_id} is closed")
+            with trio.CancelScope(shield=True):
+                failure: BaseException | None = None
+                with trio.move_on_after(WRITE_TIMEOUT_S) as timer:
+                    try:
+                        await self.secured_conn.write(data)
+                    except Exception as exc:  # any failure of the secure channel ends this connection, never the host
+                        failure = exc
+                if timer.cancelled_caught:
+                    failure = TimeoutError(f"a {len(data)}-byte write took over {WRITE_TIMEOUT_S} s")
+                if failure is not None:
+                    await self._shut_down(f"write failed: {failure!r}")
+                    raise MuxedStreamReset(f"yamux connection to {self.peer_id} failed: {failure!r}") from failure
 
     def _queue_control(self, frame: bytes) -> None:
         if len(self._control) >= MAX_CONTROL_BACKLOG:

@@ -63,9 +63,12 @@ class Channel:
         self._receive = receive
         self.is_initiator = initiator
         self.closed = False
+        self.gate: trio.Event | None = None  # when set: writes wait for it (a peer that stopped reading)
 
     async def write(self, data: bytes) -> None:
         assert len(data) <= MAX_MESSAGE_BYTES, f"{len(data)} bytes do not fit one Noise message"
+        if self.gate is not None:
+            await self.gate.wait()
         await self._send.send(bytes(data))
 
     async def read(self, n: int | None = None) -> bytes:
@@ -302,3 +305,47 @@ async def test_closing_the_connection_resets_its_streams_and_tells_the_swarm() -
                 await accepted.read()
             with pytest.raises(MuxedConnUnavailable):
                 await a.open_stream()
+
+
+async def test_a_cancelled_writer_still_finishes_the_message_it_started() -> None:
+    """A Noise message cut off halfway would kill every stream of the connection: the write runs to its end."""
+    left, right = channel_pair()
+    with trio.fail_after(5):
+        async with connection(left) as a, connection(right) as b:
+            opened = await a.open_stream()
+            await opened.write(b"first")
+            accepted = await b.accept_stream()
+            assert await accepted.read() == b"first"
+            left.gate = trio.Event()
+            writer = trio.CancelScope()
+
+            async def write_second() -> None:
+                with writer:
+                    await opened.write(b"second")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_second)
+                await trio.testing.wait_all_tasks_blocked()
+                writer.cancel()  # the writer is inside its write: the cancel waits for it
+                await trio.testing.wait_all_tasks_blocked()
+                left.gate.set()
+            assert await accepted.read() == b"second"  # whole: the cancel did not cut the message
+            left.gate = None
+            await opened.write(b"third")  # the connection is whole
+            assert await accepted.read() == b"third"
+
+
+async def test_a_peer_that_stops_reading_loses_the_connection_not_the_writer(autojump_clock: object) -> None:
+    from lpnode.node.network._yamux import WRITE_TIMEOUT_S
+
+    left, right = channel_pair()
+    async with connection(left) as a, connection(right) as b:
+        opened = await a.open_stream()
+        await opened.write(b"x")
+        await b.accept_stream()
+        left.gate = trio.Event()  # never set
+        started = trio.current_time()
+        with pytest.raises(MuxedStreamReset):
+            await opened.write(b"y")
+        assert trio.current_time() - started >= WRITE_TIMEOUT_S
+        assert a.is_closed and left.closed
