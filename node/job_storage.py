@@ -65,8 +65,15 @@ class StoredRecords:
         return await self._records.mark_interrupted(now)
 
 
+# Without fsync, writing this much into the page cache costs less than the hop to a thread and back
+# (653 kB: 0.26 ms in place, 0.45-0.57 ms through trio.to_thread on the dev box); past it, or with
+# fsyncs, the event loop must not wait on the disk.
+INLINE_WRITE_MAX_BYTES = 2 * 1024 * 1024
+
+
 class FileOutputs:
-    """:class:`OutputSink` over :class:`OutputFiles`, its disk work in a thread."""
+    """:class:`OutputSink` over :class:`OutputFiles`, its disk work in a thread (small writes without
+    fsync in place: :data:`INLINE_WRITE_MAX_BYTES`)."""
 
     def __init__(self, files: OutputFiles) -> None:
         self._files = files
@@ -75,6 +82,10 @@ class FileOutputs:
         await trio.to_thread.run_sync(self._files.put, sha256, media_type, data)
 
     async def put_verified(self, outputs: Sequence[Verified]) -> None:
+        if self._files.synchronous == "NORMAL" and sum(len(data) for _, _, data in outputs) <= INLINE_WRITE_MAX_BYTES:
+            await trio.lowlevel.checkpoint()
+            self._files.put_verified(outputs)
+            return
         await trio.to_thread.run_sync(self._files.put_verified, outputs)
 
     async def get(self, sha256: str) -> tuple[str, bytes] | None:

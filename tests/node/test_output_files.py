@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from lpnode.node.job_storage import open_job_storage
+from lpnode.node.job_storage import INLINE_WRITE_MAX_BYTES, open_job_storage
 from lpnode.node.output_files import OutputFileError, OutputFiles
 from lpnode.node.store import Synchronous
 
@@ -189,3 +190,31 @@ async def test_the_node_keeps_records_and_outputs_by_one_durability_setting(
         await outputs.put_verified([(sha(PNG), "image/png", PNG)])
         assert (len(synced) == 2) == (synchronous == "FULL") and (synced == []) == (synchronous == "NORMAL")
         assert await outputs.get(sha(PNG)) == ("image/png", PNG)
+
+
+@pytest.mark.parametrize(
+    ("synchronous", "size", "in_thread"),
+    [("NORMAL", 1000, False), ("NORMAL", INLINE_WRITE_MAX_BYTES + 1, True), ("FULL", 1000, True)],
+    ids=["small-in-place", "large-in-thread", "fsync-in-thread"],
+)
+async def test_small_writes_without_fsync_skip_the_thread_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synchronous: Synchronous, size: int, in_thread: bool
+) -> None:
+    """The hop to a thread and back costs more than putting a job's image into the page cache; a large
+    output, or one that waits for fsyncs, still leaves the event loop alone."""
+    from lpnode.node import job_storage
+
+    hops: list[object] = []
+    run_sync = trio.to_thread.run_sync
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn)
+        return await run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(job_storage.trio.to_thread, "run_sync", counted)
+    data = bytes(size)
+    async with open_job_storage(tmp_path, 10 * INLINE_WRITE_MAX_BYTES, 1.0, synchronous=synchronous) as (_, outputs):
+        hops.clear()  # opening has its own disk work
+        await outputs.put_verified([(sha(data), "image/png", data)])
+        assert bool(hops) == in_thread
+        assert await outputs.get(sha(data)) == ("image/png", data)
