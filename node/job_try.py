@@ -176,8 +176,12 @@ class CandidateTry:
                                 await self._apply(self.machine.cancel("requester gave up", self.node.now_ms()))
                         # Our close is the worker's signal that the outputs arrived; not cut short by a
                         # timeout (a libp2p close cancelled halfway can damage the shared connection).
-                        with contextlib.suppress(NetworkError):  # already reset by the peer or by us
-                            await stream.aclose()
+                        # Off the answer's path where a spare-stream keeper can do it.
+                        if self.spares is not None and self.candidate.peer_id != self.node.peer_id:
+                            self.spares.close_soon(stream)
+                        else:
+                            with contextlib.suppress(NetworkError):  # already reset by the peer or by us
+                                await stream.aclose()
         if scope.cancelled_caught:
             self._end("deadline", f"no verified result within {self.time_left_s:.1f} s")
         return None

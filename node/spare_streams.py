@@ -99,6 +99,11 @@ class SpareStreams:
         self._spares[peer] = spare
         self._nursery.start_soon(self._keep, spare, tuple(addrs))
 
+    def close_soon(self, stream: ByteStream) -> None:
+        """Close a finished job stream in the background: its end tells the worker the outputs arrived,
+        and the job's answer need not wait for that write and py-libp2p's bookkeeping behind it."""
+        self._nursery.start_soon(_close_quietly, stream)
+
     async def wait_changed(self) -> None:
         """Return once a spare has been opened, failed to open, or closed unused."""
         await self._changed.wait()
@@ -152,6 +157,11 @@ class SpareStreams:
     def _forget(self, spare: _Spare) -> None:
         if self._spares.get(spare.peer) is spare:
             del self._spares[spare.peer]
+
+
+async def _close_quietly(stream: ByteStream) -> None:
+    with trio.CancelScope(shield=True), contextlib.suppress(NetworkError):  # finishes even as the node stops
+        await stream.aclose()
 
 
 @contextlib.asynccontextmanager
