@@ -151,7 +151,7 @@ class YamuxStream(IMuxedStream):
                     self._window_open = trio.Event()
                     self._check_writable()
                 prefix = self._open_frames()
-                room = MAX_MESSAGE_BYTES - len(prefix) - HEADER_BYTES
+                room = MAX_MESSAGE_BYTES - len(prefix) - HEADER_BYTES - self._conn.control_bytes
                 size = min(self._send_window, room, len(view) - sent)
                 self._send_window -= size
                 await self._conn._send_frames(
@@ -274,7 +274,8 @@ class YamuxConnection(IMuxedConn):
         self._streams: dict[int, YamuxStream] = {}
         self._accept_send, self._accept_receive = trio.open_memory_channel[YamuxStream](MAX_PENDING_ACCEPT)
         self._write_lock = trio.Lock()
-        self._control: list[bytes] = []
+        self._control: deque[bytes] = deque()
+        self.control_bytes = 0  # their total: a data frame leaves room for them
         self._control_ready = trio.Event()
         self._going_away = False  # a GO_AWAY came in: no new streams either way
         self._closing = False
@@ -365,6 +366,13 @@ class YamuxConnection(IMuxedConn):
         async with self._write_lock:
             if self._closing:
                 raise MuxedStreamReset(f"yamux connection to {self.peer_id} is closed")
+            # Control replies owed go first, in the same message where they fit: an accepted stream's
+            # ACK is never overtaken by that stream's own first bytes.
+            owed = self._take_control(MAX_MESSAGE_BYTES - len(data))
+            if owed:
+                data = owed + data
+            if not data:
+                return  # a control flush that another write already carried
             with trio.CancelScope(shield=True):
                 failure: BaseException | None = None
                 with trio.move_on_after(WRITE_TIMEOUT_S) as timer:
@@ -382,7 +390,18 @@ class YamuxConnection(IMuxedConn):
         if len(self._control) >= MAX_CONTROL_BACKLOG:
             raise YamuxProtocolError(f"more than {MAX_CONTROL_BACKLOG} control replies owed: the peer does not read")
         self._control.append(frame)
+        self.control_bytes += len(frame)
         self._control_ready.set()
+
+    def _take_control(self, room: int) -> bytes:
+        """The control frames owed, oldest first, as many as fit in ``room`` bytes."""
+        taken: list[bytes] = []
+        while self._control and len(self._control[0]) <= room:
+            frame = self._control.popleft()
+            taken.append(frame)
+            room -= len(frame)
+            self.control_bytes -= len(frame)
+        return b"".join(taken)
 
     async def _write_control(self) -> None:
         """ACKs, pongs and resets of refused streams, written off the read loop (which must never block)."""
@@ -390,13 +409,8 @@ class YamuxConnection(IMuxedConn):
             await self._control_ready.wait()
             self._control_ready = trio.Event()
             while self._control:
-                batch: list[bytes] = []
-                size = 0
-                while self._control and size + len(self._control[0]) <= MAX_MESSAGE_BYTES:
-                    size += len(self._control[0])
-                    batch.append(self._control.pop(0))
                 try:
-                    await self._send_frames(*batch)
+                    await self._send_frames()  # carries what is owed, unless a data write took it first
                 except MuxedStreamError:
                     return  # the reader sees the connection end too
 

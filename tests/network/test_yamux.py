@@ -349,3 +349,26 @@ async def test_a_peer_that_stops_reading_loses_the_connection_not_the_writer(aut
             await opened.write(b"y")
         assert trio.current_time() - started >= WRITE_TIMEOUT_S
         assert a.is_closed and left.closed
+
+
+async def test_an_accepted_streams_ack_goes_out_before_its_first_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ACK is queued for the control writer; a write on the stream carries what is owed first
+    (here the control writer never gets a turn, so only the write can have sent it)."""
+
+    async def idle(self: YamuxConnection) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(YamuxConnection, "_write_control", idle)
+    with trio.fail_after(5):
+        async with against_raw_peer() as (conn, raw):
+            await raw.write(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+            stream = await conn.accept_stream()
+            await stream.write(b"at once")  # before the control writer has had a turn
+            seen: list[tuple[int, int, int, int, bytes]] = []
+            while not any(kind == TYPE_DATA for kind, *_ in seen):
+                seen.extend(frames(await raw.read()))
+            assert seen == [
+                (TYPE_WINDOW_UPDATE, FLAG_ACK, 1, 0, b""),
+                (TYPE_WINDOW_UPDATE, 0, 1, RECEIVE_WINDOW - INITIAL_WINDOW, b""),
+                (TYPE_DATA, 0, 1, 7, b"at once"),
+            ]
