@@ -17,6 +17,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -159,6 +160,10 @@ def node_main(argv: Sequence[str]) -> int:
     parser.add_argument("--probe", type=Path, required=True)
     parser.add_argument("--worker", action="store_true", help="serves models: probe its pool too")
     args, run_args = parser.parse_known_args(argv)
+    # An experiment's knob, not the product's: how long a thread may hold the GIL while another
+    # (the event loop, when the model's thread runs Python) waits for it; CPython's default is 5 ms.
+    if interval_ms := os.environ.get("LPNODE_BENCH_SWITCH_INTERVAL_MS"):
+        sys.setswitchinterval(float(interval_ms) / 1000)
     register_bench_preset(args.bench_preset)
     install_probes(args.probe, args.worker)
     from lpnode.node.cli import main
