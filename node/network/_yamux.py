@@ -26,7 +26,10 @@ written for how a node uses it:
   queued); data beyond a stream's window, an unknown frame type or version, or a flood
   of control frames ends the connection with GO_AWAY (protocol error); control replies
   (ACKs, pongs, resets of refused streams) queue for a writer task, so the read loop
-  never blocks on a full socket.
+  never blocks on a full socket, and ride ahead of the next data write where they fit.
+* **Writes are whole**: once a message has started out it is finished even if its
+  caller is cancelled (a Noise message cut off halfway would kill the connection); a
+  peer that stops reading for :data:`WRITE_TIMEOUT_S` loses the connection instead.
 
 Nothing outside this module knows it is not py-libp2p's class: it implements
 ``IMuxedConn`` / ``IMuxedStream`` and the attributes the swarm reads (``peer_id``,
