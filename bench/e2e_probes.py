@@ -79,7 +79,7 @@ FINE_PARTS = {
     "check_receipt": "receipt checked → transfer starts",
     "transfer": "output transfer",
     "to_store": "transfer done → output store",
-    "store_outputs": "outputs stored (files, fsync)",
+    "store_outputs": "outputs stored (files; fsynced only under synchronous=FULL)",
     "to_finish": "→ final record",
     "finish": "final record saved (SQLite)",
     "http_out": "HTTP response out: record saved → the driver has the answer",
