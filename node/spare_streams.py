@@ -44,6 +44,7 @@ log = logging.getLogger("lpnode.spare_streams")
 DEFAULT_TTL_S = 5.0  # half our workers' request_timeout_s: a spare is closed before the worker gives up on it
 DEFAULT_MAX_PEERS = 32  # workers with a spare at once; each costs both sides one idle stream
 OPEN_TIMEOUT_S = 5.0  # a spare that takes longer to open is not worth having
+CLOSE_DELAY_S = 0.01  # a used job stream is closed this long after its answer left (close_soon)
 
 
 @dataclass
@@ -100,9 +101,11 @@ class SpareStreams:
         self._nursery.start_soon(self._keep, spare, tuple(addrs))
 
     def close_soon(self, stream: ByteStream) -> None:
-        """Close a finished job stream in the background: its end tells the worker the outputs arrived,
-        and the job's answer need not wait for that write and py-libp2p's bookkeeping behind it."""
-        self._nursery.start_soon(_close_quietly, stream)
+        """Close a finished job stream in the background, :data:`CLOSE_DELAY_S` later: its end tells the
+        worker the outputs arrived, and the job's answer need not wait for that write and py-libp2p's
+        bookkeeping behind it. Closed at once, it ran while the answer's last steps did, and took the
+        event loop and the GIL from them (the final record's hop: 0.9 -> 1.5 ms on the H100 host)."""
+        self._nursery.start_soon(_close_later, stream)
 
     async def wait_changed(self) -> None:
         """Return once a spare has been opened, failed to open, or closed unused."""
@@ -159,9 +162,12 @@ class SpareStreams:
             del self._spares[spare.peer]
 
 
-async def _close_quietly(stream: ByteStream) -> None:
-    with trio.CancelScope(shield=True), contextlib.suppress(NetworkError):  # finishes even as the node stops
-        await stream.aclose()
+async def _close_later(stream: ByteStream) -> None:
+    try:
+        await trio.sleep(CLOSE_DELAY_S)
+    finally:  # a node that stops closes it at once
+        with trio.CancelScope(shield=True), contextlib.suppress(NetworkError):
+            await stream.aclose()
 
 
 @contextlib.asynccontextmanager
