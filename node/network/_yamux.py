@@ -138,9 +138,9 @@ class YamuxStream(IMuxedStream):
         if self._unacked >= RECEIVE_WINDOW // 2 and not self._recv_closed and not self._reset:
             delta, self._unacked = self._unacked, 0
             self._recv_window += delta
-            # the bytes are read either way: a connection that died meanwhile ends the next read
-            with contextlib.suppress(MuxedStreamError):
-                await self._conn._send_frames(_frame(TYPE_WINDOW_UPDATE, 0, self.stream_id, delta))
+            # Owed, not awaited: nothing may wait between taking bytes and returning them, or a
+            # cancelled read (a caller's timeout) would lose them and the credit with them.
+            self._conn._owe(_frame(TYPE_WINDOW_UPDATE, 0, self.stream_id, delta))
         return data
 
     async def write(self, data: bytes) -> None:
@@ -157,9 +157,13 @@ class YamuxStream(IMuxedStream):
                 room = MAX_MESSAGE_BYTES - len(prefix) - HEADER_BYTES - self._conn.control_bytes
                 size = min(self._send_window, room, len(view) - sent)
                 self._send_window -= size
-                await self._conn._send_frames(
-                    prefix, _frame(TYPE_DATA, 0, self.stream_id, size), view[sent : sent + size]
-                )
+                try:
+                    await self._conn._send_frames(
+                        prefix, _frame(TYPE_DATA, 0, self.stream_id, size), view[sent : sent + size]
+                    )
+                except trio.Cancelled:
+                    self._unsent(prefix, size)
+                    raise
                 sent += size
 
     async def close(self) -> None:
@@ -171,6 +175,10 @@ class YamuxStream(IMuxedStream):
             prefix = self._open_frames()
             try:
                 await self._conn._send_frames(prefix, _frame(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
+            except trio.Cancelled:
+                self._send_closed = False
+                self._unsent(prefix, 0)
+                raise
             finally:
                 self._conn._forget_if_done(self)
 
@@ -210,6 +218,13 @@ class YamuxStream(IMuxedStream):
         return _frame(TYPE_WINDOW_UPDATE, FLAG_SYN, self.stream_id, 0) + _frame(
             TYPE_WINDOW_UPDATE, 0, self.stream_id, RECEIVE_WINDOW - INITIAL_WINDOW
         )
+
+    def _unsent(self, prefix: bytes, size: int) -> None:
+        """A send cancelled while it waited for the connection's turn (the write itself is never cut
+        short): nothing of it left, so its SYN is still owed and its bytes are still ours to send."""
+        self._send_window += size
+        if prefix:
+            self._syn_pending = True
 
     def _on_data(self, payload: bytes) -> None:
         if len(payload) > self._recv_window:
@@ -390,8 +405,13 @@ class YamuxConnection(IMuxedConn):
                     raise MuxedStreamReset(f"yamux connection to {self.peer_id} failed: {failure!r}") from failure
 
     def _queue_control(self, frame: bytes) -> None:
+        """A reply the peer's frame asks for; too many owed means the peer floods us and does not read."""
         if len(self._control) >= MAX_CONTROL_BACKLOG:
             raise YamuxProtocolError(f"more than {MAX_CONTROL_BACKLOG} control replies owed: the peer does not read")
+        self._owe(frame)
+
+    def _owe(self, frame: bytes) -> None:
+        """A control frame for the writer task (or the next data write) to send; never waits."""
         self._control.append(frame)
         self.control_bytes += len(frame)
         self._control_ready.set()

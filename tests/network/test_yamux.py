@@ -372,3 +372,58 @@ async def test_an_accepted_streams_ack_goes_out_before_its_first_bytes(monkeypat
                 (TYPE_WINDOW_UPDATE, 0, 1, RECEIVE_WINDOW - INITIAL_WINDOW, b""),
                 (TYPE_DATA, 0, 1, 7, b"at once"),
             ]
+
+
+async def test_a_write_cancelled_before_its_turn_leaves_the_stream_as_it_was() -> None:
+    """Cancelled while another stream's write held the connection: nothing of it went out, so its SYN is
+    still owed and its send window whole, and the stream works afterwards."""
+    left, right = channel_pair()
+    with trio.fail_after(5):
+        async with connection(left) as a, connection(right) as b:
+            busy = await a.open_stream()
+            await busy.write(b"warm")
+            await b.accept_stream()
+            left.gate = trio.Event()  # the next message waits inside its (uncancellable) write
+            fresh = await a.open_stream()
+            waiting = trio.CancelScope()
+
+            async def write_fresh() -> None:
+                with waiting:
+                    await fresh.write(b"first words")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(busy.write, b"holds the connection")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(write_fresh)
+                await trio.testing.wait_all_tasks_blocked()
+                waiting.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert waiting.cancelled_caught
+                assert fresh._syn_pending and fresh._send_window == INITIAL_WINDOW
+                left.gate.set()
+            left.gate = None
+            await fresh.write(b"first words")
+            accepted = await b.accept_stream()
+            while (got := await accepted.read()) == b"holds the connection":
+                accepted = await b.accept_stream()
+            assert got == b"first words"
+
+
+async def test_credit_is_owed_not_awaited_so_a_read_never_loses_bytes() -> None:
+    """The window update for what a read took goes to the control writer; the read returns at once,
+    even while the connection's writer is stuck (a read's timeout can never strike between the two)."""
+    with trio.fail_after(5):
+        async with against_raw_peer() as (conn, raw):
+            await raw.write(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+            stream = await conn.accept_stream()
+            await raw.read()
+            big = bytes(60_000)
+            for _ in range(9):
+                await raw.write(frame(TYPE_DATA, 0, 1, len(big), big))
+            ours = conn.secured_conn
+            ours.gate = trio.Event()  # type: ignore[attr-defined]  # every write of ours now waits
+            taken = 0
+            while taken < 9 * len(big):
+                taken += len(await stream.read(len(big)))  # never waits on the stuck writer
+            ours.gate.set()  # type: ignore[attr-defined]
+            assert frames(await raw.read()) == [(TYPE_WINDOW_UPDATE, 0, 1, 540_000, b"")]
