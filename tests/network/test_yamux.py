@@ -32,6 +32,7 @@ from lpnode.node.network._yamux import (
     TYPE_PING,
     TYPE_WINDOW_UPDATE,
     YamuxConnection,
+    YamuxStream,
 )
 
 _HEADER = struct.Struct(">BBHII")
@@ -124,6 +125,15 @@ async def against_raw_peer() -> AsyncIterator[tuple[YamuxConnection, Channel]]:
         yield conn, raw
 
 
+async def opened_by_raw_peer(conn: YamuxConnection, raw: Channel, kind: int = TYPE_WINDOW_UPDATE) -> YamuxStream:
+    """Stream 1, opened by the raw peer with a SYN on a ``kind`` frame and accepted by us; our ACK and
+    window increase already read off the raw end."""
+    await raw.write(frame(kind, FLAG_SYN, 1, 0))
+    stream = await conn.accept_stream()
+    await raw.read()
+    return stream
+
+
 async def test_a_stream_carries_bytes_both_ways_and_half_closes() -> None:
     with trio.fail_after(5):
         async with two_ends() as (a, b):
@@ -194,9 +204,7 @@ async def test_a_writer_out_of_window_waits_for_credit_and_then_finishes() -> No
 async def test_credit_goes_out_once_half_the_window_is_read_not_per_read() -> None:
     with trio.fail_after(5):
         async with against_raw_peer() as (conn, raw):
-            await raw.write(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
-            stream = await conn.accept_stream()
-            await raw.read()  # the ACK and our window
+            stream = await opened_by_raw_peer(conn, raw)
             chunk = bytes(60_000)
             for _ in range(9):  # 540,000 bytes: past half of 1 MiB on the ninth
                 await raw.write(frame(TYPE_DATA, 0, 1, len(chunk), chunk))
@@ -211,9 +219,7 @@ async def test_credit_goes_out_once_half_the_window_is_read_not_per_read() -> No
 async def test_data_past_the_window_ends_the_connection_with_a_protocol_error() -> None:
     with trio.fail_after(5):
         async with against_raw_peer() as (conn, raw):
-            await raw.write(frame(TYPE_DATA, FLAG_SYN, 1, 0))
-            stream = await conn.accept_stream()
-            await raw.read()
+            stream = await opened_by_raw_peer(conn, raw, TYPE_DATA)
             big = bytes(60_000)
             for _ in range(RECEIVE_WINDOW // len(big) + 1):
                 await raw.write(frame(TYPE_DATA, 0, 1, len(big), big))
@@ -414,9 +420,7 @@ async def test_credit_is_owed_not_awaited_so_a_read_never_loses_bytes() -> None:
     even while the connection's writer is stuck (a read's timeout can never strike between the two)."""
     with trio.fail_after(5):
         async with against_raw_peer() as (conn, raw):
-            await raw.write(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
-            stream = await conn.accept_stream()
-            await raw.read()
+            stream = await opened_by_raw_peer(conn, raw)
             big = bytes(60_000)
             for _ in range(9):
                 await raw.write(frame(TYPE_DATA, 0, 1, len(big), big))
