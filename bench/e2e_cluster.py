@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 ENTRY = Path(__file__).resolve().parent / "e2e.py"  # its ``node`` command wraps ``lpnode run``
 STARTUP_S = 300  # a worker process building a 2.6B-parameter UNet; the bound is for a wedged process
 NODE_TOML = """
-advert_interval_s = 0.5
-advert_ttl_s = 5.0
-advert_min_gap_s = 0.1
+advert_interval_s = 5.0
+advert_ttl_s = 60.0
+advert_min_gap_s = 0.5
 compile = "off"
 batch_window_ms = 0
 queue_capacity = 64

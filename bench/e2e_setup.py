@@ -91,6 +91,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, out: Path, repeats_hel
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--smoke", action="store_true", help="the gpu setup with tiny modules on the CPU")
     parser.add_argument("--repeats", type=int, help=repeats_help)
+    parser.add_argument("--size", type=int, help="pixels a side of the timed jobs (default: the setup's)")
 
 
 def run_command(
@@ -103,5 +104,8 @@ def run_command(
     setup = SETUPS["smoke" if args.smoke else args.what]
     if args.repeats:
         setup = dataclasses.replace(setup, repeats=args.repeats)
+    if args.size:
+        # e.g. `gpu --smoke --size 512`: the GPU job's output size (the transfer's share) on the CPU
+        setup = dataclasses.replace(setup, size=args.size)
     trio.run(bench, setup, args.out)
     return 0

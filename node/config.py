@@ -56,6 +56,7 @@ class NodeConfig:
     advert_interval_s: float = 5.0  # publish our advert at least this often
     advert_ttl_s: float = 30.0  # adverts expire this long after issue
     advert_min_gap_s: float = 0.5  # never publish more often than this (changes are coalesced)
+    advert_settle_s: float = 0.05  # after a change, wait this long for the rest of its burst before advertising
     max_clock_skew_s: float = 30.0  # reject adverts issued further than this in the future
     peer_disconnect_grace_s: float = 5.0  # drop a directly connected peer this long after it disconnects
     max_peers: int = 4096  # peer directory capacity
@@ -112,6 +113,7 @@ class NodeConfig:
         _check_range("advert_interval_s", self.advert_interval_s, 0.1, 3600)
         _check_range("advert_ttl_s", self.advert_ttl_s, 1, 600)
         _check_range("advert_min_gap_s", self.advert_min_gap_s, 0, 60)
+        _check_range("advert_settle_s", self.advert_settle_s, 0, 10)
         _check_range("max_clock_skew_s", self.max_clock_skew_s, 0, 3600)
         _check_range("peer_disconnect_grace_s", self.peer_disconnect_grace_s, 0, 3600)
         _check_range("max_peers", self.max_peers, 1, 1_000_000)

@@ -3,8 +3,9 @@
 ``serve_gossip`` runs four small loops in one nursery:
 
 - publish our signed advert at start, every ``advert_interval_s``, and soon
-  after any change (coalesced: never more often than ``advert_min_gap_s``,
-  since gossipsub silently drops floods);
+  after any change (coalesced: ``advert_settle_s`` after the first change of a
+  burst, and never more often than ``advert_min_gap_s``, since gossipsub
+  silently drops floods);
 - receive adverts the validator already admitted and enter them in the directory;
 - track direct connections (the directory uses them to notice dead peers fast)
   and re-advertise when a new neighbour joins the topic, so it learns of us at once;
@@ -122,6 +123,11 @@ class AdvertPublisher:
             last_publish = trio.current_time()
             with trio.move_on_after(self._config.advert_interval_s):
                 await self._poked.wait()
+                # Changes come in bursts: a job queued, started and done are pool changes milliseconds
+                # apart, each on that job's critical path. Waiting for the burst to settle puts them in
+                # one advert, and its signing and gossip (a few ms of this thread) after the job's own
+                # messages rather than between them (docs/benchmarks.md, "Adverts off the job's path").
+                await trio.sleep(self._config.advert_settle_s)
 
 
 class AdvertGate:

@@ -210,6 +210,39 @@ async def test_changes_are_advertised_promptly_but_coalesced(autojump_clock: tri
         assert b.gossip_stats.published - published_before <= 2  # a burst is one or two adverts
 
 
+async def test_a_change_waits_for_its_burst_to_settle(autojump_clock: trio.testing.MockClock) -> None:
+    # A job's queueing, start and end are pool changes milliseconds apart: one advert, sent after them.
+    depth = 0
+
+    def changing_offer() -> Offer:
+        return Offer(gpus=CPU, models=(), queue_depth=depth, queue_capacity=4)
+
+    settle_s = 0.2
+    async with (
+        open_memory_hub(latency=LatencyModel.constant(0.01)) as hub,
+        running_nodes(
+            hub,
+            2,
+            node_config=config(advert_settle_s=settle_s, advert_min_gap_s=0.0),
+            offer=lambda i: changing_offer if i == 1 else static_offer(),
+        ) as (a, b),
+    ):
+        with trio.fail_after(5):
+            await until(a, lambda: sees(a, [b]))
+        await trio.sleep(1.0)  # virtual time: past the adverts of the start
+        published_before = b.gossip_stats.published
+        first_change_at = trio.current_time()
+        for _ in range(3):  # three changes, 50 ms apart: within one settle window
+            depth += 1
+            b.publisher.poke()
+            await trio.sleep(0.05)
+        with trio.fail_after(5):
+            await until(a, lambda: a.directory.get(b.peer_id).advert.queue_depth == 3)  # type: ignore[union-attr]
+        assert b.gossip_stats.published - published_before == 1  # the burst is one advert
+        assert trio.current_time() - first_change_at >= settle_s  # sent once the burst settled
+        assert trio.current_time() - first_change_at < 1.0  # and long before the 5 s interval
+
+
 async def test_forged_and_garbage_adverts_are_dropped_counted_and_not_forwarded(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
