@@ -65,6 +65,7 @@ from .job_convert import EncodedOutput, encode_output, model_request
 from .job_proof import ReceiptSequence, error_code, runtime_facts
 from .job_quote import Decline, WorkerConfig, decide_quote
 from .job_stream import await_peer_close, receive_job_message, send_job_message
+from .network._fast_lock import FastLock
 from .network.base import ByteStream, Network
 from .transfer import DEFAULT_MAX_CHUNK_BYTES, TransferLimits, receive_transfer, send_transfer
 
@@ -89,7 +90,7 @@ class _Job:
         self.framed = framed
         self.machine = machine
         self.run_scope = trio.CancelScope()
-        self.send_lock = trio.Lock()  # progress, cancel answers and the result share one writer
+        self.send_lock = FastLock()  # progress, cancel answers and the result share one writer
         self.model_name = ""  # the preset that will run it, chosen at quote time
         self.run_ms: int | None = None  # the run's length, once it ran (whatever its end)
         self.delivered = False  # the output's bytes all went out
@@ -373,8 +374,10 @@ class JobWorker:
         except InvalidTransition:
             return  # ended meanwhile (cancel crossed the finish)
         data = encoded.data if self.hooks.tamper_output is None else self.hooks.tamper_output(encoded.data)
+        # the pool hashed the output already (and the receipt signs that hash): not again on the answer's path
+        known_sha256 = bytes.fromhex(encoded.blob.sha256) if data is encoded.data else None
         try:
-            await send_transfer(job.framed, data, encoded.blob.media_type)
+            await send_transfer(job.framed, data, encoded.blob.media_type, sha256=known_sha256)
         except NetworkError as exc:
             job.note = f"requester left before the output arrived: {exc}"
             return

@@ -17,6 +17,7 @@ from libp2p.abc import INetStream
 from libp2p.exceptions import BaseLibp2pError
 
 from ...protocol.errors import StreamClosed
+from ._yamux import YamuxStream
 from .base import PeerId, StreamHandler
 
 log = logging.getLogger("lpnode.network.libp2p")
@@ -35,6 +36,11 @@ class Libp2pStream:
 
     def __init__(self, stream: INetStream, remote_peer: PeerId, protocol_id: str) -> None:
         self._stream = stream
+        # Reads and writes go straight to our yamux stream: py-libp2p's NetStream adds nothing to
+        # them but a state lock (a pass of the scheduler per call) and errors we map anyway.
+        # Close and reset still go through it, which keeps the swarm's bookkeeping.
+        muxed = getattr(stream, "muxed_stream", None)
+        self._io: INetStream | YamuxStream = muxed if isinstance(muxed, YamuxStream) else stream
         self._remote_peer = remote_peer
         self._protocol_id = protocol_id
         self._closed = False
@@ -51,7 +57,7 @@ class Libp2pStream:
         if self._closed:
             raise StreamClosed(f"stream {self._protocol_id} to {self._remote_peer} was closed locally")
         try:
-            await self._stream.write(data)
+            await self._io.write(data)
         except TRANSPORT_ERRORS as exc:
             raise StreamClosed(f"stream {self._protocol_id} to {self._remote_peer} is gone: {exc!r}") from exc
 
@@ -63,7 +69,7 @@ class Libp2pStream:
         try:
             # A remote reset reads as end of stream too (see ByteStream's contract):
             # callers frame their messages, so a truncated one is detected above us.
-            return await self._stream.read(max_bytes)
+            return await self._io.read(max_bytes)
         except TRANSPORT_ERRORS:
             return b""
 

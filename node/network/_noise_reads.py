@@ -10,15 +10,26 @@ arrived. Nothing changes on the wire.
 
 :class:`NoiseTransport` is py-libp2p's Noise transport, with its raw connections so
 wrapped before the handshake (which reads through the buffer too).
+
+Both directions also go to trio's socket stream directly rather than through
+``TrioTCPStream``, whose read and write locks are two more passes of the scheduler per
+message: the one reader needs no lock, and writes take a :class:`FastLock` (free but for
+the handshake's rare overlap with nothing, and py-libp2p's own muxer, which writes from
+several tasks).
 """
 
 from __future__ import annotations
 
+import trio
 from libp2p.abc import IRawConnection, ISecureConn
 from libp2p.io.abc import ReadWriteCloser
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import Transport
+
+from ._fast_lock import FastLock
 
 READ_BYTES = 256 * 1024  # up to four full Noise messages per recv
 
@@ -32,6 +43,9 @@ class BufferedReads(ReadWriteCloser):
 
     def __init__(self, stream: ReadWriteCloser, read_bytes: int = READ_BYTES) -> None:
         self._stream = stream
+        # py-libp2p's TCP stream: its trio socket stream, used directly (see the module docstring)
+        self._socket = stream.stream if isinstance(stream, TrioTCPStream) else None
+        self._write_lock = FastLock()
         self._read_bytes = read_bytes
         self._buffer = b""
         self._offset = 0
@@ -40,7 +54,7 @@ class BufferedReads(ReadWriteCloser):
         if n == 0:
             return b""
         if self._offset >= len(self._buffer):
-            data = await self._stream.read(self._read_bytes)
+            data = await self._receive()
             if not data:
                 return data  # end of stream
             self._buffer, self._offset = data, 0
@@ -52,7 +66,26 @@ class BufferedReads(ReadWriteCloser):
         return self._buffer[start:end]
 
     async def write(self, data: bytes) -> None:
-        await self._stream.write(data)
+        if self._socket is None:
+            await self._stream.write(data)
+            return
+        async with self._write_lock:
+            try:
+                await self._socket.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # as TrioTCPStream reports a reset; a locally closed socket too (it returned silently,
+                # and the data was lost without a word)
+                raise ConnectionClosedError(f"TCP connection closed: {exc!r}", transport="tcp") from exc
+
+    async def _receive(self) -> bytes:
+        if self._socket is None:
+            return await self._stream.read(self._read_bytes)
+        try:
+            return await self._socket.receive_some(self._read_bytes)
+        except trio.BrokenResourceError as exc:
+            raise ConnectionClosedError(f"TCP connection reset by remote peer: {exc!r}", transport="tcp") from exc
+        except trio.ClosedResourceError:
+            return b""  # closed here: the end of stream, as TrioTCPStream reads it
 
     async def close(self) -> None:
         await self._stream.close()

@@ -60,6 +60,8 @@ from libp2p.stream_muxer.exceptions import (
 )
 from multiaddr import Multiaddr
 
+from ._fast_lock import FastLock
+
 log = logging.getLogger("lpnode.network.yamux")
 
 PROTOCOL_ID = "/yamux/1.0.0"
@@ -115,7 +117,7 @@ class YamuxStream(IMuxedStream):
         self._unacked = 0  # bytes read since our last window update
         self._send_window = INITIAL_WINDOW
         self._window_open = trio.Event()
-        self._write_lock = trio.Lock()  # one write at a time per stream, so frames keep their order
+        self._write_lock = FastLock()  # one write at a time per stream, so frames keep their order
         self._send_closed = False  # our FIN is out
         self._recv_closed = False  # the peer's FIN is in
         self._reset = False
@@ -291,7 +293,7 @@ class YamuxConnection(IMuxedConn):
         self.on_close: Callable[[], Awaitable[Any]] | None = None  # set by the swarm's connection
         self._streams: dict[int, YamuxStream] = {}
         self._accept_send, self._accept_receive = trio.open_memory_channel[YamuxStream](MAX_PENDING_ACCEPT)
-        self._write_lock = trio.Lock()
+        self._write_lock = FastLock()
         self._control: deque[bytes] = deque()
         self.control_bytes = 0  # their total: a data frame leaves room for them
         self._control_ready = trio.Event()
