@@ -57,6 +57,7 @@ from .base import (
     RawOutput,
     Request,
     StepProgress,
+    TextToImageRequest,
 )
 from .errors import (
     Cancelled,
@@ -259,7 +260,11 @@ class ModelPool:
             raise InsufficientVram(model, slot.cost, self.budget_bytes)
         if len(slot.queue) >= self.config.max_queue:
             raise PoolBusy(f"{model} has {len(slot.queue)} jobs queued (max {self.config.max_queue})")
-        key = await trio.to_thread.run_sync(_check_and_key, slot.adapter, request)
+        if isinstance(request, TextToImageRequest):
+            key = _check_and_key(slot.adapter, request)  # arithmetic on its parameters: not worth a thread hop
+        else:
+            # the checks decode the input image or probe the video: a thread's work
+            key = await trio.to_thread.run_sync(_check_and_key, slot.adapter, request)
         if self._closed:
             raise PoolClosed("the model pool closed while the request was checked")
         job = _Job(request, key, progress)
