@@ -11,7 +11,11 @@ measurement, two ways:
   each way, less our framing and codec;
 * **output transfer**: the server sends ``--kb`` of random bytes (``send_transfer`` /
   ``receive_transfer``, 256 KiB chunks, as job outputs go), timed from the client's
-  request to the last byte (``--streams`` per round).
+  request to the last byte (``--streams`` per round);
+* **round trip after idling** (``--idle-ms``, 0 = skip): the same 100-byte round trip with both
+  processes idle for that long before each one, as a job's messages find them (a worker waits
+  ~150 ms on its model between a job's quote and its result). The gap to the first column is the
+  machine waking an idle process, not Python.
 
 Each yamux implementation runs in its own pair of processes, alternating, ``--rounds`` times:
 
@@ -74,8 +78,8 @@ async def _receive_exactly(stream: ByteStream, n: int) -> bytes:
     return got
 
 
-async def measure(addr: str, streams: int, pings: int, variant: str) -> tuple[float, float]:
-    """Medians of (message round trip, output transfer), in seconds."""
+async def measure(addr: str, streams: int, pings: int, variant: str, idle_ms: int) -> tuple[float, float, float]:
+    """Medians of (message round trip, output transfer, round trip after idling), in seconds."""
     limits = TransferLimits(max_total_bytes=1 << 30)
     async with open_libp2p_network(NodeKey(b"\x01" * 32), _config(variant)) as net:
         peer = await net.connect(addr)
@@ -87,6 +91,13 @@ async def measure(addr: str, streams: int, pings: int, variant: str) -> tuple[fl
             await stream.send_all(PING)
             await _receive_exactly(stream, len(PING))
             trips.append(trio.current_time() - start)
+        idle_trips = []
+        for _ in range(min(pings, 60) if idle_ms else 0):
+            await trio.sleep(idle_ms / 1000)
+            start = trio.current_time()
+            await stream.send_all(PING)
+            await _receive_exactly(stream, len(PING))
+            idle_trips.append(trio.current_time() - start)
         await stream.aclose()
         transfers = []
         for _ in range(streams + 5):  # the first 5 warm up
@@ -97,17 +108,18 @@ async def measure(addr: str, streams: int, pings: int, variant: str) -> tuple[fl
             transfers.append(trio.current_time() - start)
             await stream.send_all(b"y")
             await stream.aclose()
-        return statistics.median(trips[20:]), statistics.median(transfers[5:])
+        idle = statistics.median(idle_trips) if idle_trips else float("nan")
+        return statistics.median(trips[20:]), statistics.median(transfers[5:]), idle
 
 
-def run_variant(kb: int, streams: int, pings: int, variant: str) -> tuple[float, float]:
+def run_variant(kb: int, streams: int, pings: int, variant: str, idle_ms: int) -> tuple[float, float, float]:
     server = subprocess.Popen(
         [sys.executable, __file__, "serve", "--kb", str(kb), "--variant", variant], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
         addr = server.stdout.readline().strip()
-        return trio.run(measure, addr, streams, pings, variant)
+        return trio.run(measure, addr, streams, pings, variant, idle_ms)
     finally:
         server.kill()
         server.wait()
@@ -121,24 +133,28 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variant", default="lpnode", choices=VARIANTS)
+    parser.add_argument("--idle-ms", type=int, default=0, help="also time round trips after this long idle")
     args = parser.parse_args()
     if args.mode == "serve":
         trio.run(serve, args.kb, args.variant)
         return
-    results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
+    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            results[variant].append(run_variant(args.kb, args.streams, args.pings, variant))
+            results[variant].append(run_variant(args.kb, args.streams, args.pings, variant, args.idle_ms))
     print(
-        f"| yamux | 100-byte round trip, ms per round | median | {args.kb} kB transfer, ms per round | median |\n"
-        "|---|---|---|---|---|"
+        f"| yamux | 100-byte round trip, ms per round | median | {args.kb} kB transfer, ms per round | median "
+        f"| round trip after {args.idle_ms} ms idle, median |\n"
+        "|---|---|---|---|---|---|"
     )
     for variant, values in results.items():
-        trips = [t for t, _ in values]
-        transfers = [x for _, x in values]
+        trips = [t for t, _, _ in values]
+        transfers = [x for _, x, _ in values]
+        idles = [i for _, _, i in values]
         print(
             f"| {variant} | {' / '.join(f'{t * 1e3:.3f}' for t in trips)} | {statistics.median(trips) * 1e3:.3f} "
-            f"| {' / '.join(f'{x * 1e3:.2f}' for x in transfers)} | {statistics.median(transfers) * 1e3:.2f} |"
+            f"| {' / '.join(f'{x * 1e3:.2f}' for x in transfers)} | {statistics.median(transfers) * 1e3:.2f} "
+            f"| {statistics.median(idles) * 1e3:.3f} |"
         )
 
 
