@@ -101,7 +101,18 @@ class MemoryRecordBook:
         for record in unfinished:
             record["state"] = INTERRUPTED
             record["updated_at"] = now
+            record["attempts"] = interrupted_attempts(record["attempts"])
         return len(unfinished)
+
+
+def interrupted_attempts(attempts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stopped record's attempts: the tries it still showed running were cut off by the stop."""
+    return [
+        {**attempt, "outcome": "interrupted", "detail": "interrupted: the node stopped while this try ran"}
+        if attempt.get("outcome") == "running"
+        else dict(attempt)
+        for attempt in attempts
+    ]
 
 
 def _copy(record: Record) -> Record:
@@ -122,4 +133,5 @@ __all__ = [
     "OutputSink",
     "Record",
     "RecordBook",
+    "interrupted_attempts",
 ]

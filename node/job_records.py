@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from lpnode.node.job_book import interrupted_attempts
 from lpnode.node.store import ConstraintViolation, Migration, Store, SyncTransaction
 from lpnode.protocol.errors import LpnodeError
 
@@ -463,13 +464,33 @@ class JobRecords:
         return None if row is None else bytes(row["receipt"])
 
     async def mark_interrupted(self, now: float) -> int:
-        """Every queued or running record becomes ``interrupted`` (call once at node start); how many did."""
-        written = await self._store.execute(
-            f"UPDATE jobs SET state = ?, updated_at = ?, error = coalesce(error, ?) WHERE state IN {_LIVE_STATES}",
-            (JobState.INTERRUPTED.value, now, _encode("error", INTERRUPTED_ERROR)),
-        )
+        """Every queued or running record becomes ``interrupted`` (call once at node start); how many did.
+
+        A try the record still shows running ran when the node stopped: it becomes ``interrupted`` too.
+        """
+        error = _encode("error", INTERRUPTED_ERROR)
+
+        def mark(tx: SyncTransaction) -> int:
+            # at most the requests and workflow steps one run of the node held at once
+            rows = tx.fetch_all(f"SELECT id, attempts FROM jobs WHERE state IN {_LIVE_STATES}")
+            tx.executemany(
+                "UPDATE jobs SET state = ?, updated_at = ?, error = coalesce(error, ?), attempts = ? WHERE id = ?",
+                [
+                    (
+                        JobState.INTERRUPTED.value,
+                        now,
+                        error,
+                        _encode("attempts", interrupted_attempts(json.loads(row["attempts"]))),
+                        row["id"],
+                    )
+                    for row in rows
+                ],
+            )
+            return len(rows)
+
+        marked = await self._store.atomic(mark)
         self._live.clear()
-        return written.rowcount
+        return marked
 
     async def prune(self, *, keep: int) -> int:
         """Delete finished top-level records (with their steps and receipts) beyond the ``keep`` newest;

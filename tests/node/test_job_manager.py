@@ -83,9 +83,11 @@ async def test_a_node_stopping_mid_job_leaves_the_record_interrupted(autojump_cl
         assert (await book.get(job_id) or {})["state"] == INTERRUPTED
         # a record left unfinished by a crash (no final save) is marked so at the next start
         crashed = await book.create("text-to-image", {}, None, 0.0)
-        await book.update(crashed | {"state": "running"}, 1.0)
+        running_try = {"peer_id": "12D3KooWa", "outcome": "running", "detail": "running m", "price": None}
+        await book.update(crashed | {"state": "running", "attempts": [running_try]}, 1.0)
         assert await book.mark_interrupted(2.0) == 1
-        assert (await book.get(crashed["id"]) or {})["state"] == INTERRUPTED
+        after = await book.get(crashed["id"]) or {}
+        assert after["state"] == INTERRUPTED and [a["outcome"] for a in after["attempts"]] == ["interrupted"]
 
 
 async def test_a_failed_job_keeps_its_error_and_attempts(autojump_clock: trio.testing.MockClock) -> None:

@@ -152,7 +152,11 @@ async def test_records_survive_a_restart_and_unfinished_ones_become_interrupted(
     async with open_records(path) as records:
         queued = await records.create("upscale", {}, now=now())
         running = await records.create("text-to-image", REQUEST, now=now())
-        await records.update(running.id, state=JobState.RUNNING, now=now())
+        tries = [
+            {"peer_id": "12D3KooWa", "outcome": "refused:busy", "detail": "busy", "price": None},
+            {"peer_id": "12D3KooWb", "outcome": "running", "detail": "running lpnode/tiny-sdxl", "price": None},
+        ]
+        await records.update(running.id, state=JobState.RUNNING, attempts=tries, now=now())
         done = await records.create("upscale", {}, now=now())
         done = await records.update(done.id, state=JobState.SUCCEEDED, result={"images": []}, now=now())
         await records.add_receipt(done.id, 0, b"receipt")
@@ -164,6 +168,13 @@ async def test_records_survive_a_restart_and_unfinished_ones_become_interrupted(
             record = await records.get(job_id)
             assert record is not None and record.state is JobState.INTERRUPTED
             assert record.updated_at == restart and record.error == INTERRUPTED_ERROR
+        # the try that was running when the node stopped no longer reads as running
+        interrupted = await records.get(running.id)
+        assert interrupted is not None and [a["outcome"] for a in interrupted.attempts] == [
+            "refused:busy",
+            "interrupted",
+        ]
+        assert interrupted.attempts[1]["peer_id"] == "12D3KooWb" and "node stopped" in interrupted.attempts[1]["detail"]
         assert await records.get(done.id) == done
         assert await records.receipt(done.id, 0) == b"receipt"
         with pytest.raises(JobFinished):
