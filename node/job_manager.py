@@ -100,6 +100,9 @@ class _Live:
     pending_receipts: list[tuple[int, bytes]] = field(default_factory=list)
     slot: object | None = None  # the borrower holding a running slot since submit, if it got one at once
     changed: trio.Event = field(default_factory=trio.Event)  # the record changed since it was last saved
+    # the start events of the tries under way, by (workflow step, image, attempt): a listener that
+    # connects mid-try hears of them, not just of tries that start after it
+    running_tries: dict[tuple[object, object, object], JobEvent] = field(default_factory=dict)
 
 
 StepWork = Callable[["_Live"], Awaitable[dict[str, Any]]]
@@ -231,6 +234,8 @@ class JobManager:
             yield listener
             return
         listener.push(JobEvent("state", {"state": live.record["state"]}))
+        for started in live.running_tries.values():
+            listener.push(started)
         live.listeners.add(listener)
         try:
             yield listener
@@ -468,6 +473,13 @@ class JobManager:
                     log.warning("job %s: could not save its progress: %s", live.record["id"], exc)
 
     def _push(self, live: _Live, event: JobEvent) -> None:
+        if event.kind == ATTEMPT:
+            data = event.data
+            key = (data.get("workflow_step"), data.get("image"), data.get("attempt"))
+            if data.get("stage") == "start":
+                live.running_tries[key] = event
+            else:
+                live.running_tries.pop(key, None)
         for listener in list(live.listeners):
             listener.push(event)
 
