@@ -126,12 +126,13 @@ async def test_a_listener_that_connects_mid_try_hears_of_the_try_under_way(pool:
     async with failover(pool) as (requester, doomed, _survivor, stuck):
         body = validate(TextToImageBody, T2I_BODY | {"prefer": [doomed.peer_id]})
         runner = requester_runner(requester.node)
-        async with open_job_manager(MemoryRecordBook(), OutputStore(), runner) as jobs, trio.fail_after(BOUND_S):
-            job_id = await jobs.submit(prepare(body, {}, 1 << 20))
-            await stuck.running.wait()  # the first try is under way on the doomed worker
-            async with jobs.listen(job_id) as listener:
-                first = [await listener.next(), await listener.next()]
-            await jobs.cancel(job_id)
+        with trio.fail_after(BOUND_S):
+            async with open_job_manager(MemoryRecordBook(), OutputStore(), runner) as jobs:
+                job_id = await jobs.submit(prepare(body, {}, 1 << 20))
+                await stuck.running.wait()  # the first try is under way on the doomed worker
+                async with jobs.listen(job_id) as listener:
+                    first = [await listener.next(), await listener.next()]
+                await jobs.cancel(job_id)
     assert (first[0].kind, first[0].data) == ("state", {"state": "running"})
     assert tries(first) == [("start", 1, doomed.peer_id, None, None)]
 
