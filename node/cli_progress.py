@@ -204,6 +204,13 @@ class WorkflowProgress(ProgressDisplay):
         name = pipelines[index] if index < len(pipelines) else "?"
         return f"step {index + 1}/{max(1, len(pipelines))} {name}"
 
+    def state(self, state: str) -> None:
+        if state in ("failed", "cancelled", "interrupted"):
+            # The error that follows names the step that failed. The bar may still show the step before
+            # it: a step refused before its first progress (e.g. the workflow's budget spent) never moved it.
+            self._label = "workflow"
+        super().state(state)
+
     def progress(self, progress: Mapping[str, Any]) -> None:
         count = len(self._pipelines)
         overall = _fraction(progress) * count

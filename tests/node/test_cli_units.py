@@ -246,6 +246,16 @@ def test_workflow_progress_is_shown_per_step() -> None:
     assert [line.split("]")[1].split("%")[0].strip() for line in lines[1:]] == ["0", "50", "0", "50", "100"]
 
 
+def test_a_failed_workflow_is_said_failed_as_a_workflow_not_as_the_step_the_bar_last_showed() -> None:
+    # QA: step 3 refused before any progress (budget spent) printed "step 2/4 image-to-video: failed"
+    out = io.StringIO()
+    display = WorkflowProgress(out, ["text-to-image", "image-to-video", "upscale", "frame-interpolation"], tty=False)
+    display.state("running")
+    display.progress({"fraction": 0.5, "step": 2, "total": 2, "peer_id": "A"})  # step 2's end
+    display.state("failed")
+    assert out.getvalue().splitlines()[-1] == "workflow: failed"
+
+
 def test_a_workflow_step_that_ends_shows_as_its_own_end_not_as_the_next_step() -> None:
     # the node reports a step's last event at the boundary fraction (k + 1) / steps: it showed under the next
     # step's label with the finished step's counter and worker ("step 2/3 upscale [....] 0%  step 2/2 ...")
