@@ -22,7 +22,8 @@ runs appear in the final record's attempts, not as events.
 Each :class:`Listener` has a bounded buffer: a slow listener loses progress events first, never
 ``state`` or ``done`` (there are only a handful of those per job). Attempt events are few by
 construction (``run_job`` tries at most ``MAX_ATTEMPTS`` candidates, and asks busy ones again for at
-most ``BUSY_ROUNDS`` rounds, each waiting at least ``BUSY_MIN_WAIT_S`` and at most half the time left),
+most ``BUSY_ROUNDS`` rounds, each waiting a floor that doubles from ``BUSY_MIN_WAIT_S`` and at most half
+the time left),
 and are bounded here as well: a reader ``max_attempts`` of them behind loses the newest (the ``done``
 record still lists every attempt).
 """

@@ -80,9 +80,13 @@ if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for 
     from .local_jobs import LocalWorker
 
 MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allows
-# Workers that refused "busy" are asked again, up to this many rounds, once their advert shows a
-# free slot or their refusal's retry_after passed (clamped here), while the deadline allows.
-BUSY_ROUNDS = 8
+# Workers that refused "busy" are asked again, once their advert shows a free slot or their refusal's
+# retry_after passed (clamped here), while the deadline allows. Before each round a job waits at least a
+# floor that doubles from BUSY_MIN_WAIT_S up to BUSY_MAX_WAIT_S, jittered: a burst of jobs waiting on the
+# same full workers (a script's batch through one node) would otherwise all wake at each free slot
+# advertised, all but one be refused again, and spend their rounds in seconds (QA: 8 rounds gone 7 s into
+# a 120 s deadline). 32 rounds reach ~10 minutes and bound what the record keeps of them.
+BUSY_ROUNDS = 32
 BUSY_MIN_WAIT_S = 0.25
 BUSY_MAX_WAIT_S = 30.0
 UNBOUNDED_PRICE = 1 << 62  # above any price an advert can make for one job (micro-credits)
@@ -313,6 +317,7 @@ async def run_job(
         return try_, outcome
 
     pending = candidates[:MAX_ATTEMPTS]
+    jitter = rng or random.Random()
     for busy_round in range(BUSY_ROUNDS + 1):
         busy: list[Candidate] = []
         wait_s = BUSY_MAX_WAIT_S
@@ -341,8 +346,10 @@ async def run_job(
         if not busy or busy_round == BUSY_ROUNDS or wait_s < BUSY_MIN_WAIT_S:
             break
         # Every other candidate failed for good; a busy one may have room soon. Its advert says when
-        # a slot frees (queue depth), and its refusal's retry_after bounds the wait.
-        await _until_capacity(node, {candidate.peer_id for candidate in busy}, wait_s)
+        # a slot frees (queue depth), and its refusal's retry_after bounds the wait; the floor first.
+        floor_s = min(wait_s, BUSY_MAX_WAIT_S, BUSY_MIN_WAIT_S * 2**busy_round) * jitter.uniform(0.5, 1.0)
+        await trio.sleep(floor_s)
+        await _until_capacity(node, {candidate.peer_id for candidate in busy}, wait_s - floor_s)
         pending = busy
     refused_params = (PARAMS_REFUSED, INVALID_INPUT)
     if attempts and all(a.outcome in refused_params for a in attempts):

@@ -334,7 +334,8 @@ class JobWorker:
                 except Exception as exc:  # a bug in a model: this job fails with a word, the node serves on
                     log.exception("job %s: the run failed", machine.job_id[:12])
                     failure = ErrorCode.INTERNAL, f"the worker's run failed ({type(exc).__name__})"
-            job.run_ms = int((trio.current_time() - started) * 1000)
+                finally:  # a run cut short by the node stopping ran too (its log line says how long)
+                    job.run_ms = int((trio.current_time() - started) * 1000)
             if failure is not None:
                 job.note = failure[1][:200]
                 # Outside run_scope: failing the machine aborts the run (cancels run_scope), and a
@@ -411,13 +412,14 @@ def _log_served(job: _Job, request: QuoteRequest) -> None:
     run = "not run" if job.run_ms is None else f"run {job.run_ms} ms"
     log.log(
         level,
-        "job %s for %s: %s %s %s, %s, price %d%s",
+        "job %s for %s: %s %s %s, %s, %s %d%s",
         machine.job_id[:12],
         machine.requester_peer_id[-12:],
         request.spec.pipeline,
         model,
         outcome,
         run,
+        "price" if job.delivered else "quoted",  # only a delivered job earned its price
         price,
         f": {job.note}" if job.note and not job.delivered else "",
     )

@@ -6,9 +6,12 @@ run (``StuckPool``), so "while running" is a state the test waits for, not a rac
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
+from lpnode.node.job_book import Record
 from lpnode.node.job_manager import (
     CANCELLED,
     CHECKPOINT_DELAY_S,
@@ -22,6 +25,7 @@ from lpnode.node.job_manager import (
     open_job_manager,
     requester_runner,
 )
+from lpnode.node.job_requester import JobOutcome
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.rpc import status_for
 from lpnode.node.rpc_job_bodies import PreparedJob, TextToImageBody, prepare
@@ -144,3 +148,41 @@ async def test_a_running_jobs_record_is_saved_with_its_tries_so_a_killed_node_st
     ]
     final = await book.get(job_id) or {}
     assert final["state"] == CANCELLED and [a["outcome"] for a in final["attempts"]] == ["cancelled"]
+
+
+class _SlowBook(MemoryRecordBook):
+    """Record writes that wait for ``gate``: a burst of requests all arrive while the first is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def create(self, *args: Any, **kwargs: Any) -> Record:
+        await self.gate.wait()
+        return await super().create(*args, **kwargs)
+
+
+async def test_a_burst_of_requests_is_held_to_the_limit_while_their_records_are_written() -> None:
+    async def never_ends(*_: object) -> JobOutcome:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    book = _SlowBook()
+    admitted: list[str] = []
+    refused: list[str] = []
+    async with open_job_manager(book, OutputStore(), never_ends, status_for=status_for, max_jobs=2) as manager:
+
+        async def submit() -> None:
+            try:
+                admitted.append(await manager.submit(job()))
+            except ManagerBusy as exc:
+                refused.append(str(exc))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(submit)
+                await trio.testing.wait_all_tasks_blocked()  # all five asked while no record was written yet
+                book.gate.set()
+    assert len(admitted) == 2 and len(refused) == 3
+    assert all("its limit is 2" in message for message in refused)

@@ -127,7 +127,7 @@ async def test_a_job_that_fails_on_the_worker_is_one_warning_line(
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     message = lines[0].getMessage()
     assert (
-        f"for {requester.peer_id[-12:]}: text-to-image {MODEL} failed (error:out_of_memory), run 0 ms, price "
+        f"for {requester.peer_id[-12:]}: text-to-image {MODEL} failed (error:out_of_memory), run 0 ms, quoted "
         in message
     )
     assert message.endswith(": CUDA out of memory (tried to allocate 1 GiB)")
