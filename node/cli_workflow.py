@@ -39,7 +39,7 @@ from lpnode.node.cli_follow import (
 )
 from lpnode.node.cli_format import format_note, size_text, uses_seed
 from lpnode.node.cli_progress import WorkflowProgress
-from lpnode.node.client import LpnodeClient
+from lpnode.node.client import LpnodeClient, RpcError
 from lpnode.protocol.errors import ConfigError, LpnodeError, ReceiptRejected
 from lpnode.protocol.receipts import verify_receipt
 
@@ -48,6 +48,7 @@ MAX_SPEC_BYTES = 1024 * 1024
 MAX_INPUT_BYTES = 512 * 1024 * 1024
 VIDEO_PIPELINES = frozenset({"image-to-video", "frame-interpolation"})  # their output is an MP4
 INPUT_PIPELINES = frozenset({"image-to-image", "image-to-video", "upscale", "frame-interpolation"})  # take a file
+MAX_PAID_RECEIPTS = 1024  # of a workflow that did not finish: more than its steps × images can make
 
 
 def add_workflow_command(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -126,6 +127,9 @@ def cmd_workflow(args: argparse.Namespace, data_dir: Path) -> int:
                 print(f"lpnode: interrupted: {why}", file=sys.stderr)
                 return EXIT_INTERRUPTED
             if record.get("state") != "succeeded" or not isinstance(record.get("result"), dict):
+                if submitted:  # the steps that ran were paid for: their receipts are the proof
+                    for line in await save_paid_receipts(client, submitted[0], output):
+                        print(line, file=sys.stderr)
                 raise JobNotDone(record)
             lines = await save_workflow(client, record["result"], output)
         print(json.dumps(record, indent=2) if args.json else "\n".join(lines))
@@ -173,4 +177,36 @@ async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output:
     return lines
 
 
-__all__ = ["add_workflow_command", "cmd_workflow", "default_output", "load_spec", "save_workflow"]
+async def save_paid_receipts(client: LpnodeClient, workflow_id: str, output: Path) -> list[str]:
+    """A workflow that did not finish: save the receipts of the network jobs it ran (and paid for).
+
+    They are the workflow record's receipts 0, 1, ... in the order the jobs ended; each is saved as
+    ``<output>.receipt-<n>`` after it verifies. What cannot be fetched or saved is said, not raised:
+    the workflow's own failure is the error the user must see.
+    """
+    lines: list[str] = []
+    for n in range(MAX_PAID_RECEIPTS):
+        try:
+            receipt_bytes = await client.receipt(workflow_id, n)
+            receipt = verify_receipt(receipt_bytes)
+            path = output.with_name(f"{output.name}.receipt-{n}")
+            write_file(path, receipt_bytes)
+        except RpcError as exc:
+            if exc.status_code != 404:
+                lines.append(f"lpnode: could not fetch the workflow's receipt {n}: {exc}")
+            break
+        except (LpnodeError, OSError) as exc:
+            lines.append(f"lpnode: could not save the workflow's receipt {n}: {exc}")
+            break
+        lines.append(f"lpnode: paid for {receipt.spec.pipeline} (receipt {n}): receipt {path}")
+    return lines
+
+
+__all__ = [
+    "add_workflow_command",
+    "cmd_workflow",
+    "default_output",
+    "load_spec",
+    "save_paid_receipts",
+    "save_workflow",
+]

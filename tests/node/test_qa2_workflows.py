@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,8 @@ import trio
 import trio.testing
 from fastapi.exceptions import RequestValidationError
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
+from lpnode.node.cli_workflow import save_paid_receipts
+from lpnode.node.client import LpnodeClient
 from lpnode.node.daemon import Node
 from lpnode.node.job_book import MemoryRecordBook
 from lpnode.node.job_manager import open_job_manager
@@ -28,6 +31,7 @@ from lpnode.node.rpc import create_app, status_for
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.node.rpc_jobs import OutputStore
 from lpnode.node.workflows import plan_workflow
+from lpnode.protocol.receipts import verify_receipt
 
 from .job_fixtures import Peer, peers, png, sees_models
 from .test_gossip import virtual_wall_clock
@@ -52,6 +56,18 @@ async def workflow_client(
     node: Node, seen: list[JobOptions], after_step: list[AfterStep]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An RPC client whose runner is the real one, noting each step's options and then calling ``after_step``."""
+    async with (
+        workflow_transport(node, seen, after_step) as transport,
+        httpx.AsyncClient(transport=transport, base_url="http://node") as client,
+    ):
+        yield client
+
+
+@asynccontextmanager
+async def workflow_transport(
+    node: Node, seen: list[JobOptions], after_step: list[AfterStep]
+) -> AsyncIterator[httpx.ASGITransport]:
+    """The node's RPC app, as ``workflow_client`` talks to it (for another client: the CLI's)."""
     real = requester_runner(node)
 
     async def runner(
@@ -64,9 +80,7 @@ async def workflow_client(
         return outcome
 
     async with open_job_manager(MemoryRecordBook(), OutputStore(), runner, status_for=status_for) as jobs:
-        transport = httpx.ASGITransport(app=create_app(node, "t", jobs=jobs))
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            yield client
+        yield httpx.ASGITransport(app=create_app(node, "t", jobs=jobs))
 
 
 async def test_a_workflows_options_reach_its_steps_with_the_budget_and_time_left(
@@ -158,3 +172,32 @@ def test_a_workflows_422s_count_steps_from_1_as_the_cli_does() -> None:
     assert _refused({"steps": [bad_width]}).startswith("step 1 (text-to-image): width:")
     options_in_step = T2I | {"params": {"prompt": "x", "max_price": 1}}
     assert _refused({"steps": [options_in_step]}).startswith("step 1 (text-to-image): job options ['max_price']")
+
+
+async def test_a_workflow_that_runs_out_of_budget_leaves_the_receipts_of_the_steps_it_paid_for(
+    pool2: ModelPool, tmp_path: Path
+) -> None:
+    # QA: the CLI saved no receipt for the steps a failed workflow had run and paid for
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool2)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        async with (
+            workflow_transport(requester.node, [], []) as transport,
+            httpx.AsyncClient(transport=transport, base_url="http://node") as http,
+            LpnodeClient("http://node", "t", data_dir=tmp_path, transport=transport) as client,
+        ):
+            with trio.fail_after(60):
+                rich = await http.post("/v1/workflows", json={"steps": [T2I_FAST, UPSCALE]}, headers=AUTH)
+                prices = [job["price"] for job in rich.json()["jobs"]]
+                body = {"steps": [T2I_FAST, UPSCALE], "max_price": sum(prices) - 1}
+                accepted = await http.post("/v1/workflows", json=body, headers=AUTH | {"Prefer": "respond-async"})
+                async for event in client.job_events(accepted.json()["id"]):
+                    if event.name == "done":
+                        assert event.data["state"] == "failed"  # step 2 did not fit what was left
+                lines = await save_paid_receipts(client, accepted.json()["id"], tmp_path / "out.png")
+    saved = tmp_path / "out.png.receipt-0"
+    assert lines == [f"lpnode: paid for text-to-image (receipt 0): receipt {saved}"]
+    receipt = verify_receipt(saved.read_bytes())
+    assert receipt.spec.pipeline == "text-to-image" and receipt.price == prices[0]
+    assert not (tmp_path / "out.png.receipt-1").exists()
