@@ -30,8 +30,13 @@ class OfferSource:
     models: tuple[ModelOffer, ...] = ()
     queue_depth: int = 0
     devices: tuple[GpuInfo, ...] = ()
+    # Brings ``models`` and ``queue_depth`` up to date; run when a snapshot is taken, not at every change
+    # of the pool (three per job, each on that job's path, and only an advert reads them).
+    refresh: Callable[[], None] | None = None
 
     def __call__(self) -> Offer:
+        if self.refresh is not None:
+            self.refresh()
         return Offer(
             gpus=self.devices,
             models=self.models,

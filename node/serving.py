@@ -9,6 +9,7 @@ minimum gap rather than at the next periodic advert.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,13 +96,14 @@ async def serve_model_offers(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Mirror the pool's models and queue into ``offer``; call ``on_change`` after each change."""
+    """Mirror the pool's models and queue into ``offer`` (read when a snapshot is taken); call ``on_change``
+    after each change of the pool."""
     seen = pool.state_version
     sync_offer(pool, offer, price_per_mpx_step)
+    offer.refresh = functools.partial(sync_offer, pool, offer, price_per_mpx_step)
     task_status.started()
     while True:
         seen = await pool.wait_changed(seen)
-        sync_offer(pool, offer, price_per_mpx_step)
         on_change()
 
 

@@ -83,7 +83,7 @@ async def test_pool_state_reaches_the_advert_and_the_rpc_api(tmp_path: Path) -> 
         # loading the cold model changes the offer (and pokes the publisher)
         with trio.fail_after(60):
             await pool.warm("tiny-rife")
-            while not all(m.warm for m in offer.models):
+            while not all(m.warm for m in offer().models):  # the snapshot an advert takes
                 await trio.testing.wait_all_tasks_blocked()
         built = node.publisher.build()
         assert all(len(m.weights_sha256) == 64 for m in built.models)
