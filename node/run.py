@@ -59,6 +59,24 @@ _LIBP2P_CHURN_LOGGERS = (
 )
 
 
+class _ReraisedByLibp2p(logging.Filter):
+    """Drops py-libp2p's ERROR lines for failures it also raises to its caller, who handles them.
+
+    A dial that fails its handshake (a peer shutting down) and a stream that cannot be opened (a peer
+    gone or stopped) reach the node as exceptions, and the node says what they mean for its jobs and
+    peers; py-libp2p's own ERROR line beside each was noise an operator took for a fault (QA).
+    """
+
+    PREFIXES = ("failed to upgrade security for peer", "Failed to open stream to peer")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES))
+
+
+_RERAISED = _ReraisedByLibp2p()
+_RERAISING_LOGGERS = ("libp2p.network.swarm", "libp2p.host.basic_host")
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -79,6 +97,11 @@ def setup_logging(level: str) -> None:
     # ping). Left to log_level = "debug".
     for churn in _LIBP2P_CHURN_LOGGERS:
         logging.getLogger(churn).setLevel(logging.NOTSET if level == "debug" else logging.CRITICAL)
+    for name in _RERAISING_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.removeFilter(_RERAISED)
+        if level != "debug":
+            logger.addFilter(_RERAISED)
     if level != "debug":
         # py-libp2p logs every dial retry and stream reset at INFO; that is its business, not the user's
         libp2p_log.setLevel(logging.WARNING)

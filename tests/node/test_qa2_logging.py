@@ -14,7 +14,14 @@ from collections.abc import Iterator
 import pytest
 from lpnode.node.run import setup_logging
 
-_LOGGERS = ("", "libp2p", "libp2p.transport.tcp.tcp", "libp2p.network.health.monitor")
+_LOGGERS = (
+    "",
+    "libp2p",
+    "libp2p.transport.tcp.tcp",
+    "libp2p.network.health.monitor",
+    "libp2p.network.swarm",
+    "libp2p.host.basic_host",
+)
 
 
 @pytest.fixture
@@ -67,3 +74,25 @@ def test_ordinary_churn_is_not_an_error_line_but_debug_shows_it(
     setup_logging("debug")
     logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
     assert "libp2p.transport.tcp.tcp: Failed to open TCP stream" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_failures_libp2p_logs_and_raises_are_said_once_by_the_node_not_as_libp2p_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: a peer shutting down left "ERROR libp2p.network.swarm: failed to upgrade security ..." and a stopped
+    one "ERROR libp2p.host.basic_host: Failed to open stream to peer ...", failures py-libp2p also raises."""
+    monkeypatch.delenv("LIBP2P_DEBUG", raising=False)
+    import libp2p.utils.logging
+
+    libp2p.utils.logging.setup_logging()
+    setup_logging("info")
+    swarm, host = logging.getLogger("libp2p.network.swarm"), logging.getLogger("libp2p.host.basic_host")
+    swarm.error("failed to upgrade security for peer %s: %s", "12D3KooWx", "failed to negotiate the secure protocol")
+    host.error("Failed to open stream to peer 12D3KooWx:\n  Error: ")
+    assert capsys.readouterr().err == ""
+    swarm.error("something else went wrong")  # any other error of theirs still shows
+    assert "ERROR   libp2p.network.swarm: something else went wrong" in capsys.readouterr().err
+    setup_logging("debug")  # and at debug, everything
+    swarm.error("failed to upgrade security for peer %s: %s", "12D3KooWx", "reset")
+    assert "failed to upgrade security for peer 12D3KooWx: reset" in capsys.readouterr().err
