@@ -243,7 +243,7 @@ async def run_job(
             + "; ".join(beyond_limits[:8])
         )
 
-    def ranked(price_bound: int, ranking_rng: random.Random) -> list[Candidate]:
+    def ranked(price_bound: int, ranking_rng: random.Random, *, include_full: bool = False) -> list[Candidate]:
         return rank_candidates(
             fitting,
             spec,
@@ -256,9 +256,16 @@ async def run_job(
             reputation=reputation,
             min_reputation=min_reputation,
             input_shape=shape,
+            include_full=include_full,
         )
 
-    candidates = ranked(max_price, rng or random.Random())
+    ranking_rng = rng or random.Random()
+    candidates = ranked(max_price, ranking_rng)
+    if not candidates:
+        # Every peer that could take it was full when it last advertised: ask them all the same. A full one
+        # refuses "busy" with when to ask again, and the busy rounds below wait for its free slot; answering
+        # "no peer offers this" was wrong (QA: 48 of a 400-request flood got 404 while two workers served it).
+        candidates = ranked(max_price, ranking_rng, include_full=True)
     if not candidates:
         # the same ranking without the price bound: if it finds peers, max_price alone left none
         if priced := ranked(UNBOUNDED_PRICE, random.Random(0)):

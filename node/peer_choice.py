@@ -316,11 +316,13 @@ def rank_candidates(
     reputation: ReputationView | None = None,
     min_reputation: float = 0.0,
     input_shape: InputShape | None = None,
+    include_full: bool = False,
 ) -> list[Candidate]:
     """Peers able to run ``spec`` within ``max_price``, best first, one entry per peer (see the module docstring).
 
     ``input_shape``: the input's size, which prices image-to-image and frame interpolation
     (:func:`job_mpx_steps`); without it they are estimated at one megapixel-step.
+    ``include_full``: also peers whose last advert showed their queue full (left out by default).
     """
     if not 0.0 <= explore_share <= 1.0:
         raise ValueError(f"explore_share must be in [0, 1], got {explore_share}")
@@ -334,7 +336,7 @@ def rank_candidates(
     for advert in adverts:
         if advert.peer_id in avoided or not has_vram(advert, min_vram_bytes):
             continue
-        if advert.queue_capacity and advert.queue_depth >= advert.queue_capacity:
+        if not include_full and advert.queue_capacity and advert.queue_depth >= advert.queue_capacity:
             continue  # full when it last advertised: it would only refuse us
         if reputation is not None and reputation.is_banned(advert.peer_id):
             continue

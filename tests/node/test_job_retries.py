@@ -8,6 +8,8 @@ runs in the pool's threads), every wait bounded.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 from lpnode.models.pool import ModelPool
@@ -23,7 +25,7 @@ from lpnode.node.network.base import ByteStream
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
 
-from .job_fixtures import BOUND_S, MODEL, T2I, Peer, peers, png, sees_models
+from .job_fixtures import BOUND_S, MODEL, T2I, Peer, StuckPool, peers, png, sees_models
 
 HELD = "a reservation held by another requester"
 
@@ -99,3 +101,24 @@ async def test_avoiding_every_peer_says_so(pool: ModelPool) -> None:
         await sees_models(requester.node, [worker])
         with pytest.raises(NoCandidates, match=f"avoid {worker.peer_id[-12:]}"):
             await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, avoid=[worker.peer_id])
+
+
+class _AdvertisedFull(StuckPool):
+    queue_depth = 4  # its adverts say 4 of 4 (the capacity the peers fixture advertises): full
+
+
+async def test_a_worker_advertising_full_is_asked_when_no_other_could_take_the_job() -> None:
+    # QA: under a flood both workers advertised full, and 48 requests were answered 404 "no peer offers
+    # text-to-image" while the network offered it; a full worker refuses busy, and the busy rounds wait
+    pool = _AdvertisedFull()
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[arg-type]
+        await sees_models(requester.node, [worker])
+        record = requester.node.directory.get(worker.peer_id)
+        assert record is not None and record.advert.queue_depth == record.advert.queue_capacity == 4
+        with trio.fail_after(BOUND_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(run_job, requester.node, T2I, max_price=10_000, deadline_s=60))
+                await pool.running.wait()  # it reached the worker (which had room after all)
+                nursery.cancel_scope.cancel()

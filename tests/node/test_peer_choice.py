@@ -111,6 +111,10 @@ def test_full_peers_are_skipped_and_prefer_avoid_are_honoured() -> None:
     assert ranked(adverts) == ["a", "b"]
     assert ranked(adverts, prefer=["b"]) == ["b", "a"]
     assert ranked(adverts, avoid=["a"]) == ["b"]
+    # asked for, full peers are ranked too (when every peer that could take a job is full, the requester
+    # asks them anyway and waits for a free slot rather than answering that nobody offers the job)
+    assert set(ranked(adverts, include_full=True)) == {"a", "b", "full"}
+    assert ranked([advert("full", offer(), depth=4)], include_full=True) == ["full"]
 
 
 def test_exploration_is_a_small_seeded_share() -> None:
