@@ -223,11 +223,12 @@ async def fit_defaults(client: LpnodeClient, pipeline: str, fields: dict[str, An
     if not (size_free or steps_free):
         return ""
     model = fields.get("model_id")
+    on_offer = [offer for peer in (await client.peers())["peers"] for offer in peer.get("models", [])]
+    if fields.get("allow_local"):
+        # this node may run the job itself: its own models are on offer too (a lone node has no peers)
+        on_offer += (await client.node()).get("models", [])
     offers = [
-        offer
-        for peer in (await client.peers())["peers"]
-        for offer in peer.get("models", [])
-        if offer["pipeline"] == pipeline and (not model or offer["model_id"] == model)
+        offer for offer in on_offer if offer["pipeline"] == pipeline and (not model or offer["model_id"] == model)
     ]
     if any(offer.get("limits") is None for offer in offers):
         return ""  # some peer does not say what it takes: ask for the endpoint's defaults

@@ -92,6 +92,20 @@ def test_txt2img_without_a_size_asks_for_one_the_network_takes(
         assert image.size == (256, 144)
 
 
+def test_txt2img_on_a_node_that_may_run_it_itself_fits_the_size_to_its_own_models(
+    nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lone node (`make run`, then `lpnode txt2img --allow-local`) has no peers offering models: its own count
+    (it asked for Livepeer's 1024×576 and was refused). The worker's only peer here offers nothing."""
+    out = tmp_path / "local.png"
+    args = ["txt2img", "a lighthouse at dusk", "-o", str(out), "--steps", "2", "--allow-local", *TINY]
+    code, _, stderr = main([*args, f"--data-dir={nodes.worker.data_dir}"]), *capsys.readouterr()
+    assert code == 0, stderr
+    assert "size 256×144" in stderr
+    with Image.open(out) as image:
+        assert image.size == (256, 144)
+
+
 def test_several_images_are_numbered(nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "many.png"
     code, stdout, stderr = lpnode(
