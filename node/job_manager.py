@@ -264,7 +264,8 @@ class JobManager:
             except trio.WouldBlock:
                 slot = None
         state = RUNNING if slot is not None or parent_id is not None else QUEUED
-        self._admitting += parent_id is None
+        counted = 1 if parent_id is None else 0  # a request counts against the limit; a workflow's step does not
+        self._admitting += counted
         try:
             record = await self.book.create(kind, request, parent_id, self._wall_clock(), state)
         except BaseException:
@@ -272,7 +273,7 @@ class JobManager:
                 self._running.release_on_behalf_of(slot)
             raise
         finally:
-            self._admitting -= parent_id is None
+            self._admitting -= counted
         live = _Live(record, slot=slot)
         self._live[record["id"]] = live
         return live

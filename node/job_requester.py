@@ -259,13 +259,13 @@ async def run_job(
             include_full=include_full,
         )
 
-    ranking_rng = rng or random.Random()
-    candidates = ranked(max_price, ranking_rng)
+    job_rng = rng or random.Random()  # the ranking's exploration and the busy rounds' jitter
+    candidates = ranked(max_price, job_rng)
     if not candidates:
         # Every peer that could take it was full when it last advertised: ask them all the same. A full one
         # refuses "busy" with when to ask again, and the busy rounds below wait for its free slot; answering
         # "no peer offers this" was wrong (QA: 48 of a 400-request flood got 404 while two workers served it).
-        candidates = ranked(max_price, ranking_rng, include_full=True)
+        candidates = ranked(max_price, job_rng, include_full=True)
     if not candidates:
         # the same ranking without the price bound: if it finds peers, max_price alone left none
         if priced := ranked(UNBOUNDED_PRICE, random.Random(0)):
@@ -324,7 +324,6 @@ async def run_job(
         return try_, outcome
 
     pending = candidates[:MAX_ATTEMPTS]
-    jitter = rng or random.Random()
     for busy_round in range(BUSY_ROUNDS + 1):
         busy: list[Candidate] = []
         wait_s = BUSY_MAX_WAIT_S
@@ -354,7 +353,7 @@ async def run_job(
             break
         # Every other candidate failed for good; a busy one may have room soon. Its advert says when
         # a slot frees (queue depth), and its refusal's retry_after bounds the wait; the floor first.
-        floor_s = min(wait_s, BUSY_MAX_WAIT_S, BUSY_MIN_WAIT_S * 2**busy_round) * jitter.uniform(0.5, 1.0)
+        floor_s = min(wait_s, BUSY_MAX_WAIT_S, BUSY_MIN_WAIT_S * 2**busy_round) * job_rng.uniform(0.5, 1.0)
         await trio.sleep(floor_s)
         await _until_capacity(node, {candidate.peer_id for candidate in busy}, wait_s - floor_s)
         pending = busy
