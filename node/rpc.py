@@ -46,12 +46,14 @@ from lpnode.node.rpc_job_bodies import InputTooLarge
 from lpnode.node.rpc_jobs import jobs_router
 from lpnode.node.rpc_models import (
     ErrorBody,
+    ErrorDetail,
     Health,
     LocalModel,
     ModelList,
     NodeInfo,
     Peer,
     PeerList,
+    ValidationIssue,
     directory_version,
     peer_list,
 )
@@ -272,7 +274,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _error(422, "invalid_request", "; ".join(_describe(e) for e in exc.errors()))
+        errors = list(exc.errors())
+        return _error(422, "invalid_request", "; ".join(_describe(e) for e in errors), issues=_issues(errors))
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # the root of one request: log what was lost, answer 500, keep serving
@@ -304,9 +307,36 @@ def status_for(exc: LpnodeError) -> int:
     return 500
 
 
-def _error(status: int, name: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    body = ErrorBody(error=name, message=message)
+def _error(
+    status: int,
+    name: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    issues: list[ValidationIssue] | None = None,
+) -> JSONResponse:
+    """The one error body; ``detail`` in the shape Livepeer's API gives that status (its SDK parses it)."""
+    detail: ErrorDetail | list[ValidationIssue] = ErrorDetail(msg=message)
+    if status == 422:  # Livepeer's HTTPValidationError: a list of problems, even for a refusal that is not pydantic's
+        detail = issues or [ValidationIssue(loc=["body"], msg=message, type=name)]
+    body = ErrorBody(error=name, message=message, detail=detail)
     return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers) if headers else None)
+
+
+def _issues(errors: Sequence[object]) -> list[ValidationIssue]:
+    """pydantic's (and our own) RequestValidationError entries as the 422's ``detail`` list."""
+    issues: list[ValidationIssue] = []
+    for error in errors:
+        if not isinstance(error, dict):
+            issues.append(ValidationIssue(loc=["body"], msg=str(error), type="value_error"))
+            continue
+        loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
+        issues.append(
+            ValidationIssue(
+                loc=loc or ["body"], msg=str(error.get("msg", "invalid")), type=str(error.get("type", "value_error"))
+            )
+        )
+    return issues
 
 
 def _describe(error: object) -> str:

@@ -25,13 +25,22 @@ class ErrorDetail(BaseModel):
     msg: str
 
 
+class ValidationIssue(BaseModel):
+    """One problem of a refused request, as FastAPI and Livepeer's AI API list them in a 422."""
+
+    loc: list[str | int] = Field(description='where: e.g. `["body", "width"]`, `["query", "wait_s"]`')
+    msg: str
+    type: str = Field(description="pydantic's error type, or the error kind for a refusal by the network")
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable kind, e.g. `unauthorized`, `not_found`, `invalid_request`")
     message: str = Field(description="what went wrong, for humans")
-    detail: ErrorDetail | None = Field(
+    detail: ErrorDetail | list[ValidationIssue] | None = Field(
         default=None,
-        description='the message again in the shape Livepeer\'s AI API gives errors (`{"detail": {"msg": ...}}`), '
-        "so its clients and SDKs read it; filled from `message`",
+        description="the same in the shapes Livepeer's AI API gives errors, so its clients and SDKs read it: "
+        '`{"msg": ...}` (its HTTPError) for every status but 422, and for a 422 the list of problems '
+        '(its HTTPValidationError, `[{"loc": [...], "msg": ..., "type": ...}]`); filled from `message`',
     )
 
     @model_validator(mode="after")

@@ -195,8 +195,14 @@ async def test_validation_errors_are_422_with_a_clear_message(autojump_clock: tr
         response = await client.get("/v1/peers", params={"changed_since": "x", "wait_s": "999"})
     assert response.status_code == 422
     message = "query parameter wait_s: Input should be less than or equal to 60"
-    # ours, and the same message where Livepeer's AI API clients look for it
-    assert response.json() == {"error": "invalid_request", "message": message, "detail": {"msg": message}}
+    # ours, and the same problem where Livepeer's AI API clients look for it (its HTTPValidationError)
+    assert response.json() == {
+        "error": "invalid_request",
+        "message": message,
+        "detail": [
+            {"loc": ["query", "wait_s"], "msg": "Input should be less than or equal to 60", "type": "less_than_equal"}
+        ],
+    }
 
 
 async def test_long_poll_times_out_with_the_same_version(autojump_clock: trio.testing.MockClock) -> None:
