@@ -276,8 +276,8 @@ def _output_pipeline(record: Mapping[str, Any]) -> str:
     return str(record.get("kind", "?"))
 
 
-def job_text(record: Mapping[str, Any]) -> str:
-    """``lpnode job ID``: one record, readable."""
+def job_text(record: Mapping[str, Any], step_records: Sequence[Mapping[str, Any]] = ()) -> str:
+    """``lpnode job ID``: one record, readable; ``step_records``: a workflow's steps' records, oldest first."""
     lines = [
         f"id        {record.get('id', '?')}",
         f"kind      {record.get('kind', '?')}",
@@ -307,8 +307,11 @@ def job_text(record: Mapping[str, Any]) -> str:
                 f"job       {job.get('job_id', '?')[:16]}… on {job.get('worker_peer_id', '?')} "
                 f"({job.get('model_id', '?')}, {job.get('price', '?')} micro-credits)"
             )
-        for step in result.get("steps") or []:
-            lines.append(f"step      {step}")
+        if not step_records:
+            for step_id in result.get("steps") or []:
+                lines.append(f"step      {step_id}")
+    for number, step in enumerate(step_records, 1):
+        lines.append(f"step {number:<4} {step.get('id', '?')}  {step.get('kind', '?')}  {step.get('state', '?')}")
     error = record.get("error")
     if isinstance(error, Mapping):
         lines.append(

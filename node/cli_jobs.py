@@ -25,6 +25,7 @@ from lpnode.node.client import LpnodeClient
 EXIT_INTERRUPTED = 130
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # read into memory and sent whole; the node sets its own (smaller) limit
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+STEPS_SHOWN = 50  # step records `lpnode job` lists for a workflow (a workflow has at most 8 steps: workflows.MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -295,12 +296,15 @@ def cmd_jobs(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_job(args: argparse.Namespace, data_dir: Path) -> int:
-    async def main() -> dict[str, Any]:
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         async with LpnodeClient.from_data_dir(data_dir) as client:
-            return await client.job(args.id)
+            record = await client.job(args.id)
+            # a workflow's steps are records of their own: listed by parent, so a failed chain shows them too
+            steps = await client.jobs(parent_id=args.id, limit=STEPS_SHOWN) if record.get("kind") == "workflow" else []
+            return record, steps[::-1]  # oldest first: step 1 first
 
-    record = trio.run(main)
-    print(json.dumps(record, indent=2) if args.json else job_text(record))
+    record, steps = trio.run(main)
+    print(json.dumps(record | ({"steps": steps} if steps else {}), indent=2) if args.json else job_text(record, steps))
     return 0
 
 

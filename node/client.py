@@ -194,11 +194,16 @@ class LpnodeClient:
     # The job-record calls take a record id (``job_…``: a record's ``id``, an answer's ``request_id``), not the
     # network job id an answer's ``jobs[].job_id`` gives (the receipt's hash): a 404 for one of those says so.
 
-    async def jobs(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """``GET /v1/jobs``: records, newest first, optionally only those in ``state``."""
+    async def jobs(
+        self, *, state: str | None = None, limit: int = 50, parent_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /v1/jobs``: records, newest first, optionally only those in ``state`` / the steps of workflow
+        ``parent_id``."""
         params: dict[str, str | float] = {"limit": limit}
         if state is not None:
             params["state"] = state
+        if parent_id is not None:
+            params["parent_id"] = parent_id
         answer = await self._get("/v1/jobs", params=params)
         jobs = answer.get("jobs")
         if not isinstance(jobs, list):

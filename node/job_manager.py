@@ -143,9 +143,12 @@ class JobManager:
             raise JobNotFound(f"no job {job_id} on this node (GET /v1/jobs lists them)")
         return found
 
-    async def list(self, limit: int = 50, state: str | None = None) -> list[Record]:
-        """Newest first; a live job as ``get`` shows it (the book holds its progress only once it ends)."""
-        records = await self.book.list(limit, state)
+    async def list(self, limit: int = 50, state: str | None = None, parent_id: str | None = None) -> list[Record]:
+        """Newest first; a live job as ``get`` shows it (the book holds its progress only once it ends).
+
+        ``parent_id``: only the steps of that workflow (a failed one's too, whose result names none).
+        """
+        records = await self.book.list(limit, state, parent_id)
         merged = [_copy(live.record) if (live := self._live.get(r["id"])) is not None else r for r in records]
         return [r for r in merged if state is None or r["state"] == state]
 

@@ -51,8 +51,10 @@ class StoredRecords:
         found = await self._records.get(job_id)
         return None if found is None else found.to_json()
 
-    async def list(self, limit: int, state: str | None) -> list[Record]:
-        rows = await self._records.list(limit=limit, state=None if state is None else JobState(state))
+    async def list(self, limit: int, state: str | None, parent_id: str | None = None) -> list[Record]:
+        rows = await self._records.list(
+            limit=limit, state=None if state is None else JobState(state), parent_id=parent_id
+        )
         return [row.to_json() for row in rows]
 
     async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None:

@@ -195,9 +195,12 @@ def jobs_router(
     async def list_jobs(
         limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
         state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
+        parent_id: Annotated[
+            str | None, Query(pattern=_JOB_ID, description="a workflow's id: only its steps' records")
+        ] = None,
     ) -> dict[str, Any]:
-        """Job records, newest first."""
-        return {"jobs": await manager.list(limit, state)}
+        """Job records, newest first; with `parent_id`, the steps of that workflow (whatever its outcome)."""
+        return {"jobs": await manager.list(limit, state, parent_id)}
 
     @router.get("/v1/jobs/{job_id}")
     async def get_job(job_id: JobId) -> dict[str, Any]:

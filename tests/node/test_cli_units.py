@@ -209,6 +209,11 @@ def test_summary_and_tables() -> None:
     text = job_text(failed)
     assert "state     failed" in text and "\nrequest\n" in text and '  prompt = "a lighthouse"' in text
     assert "error     all busy (HTTP 503 x)" in text
+    # a failed workflow's steps, from their own records: step 1 ran, step 2 failed
+    workflow = failed | {"id": "wf", "kind": "workflow", "request": {"steps": [{}, {}]}}
+    steps = [record | {"id": "j1", "parent_id": "wf"}, failed | {"kind": "image-to-video", "parent_id": "wf"}]
+    text = job_text(workflow, steps)
+    assert "step 1    j1  text-to-image  succeeded\nstep 2    j2  image-to-video  failed" in text
 
 
 def test_workflow_files_in_toml_and_json(tmp_path: Path) -> None:

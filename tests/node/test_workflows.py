@@ -124,3 +124,27 @@ async def test_four_step_workflow_runs_each_step_as_a_child_with_its_receipt(poo
     assert signed[-1].outputs[0].sha256 == result["outputs"][0].rsplit("/", 1)[1]
     assert final.status_code == 200 and final.content[4:8] == b"ftyp"
     assert bad.status_code == 422
+
+
+async def test_a_failed_workflow_s_steps_are_listed_by_parent(pool: ModelPool) -> None:
+    """A chain that fails has no result to name its steps: GET /v1/jobs?parent_id= lists them, the failed one too."""
+    two_steps = {"num_inference_steps": 2}
+    steps = [T2I | {"params": T2I["params"] | two_steps}, I2V | {"params": I2V["params"] | two_steps}]
+    async with open_memory_hub() as hub, peers(hub) as start:
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]  (text-to-image only)
+        await sees_models(requester.node, [worker])
+        async with rpc(requester.node) as (client, _):
+            with trio.fail_after(BOUND_S):
+                answer = await client.post("/v1/workflows", json={"steps": steps, "deadline": BOUND_S}, headers=AUTH)
+                assert answer.status_code == 404, answer.text  # nobody offers image-to-video
+                jobs = (await client.get("/v1/jobs", headers=AUTH)).json()["jobs"]
+                (workflow,) = [job for job in jobs if job["kind"] == "workflow"]
+                listed = await client.get("/v1/jobs", params={"parent_id": workflow["id"]}, headers=AUTH)
+                unrelated = await client.get("/v1/jobs", params={"parent_id": "job_none"}, headers=AUTH)
+                malformed = await client.get("/v1/jobs", params={"parent_id": "../x"}, headers=AUTH)
+    assert workflow["kind"] == "workflow" and workflow["state"] == "failed" and workflow["result"] is None
+    children = listed.json()["jobs"][::-1]  # newest first
+    assert [(c["kind"], c["state"]) for c in children] == [("text-to-image", "succeeded"), ("image-to-video", "failed")]
+    assert all(c["parent_id"] == workflow["id"] for c in children)
+    assert unrelated.json() == {"jobs": []} and malformed.status_code == 422
