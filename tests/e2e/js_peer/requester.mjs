@@ -17,6 +17,7 @@ import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
 import { multiaddr } from '@multiformats/multiaddr'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import {
@@ -43,7 +44,8 @@ class JobFailed extends Error {
 
 // ------------------------------------------------------------------ node
 
-async function startNode () {
+async function startNode ({ withPing = true } = {}) {
+  // §2: the reference node pings its peers every 3 s (/ipfs/ping/1.0.0) as a health check
   const privateKey = await generateKeyPair('Ed25519')
   const node = await createLibp2p({
     privateKey,
@@ -51,7 +53,7 @@ async function startNode () {
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
-    services: { identify: identify() }
+    services: withPing ? { identify: identify(), ping: ping() } : { identify: identify() }
   })
   const peerId = peerIdFromPublicKey(privateKey.publicKey.raw)
   if (peerId !== node.peerId.toString()) throw new Error(`our peer id ${peerId} is not libp2p's ${node.peerId}`)
@@ -182,6 +184,7 @@ async function runJob (node, peerId, opts, { stopAfterAccept = false } = {}) {
     const quoteArrived = Date.now()
     const problems = checkQuote(quote, { signer: quoted.signer, workerId, id, request })
     if (problems.length) { await cancel('protocol_violation'); throw new JobFailed('quote', `quote rejected: ${problems.join('; ')}`) }
+    if (opts.acceptDelayMs > 0) await new Promise(resolve => setTimeout(resolve, opts.acceptDelayMs)) // a requester weighing quotes
     const tAccept = Date.now()
     if (!opts.acceptInAdvance) {
       const life = Number(quote.expires_at_ms) - Number(quote.issued_at_ms)
@@ -252,10 +255,10 @@ async function afterAnswer (js, waitMs = 3000) {
   const t = Date.now()
   try {
     const f = await js.readFrame(MAX_JOB_FRAME_BYTES, waitMs)
-    return { then: 'another_frame', kind: f.kind, after_ms: Date.now() - t }
+    return { then: 'another_frame', kind: f.kind, then_after_ms: Date.now() - t }
   } catch (err) {
-    if (err instanceof FrameTimeout) return { then: 'waits_for_our_close', after_ms: Date.now() - t }
-    return { then: 'stream_ended', after_ms: Date.now() - t }
+    if (err instanceof FrameTimeout) return { then: 'waits_for_our_close', then_after_ms: Date.now() - t }
+    return { then: 'stream_ended', detail: err.message, then_after_ms: Date.now() - t }
   }
 }
 
@@ -336,27 +339,40 @@ async function badPeer (mode, node, peerId, opts) {
       // leaked, the job after them would be refused busy
       const rounds = opts.rounds
       const abandoned = []
+      // a job long enough to be running when we leave (the tiny preset's largest: 256x256, 50 steps)
+      const big = { ...opts, width: opts.abandonSide, height: opts.abandonSide, steps: opts.abandonSteps, maxPrice: 1e15 }
       for (let i = 0; i < rounds; i++) {
-        const { js, id } = await runJob(node, peerId, { ...opts, steps: Math.min(50, opts.steps) }, { stopAfterAccept: true })
-        js.reset() // the stream reset; the worker must see it as `disconnected` and free the reservation
-        abandoned.push(id)
+        let held
+        try { held = await runJob(node, peerId, big, { stopAfterAccept: true }) } catch (err) {
+          abandoned.push({ ok: false, phase: err.phase, error: err.message, ...err.extra })
+          continue
+        }
+        await new Promise(resolve => setTimeout(resolve, 200)) // let it start running
+        const during = opts.rpc ? await queueDepth(opts) : null
+        held.js.reset() // the stream reset; the worker must see it as `disconnected` and free the reservation
+        abandoned.push({ ok: true, job_id: held.id, queue_depth_while_running: during?.queue_depth ?? null })
       }
       // close the whole connection too, once
       await Promise.all(node.getConnections().map(c => c.close().catch(() => {})))
       const rpcBefore = opts.rpc ? await queueDepth(opts) : null
-      await new Promise(resolve => setTimeout(resolve, opts.settleMs))
-      const rpcAfter = opts.rpc ? await queueDepth(opts) : null
+      // how long until the worker's RPC says nothing is queued or running (polled every 100 ms)
+      let rpcAfter = null
+      if (opts.rpc) {
+        const t = Date.now()
+        do { rpcAfter = await queueDepth(opts); if (rpcAfter.queue_depth === 0) break; await new Promise(resolve => setTimeout(resolve, 100)) } while (Date.now() - t < opts.settleMs)
+        rpcAfter.waited_ms = Date.now() - t
+      }
       let next
       try {
         const done = await runJob(node, peerId, opts)
         next = { ok: true, price: done.quote.price, total_ms: done.timings.total_ms, sha256: done.receipt.outputs[0].sha256 }
       } catch (err) { next = { ok: false, phase: err.phase, error: err.message, ...err.extra } }
       const rpcEnd = opts.rpc ? await queueDepth(opts) : null
-      const ok = next.ok && (rpcAfter === null || rpcAfter.queue_depth === 0)
+      const ok = next.ok && abandoned.every(a => a.ok) && (rpcAfter === null || rpcAfter.queue_depth === 0)
       return {
         sent: `${rounds} jobs accepted then reset (and the connection closed)`,
         expected: 'each reservation freed (§8.3 rule 2, §8.6 disconnected): queue_depth back to 0 and the next job served',
-        answer: { abandoned: abandoned.length, rpc_right_after: rpcBefore, rpc_after_settle: rpcAfter, next_job: next, rpc_at_end: rpcEnd },
+        answer: { abandoned, rpc_right_after: rpcBefore, rpc_until_idle: rpcAfter, next_job: next, rpc_at_end: rpcEnd },
         ok
       }
     }
@@ -396,7 +412,11 @@ async function main () {
       rpc: { type: 'string' },
       token: { type: 'string' },
       rounds: { type: 'string', default: '5' },
-      'settle-ms': { type: 'string', default: '1500' }
+      'settle-ms': { type: 'string', default: '15000' },
+      'no-ping': { type: 'boolean', default: false },
+      'accept-delay-ms': { type: 'string', default: '0' },
+      'abandon-side': { type: 'string', default: '256' },
+      'abandon-steps': { type: 'string', default: '50' }
     }
   })
   if (values['self-test']) {
@@ -423,9 +443,12 @@ async function main () {
     rpc: values.rpc,
     token: values.token,
     rounds: Number(values.rounds),
-    settleMs: Number(values['settle-ms'])
+    settleMs: Number(values['settle-ms']),
+    acceptDelayMs: Number(values['accept-delay-ms']),
+    abandonSide: Number(values['abandon-side']),
+    abandonSteps: Number(values['abandon-steps'])
   }
-  const { node, peerId } = await startNode()
+  const { node, peerId } = await startNode({ withPing: !values['no-ping'] })
   try {
     if (values.mode !== 'job') {
       const r = await badPeer(values.mode, node, peerId, opts)
