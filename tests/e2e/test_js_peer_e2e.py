@@ -165,3 +165,25 @@ def test_a_js_peer_that_leaves_after_accept_frees_the_reservation(worker: Worker
     assert all(a["ok"] for a in answer["answer"]["abandoned"])
     assert answer["answer"]["rpc_until_idle"]["queue_depth"] == 0
     assert answer["answer"]["next_job"]["ok"]
+
+
+def test_a_js_peer_cancelling_mid_run_gets_no_answer_and_the_slot_back(worker: Worker) -> None:
+    answer = requester(
+        f"--addr={worker.addr}",
+        "--mode=cancel-mid-run",
+        f"--model={worker.model_id}",
+        f"--rpc={worker.rpc_url}",
+        f"--token={worker.token}",
+    )
+    assert answer["ok"], answer
+    assert answer["answer"]["rpc"]["queue_depth"] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="docs/protocol.md §8.3 rule 1 and §13 say a silent stream ends after 10 s; lpnode ends it after "
+    "~20 s (the 10 s wait for the QuoteRequest, then its 10 s wait for the requester's close)",
+)
+def test_a_silent_js_stream_ends_after_the_documented_10_s(worker: Worker) -> None:
+    answer = requester(f"--addr={worker.addr}", "--mode=silent-stream")
+    assert answer["ok"], answer

@@ -5,7 +5,8 @@
 //   node requester.mjs --addr /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --prompt "a lighthouse" \
 //        --width 64 --height 64 --steps 2 --seed 42 --max-price 1000 --model lpnode/tiny-sdxl --out out.png
 //   node requester.mjs --addr ... --mode forged-signature|garbage|garbage-kind|oversized-frame|
-//        oversized-message|unknown-model|absurd-params|too-large|disconnect-after-accept [--rpc URL --token T]
+//        oversized-message|unknown-model|absurd-params|too-large|disconnect-after-accept|silent-stream|
+//        cancel-mid-run [--rpc URL --token T]
 //
 // Prints one JSON line. Happy path: {"ok": true, "worker", "price", "receipt": {...}, "output": {...}, "timings": {...}}.
 // Bad-peer modes: {"ok": <lpnode answered as the doc says>, "mode", "sent", "expected", "answer": {...}}.
@@ -376,6 +377,26 @@ async function badPeer (mode, node, peerId, opts) {
         ok
       }
     }
+    case 'silent-stream': {
+      // §8.3 rule 1 / §8.8 / §13: a stream with no QuoteRequest for 10 s ends without a word
+      const { js } = await openJobStream(node, opts.addr)
+      const a = await readAnswer(js, 60000)
+      await js.close()
+      return { sent: 'nothing: a job stream opened and left silent', expected: 'the worker ends the stream without a word after 10 s (§8.3 rule 1, §13)', answer: a, ok: a.answer === 'stream_ended' && a.after_ms >= 5000 && a.after_ms <= 11000 }
+    }
+    case 'cancel-mid-run': {
+      // §8.4: the worker stops the run, frees the reservation, sends nothing back and waits for the close
+      const big = { ...opts, width: opts.abandonSide, height: opts.abandonSide, steps: opts.abandonSteps, maxPrice: 1e15 }
+      const held = await runJob(node, peerId, big, { stopAfterAccept: true })
+      const first = await readAnswer(held.js, 10000)
+      held.js.send('job_cancel', { job_id: held.id, reason: 'user' })
+      const seen = []
+      let a
+      for (;;) { a = await readAnswer(held.js, 15000); if (a.answer !== 'job_progress') break; seen.push(a.body.step) }
+      await held.js.close()
+      const rpc = opts.rpc ? await queueDepth(opts) : null
+      return { sent: 'Accept, then Cancel(user) at the first Progress', expected: 'no further message; the stream ends after the worker waited up to 10 s for our close (§8.4, §8.6)', answer: { first: first.answer, progress_after_cancel: seen.length, then: a, rpc }, ok: first.answer === 'job_progress' && a.answer === 'stream_ended' && seen.length <= 2 }
+    }
     default:
       throw new Error(`unknown mode ${mode}`)
   }
@@ -389,7 +410,7 @@ async function queueDepth (opts) {
 
 // ------------------------------------------------------------------ main
 
-const MODES = ['job', 'forged-signature', 'garbage', 'garbage-kind', 'oversized-frame', 'oversized-message', 'unknown-model', 'absurd-params', 'too-large', 'disconnect-after-accept']
+const MODES = ['job', 'forged-signature', 'garbage', 'garbage-kind', 'oversized-frame', 'oversized-message', 'unknown-model', 'absurd-params', 'too-large', 'disconnect-after-accept', 'silent-stream', 'cancel-mid-run']
 
 async function main () {
   const { values } = parseArgs({
