@@ -53,6 +53,7 @@ from multiaddr import Multiaddr
 
 from ...protocol.errors import NetworkError, PeerUnreachable
 from ...protocol.signing import NodeKey
+from . import _libp2p_health
 from ._libp2p_mdns import serve_mdns
 from ._libp2p_pubsub import LpnodePubsub, make_router
 from ._libp2p_stream import TRANSPORT_ERRORS, InboundHandlerRoot, Libp2pStream
@@ -451,6 +452,7 @@ async def open_libp2p_network(key: NodeKey, config: Libp2pConfig) -> AsyncIterat
 
 
 def _new_host(key: NodeKey, config: Libp2pConfig) -> IHost:
+    _libp2p_health.install()  # a peer that serves no ping is alive, not dropped at the first health check
     key_pair = create_new_key_pair(key.seed)  # same seed as NodeKey: same peer id
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     health = ConnectionConfig(

@@ -24,12 +24,15 @@ from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.network.health import monitor as health_monitor
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.tools.anyio_service import background_trio_service
+from lpnode.node.network._libp2p_health import ping_connection
 from lpnode.node.network.base import ByteStream, ConnectionEventKind, GossipMessage
 from lpnode.node.network.libp2p import Libp2pConfig, Libp2pNetwork, open_libp2p_network
 from lpnode.protocol.errors import NetworkError, PeerUnreachable, StreamClosed
@@ -472,3 +475,21 @@ async def test_py_libp2ps_auto_connector_dials_nobody() -> None:
             assert isinstance(swarm, Swarm)
             await swarm.auto_connector.maybe_connect()  # what its timer and every disconnect call
             assert b.local_peer not in a.connected_peers()
+
+
+async def test_a_peer_that_serves_no_ping_passes_the_health_probe() -> None:
+    """A peer answering "na" to /ipfs/ping (js-libp2p without @libp2p/ping) is alive: py-libp2p 0.8.1's own
+    probe read it as a failed ping and the health monitor closed the connection at its first check."""
+    quiet = new_host(key_pair=create_new_key_pair(deterministic_key(42).seed))
+    quiet.get_mux().handlers.pop(TProtocol(PING_PROTOCOL))  # a peer without ping
+    pinging = new_host(key_pair=create_new_key_pair(deterministic_key(43).seed))
+    assert health_monitor.ping_connection is ping_connection  # installed by open_libp2p_network's hosts
+    with trio.fail_after(DEADLINE):
+        async with _nodes(LOOPBACK) as (node,), _raw_host(quiet) as no_ping, _raw_host(pinging) as with_ping:
+            results = []
+            for raw in (no_ping, with_ping):
+                peer = await node.connect(f"{raw.get_addrs()[0]}")
+                (conn,) = node._host.get_network().connections[ID.from_base58(peer)]
+                results.append(await ping_connection(conn, ping_timeout=5.0))
+                assert peer in node.connected_peers()
+    assert [(r.success, r.protocol_supported) for r in results] == [(True, False), (True, True)]
