@@ -188,10 +188,11 @@ class JobWorker:
             return
         self.open_streams += 1
         try:
-            await self._serve(stream)
+            asked = await self._serve(stream)
             # Not torn down under the requester: it closes once it holds the outputs (or our
             # last word), and only then do we close. The reservation is already released.
-            if not await await_peer_close(stream, self.config.linger_s):
+            # A stream that never asked anything is owed nothing: it ends now (docs/protocol.md §8.3).
+            if asked and not await await_peer_close(stream, self.config.linger_s):
                 log.info(
                     "job stream from %s: the requester kept it open past %s s", stream.remote_peer, self.config.linger_s
                 )
@@ -201,7 +202,8 @@ class JobWorker:
             self.open_streams -= 1
             await _close(stream)
 
-    async def _serve(self, stream: ByteStream) -> None:
+    async def _serve(self, stream: ByteStream) -> bool:
+        """One job stream; False when the requester never sent a message (silent, or gone at once)."""
         framed = FramedStream(stream, self.config.framing)
         job = _Job(self, framed, WorkerNegotiation(self.key.peer_id, stream.remote_peer))
         try:
@@ -210,14 +212,14 @@ class JobWorker:
             # garbage before any job exists: answer once if the stream is still framed, then drop it
             if framed.broken is None:
                 await job.apply([Send(JobError("", ErrorCode.PROTOCOL_VIOLATION, str(exc)[:400]))])
-            return
+            return True
         except NetworkError:
-            return  # never asked anything
+            return False  # never asked anything within request_timeout_s, or left at once
         if not isinstance(msg, QuoteRequest):
             await job.apply(
                 [Send(JobError("", ErrorCode.PROTOCOL_VIOLATION, "a job stream starts with a QuoteRequest"))]
             )
-            return
+            return True
         await job.on_message(msg)
         try:
             await self._quote(job, msg)
@@ -225,13 +227,14 @@ class JobWorker:
                 if (incoming := await job.next_message()) is not None:
                     await job.on_message(incoming)
             if job.machine.phase is not Phase.ACCEPTED:
-                return
+                return True
             inputs = await self._receive_inputs(job, msg)
             if inputs is None:
-                return
+                return True
             await job.apply(job.machine.inputs_received(self.now_ms()))
             if not job.machine.ended:
                 await self._run(job, msg, inputs)
+            return True
         finally:
             # Every end of the machine releases its reservation; this covers a bug or an
             # exception between the quote and that end, so capacity can never leak.

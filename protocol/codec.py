@@ -161,7 +161,8 @@ def _unpack_frame(data: bytes) -> tuple[int, str, Any]:
             timestamp=0,
         )
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise MalformedMessage(f"not a msgpack frame: {exc}") from None
+        # msgpack's FormatError (a reserved byte such as 0xc1) carries no text: name its kind then
+        raise MalformedMessage(f"not a msgpack frame: {str(exc) or type(exc).__name__} ({len(data)} bytes)") from None
     if not (isinstance(frame, list) and len(frame) == 3):
         raise MalformedMessage("a frame is [version, type, body]")
     version, tag, body = frame

@@ -123,3 +123,19 @@ async def test_a_finished_job_frees_the_workers_stream_at_once(autojump_clock: t
         while worker.worker.open_streams:
             await trio.testing.wait_all_tasks_blocked()
         assert trio.current_time() - given_up < worker.worker.config.linger_s
+
+
+async def test_a_stream_that_never_asks_ends_at_the_request_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """A requester owed nothing (it sent no QuoteRequest) gets no linger: docs/protocol.md §8.3 says the
+    stream ends after request_timeout_s. It took that plus linger_s (~20 s found by the JS peer)."""
+    async with open_memory_hub() as hub, peers(hub, virtual_wall_clock) as start:
+        requester, worker = await _lingering_pair(start)
+        assert worker.worker is not None
+        timeout_s = worker.worker.config.request_timeout_s  # the linger (LINGER_S) must not follow it
+        stream = await requester.node.network.open_stream(
+            worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
+        )
+        began = trio.current_time()
+        assert await stream.receive_some(1) == b""  # the worker's close, without a word
+        assert trio.current_time() - began == pytest.approx(timeout_s, abs=0.5)
+        assert worker.worker.open_streams == 0
