@@ -159,13 +159,22 @@ def check_outputs(receipt: Receipt, outputs_sha256: Sequence[str]) -> None:
 
 
 def conflicting(a: Receipt, b: Receipt) -> bool:
-    """True when one worker signed two receipts for one job with different outputs.
+    """True when one worker signed two receipts for one run of one job with different outputs.
 
-    A job id is bound to one requester's nonce, and a worker runs a job once, so
-    two outputs under one id cannot both be honest: this pair (as verified
-    bytes) is evidence for the reputation store. Pass only verified receipts.
+    One quote is one run: a worker signs one receipt per quote it honoured, so two
+    outputs under one job id *and* one quote id cannot both be honest, and this
+    pair (as verified bytes) is evidence for the reputation store. Under two
+    quotes it is no proof: a requester that sends the same QuoteRequest twice
+    (its own nonce again) gets two honest runs, whose bytes may differ (a run
+    batched with other jobs is not bit-exact with a lone one, nor are GPUs), and
+    must not be able to frame the worker with them. Pass only verified receipts.
     """
-    return a.worker_peer_id == b.worker_peer_id and a.job_id == b.job_id and _output_facts(a) != _output_facts(b)
+    return (
+        a.worker_peer_id == b.worker_peer_id
+        and a.job_id == b.job_id
+        and a.quote_id == b.quote_id
+        and _output_facts(a) != _output_facts(b)
+    )
 
 
 def _output_facts(receipt: Receipt) -> tuple[tuple[str, str], ...]:

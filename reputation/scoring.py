@@ -250,7 +250,7 @@ def ban_until(now: float, earlier_bans: int, config: ScoringConfig) -> float:
 
 
 def equivocation(a: Receipt, b: Receipt) -> bool:
-    """Proof of cheating: one worker signed two receipts for one job id with different outputs.
+    """Proof of cheating: one worker signed two receipts for one run (job id and quote id) with different outputs.
 
     Pass only receipts that passed ``verify_receipt``; the pair is the evidence to keep.
     """

@@ -131,3 +131,6 @@ def test_conflicting_receipts_prove_cheating() -> None:
     assert not conflicting(first, other_worker)
     same_bytes_other_pixels = dataclasses.replace(first.outputs[0], pixel_sha256="e" * 64)
     assert conflicting(first, dataclasses.replace(first, outputs=(same_bytes_other_pixels,)))
+    # a second quote is a second run, asked for by a requester that sent its QuoteRequest twice: honest runs
+    # may differ (batching, GPUs), so that pair is no proof, or any requester could frame any worker
+    assert not conflicting(first, dataclasses.replace(second, quote_id=first.quote_id + "-again"))
