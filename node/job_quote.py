@@ -34,6 +34,9 @@ class WorkerConfig:
     # After its last message the worker waits this long for the requester to close the stream
     # (it does once it holds and has checked the outputs) before closing its own side.
     linger_s: float = 10.0
+    # A Progress at least this often while an accepted job waits or runs: the pool reports only while a
+    # job is on the device, and requesters take 60 s of silence for a dead worker (docs/protocol.md §8.8).
+    progress_keepalive_s: float = 15.0
     framing: FramingConfig = field(default_factory=FramingConfig)
 
     def __post_init__(self) -> None:
@@ -41,6 +44,8 @@ class WorkerConfig:
             raise ValueError("max_jobs, max_streams, quote_ttl_ms and request_timeout_s must be positive")
         if not self.linger_s > 0:
             raise ValueError(f"WorkerConfig.linger_s must be a positive number of seconds, got {self.linger_s!r}")
+        if not self.progress_keepalive_s > 0:
+            raise ValueError(f"WorkerConfig.progress_keepalive_s must be positive, got {self.progress_keepalive_s!r}")
 
 
 @dataclass(frozen=True)

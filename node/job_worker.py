@@ -306,13 +306,32 @@ class JobWorker:
             with contextlib.suppress(trio.WouldBlock):
                 send_progress.send_nowait(step)
 
+        # what the requester last heard, and when: a job waits in the pool's queue before it runs
+        said = StepProgress("queued", 0, 0)
+        said_at = trio.current_time()
+
+        async def say(step: StepProgress) -> None:
+            nonlocal said, said_at
+            said, said_at = step, trio.current_time()
+            # Shielded: the run ending cancels this task, and a frame send cancelled halfway
+            # aborts the framed stream, so the Result right behind it would never arrive.
+            # The send is bounded by the framing's write timeout.
+            with trio.CancelScope(shield=True):
+                await job.apply(machine.progress(step.stage[:32], step.step, step.total, self.now_ms()))
+
         async def forward_progress() -> None:
             async for step in receive_progress:
-                # Shielded: the run ending cancels this task, and a frame send cancelled halfway
-                # aborts the framed stream, so the Result right behind it would never arrive.
-                # The send is bounded by the framing's write timeout.
-                with trio.CancelScope(shield=True):
-                    await job.apply(machine.progress(step.stage[:32], step.step, step.total, self.now_ms()))
+                await say(step)
+
+        async def keep_alive() -> None:
+            # The pool reports only while the job is on the device: queued behind other jobs, or
+            # behind a model's load, it would look silent, and requesters give up on a worker
+            # silent for 60 s (docs/protocol.md §8.8). Say the last word again meanwhile.
+            interval_s = self.config.progress_keepalive_s
+            while not machine.ended:
+                await trio.sleep_until(said_at + interval_s)
+                if trio.current_time() >= said_at + interval_s and not machine.ended:
+                    await say(said)
 
         async def watch_requester() -> None:
             while not machine.ended:
@@ -324,6 +343,7 @@ class JobWorker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_requester)
             nursery.start_soon(forward_progress)
+            nursery.start_soon(keep_alive)
             with job.run_scope:
                 try:
                     request_for_pool = model_request(request.spec, inputs, request.input_shape)
