@@ -10,6 +10,7 @@ Virtual time: a one-device stand-in pool, no threads.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -81,5 +82,5 @@ async def test_a_job_queued_behind_a_long_run_is_kept_alive_and_completes(
     assert len(outcomes) == 2  # both done: the second was not given up after 60 s of queueing
     assert all(a.outcome == "done" for outcome in outcomes for a in outcome.attempts)
     queued = [at - began for stage, at in heard if stage == "queued"]
-    assert queued and all(b - a <= WorkerConfig().progress_keepalive_s + 1 for a, b in zip(queued, queued[1:]))
+    assert queued and all(b - a <= WorkerConfig().progress_keepalive_s + 1 for a, b in itertools.pairwise(queued))
     assert any(stage == "denoise" for stage, _ in heard)  # then it ran, saying so
