@@ -79,19 +79,25 @@ _SHAPED_INPUT = {Pipeline.IMAGE_TO_IMAGE: IMAGE, Pipeline.FRAME_INTERPOLATION: V
 
 
 def input_shape(spec: JobSpec, inputs: Mapping[str, bytes]) -> InputShape | None:
-    """What a QuoteRequest declares about ``spec``'s input (``QuoteRequest.input_shape``).
+    """What a QuoteRequest declares about ``spec``'s input (``QuoteRequest.input_shape``); None for the
+    pipelines that need none.
 
-    None for the pipelines that do not need it, or when the input is missing or unreadable: the
-    job is then priced as before, and the worker, reading the same file, says what is wrong with it.
+    Workers refuse an image-to-image or frame interpolation job that declares none (its price is its
+    input's size), so an input that is missing or cannot be read raises :class:`InputUnreadable` here,
+    before any peer is asked.
     """
     kind = _SHAPED_INPUT.get(spec.pipeline)
-    if kind is None or kind not in inputs:
+    if kind is None:
         return None
+    if kind not in inputs:
+        raise InputUnreadable(f"{spec.pipeline} takes an input named {kind!r}; got {sorted(inputs) or 'none'}")
+    size = probe_input(kind, inputs[kind])
     try:
-        size = probe_input(kind, inputs[kind])
         return InputShape(size.width, size.height, size.num_frames)
-    except (InputUnreadable, ValueError):  # ValueError: beyond what a QuoteRequest can declare
-        return None
+    except ValueError as exc:  # beyond what a QuoteRequest can declare
+        raise InputUnreadable(
+            f"the {kind} input is {size.width}x{size.height}, {size.num_frames} frame(s): {exc}"
+        ) from exc
 
 
 __all__ = ["InputSize", "InputUnreadable", "input_shape", "probe_input"]

@@ -128,7 +128,9 @@ def check_params(preset_name: str, spec: JobSpec, shape: InputShape | None = Non
         _check_upscale_work(lim, spec, params)
     if isinstance(params, FrameInterpolationParams) and params.multiplier not in lim.scales:
         raise ParameterError("multiplier", params.multiplier, f"one of {list(lim.scales)}")
-    if shape is not None and isinstance(params, ImageToImageParams | FrameInterpolationParams):
+    if isinstance(params, ImageToImageParams | FrameInterpolationParams):
+        if shape is None:  # priced on the input's size: undeclared, any input would cost one megapixel-step
+            raise ParameterError("input_shape", None, "the input's width, height and frames (QuoteRequest.input_shape)")
         _check_shape_work(lim, params, shape)
     width, height = getattr(params, "width", None), getattr(params, "height", None)
     if width is not None and height is not None:
@@ -143,10 +145,8 @@ def check_params(preset_name: str, spec: JobSpec, shape: InputShape | None = Non
 
 def _check_upscale_work(lim: Limits, spec: JobSpec, params: UpscaleParams) -> None:
     video = any(blob.name == "video" for blob in spec.inputs)
-    if not params.declared:
-        if video:  # a video's work can be any number of frames: it must be declared to be priced
-            raise ParameterError("input_frames", 0, "a video upscale declares input_width, input_height, input_frames")
-        return  # an undeclared image: bounded from its header when it arrives
+    if not params.declared:  # priced on the input's size: undeclared, any input would cost one megapixel-step
+        raise ParameterError("input_width", 0, "an upscale declares input_width, input_height, input_frames")
     width, height = params.input_width * params.scale, params.input_height * params.scale
     if video:
         check_video_output(lim, width, height, params.input_frames)

@@ -53,7 +53,7 @@ from lpnode.protocol.receipts import Receipt
 
 from .daemon import Node
 from .framing import FramingConfig
-from .input_probe import input_shape
+from .input_probe import InputUnreadable, input_shape
 from .job_try import (
     ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES,
     DEFAULT_QUOTE_TIMEOUT_S,
@@ -231,7 +231,10 @@ async def run_job(
     if allow_local and local is not None:
         adverts.append(node.publisher.build())  # the directory never holds our own advert
     # the input's size, read from its header, prices and bounds the jobs it sizes (QuoteRequest.input_shape)
-    shape = input_shape(spec, inputs)
+    try:
+        shape = input_shape(spec, inputs)
+    except InputUnreadable as exc:  # no worker takes such a job undeclared: told before any peer is asked
+        raise ParametersRefused(f"{spec.pipeline}: {exc}") from None
     fitting, beyond_limits = fit_offers(adverts, spec, shape)
     wanted = spec.pipeline.value
     if beyond_limits and not any(

@@ -16,7 +16,7 @@ import pytest
 from lpnode.models.base import PipelineKind
 from lpnode.models.errors import ParameterError
 from lpnode.models.outputs import encode_mp4
-from lpnode.node.input_probe import input_shape
+from lpnode.node.input_probe import InputUnreadable, input_shape
 from lpnode.node.job_convert import check_params, model_request
 from lpnode.node.job_quote import Decline, Offer, WorkerConfig, decide_quote
 from lpnode.node.peer_choice import job_mpx_steps, job_price, limits_refusal, work_is_known
@@ -89,8 +89,11 @@ def test_the_requester_declares_the_size_it_reads_from_the_header() -> None:
     image, video = png(48, 32), clip(16, 12, 5)
     assert input_shape(img2img_spec(image), {"image": image}) == InputShape(48, 32, 1)
     assert input_shape(interpolation_spec(video), {"video": video}) == InputShape(16, 12, 5)
-    # unreadable: nothing declared, the worker (reading the same file) says what is wrong
-    assert input_shape(img2img_spec(image), {"image": b"\x89PNG broken"}) is None
+    # unreadable or missing: no worker takes the job undeclared, so the requester is told at once
+    with pytest.raises(InputUnreadable, match="not a readable image"):
+        input_shape(img2img_spec(image), {"image": b"\x89PNG broken"})
+    with pytest.raises(InputUnreadable, match="takes an input named 'video'"):
+        input_shape(interpolation_spec(video), {})
 
 
 def test_image_to_image_is_priced_on_the_input_pixels_and_the_steps_it_runs() -> None:
@@ -103,8 +106,10 @@ def test_image_to_image_is_priced_on_the_input_pixels_and_the_steps_it_runs() ->
     assert isinstance(offer, Offer)
     assert offer.price == job_price(spec, PRICE, shape) == 58  # ceil(0.057344 × 1000)
     assert offer.eta_ms == int(128 * 64 * 7 / 1e6 / SPEED * 1000)
-    old = quote(spec, None)  # an older requester: one megapixel-step, and no ETA to go by
-    assert isinstance(old, Offer) and old.price == PRICE and old.eta_ms == WorkerConfig().unmeasured_eta_ms
+    # Undeclared, any input would cost one megapixel-step (a 1024² image 50× less than its work): refused
+    undeclared = quote(spec, None)
+    assert isinstance(undeclared, Decline) and undeclared.reason is RefusalReason.UNSUPPORTED_PARAMS
+    assert "input_shape" in undeclared.message
 
 
 def test_frame_interpolation_is_priced_on_the_frames_it_makes() -> None:

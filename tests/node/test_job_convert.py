@@ -89,6 +89,8 @@ def test_the_input_must_be_what_was_declared_and_priced() -> None:
         OutputExpectation("image/png", 1 << 20),
         upscale=UpscaleParams(2),
     )
-    check_params("tiny-realesrgan", image_spec)  # an undeclared image stays allowed (older requesters)
+    # undeclared, any image would cost one megapixel-step: refused (the requester declares what it sends)
+    with pytest.raises(ParameterError, match="declares input_width"):
+        check_params("tiny-realesrgan", image_spec)
     with pytest.raises(ParameterError, match="input_frames"):
         check_params("tiny-realesrgan", replace(image_spec, upscale=UpscaleParams(2, 8, 8, 2)))

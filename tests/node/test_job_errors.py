@@ -6,11 +6,17 @@ checks what the requester makes of it (an attempt ``error:<code>``, not ``discon
 
 from __future__ import annotations
 
+import pytest
 import trio
 from lpnode.models.pool import ModelPool
-from lpnode.node.job_requester import JobFailed, JobRequest, run_job
+from lpnode.node.framing import FramedStream
+from lpnode.node.job_requester import JobRequest, ParametersRefused, build_spec, run_job
+from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.transfer import send_transfer
+from lpnode.protocol.jobs import Accept, ErrorCode, InputShape, JobError, Quote, QuoteRequest
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
+from lpnode.protocol.names import JOB_PROTOCOL
 
 from .job_fixtures import BOUND_S, MODEL, Peer, peers, sees_models
 
@@ -24,11 +30,23 @@ async def test_an_input_the_model_cannot_read_is_answered_with_invalid_input(poo
         worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
         await sees_models(requester.node, [worker])
         with trio.fail_after(BOUND_S):
-            try:
+            # run_job reads the input's size to declare it (workers price on it): refused before any peer is asked
+            with pytest.raises(ParametersRefused, match="not a readable image") as refused:
                 await run_job(requester.node, i2i, {"image": NOT_AN_IMAGE}, max_price=10_000, deadline_s=BOUND_S)
-            except JobFailed as exc:
-                failed = exc
-    (attempt,) = failed.attempts
-    assert attempt.outcome == "error:invalid_input", attempt
-    assert "image" in attempt.detail
+            assert refused.value.attempts == ()
+            # a requester that declares a size its bytes do not have: the worker's model says what is wrong
+            spec = build_spec(i2i, {"image": NOT_AN_IMAGE}, 10**7)
+            stream = await requester.node.network.open_stream(
+                worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
+            )
+            framed = FramedStream(stream)
+            declared = QuoteRequest(spec, b"d" * 16, 10_000, 60_000, input_shape=InputShape(32, 32, 1))
+            await send_job_message(framed, declared, requester.node.key)
+            quote = await receive_job_message(framed)
+            assert isinstance(quote, Quote)
+            await send_job_message(framed, Accept(quote.quote_id, quote.job_id, spec.inputs), requester.node.key)
+            await send_transfer(framed, NOT_AN_IMAGE, "image/png")
+            answer = await receive_job_message(framed)
+    assert isinstance(answer, JobError) and answer.code is ErrorCode.INVALID_INPUT, answer
+    assert "image" in answer.message
     assert worker.worker is not None and worker.worker.reservations == set() and worker.worker.completed == 0

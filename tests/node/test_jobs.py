@@ -141,6 +141,7 @@ def test_receipt_numbers_go_on_file_a_block_at_a_time(tmp_path: Path, monkeypatc
 
 
 async def test_image_to_image_inputs_travel_hash_checked(pool: ModelPool) -> None:
+    from lpnode.node.input_probe import input_shape
     from lpnode.node.job_requester import build_spec
     from lpnode.node.transfer import send_transfer
     from lpnode.protocol.jobs import Accept, ErrorCode, JobError, Quote
@@ -160,7 +161,10 @@ async def test_image_to_image_inputs_travel_hash_checked(pool: ModelPool) -> Non
                 worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
             )
             framed = FramedStream(stream)
-            await send_job_message(framed, QuoteRequest(spec, b"m" * 16, 10_000, 60_000), requester.node.key)
+            shape = input_shape(spec, {"image": png()})
+            await send_job_message(
+                framed, QuoteRequest(spec, b"m" * 16, 10_000, 60_000, input_shape=shape), requester.node.key
+            )
             quote = await receive_job_message(framed)
             assert isinstance(quote, Quote)
             await send_job_message(framed, Accept(quote.quote_id, quote.job_id, spec.inputs), requester.node.key)
