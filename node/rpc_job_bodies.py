@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from lpnode.node.input_probe import InputSize, InputUnreadable, probe_input
 from lpnode.node.job_requester import JobRequest, Params, build_spec, media_type_of
 from lpnode.protocol.errors import LpnodeError
+from lpnode.protocol.jobs import MAX_PRICE
 from lpnode.protocol.jobspec import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -73,7 +74,8 @@ class JobOptions(BaseModel):
     # NaN and infinity are refused as such (else NaN reads as "should be <= 50", which it is not either)
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    max_price: int = Field(1_000_000, ge=0, description="micro-credits per network job, at most")
+    # at most what a QuoteRequest can carry (above it the request could not even be built: a 500)
+    max_price: int = Field(1_000_000, ge=0, le=MAX_PRICE, description="micro-credits per network job, at most")
     deadline: float = Field(120.0, gt=0, le=3600, description="seconds for the whole request")
     priority: Literal["cost", "speed", "trust"] = "speed"
     # K as reputation.policy.parse_verification takes it (1 < K <= MAX_REDUNDANCY = 5): refused here, as a 422

@@ -22,6 +22,7 @@ from lpnode.node.rpc_job_bodies import (
     name_inputs,
     prepare,
 )
+from lpnode.protocol.jobs import MAX_PRICE
 from lpnode.protocol.jobspec import Pipeline, UpscaleParams
 from lpnode.protocol.receipts import verify_receipt
 from lpnode.reputation.errors import BadVerification
@@ -117,3 +118,10 @@ def test_verification_accepts_exactly_what_the_spot_checker_runs() -> None:
             JobOptions(verification=text)
         with pytest.raises(BadVerification):
             parse_verification(text)
+
+
+def test_max_price_is_bounded_by_what_a_quote_request_carries() -> None:
+    # above MAX_PRICE the QuoteRequest could not be built: the job failed later as a 500 (review)
+    assert JobOptions(max_price=MAX_PRICE).max_price == MAX_PRICE
+    with pytest.raises(ValidationError, match="less than or equal to"):
+        JobOptions(max_price=MAX_PRICE + 1)
