@@ -25,10 +25,11 @@ class ModelStatus:
     compiled: tuple[str, ...]  # components running compiled; () = eager
     vram_estimate_bytes: int  # from the spec, before any load
     vram_measured_bytes: int | None  # what the pool charges after a load (None: never loaded)
-    speed_mpx_steps_per_s: float  # median over recent real runs; 0.0 = not measured yet
+    speed_mpx_steps_per_s: float  # marginal, fitted on recent real runs (models.speed); 0.0 = not measured yet
     queued: int  # jobs waiting
     running: int  # batches on the device now
     problem: str  # last load error ("" if none)
+    overhead_s: float = 0.0  # fixed seconds per run beside the work (models.speed); 0.0 = not told apart
 
 
 def model_offers(rows: Sequence[ModelStatus], price_per_mpx_step: int) -> tuple[ModelOffer, ...]:

@@ -33,7 +33,6 @@ Memory accounting is in ``_budget`` and the compiled warm path in ``_compile``.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
@@ -69,6 +68,7 @@ from .errors import (
     PoolClosed,
     UnknownModel,
 )
+from .speed import UNMEASURED, Speed, fit_speed
 
 __all__ = ["ModelPool", "ModelStatus", "PoolConfig", "model_offers", "open_model_pool"]
 
@@ -78,7 +78,7 @@ T = TypeVar("T")
 Resolver = Callable[[str, Path | None], ModelAdapter]
 ProgressHandler = Callable[[StepProgress], None]
 
-SPEED_WINDOW = 16  # runs; the advertised speed is their median, so one slow first-shape compile fades
+SPEED_WINDOW = 16  # runs the advertised speed is fitted on (speed.fit_speed), so one slow first-shape compile fades
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,8 @@ class _Slot:
     loaded_bytes: int | None = None
     activation_bytes: int | None = None
     compiled: tuple[str, ...] = ()
-    speeds: deque[float] = field(default_factory=lambda: deque(maxlen=SPEED_WINDOW))
+    runs: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=SPEED_WINDOW))  # (mpx-steps, s)
+    speed: Speed = UNMEASURED  # fitted on runs, after each
     problem: str = ""
 
     @property
@@ -461,7 +462,8 @@ class ModelPool:
         if activations is not None:
             slot.activation_bytes = max(activations, slot.activation_bytes or 0)
         if seconds > 0:
-            slot.speeds.append(sum(mpx_steps(j.request, o) for j, o in zip(batch, outputs, strict=True)) / seconds)
+            slot.runs.append((sum(mpx_steps(j.request, o) for j, o in zip(batch, outputs, strict=True)), seconds))
+            slot.speed = fit_speed(slot.runs)
         for job, raw in zip(batch, outputs, strict=True):
             job.raw = raw  # an abandoned job's output is dropped with the job
             job.done.set()
@@ -584,10 +586,11 @@ class ModelPool:
             compiled=slot.compiled,
             vram_estimate_bytes=slot.estimate,
             vram_measured_bytes=slot.cost if slot.loaded_bytes is not None else None,
-            speed_mpx_steps_per_s=round(statistics.median(slot.speeds), 3) if slot.speeds else 0.0,
+            speed_mpx_steps_per_s=round(slot.speed.mpx_steps_per_s, 3),
             queued=len(slot.queue),
             running=slot.running,
             problem=slot.problem,
+            overhead_s=round(slot.speed.overhead_s, 4),
         )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lpnode.models.errors import ParameterError
 from lpnode.models.pool import ModelStatus
+from lpnode.models.speed import Speed
 from lpnode.protocol.jobs import MAX_DURATION_MS, QuoteRequest, RefusalReason
 
 from .framing import FramingConfig
@@ -96,10 +97,11 @@ def decide_quote(
     price = job_price(spec, config.price_per_mpx_step, shape)
     if price > request.max_price:
         return Decline(RefusalReason.PRICE, f"{price} > max_price {request.max_price}", 0)
-    speed = row.speed_mpx_steps_per_s
+    # the model's fixed cost per run plus the job's work at its marginal speed (models.speed)
+    run_s = Speed(row.speed_mpx_steps_per_s, row.overhead_s).seconds(job_mpx_steps(spec, shape))
     # An input-sized job's work is unknown until its input is decoded: no ETA to refuse on then.
-    known = speed > 0 and work_is_known(spec, shape)
-    eta_ms = int(job_mpx_steps(spec, shape) / speed * 1000) if known else config.unmeasured_eta_ms
+    known = run_s is not None and work_is_known(spec, shape)
+    eta_ms = int(run_s * 1000) if known and run_s is not None else config.unmeasured_eta_ms
     if known and eta_ms > request.deadline_ms:
         return Decline(RefusalReason.DEADLINE, f"ETA {eta_ms} ms > deadline {request.deadline_ms} ms", 0)
     if held >= config.max_jobs:

@@ -209,6 +209,7 @@ def create_app(
                     vram_estimate_bytes=row.vram_estimate_bytes,
                     vram_measured_bytes=row.vram_measured_bytes,
                     speed_mpx_steps_per_s=row.speed_mpx_steps_per_s,
+                    overhead_s=row.overhead_s,
                     queued=row.queued,
                     running=row.running,
                     problem=row.problem,

@@ -258,7 +258,10 @@ class LocalModel(BaseModel):
     compiled: list[str] = Field(description="components running compiled; empty = eager")
     vram_estimate_bytes: int
     vram_measured_bytes: int | None = Field(description="charged to the budget after a load; null = never loaded")
-    speed_mpx_steps_per_s: float = Field(description="median over recent runs; 0 = not measured yet")
+    speed_mpx_steps_per_s: float = Field(
+        description="marginal speed fitted on recent runs (the advert's); 0 = not measured yet"
+    )
+    overhead_s: float = Field(0.0, description="fixed seconds per run beside the work; 0 = not told apart yet")
     queued: int
     running: int
     problem: str = Field(description="last load error; empty if none")

@@ -53,7 +53,7 @@ MAX_VIDEO_FRAMES = 4
 CHEAT_TIME = {"other_seed": 1.0, "half_steps": 0.5, "other_model": 0.5, "blank": 0.0, "copied": 0.0}
 DECODE_SHARE = 0.15  # of a run after its last step: VAE decode (22 of 143 ms in the H100 anchor)
 MIN_DECODE_S = 0.001
-SPEED_WINDOW = 16  # runs; the median is advertised, as the real pool does
+SPEED_WINDOW = 16  # runs; the median is advertised (simulated time is proportional to the work, no fixed part: what models.speed.fit_speed would give)
 NOMINAL_INPUT_SIDE = 512  # input-sized pipelines (upscale, interpolation): the input is never decoded here
 
 

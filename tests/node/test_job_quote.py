@@ -74,3 +74,15 @@ def test_every_refusal_is_typed_and_comes_before_any_reservation() -> None:
     assert refusal(busy) is RefusalReason.BUSY and isinstance(busy, Decline) and busy.retry_after_ms >= 1000
     unhashed = replace(ROW, weights_sha256="")
     assert refusal(decide_quote(request(), [unhashed], cfg, held=0)) is RefusalReason.OTHER
+
+
+def test_the_eta_is_the_models_fixed_cost_plus_the_work_at_its_marginal_speed() -> None:
+    # 256x256, 50 steps = 3.28 megapixel-steps; a model that spends 0.03 s per run and 2.5 mpx-steps/s
+    row = replace(ROW, speed_mpx_steps_per_s=2.5, overhead_s=0.03)
+    big = replace(request(side=256, steps=50), deadline_ms=5_000)
+    offer = decide_quote(big, [row], WorkerConfig(), held=0)
+    assert isinstance(offer, Offer) and offer.eta_ms == int((0.03 + 256 * 256 * 50 / 1e6 / 2.5) * 1000)
+    # measured as work ÷ time on small jobs alone (~0.24), the same job looked 13.7 s long: refused, wrongly
+    assert refusal(decide_quote(big, [replace(ROW, speed_mpx_steps_per_s=0.24)], WorkerConfig(), held=0)) is (
+        RefusalReason.DEADLINE
+    )

@@ -1,0 +1,61 @@
+"""How fast a model runs, from its recent runs: megapixel-steps per second plus a fixed cost per run.
+
+A run costs a fixed part (text encoding, the scheduler's set-up, the VAE's launch, thread hops)
+and a part that grows with the work (pixels × frames × steps). The pool first advertised the
+median of work ÷ time over recent runs: measured on small jobs, where the fixed part is most of
+the time, it was ~10× below the speed that large jobs see (a tiny preset: 0.24 megapixel-steps/s
+measured on 64×64 jobs, 2.7 on 256×256 × 50 steps), so workers quoted large jobs ten times too
+long and refused feasible ones as past their deadline (found by the independent JS requester).
+
+:func:`fit_speed` fits ``seconds = overhead + work / speed`` by least squares where the recent
+runs differ enough in size to tell the two parts apart, and falls back to the median ratio
+(overhead 0) where they do not, or where the fit makes no physical sense (a negative part,
+e.g. from a slow first compile). The speed is the marginal one: what the advert carries, and
+what ranks peers for the work of a job; the worker adds the overhead to its own ETAs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MIN_RUNS_TO_FIT = 4  # fewer cannot tell a fixed cost from noise
+MIN_WORK_SPREAD = 2.0  # largest ÷ smallest job in the window before the two parts can be told apart
+
+
+@dataclass(frozen=True)
+class Speed:
+    mpx_steps_per_s: float  # marginal speed; 0.0 = not measured
+    overhead_s: float  # fixed seconds per run; 0.0 where not told apart
+
+    def seconds(self, work_mpx_steps: float) -> float | None:
+        """Expected seconds for ``work_mpx_steps``; None when nothing was measured."""
+        if self.mpx_steps_per_s <= 0:
+            return None
+        return self.overhead_s + work_mpx_steps / self.mpx_steps_per_s
+
+
+UNMEASURED = Speed(0.0, 0.0)
+
+
+def fit_speed(runs: Sequence[tuple[float, float]]) -> Speed:
+    """The speed of recent ``runs``, each (work in megapixel-steps, seconds on the device)."""
+    runs = [(work, seconds) for work, seconds in runs if work > 0 and seconds > 0]
+    if not runs:
+        return UNMEASURED
+    ratio = Speed(statistics.median(work / seconds for work, seconds in runs), 0.0)
+    works = [work for work, _ in runs]
+    if len(runs) < MIN_RUNS_TO_FIT or max(works) < MIN_WORK_SPREAD * min(works):
+        return ratio
+    mean_w = statistics.fmean(works)
+    mean_t = statistics.fmean(seconds for _, seconds in runs)
+    spread = sum((work - mean_w) ** 2 for work in works)
+    slope = sum((work - mean_w) * (seconds - mean_t) for work, seconds in runs) / spread  # seconds per mpx-step
+    overhead = mean_t - slope * mean_w
+    if slope <= 0 or overhead < 0:
+        return ratio
+    return Speed(1.0 / slope, overhead)
+
+
+__all__ = ["MIN_RUNS_TO_FIT", "MIN_WORK_SPREAD", "UNMEASURED", "Speed", "fit_speed"]
