@@ -151,7 +151,10 @@ def probe_video(data: bytes, max_frames: int) -> VideoProbe:
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
-            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            codec = stream.codec_context
+            if codec is None:  # a damaged container can name a stream FFmpeg has no decoder state for
+                raise ParameterError("video", f"<{len(data)} bytes>", "a decodable video (its stream has no codec)")
+            width, height = int(codec.width), int(codec.height)
             rate = stream.average_rate or stream.guessed_rate
             count = 0
             for packet in container.demux(stream):

@@ -58,7 +58,10 @@ def _probe_video(data: bytes) -> InputSize:
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
-            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            codec = stream.codec_context
+            if codec is None:  # a damaged container can name a stream FFmpeg has no decoder state for
+                raise InputUnreadable("not a readable video (its video stream has no codec)")
+            width, height = int(codec.width), int(codec.height)
             count = 0
             for packet in container.demux(stream):
                 count += packet.size > 0  # the demuxer ends with an empty flush packet
