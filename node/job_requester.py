@@ -357,8 +357,9 @@ async def run_job(
         # Every other candidate failed for good; a busy one may have room soon. Its advert says when
         # a slot frees (queue depth), and its refusal's retry_after bounds the wait; the floor first.
         floor_s = min(wait_s, BUSY_MAX_WAIT_S, BUSY_MIN_WAIT_S * 2**busy_round) * job_rng.uniform(0.5, 1.0)
+        refused_at = {candidate.peer_id: _advert_seq(node, candidate.peer_id) for candidate in busy}
         await trio.sleep(floor_s)
-        await _until_capacity(node, {candidate.peer_id for candidate in busy}, wait_s - floor_s)
+        await _until_capacity(node, refused_at, wait_s - floor_s)
         pending = busy
     refused_params = (PARAMS_REFUSED, INVALID_INPUT)
     if attempts and all(a.outcome in refused_params for a in attempts):
@@ -373,15 +374,29 @@ async def run_job(
     )
 
 
-async def _until_capacity(node: Node, peers: set[str], timeout_s: float) -> None:
-    """Return once one of ``peers`` advertises a free slot (an advert newer than now), or after ``timeout_s``."""
+def _advert_seq(node: Node, peer: str) -> int:
+    record = node.directory.get(peer)
+    return -1 if record is None else record.advert.seq
+
+
+async def _until_capacity(node: Node, refused_at: Mapping[str, int], timeout_s: float) -> None:
+    """Return once one of the busy peers advertises a free slot, or after ``timeout_s``.
+
+    ``refused_at``: each peer's advert ``seq`` when it refused. Only a newer advert counts: the one it
+    refused under may well show a free slot (adverts lag the queue by a beat), and waking on it would
+    shrink every busy round to its floor.
+    """
     with trio.move_on_after(timeout_s):
         while True:
-            await node.directory.wait_changed()
-            for peer in peers:
+            for peer, seq in refused_at.items():
                 record = node.directory.get(peer)
-                if record is not None and record.advert.queue_depth < record.advert.queue_capacity:
+                if (
+                    record is not None
+                    and record.advert.seq > seq
+                    and record.advert.queue_depth < record.advert.queue_capacity
+                ):
                     return
+            await node.directory.wait_changed()
 
 
 __all__ = [

@@ -8,24 +8,33 @@ runs in the pool's threads), every wait bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from lpnode.models.pool import ModelPool
+from lpnode.node.directory import PeerDirectory
 from lpnode.node.job_requester import (
     JobFailed,
     JobRequest,
     NoCandidates,
     ParametersRefused,
+    _until_capacity,
     run_job,
 )
 from lpnode.node.job_worker import WorkerConfig
 from lpnode.node.network.base import ByteStream
 from lpnode.node.network.memory import open_memory_hub
+from lpnode.protocol import NodeKey
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
 
 from .job_fixtures import BOUND_S, MODEL, T2I, Peer, StuckPool, peers, png, sees_models
+from .test_directory import T0
+from .test_directory import advert as dir_advert
 
 HELD = "a reservation held by another requester"
 
@@ -122,3 +131,32 @@ async def test_a_worker_advertising_full_is_asked_when_no_other_could_take_the_j
                 nursery.start_soon(functools.partial(run_job, requester.node, T2I, max_price=10_000, deadline_s=60))
                 await pool.running.wait()  # it reached the worker (which had room after all)
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_busy_peer_is_asked_again_only_on_a_newer_advert_with_room() -> None:
+    """The advert a worker refused "busy" under may show a free slot (adverts lag its queue); waking on
+    it, at any other peer's advert, shrank every busy round to its floor (review)."""
+    worker, other = NodeKey(b"\x02" * 32), NodeKey(b"\x03" * 32)
+    directory = PeerDirectory(local_peer=NodeKey(b"\x01" * 32).peer_id, max_peers=10, disconnect_grace_ms=5_000)
+
+    def admit(key: NodeKey, seq: int, depth: int) -> None:
+        advert = dir_advert(key, seq=seq)
+        directory.admit(dataclasses.replace(advert, queue_depth=depth), now_ms=T0, received_from=key.peer_id)
+
+    admit(worker, 1, 0)  # what the requester saw when the worker refused: a free slot, already stale
+    node: Any = SimpleNamespace(directory=directory)
+    woke = trio.Event()
+
+    async def wait() -> None:
+        await _until_capacity(node, {worker.peer_id: 1}, timeout_s=60)
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()  # waiting, before any news
+        for key, seq, depth in ((other, 1, 0), (worker, 2, 1)):  # another peer's news; the worker, still full
+            admit(key, seq, depth)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not woke.is_set()
+        admit(worker, 3, 0)  # a newer advert with room
+        await woke.wait()
