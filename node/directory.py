@@ -22,6 +22,9 @@ import trio
 from lpnode.protocol.advert import CapabilityAdvert
 from lpnode.protocol.errors import AdvertRejected
 
+# The rejection that is about this node, not the advert: gossip relays such an advert (node/gossip.py).
+DIRECTORY_FULL = "directory_full"
+
 
 @dataclass(frozen=True)
 class PeerRecord:
@@ -88,7 +91,7 @@ class PeerDirectory:
         if last_seq is not None and advert.seq <= last_seq:
             raise AdvertRejected("replayed", f"seq {advert.seq} <= known {last_seq}")
         if known is None and len(self._records) >= self._max_peers:
-            raise AdvertRejected("directory_full", f"{self._max_peers} peers known")
+            raise AdvertRejected(DIRECTORY_FULL, f"{self._max_peers} peers known")
 
     def admit(self, advert: CapabilityAdvert, *, now_ms: int, received_from: str) -> PeerRecord:
         """Enter a verified advert (after :meth:`check`); returns the new record."""

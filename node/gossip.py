@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import trio
 from lpnode.node.config import NodeConfig
-from lpnode.node.directory import PeerDirectory
+from lpnode.node.directory import DIRECTORY_FULL, PeerDirectory
 from lpnode.node.network.base import ConnectionEvent, ConnectionEventKind, GossipMessage, Network
 from lpnode.protocol.advert import CapabilityAdvert, GpuInfo, ModelOffer, sign_advert, verify_advert
 from lpnode.protocol.codec import PROTOCOL_VERSION
@@ -161,11 +161,18 @@ class AdvertGate:
             # pubsub validates our own publications too (as libp2p does); ours are fine
             return True
         try:
-            advert = self.admit(msg)
+            advert = verify_advert(
+                msg.data, origin=msg.origin, now_ms=self.now_ms(), max_clock_skew_ms=self._max_skew_ms
+            )
+            self._directory.check(advert)
         except AdvertRejected as exc:
-            self._stats.dropped[exc.reason] += 1
-            log.debug("dropped advert from %s: %s", msg.origin, exc)
-            return False
+            if exc.reason != DIRECTORY_FULL:
+                self._stats.dropped[exc.reason] += 1
+                log.debug("dropped advert from %s: %s", msg.origin, exc)
+                return False
+            # Our directory's room is our limit, not a fault of the advert: it is relayed to peers
+            # that may have room, and only not admitted here (counted on delivery). Refused, a node
+            # full of (cheap) identities stopped every newcomer's advert from crossing it (review).
         self._verified[msg.data] = advert
         if len(self._verified) > _VERIFIED_CACHE:
             del self._verified[next(iter(self._verified))]

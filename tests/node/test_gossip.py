@@ -267,3 +267,31 @@ async def test_forged_and_garbage_adverts_are_dropped_counted_and_not_forwarded(
             assert relay.gossip_stats.dropped["forged_origin"] == 1
             assert far.gossip_stats.dropped.total() == 0  # never forwarded past the relay
             assert relay.directory.get(far.peer_id) == genuine
+
+
+async def test_a_node_with_a_full_directory_still_relays_a_newcomer_s_advert(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Room in a node's directory is that node's limit, not a fault of the advert: the advert is not
+    admitted there but still relayed. Refused in the validator, it stopped at the full node, and a
+    node full of cheap identities hid every newcomer from the rest of the network (review).
+    A line 0 - 1 - 2: node 1 holds one peer (node 0); node 2 keeps one connection (to node 1)."""
+    configs = [config(), config(max_peers=1), config(max_connections=1)]
+    async with open_memory_hub() as hub, AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        nets = [await stack.enter_async_context(hub.open_network(key_for(i))) for i in range(3)]
+        await nets[1].connect(nets[0].listen_addrs()[0])
+        nodes: list[Node] = []
+        for i in range(3):
+            start = functools.partial(
+                serve_node, configs[i], key_for(i), nets[i], static_offer(), wall_clock=virtual_wall_clock
+            )
+            nodes.append(await nursery.start(start))
+        with trio.fail_after(30):
+            await until(nodes[1], lambda: sees(nodes[1], [nodes[0]]))  # node 1 is full now
+            await nets[2].connect(nets[1].listen_addrs()[0])
+            await until(nodes[0], lambda: sees(nodes[0], [nodes[2]]))  # through node 1
+        assert nodes[1].directory.get(nodes[2].peer_id) is None  # not admitted where there is no room
+        assert nodes[1].gossip_stats.dropped["directory_full"] >= 1
+        assert nodes[2].peer_id not in nets[0].connected_peers()  # it was the advert, not a connection
+        nursery.cancel_scope.cancel()
