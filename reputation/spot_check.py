@@ -329,7 +329,10 @@ class SpotChecker:
         copies: list[JobOutcome | None] = [None] * len(checkers)
 
         async def one(index: int, peer: str) -> None:
-            copies[index] = await self._copy(job, inputs, options, first, peer, exclude=set(run.outcomes))
+            # nor to the other checkers of this round: a copy refused by its checker would fall back on
+            # one of them, run there twice, and the second run be thrown away (one vote fewer)
+            others = {other for other in checkers if other != peer}
+            copies[index] = await self._copy(job, inputs, options, first, peer, exclude={*run.outcomes, *others})
 
         async with trio.open_nursery() as nursery:
             for index, peer in enumerate(checkers):

@@ -48,3 +48,29 @@ async def test_the_peer_a_job_failed_on_never_checks_it(tmp_path: Path) -> None:
         # the cheater checked it (and disagreed); the only tie-breaker left had failed the job: none asked
         assert ran == {first, net.cheater}
         assert evidence["verdict"] == "inconclusive"
+
+
+async def test_copies_run_side_by_side_never_fall_back_on_each_other_s_checker(tmp_path: Path) -> None:
+    """redundant:3 sends two copies at once, each preferring its own checker. A copy its checker refused
+    fell back on any other peer, the other copy's checker included: the job ran there twice and the
+    second run was thrown away, one vote fewer (review)."""
+    async with network(tmp_path) as net:
+        plain = requester_runner(net.requester, None, reputation=net.reputation, rng=random.Random(0))
+        copies: list[JobOptions] = []
+
+        async def recording(
+            request: JobRequest, inputs: Mapping[str, bytes], options: JobOptions, on_progress: ProgressCallback
+        ) -> JobOutcome:
+            if options.prefer and options.allow_local is False and len(copies) < 8 and options.avoid:
+                copies.append(options)
+            return await plain(request, inputs, options, on_progress)
+
+        async with open_spot_checker(net.requester, recording, net.reputation, rng=random.Random(0)) as checker:
+            options = JobOptions.model_validate({"max_price": 10_000, "deadline": 60, "verification": "redundant:3"})
+            with trio.fail_after(BOUND_S):
+                await checker(job(1), {}, options, no_progress)
+                await checker.wait_idle()
+    side_by_side = copies[:2]
+    assert len(side_by_side) == 2
+    for mine, theirs in ((side_by_side[0], side_by_side[1]), (side_by_side[1], side_by_side[0])):
+        assert theirs.prefer[0] in mine.avoid and mine.prefer[0] not in mine.avoid
