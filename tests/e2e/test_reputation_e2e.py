@@ -101,7 +101,10 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
             help_text = await cli("run", "--help")
 
     print(f"jobs until the ban of an always-cheater: {jobs}", file=sys.stderr)
-    assert jobs == 2
+    # Two blames ban it. A job that explored an honest worker (one in twenty, unseeded in a real
+    # process) may check it on the other honest one, with no blame: then one job more (CI saw 3).
+    explored = sum(1 for peer in ran[1:] if peer != cheater)
+    assert 2 <= jobs <= 2 + explored, ran
     assert detail["banned"] and detail["ban"]["reason"] == "failed checks"
     assert detail["evidence_count"] == 2 and all(r["role"] == "blamed" for r in detail["recent"])
     peers = {p["peer_id"]: p for p in summary["peers"]}
@@ -109,8 +112,8 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
         (family,) = peers[peer]["families"]
         assert not peers[peer]["banned"] and family["blames"] == 0 and family["checks"] >= 2
         assert family["score"] > 0.3  # above the newcomer's ~0.12: in good standing as a checker
-    assert summary["counters"]["checks"] == 3
+    assert summary["counters"]["checks"] == jobs + 1
     assert "banned until" in table and cheater in table
     document = json.loads(export.read_text())
-    assert len(document["evidence"]) == 3 and check_export(document) == []
+    assert len(document["evidence"]) == jobs + 1 and check_export(document) == []
     assert "cheat" not in help_text
