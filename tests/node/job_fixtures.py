@@ -23,14 +23,18 @@ import trio
 from lpnode.models.base import PipelineKind
 from lpnode.models.pool import ModelPool, ModelStatus
 from lpnode.node.daemon import Node, serve_node
+from lpnode.node.framing import FramedStream
 from lpnode.node.gossip import WallClock
 from lpnode.node.job_requester import JobRequest
+from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.job_worker import JobWorker, WorkerConfig, WorkerHooks, serve_job_worker
 from lpnode.node.network.base import ByteStream
 from lpnode.node.network.memory import MemoryHub
 from lpnode.node.offer import OfferSource
 from lpnode.node.serving import serve_model_offers
+from lpnode.node.transfer import send_transfer
 from lpnode.protocol.advert import ModelOffer
+from lpnode.protocol.jobs import Accept, Quote, QuoteRequest
 from lpnode.protocol.jobspec import Pipeline, TextToImageParams
 from lpnode.protocol.names import JOB_PROTOCOL
 
@@ -181,3 +185,18 @@ def png(width: int = 64, height: int = 64, shade: int = 90) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (shade, 120, 200)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+async def ask_by_hand(requester: Peer, worker: Peer, request: QuoteRequest, data: bytes) -> tuple[object, object]:
+    """The classic flow written out, for requesters that lie (``run_job`` never does): send ``request``,
+    take its answer; if it is a Quote, accept it and send ``data`` as the one input. (first answer, last)."""
+    stream = await requester.node.network.open_stream(worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs())
+    framed = FramedStream(stream)
+    await send_job_message(framed, request, requester.node.key)
+    quote = await receive_job_message(framed)
+    if not isinstance(quote, Quote):
+        return quote, quote
+    accept = Accept(quote.quote_id, quote.job_id, request.spec.inputs)
+    await send_job_message(framed, accept, requester.node.key)
+    await send_transfer(framed, data, request.spec.inputs[0].media_type)
+    return quote, await receive_job_message(framed)

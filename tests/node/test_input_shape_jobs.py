@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import trio
 from lpnode.models.pool import ModelPool
-from lpnode.node.framing import FramedStream
 from lpnode.node.job_requester import JobRequest, build_spec, run_job
-from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.job_worker import WorkerConfig
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.peer_choice import job_price
-from lpnode.node.transfer import send_transfer
-from lpnode.protocol.jobs import Accept, ErrorCode, InputShape, JobError, Quote, QuoteRequest
+from lpnode.protocol.jobs import ErrorCode, InputShape, JobError, Quote, QuoteRequest
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
-from lpnode.protocol.names import JOB_PROTOCOL
 
-from .job_fixtures import BOUND_S, MODEL, Peer, peers, png, sees_models
+from .job_fixtures import BOUND_S, MODEL, Peer, ask_by_hand, peers, png, sees_models
 
 I2I = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 4, 0.0, ""), MODEL, seed=3)
 PRICE = WorkerConfig().price_per_mpx_step
@@ -36,17 +32,9 @@ async def test_image_to_image_is_quoted_on_its_input_and_a_smaller_declaration_i
             outcome = await run_job(requester.node, I2I, {"image": image}, max_price=10_000, deadline_s=BOUND_S)
 
             # a requester declaring a smaller input than it sends: quoted for the small one, refused on arrival
-            stream = await requester.node.network.open_stream(
-                worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
-            )
-            framed = FramedStream(stream)
             lie = QuoteRequest(spec, b"m" * 16, 10_000, 60_000, input_shape=InputShape(16, 16, 1))
-            await send_job_message(framed, lie, requester.node.key)
-            quote = await receive_job_message(framed)
+            quote, answer = await ask_by_hand(requester, worker, lie, image)
             assert isinstance(quote, Quote)
-            await send_job_message(framed, Accept(quote.quote_id, quote.job_id, spec.inputs), requester.node.key)
-            await send_transfer(framed, image, "image/png")
-            answer = await receive_job_message(framed)
     assert true_price == 2 and [(a.outcome, a.price) for a in outcome.attempts] == [("done", true_price)]
     assert quote.price == job_price(spec, PRICE, InputShape(16, 16, 1)) == 1
     assert isinstance(answer, JobError) and answer.code is ErrorCode.INVALID_INPUT

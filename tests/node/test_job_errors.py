@@ -9,16 +9,12 @@ from __future__ import annotations
 import pytest
 import trio
 from lpnode.models.pool import ModelPool
-from lpnode.node.framing import FramedStream
 from lpnode.node.job_requester import JobRequest, ParametersRefused, build_spec, run_job
-from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.network.memory import open_memory_hub
-from lpnode.node.transfer import send_transfer
-from lpnode.protocol.jobs import Accept, ErrorCode, InputShape, JobError, Quote, QuoteRequest
+from lpnode.protocol.jobs import ErrorCode, InputShape, JobError, Quote, QuoteRequest
 from lpnode.protocol.jobspec import ImageToImageParams, Pipeline
-from lpnode.protocol.names import JOB_PROTOCOL
 
-from .job_fixtures import BOUND_S, MODEL, Peer, peers, sees_models
+from .job_fixtures import BOUND_S, MODEL, Peer, ask_by_hand, peers, sees_models
 
 NOT_AN_IMAGE = b"\x89PNG\r\n\x1a\n junk, not an image"  # PNG magic, then junk
 
@@ -36,17 +32,9 @@ async def test_an_input_the_model_cannot_read_is_answered_with_invalid_input(poo
             assert refused.value.attempts == ()
             # a requester that declares a size its bytes do not have: the worker's model says what is wrong
             spec = build_spec(i2i, {"image": NOT_AN_IMAGE}, 10**7)
-            stream = await requester.node.network.open_stream(
-                worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
-            )
-            framed = FramedStream(stream)
             declared = QuoteRequest(spec, b"d" * 16, 10_000, 60_000, input_shape=InputShape(32, 32, 1))
-            await send_job_message(framed, declared, requester.node.key)
-            quote = await receive_job_message(framed)
+            quote, answer = await ask_by_hand(requester, worker, declared, NOT_AN_IMAGE)
             assert isinstance(quote, Quote)
-            await send_job_message(framed, Accept(quote.quote_id, quote.job_id, spec.inputs), requester.node.key)
-            await send_transfer(framed, NOT_AN_IMAGE, "image/png")
-            answer = await receive_job_message(framed)
     assert isinstance(answer, JobError) and answer.code is ErrorCode.INVALID_INPUT, answer
     assert "image" in answer.message
     assert worker.worker is not None and worker.worker.reservations == set() and worker.worker.completed == 0

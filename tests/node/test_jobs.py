@@ -24,7 +24,7 @@ from lpnode.protocol.jobspec import Pipeline
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.receipts import verify_receipt
 
-from .job_fixtures import BOUND_S, MODEL, T2I, Peer, completed, no_exploring, peers, png, sees_models
+from .job_fixtures import BOUND_S, MODEL, T2I, Peer, ask_by_hand, completed, no_exploring, peers, png, sees_models
 
 
 async def test_text_to_image_gets_a_verified_receipt_matching_the_bytes(pool: ModelPool, tmp_path: Path) -> None:
@@ -143,8 +143,7 @@ def test_receipt_numbers_go_on_file_a_block_at_a_time(tmp_path: Path, monkeypatc
 async def test_image_to_image_inputs_travel_hash_checked(pool: ModelPool) -> None:
     from lpnode.node.input_probe import input_shape
     from lpnode.node.job_requester import build_spec
-    from lpnode.node.transfer import send_transfer
-    from lpnode.protocol.jobs import Accept, ErrorCode, JobError, Quote
+    from lpnode.protocol.jobs import ErrorCode, JobError, Quote
     from lpnode.protocol.jobspec import ImageToImageParams
 
     i2i = JobRequest(Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a storm", 0.5, 2, 0.0, ""), MODEL, seed=3)
@@ -157,19 +156,10 @@ async def test_image_to_image_inputs_travel_hash_checked(pool: ModelPool) -> Non
 
             # a requester whose bytes are not the ones its spec describes gets input_mismatch, and nothing runs
             spec = build_spec(i2i, {"image": png()}, 10**7)
-            stream = await requester.node.network.open_stream(
-                worker.peer_id, JOB_PROTOCOL, worker.node.network.listen_addrs()
-            )
-            framed = FramedStream(stream)
             shape = input_shape(spec, {"image": png()})
-            await send_job_message(
-                framed, QuoteRequest(spec, b"m" * 16, 10_000, 60_000, input_shape=shape), requester.node.key
-            )
-            quote = await receive_job_message(framed)
+            request = QuoteRequest(spec, b"m" * 16, 10_000, 60_000, input_shape=shape)
+            quote, answer = await ask_by_hand(requester, worker, request, png(shade=91))
             assert isinstance(quote, Quote)
-            await send_job_message(framed, Accept(quote.quote_id, quote.job_id, spec.inputs), requester.node.key)
-            await send_transfer(framed, png(shade=91), "image/png")
-            answer = await receive_job_message(framed)
     assert [a.outcome for a in outcome.attempts] == ["done"]
     assert outcome.receipt.spec.inputs[0].sha256 == hashlib.sha256(png()).hexdigest()  # the receipt signs the input
     assert isinstance(answer, JobError) and answer.code is ErrorCode.INPUT_MISMATCH
