@@ -10,7 +10,10 @@ compilation took 147 s. Two things keep that from hurting a node:
   re-recording them takes seconds.
 * Compilation happens during warm-up, on a synthetic request of the model's
   default shape, before the model is reported warm. Other shapes (another batch
-  size, another resolution) compile on their first real job.
+  size, another resolution) run eager (:func:`eager_beyond_warm_shapes`): compiling
+  one on a job's path cost that job minutes (a first 256×256 tiny-sdxl job took 90 s
+  on an H100 where the warm shape takes milliseconds), far past any deadline, and
+  its time then skewed the model's measured speed.
 
 What is compiled is chosen by diffusers component name: the denoiser
 (``unet`` / ``transformer``) runs once per step and the VAE decoder once per
@@ -29,7 +32,8 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +71,18 @@ def configure_compile_cache(cache_dir: Path) -> None:
     inductor_config.fx_graph_cache = True
 
 
+@contextmanager
+def eager_beyond_warm_shapes() -> Iterator[None]:
+    """While serving, a compiled module called with a shape it has no compiled code for runs eager.
+
+    torch's ``eager_on_recompile`` stance: the first compile of each module (its warm-up) still
+    happens; only recompiles are skipped. The stance is process-wide, as inductor's cache is, so
+    it holds for the pool's lifetime rather than per call (model threads run side by side).
+    """
+    with torch.compiler.set_stance("eager_on_recompile"):
+        yield
+
+
 @dataclass
 class CompiledPath:
     """What was compiled, so it can be put back to eager."""
@@ -84,20 +100,34 @@ def compile_hot_path(modules: dict[str, torch.nn.Module], mode: str) -> Compiled
     """Compile the denoiser's forward and the VAE's ``decode`` in place (the pipeline keeps its references)."""
     restore: list[Callable[[], None]] = []
     names: list[str] = []
-    for name, module in modules.items():
-        if name in DENOISER_COMPONENTS + DECODER_COMPONENTS and _on_cuda(module):
-            restore.append(_to_channels_last(module))
-        if name in DENOISER_COMPONENTS:
-            # nn.Module.compile swaps the call implementation inside the same object.
-            module.compile(mode=mode, fullgraph=True)
-            restore.append(_uncompile_module(module))
-            names.append(name)
-        elif name in DECODER_COMPONENTS and callable(decode := getattr(module, "decode", None)):
-            # An instance attribute shadows the class's method; deleting it restores eager.
-            object.__setattr__(module, "decode", torch.compile(decode, mode=mode, fullgraph=True))
-            restore.append(_uncompile_decode(module))
-            names.append(f"{name}.decode")
+    try:
+        for name, module in modules.items():
+            if name in DENOISER_COMPONENTS + DECODER_COMPONENTS and _on_cuda(module) and channels_last_fits(module):
+                restore.append(_to_channels_last(module))
+            if name in DENOISER_COMPONENTS:
+                # nn.Module.compile swaps the call implementation inside the same object.
+                module.compile(mode=mode, fullgraph=True)
+                restore.append(_uncompile_module(module))
+                names.append(name)
+            elif name in DECODER_COMPONENTS and callable(decode := getattr(module, "decode", None)):
+                # An instance attribute shadows the class's method; deleting it restores eager.
+                object.__setattr__(module, "decode", torch.compile(decode, mode=mode, fullgraph=True))
+                restore.append(_uncompile_decode(module))
+                names.append(f"{name}.decode")
+    except BaseException:
+        CompiledPath((), restore).revert()  # half a path is no path: every module as it was
+        raise
     return CompiledPath(tuple(names), restore)
+
+
+def channels_last_fits(module: torch.nn.Module) -> bool:
+    """Whether NHWC applies: it is a layout of 4-D tensors only.
+
+    A video model's denoiser and decoder (SVD's) hold 3-D convolutions, whose 5-D weights
+    ``channels_last`` refuses outright; converting such a module raised before anything was
+    compiled, and tiny-svd never got warm on a GPU. Those keep their own layout.
+    """
+    return not any(t.dim() == 5 for t in (*module.parameters(), *module.buffers()))
 
 
 def _on_cuda(module: torch.nn.Module) -> bool:
@@ -171,10 +201,13 @@ def compile_and_warm(
     if request is None:
         return WarmupReport((), 0.0)
     start = time.perf_counter()
-    path = compile_hot_path(modules, mode)
-    if not path.components:
-        return WarmupReport((), 0.0)
+    path = CompiledPath((), [])
     try:
+        # inside the try: setting the path up can fail too (a layout a module cannot take), and
+        # that is compiler trouble like any other, answered by serving eager
+        path = compile_hot_path(modules, mode)
+        if not path.components:
+            return WarmupReport((), 0.0)
         for _ in range(WARMUP_CALLS):
             run(request)
     except ModelError:
