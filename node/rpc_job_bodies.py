@@ -33,7 +33,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from lpnode.node.input_probe import InputSize, InputUnreadable, probe_input
 from lpnode.node.job_requester import JobRequest, Params, build_spec, media_type_of
-from lpnode.protocol.errors import LpnodeError
+from lpnode.protocol.errors import InvalidSignature, LpnodeError
 from lpnode.protocol.jobs import MAX_PRICE
 from lpnode.protocol.jobspec import (
     MAX_PROMPT_CHARS,
@@ -46,7 +46,8 @@ from lpnode.protocol.jobspec import (
     TextToImageParams,
     UpscaleParams,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from lpnode.protocol.peer_id import public_key_from_peer_id
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 
@@ -56,7 +57,20 @@ MAX_FIELD_BYTES = 64 * 1024  # one non-file form field (a prompt is at most 2000
 FORM_OVERHEAD_BYTES = 1024 * 1024  # fields and multipart framing on top of the file itself
 _TEXT_FIELDS = frozenset({"prompt"})  # form fields where "" is a value (a blank prompt), not "not given"
 MAX_JSON_DEPTH = 16  # a workflow nests 4 deep (body → steps → step → params): far deeper is a mistake or an attack
-PeerId = Annotated[str, Field(max_length=64)]
+
+
+def _peer_id(value: str) -> str:
+    """A peer id as lpnode peers have them (Ed25519): a typo in `avoid` would otherwise avoid nobody (QA)."""
+    try:
+        public_key_from_peer_id(value)
+    except InvalidSignature as exc:
+        raise PydanticCustomError(
+            "peer_id", "{value} is not a peer id: {why}", {"value": repr(value[:64]), "why": str(exc)}
+        ) from None
+    return value
+
+
+PeerId = Annotated[str, Field(max_length=64), AfterValidator(_peer_id)]
 # Diffusion pipelines denoise a latent the VAE downsamples 8×: every text-to-image and image-to-video
 # model on offer refuses another size, so it is refused here, in the field's terms, before any peer is asked.
 DIFFUSION_SIZE_MULTIPLE = 8

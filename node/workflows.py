@@ -42,7 +42,7 @@ from lpnode.node.rpc_job_bodies import (
 )
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobspec import PIPELINE_IO, VIDEO_MP4, Pipeline
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from lpnode.node.job_manager import JobManager, _Live
@@ -68,12 +68,18 @@ class WorkflowDeadlinePassed(JobFailed):
 
 
 class StepBody(BaseModel):
+    # A workflow is lpnode's own format (no Livepeer client sends one): an unknown key is a typo, and a
+    # typo in, say, max_price would otherwise run the chain with no budget at all (QA).
+    model_config = ConfigDict(extra="forbid")
+
     pipeline: Pipeline
     model_id: str = Field("", max_length=128)
     params: dict[str, Any] = Field(default_factory=dict, description="the pipeline endpoint's fields, no file")
 
 
 class WorkflowBody(JobOptions):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # see StepBody; the endpoints ignore extras
+
     steps: list[StepBody] = Field(min_length=1, max_length=MAX_STEPS)
     input: str | None = Field(None, description="base64 of the first step's file, when it takes one")
 
@@ -198,9 +204,13 @@ def _named(exc: LpnodeError, name: str) -> LpnodeError:
 
 
 def _step_body(step: StepBody, name: str) -> Any:
+    body_type = BODIES[step.pipeline]
+    if unknown := sorted(step.params.keys() - body_type.model_fields.keys()):
+        known = sorted(body_type.model_fields.keys() - _OPTION_FIELDS - {"model_id"})
+        raise invalid(f"{name}: unknown parameter(s) {unknown}; {step.pipeline} takes {known}")
     values = {**step.params, "model_id": step.model_id}
     try:
-        return validate(BODIES[step.pipeline], values)
+        return validate(body_type, values)
     except RequestValidationError as exc:  # say which step
         raise invalid(f"{name}: {'; '.join(_msg(e) for e in exc.errors())}") from None
 

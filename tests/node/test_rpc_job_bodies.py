@@ -24,6 +24,7 @@ from lpnode.node.rpc_job_bodies import (
 )
 from lpnode.protocol.jobs import MAX_PRICE
 from lpnode.protocol.jobspec import Pipeline, UpscaleParams
+from lpnode.protocol.peer_id import peer_id_from_public_key
 from lpnode.protocol.receipts import verify_receipt
 from lpnode.reputation.errors import BadVerification
 from lpnode.reputation.policy import parse_verification
@@ -125,3 +126,15 @@ def test_max_price_is_bounded_by_what_a_quote_request_carries() -> None:
     assert JobOptions(max_price=MAX_PRICE).max_price == MAX_PRICE
     with pytest.raises(ValidationError, match="less than or equal to"):
         JobOptions(max_price=MAX_PRICE + 1)
+
+
+def test_prefer_and_avoid_take_peer_ids_only() -> None:
+    # a typo in `avoid` (a suspected cheater's id) used to avoid nobody, silently (QA)
+    real = peer_id_from_public_key(bytes(range(32)))
+    assert JobOptions(avoid=[real], prefer=[real]).avoid == [real]
+    for field in ("avoid", "prefer"):
+        with pytest.raises(ValidationError, match="'notapeer' is not a peer id"):
+            JobOptions.model_validate({field: ["notapeer"]})
+        # base58, but no Ed25519 key inside: no lpnode peer can have it
+        with pytest.raises(ValidationError, match="is not a peer id: peer id does not embed"):
+            JobOptions.model_validate({field: [real[:-3]]})

@@ -82,6 +82,17 @@ def test_chains_that_do_not_fit_are_refused_before_running() -> None:
     assert "steps" in rejected({"steps": []})
 
 
+def test_unknown_keys_in_a_workflow_are_refused_by_name() -> None:
+    # a workflow is our own format: a typo in max_price used to run the chain with the default budget (QA)
+    assert "max_prise" in rejected({"steps": [T2I], "max_prise": 5})
+    assert "Extra inputs are not permitted" in rejected({"steps": [T2I], "max_prise": 5})
+    assert "stepz" in rejected({"steps": [T2I], "stepz": []})
+    assert "modle_id" in rejected({"steps": [T2I | {"modle_id": "x"}]})
+    why = rejected({"steps": [T2I, {"pipeline": "upscale", "params": {"scale": 2, "widht": 5}}]})
+    assert "step 2 (upscale): unknown parameter(s) ['widht']; upscale takes [" in why
+    assert "'scale'" in why and "'max_price'" not in why  # what the step takes, options left to the workflow
+
+
 async def test_four_step_workflow_runs_each_step_as_a_child_with_its_receipt(pool4: ModelPool) -> None:
     """text-to-image → image-to-video → upscale (the video, frame by frame) → frame-interpolation."""
     two_steps = {"num_inference_steps": 2}
