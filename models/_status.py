@@ -33,7 +33,11 @@ class ModelStatus:
 
 
 def model_offers(rows: Sequence[ModelStatus], price_per_mpx_step: int) -> tuple[ModelOffer, ...]:
-    """Advert entries: one per (model, pipeline)."""
+    """Advert entries: one per (model, pipeline), for the models whose weights are hashed.
+
+    A receipt binds the weights' hash, so a model without one cannot take a job: one whose
+    weights are missing never will, and offering it sent every requester to a refusal (QA).
+    """
     return tuple(
         ModelOffer(
             pipeline=str(kind),
@@ -45,6 +49,7 @@ def model_offers(rows: Sequence[ModelStatus], price_per_mpx_step: int) -> tuple[
             limits=advertised_limits(row.name),
         )
         for row in rows
+        if len(row.weights_sha256) == 64
         for kind in row.pipelines
     )
 

@@ -485,7 +485,8 @@ class ModelPool:
         try:
             await self.warm(slot.name)
         except ModelError as exc:
-            log.error("pinned model %s is not warm: %s", slot.name, exc)
+            if not slot.problem:  # a failed load has logged its problem already (_load)
+                log.error("pinned model %s is not warm: %s", slot.name, exc)
 
     async def _ensure_warm(self, slot: _Slot) -> None:
         async with self._load_lock:

@@ -86,6 +86,8 @@ def decide_quote(
     # the model router: warm first, then the fastest measured
     row = max(chosen, key=lambda r: (r.warm, r.speed_mpx_steps_per_s, r.model_id))
     if len(row.weights_sha256) != 64:
+        if row.problem:  # e.g. its weights are missing: asking again will not help
+            return Decline(RefusalReason.OTHER, f"{row.model_id} cannot run here: {row.problem}"[:500], 0)
         return Decline(RefusalReason.OTHER, f"{row.model_id}: weights not hashed yet", 5_000)
     if sum(blob.size_bytes for blob in spec.inputs) > config.max_input_bytes:
         return Decline(RefusalReason.INPUT_TOO_LARGE, f"inputs above {config.max_input_bytes} bytes", 0)

@@ -86,3 +86,14 @@ def test_the_eta_is_the_models_fixed_cost_plus_the_work_at_its_marginal_speed() 
     assert refusal(decide_quote(big, [replace(ROW, speed_mpx_steps_per_s=0.24)], WorkerConfig(), held=0)) is (
         RefusalReason.DEADLINE
     )
+
+
+def test_a_model_that_cannot_load_is_refused_for_what_it_is_not_retried() -> None:
+    pending = replace(ROW, weights_sha256="")
+    missing = replace(ROW, weights_sha256="", warm=False, problem="weights for preset 'x' are missing")
+    waiting = decide_quote(request(), [pending], WorkerConfig(), held=0)
+    assert isinstance(waiting, Decline) and "not hashed yet" in waiting.message and waiting.retry_after_ms > 0
+    lost = decide_quote(request(), [missing], WorkerConfig(), held=0)
+    # it said "not hashed yet" and "retry in 5 s" before, which waiting would never cure (QA)
+    assert isinstance(lost, Decline) and lost.retry_after_ms == 0
+    assert lost.message == "lpnode/tiny-sdxl cannot run here: weights for preset 'x' are missing"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from lpnode.models.pool import open_model_pool
+from lpnode.models.pool import model_offers, open_model_pool
 from lpnode.node.config import NodeConfig
 from lpnode.node.daemon import serve_node
 from lpnode.node.network.memory import open_memory_hub
@@ -74,7 +74,12 @@ async def test_pool_state_reaches_the_advert_and_the_rpc_api(tmp_path: Path) -> 
     ):
         node = await nursery.start(functools.partial(serve_node, cfg, key, net, offer))
         await nursery.start(serve_model_offers, pool, offer, cfg.price_per_mpx_step, node.publisher.poke)
+        # a cold model is offered once its weights are hashed (in the background): a receipt binds the hash
+        with trio.fail_after(60):
+            while "lpnode/tiny-rife" not in {m.model_id for m in offer().models}:
+                await trio.testing.wait_all_tasks_blocked()
         by_model = {m.model_id: m for m in offer.models}
+        assert len(by_model["lpnode/tiny-rife"].weights_sha256) == 64
         assert by_model["lpnode/tiny-realesrgan"].warm and by_model["lpnode/tiny-realesrgan"].pipeline == "upscale"
         assert not by_model["lpnode/tiny-rife"].warm
         assert all(m.price_per_mpx_step == cfg.price_per_mpx_step for m in offer.models)
@@ -97,3 +102,15 @@ async def test_pool_state_reaches_the_advert_and_the_rpc_api(tmp_path: Path) -> 
         assert [m["name"] for m in answer["models"]] == ["tiny-realesrgan", "tiny-rife"]
         assert answer["models"][0]["pinned"] and not answer["models"][1]["pinned"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_model_whose_weights_are_missing_is_not_offered(tmp_path: Path) -> None:
+    # it was advertised (cold) and every requester routed to it got a refusal, as long as the node ran (QA)
+    cfg = config(tmp_path, serve=("tiny-rife", "sdxl-turbo"), warm=("tiny-rife", "sdxl-turbo"))
+    async with open_model_pool(pool_config(cfg, choose_models(cfg, CPU))) as pool:
+        with trio.fail_after(60):
+            while not all(row.weights_sha256 or row.problem for row in pool.status()):
+                await pool.wait_changed(pool.state_version)
+        rows = {row.name: row for row in pool.status()}
+        assert "missing" in rows["sdxl-turbo"].problem and not rows["sdxl-turbo"].warm
+        assert {m.model_id for m in model_offers(pool.status(), 100)} == {"lpnode/tiny-rife"}
