@@ -125,6 +125,9 @@ def cmd_workflow(args: argparse.Namespace, data_dir: Path) -> int:
             if record is None:
                 why = await cancel_quietly(client, submitted[0]) if submitted else "before the node accepted it"
                 print(f"lpnode: interrupted: {why}", file=sys.stderr)
+                if submitted:  # steps that ended before the Ctrl-C were paid for too
+                    for line in await save_paid_receipts(client, submitted[0], output):
+                        print(line, file=sys.stderr)
                 return EXIT_INTERRUPTED
             if record.get("state") != "succeeded" or not isinstance(record.get("result"), dict):
                 if submitted:  # the steps that ran were paid for: their receipts are the proof
@@ -180,16 +183,17 @@ async def save_workflow(client: LpnodeClient, result: Mapping[str, Any], output:
 async def save_paid_receipts(client: LpnodeClient, workflow_id: str, output: Path) -> list[str]:
     """A workflow that did not finish: save the receipts of the network jobs it ran (and paid for).
 
-    They are the workflow record's receipts 0, 1, ... in the order the jobs ended; each is saved as
-    ``<output>.receipt-<n>`` after it verifies. What cannot be fetched or saved is said, not raised:
-    the workflow's own failure is the error the user must see.
+    The workflow record's receipt n is step n + 1's (a step makes one image: one network job); each
+    is saved after it verifies as ``<output>.step-<k>.receipt``, the name a finished workflow gives
+    step k's. What cannot be fetched or saved is said, not raised: the workflow's own failure (or the
+    interruption) is what the user must see.
     """
     lines: list[str] = []
     for n in range(MAX_PAID_RECEIPTS):
         try:
             receipt_bytes = await client.receipt(workflow_id, n)
             receipt = verify_receipt(receipt_bytes)
-            path = output.with_name(f"{output.name}.receipt-{n}")
+            path = output.with_name(f"{output.name}.step-{n + 1}.receipt")
             write_file(path, receipt_bytes)
         except RpcError as exc:
             if exc.status_code != 404:
@@ -198,7 +202,7 @@ async def save_paid_receipts(client: LpnodeClient, workflow_id: str, output: Pat
         except (LpnodeError, OSError) as exc:
             lines.append(f"lpnode: could not save the workflow's receipt {n}: {exc}")
             break
-        lines.append(f"lpnode: paid for {receipt.spec.pipeline} (receipt {n}): receipt {path}")
+        lines.append(f"lpnode: paid for step {n + 1} ({receipt.spec.pipeline}): receipt {path}")
     return lines
 
 

@@ -241,6 +241,38 @@ def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Pair, tmp_path: Path) -> No
     assert latest["state"] == "cancelled"
 
 
+def test_ctrl_c_in_a_workflow_saves_the_receipts_of_the_steps_it_paid_for(nodes: Pair, tmp_path: Path) -> None:
+    # QA: an interrupted workflow saved no receipt, though its finished steps were paid for
+    spec = tmp_path / "slow.toml"
+    spec.write_text(
+        "max_price = 1000000000\ndeadline = 3600\n"
+        '[[steps]]\npipeline = "text-to-image"\n'
+        'params = { prompt = "a lighthouse", width = 64, height = 64, num_inference_steps = 2, guidance_scale = 0.0 }\n'
+        '[[steps]]\npipeline = "image-to-video"\n'
+        "params = { width = 128, height = 72, num_frames = 16, num_inference_steps = 50 }\n"
+    )
+    out = tmp_path / "slow.mp4"
+    args = [*LPNODE, "workflow", "run", str(spec), "-o", str(out), f"--data-dir={nodes.requester.data_dir}"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        seen = b""
+        while b"step 2/2 image-to-video" not in seen:  # step 1 is done (and paid for); step 2 runs
+            chunk = process.stderr.read1(4096)  # progress redraws with \r: not line by line
+            assert chunk, f"exited early: {seen.decode()}"
+            seen += chunk
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err.decode()
+    assert (tmp_path / "slow.mp4.step-1.receipt").exists(), (seen + b"////" + err).decode()
+    receipt = verify_receipt((tmp_path / "slow.mp4.step-1.receipt").read_bytes())
+    assert receipt.spec.pipeline == "text-to-image"
+    assert "paid for step 1 (text-to-image)" in err.decode()
+    assert not out.exists() and not (tmp_path / "slow.mp4.step-2.receipt").exists()
+
+
 def test_upscale(nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "in.png"
     assert lpnode(capsys, nodes, "txt2img", "a lighthouse", "-o", image, "--seed", "1", *T2I)[0] == 0

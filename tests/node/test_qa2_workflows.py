@@ -31,6 +31,7 @@ from lpnode.node.rpc import create_app, status_for
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.node.rpc_jobs import OutputStore
 from lpnode.node.workflows import plan_workflow
+from lpnode.protocol.peer_id import peer_id_from_public_key
 from lpnode.protocol.receipts import verify_receipt
 
 from .job_fixtures import Peer, peers, png, sees_models
@@ -102,7 +103,7 @@ async def test_a_workflows_options_reach_its_steps_with_the_budget_and_time_left
         requester: Peer = await start(0)  # type: ignore[assignment]
         worker: Peer = await start(1, pool=pool2)  # type: ignore[assignment]
         await sees_models(requester.node, [worker])
-        avoid = ["12D3KooWNobodyAtAll"]
+        avoid = [peer_id_from_public_key(b"\x09" * 32)]  # a peer id no node here has
 
         async def post(body: dict[str, Any]) -> httpx.Response:
             return await client.post("/v1/workflows", json=body, headers=AUTH)
@@ -196,8 +197,8 @@ async def test_a_workflow_that_runs_out_of_budget_leaves_the_receipts_of_the_ste
                     if event.name == "done":
                         assert event.data["state"] == "failed"  # step 2 did not fit what was left
                 lines = await save_paid_receipts(client, accepted.json()["id"], tmp_path / "out.png")
-    saved = tmp_path / "out.png.receipt-0"
-    assert lines == [f"lpnode: paid for text-to-image (receipt 0): receipt {saved}"]
+    saved = tmp_path / "out.png.step-1.receipt"  # as a finished workflow names step 1's (QA: it was .receipt-0)
+    assert lines == [f"lpnode: paid for step 1 (text-to-image): receipt {saved}"]
     receipt = verify_receipt(saved.read_bytes())
     assert receipt.spec.pipeline == "text-to-image" and receipt.price == prices[0]
-    assert not (tmp_path / "out.png.receipt-1").exists()
+    assert not (tmp_path / "out.png.step-2.receipt").exists()
