@@ -154,7 +154,8 @@ def add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
     jobs = commands.add_parser("jobs", parents=[common], help="list this node's jobs, newest first")
     jobs.add_argument("--state", choices=JOB_STATES)
-    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--limit", type=int, default=50, help="records per page (at most 500)")
+    jobs.add_argument("--before", metavar="ID", help="the page of records older than job ID")
     jobs.add_argument("--json", action="store_true", help="print the RPC API's JSON instead of a table")
     job = commands.add_parser("job", parents=[common], help="show one job record")
     job.add_argument("id", metavar="ID")
@@ -288,10 +289,15 @@ def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
 def cmd_jobs(args: argparse.Namespace, data_dir: Path) -> int:
     async def main() -> list[dict[str, Any]]:
         async with LpnodeClient.from_data_dir(data_dir) as client:
-            return await client.jobs(state=args.state, limit=args.limit)
+            return await client.jobs(state=args.state, limit=args.limit, before=args.before)
 
     records = trio.run(main)
-    print(json.dumps({"jobs": records}, indent=2) if args.json else jobs_table(records))
+    if args.json:
+        print(json.dumps({"jobs": records}, indent=2))
+        return 0
+    print(jobs_table(records) if records or args.before is None else f"no jobs before {args.before}")
+    if records and len(records) == args.limit:  # a full page: say there may be more, and how to see them
+        print(f"(the newest {len(records)} shown; older ones: lpnode jobs --before {records[-1]['id']})")
     return 0
 
 

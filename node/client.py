@@ -195,11 +195,13 @@ class LpnodeClient:
     # network job id an answer's ``jobs[].job_id`` gives (the receipt's hash): a 404 for one of those says so.
 
     async def jobs(
-        self, *, state: str | None = None, limit: int = 50, parent_id: str | None = None
+        self, *, state: str | None = None, limit: int = 50, parent_id: str | None = None, before: str | None = None
     ) -> list[dict[str, Any]]:
         """``GET /v1/jobs``: records, newest first, optionally only those in ``state`` / the steps of workflow
-        ``parent_id``."""
+        ``parent_id``; ``before``: the page after the one whose last record that is."""
         params: dict[str, str | float] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
         if state is not None:
             params["state"] = state
         if parent_id is not None:

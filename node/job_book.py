@@ -35,8 +35,10 @@ class RecordBook(Protocol):
     # state, result, error, attempts, progress; receipts ((n, bytes)) in the same transaction
     async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ...) -> None: ...
     async def get(self, job_id: str) -> Record | None: ...
-    # newest first; ``parent_id``: only the steps of that workflow
-    async def list(self, limit: int, state: str | None, parent_id: str | None = None) -> list[Record]: ...
+    # newest first; ``parent_id``: only the steps of that workflow; ``before``: only records older than that one
+    async def list(
+        self, limit: int, state: str | None, parent_id: str | None = None, before: str | None = None
+    ) -> list[Record]: ...
     async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None: ...
     async def receipt(self, job_id: str, n: int) -> bytes | None: ...
     async def mark_interrupted(self, now: float) -> int: ...  # unfinished records → interrupted; how many
@@ -86,13 +88,17 @@ class MemoryRecordBook:
         found = self._records.get(job_id)
         return None if found is None else _copy(found)
 
-    async def list(self, limit: int, state: str | None, parent_id: str | None = None) -> list[Record]:
+    async def list(
+        self, limit: int, state: str | None, parent_id: str | None = None, before: str | None = None
+    ) -> list[Record]:
+        order = list(self._records)  # insertion order: creation order, as the database's seq
+        older = order[: order.index(before)] if before in self._records else ([] if before is not None else order)
         rows = [
-            r
-            for r in self._records.values()
-            if (state is None or r["state"] == state) and (parent_id is None or r["parent_id"] == parent_id)
+            self._records[job_id]
+            for job_id in reversed(older)
+            if (state is None or self._records[job_id]["state"] == state)
+            and (parent_id is None or self._records[job_id]["parent_id"] == parent_id)
         ]
-        rows.sort(key=lambda r: r["created_at"], reverse=True)
         return [_copy(r) for r in rows[:limit]]
 
     async def add_receipt(self, job_id: str, n: int, receipt: bytes) -> None:

@@ -143,12 +143,17 @@ class JobManager:
             raise JobNotFound(f"no job {job_id} on this node (GET /v1/jobs lists them)")
         return found
 
-    async def list(self, limit: int = 50, state: str | None = None, parent_id: str | None = None) -> list[Record]:
+    async def list(
+        self, limit: int = 50, state: str | None = None, parent_id: str | None = None, before: str | None = None
+    ) -> list[Record]:
         """Newest first; a live job as ``get`` shows it (the book holds its progress only once it ends).
 
         ``parent_id``: only the steps of that workflow (a failed one's too, whose result names none).
+        ``before``: the page after the one that ended with that job (JobNotFound for an unknown id).
         """
-        records = await self.book.list(limit, state, parent_id)
+        if before is not None:
+            await self.get(before)  # an unknown id is a 404, not an empty page that reads as "no more"
+        records = await self.book.list(limit, state, parent_id, before)
         merged = [_copy(live.record) if (live := self._live.get(r["id"])) is not None else r for r in records]
         return [r for r in merged if state is None or r["state"] == state]
 

@@ -418,12 +418,24 @@ class JobRecords:
         return None if row is None else _record(row)
 
     async def list(
-        self, *, limit: int = 50, state: JobState | None = None, parent_id: str | None = None
+        self,
+        *,
+        limit: int = 50,
+        state: JobState | None = None,
+        parent_id: str | None = None,
+        before: str | None = None,
     ) -> list[JobRecord]:
-        """Records newest first, optionally only those in ``state`` / with ``parent_id``; 1 <= limit <= 500."""
+        """Records newest first, optionally only those in ``state`` / with ``parent_id``; 1 <= limit <= 500.
+
+        ``before``: only records created before that one (the last id of a page gives the next page;
+        an unknown id gives none).
+        """
         _check_limit(limit)
         where: list[str] = []
         params: list[Any] = []
+        if before is not None:
+            where.append("seq < (SELECT seq FROM jobs WHERE id = ?)")
+            params.append(before)
         if state is not None:
             where.append("state = ?")
             params.append(JobState(state).value)

@@ -51,9 +51,11 @@ class StoredRecords:
         found = await self._records.get(job_id)
         return None if found is None else found.to_json()
 
-    async def list(self, limit: int, state: str | None, parent_id: str | None = None) -> list[Record]:
+    async def list(
+        self, limit: int, state: str | None, parent_id: str | None = None, before: str | None = None
+    ) -> list[Record]:
         rows = await self._records.list(
-            limit=limit, state=None if state is None else JobState(state), parent_id=parent_id
+            limit=limit, state=None if state is None else JobState(state), parent_id=parent_id, before=before
         )
         return [row.to_json() for row in rows]
 

@@ -198,9 +198,15 @@ def jobs_router(
         parent_id: Annotated[
             str | None, Query(pattern=_JOB_ID, description="a workflow's id: only its steps' records")
         ] = None,
+        before: Annotated[
+            str | None, Query(pattern=_JOB_ID, description="the last id of a page: the records older than it")
+        ] = None,
     ) -> dict[str, Any]:
-        """Job records, newest first; with `parent_id`, the steps of that workflow (whatever its outcome)."""
-        return {"jobs": await manager.list(limit, state, parent_id)}
+        """Job records, newest first; with `parent_id`, the steps of that workflow (whatever its outcome).
+
+        A page of `limit`; the next one is `before=<its last id>`.
+        """
+        return {"jobs": await manager.list(limit, state, parent_id, before)}
 
     @router.get("/v1/jobs/{job_id}")
     async def get_job(job_id: JobId) -> dict[str, Any]:

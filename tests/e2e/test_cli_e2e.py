@@ -216,6 +216,13 @@ def test_jobs_job_and_cancel(nodes: Pair, capsys: pytest.CaptureFixture[str]) ->
     assert code == 1 and "(HTTP 409" in stderr
     code, _, stderr = lpnode(capsys, nodes, "job", "0000000000000000")
     assert code == 1 and "(HTTP 404" in stderr
+    # a full page says how to see the next one (it read as the total: "50 job(s)"; QA)
+    code, stdout, _ = lpnode(capsys, nodes, "jobs", "--limit", "1")
+    assert code == 0 and f"(the newest 1 shown; older ones: lpnode jobs --before {job_id})" in stdout
+    code, stdout, _ = lpnode(capsys, nodes, "jobs", "--limit", "1", "--before", job_id)
+    assert code == 0 and job_id not in stdout and ("1 job(s)" in stdout or f"no jobs before {job_id}" in stdout)
+    code, _, stderr = lpnode(capsys, nodes, "jobs", "--before", "job_00000000")
+    assert code == 1 and "no job job_00000000" in stderr and "(HTTP 404" in stderr
 
 
 def test_ctrl_c_cancels_the_job_and_exits_130(nodes: Pair, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from lpnode.node.job_book import MemoryRecordBook
 from lpnode.node.job_records import (
     INTERRUPTED_ERROR,
     JOB_MIGRATIONS,
@@ -110,6 +111,30 @@ async def test_list_newest_first_filtered_and_bounded(tmp_path: Path) -> None:
         for bad in (0, MAX_LIST + 1):
             with pytest.raises(InvalidRecord, match="limit"):
                 await records.list(limit=bad)
+
+
+async def test_pages_go_back_from_the_last_id_of_the_one_before(tmp_path: Path) -> None:
+    # QA: past the newest 500 records there was no way to list a node's jobs
+    now = FakeClock()
+    memory = MemoryRecordBook()
+    async with open_records(tmp_path / "node.db") as records:
+        ids = [(await records.create("text-to-image", {"i": i}, now=now())).id for i in range(5)]
+        for job_id in ids:
+            memory._records[job_id] = (await records.get(job_id)).to_json()  # type: ignore[union-attr]
+        await records.update(ids[2], state=JobState.CANCELLED, now=now())
+        memory._records[ids[2]]["state"] = "cancelled"
+        pages: list[list[str]] = []
+        before = None
+        while page := [r.id for r in await records.list(limit=2, before=before)]:
+            pages.append(page)
+            before = page[-1]
+        assert pages == [[ids[4], ids[3]], [ids[2], ids[1]], [ids[0]]]
+        assert [r.id for r in await records.list(before=ids[4], state=JobState.CANCELLED)] == [ids[2]]
+        assert await records.list(before="job_unknown") == []
+        # the book kept in memory (tests, a node without a database) pages the same way
+        assert [r["id"] for r in await memory.list(2, None, None, ids[3])] == [ids[2], ids[1]]
+        assert [r["id"] for r in await memory.list(50, "cancelled", None, ids[4])] == [ids[2]]
+        assert await memory.list(50, None, None, "job_unknown") == []
 
 
 async def test_workflow_children_in_step_order(tmp_path: Path) -> None:
