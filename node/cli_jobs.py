@@ -210,6 +210,7 @@ def fitted_size(width: int, height: int, limits: Iterable[Mapping[str, Any]]) ->
 # Likewise the endpoints' default steps where some model on offer may take fewer (Livepeer's image-to-image
 # default is 100; the tiny presets take 50): the CLI asks for the most that some peer on offer takes.
 LIVEPEER_DEFAULT_STEPS = {"text-to-image": 50, "image-to-image": 100, "image-to-video": 25}
+LIVEPEER_DEFAULT_STRENGTH = 0.8  # image-to-image's, as the endpoint's body has it
 
 
 def fitted_steps(steps: int, limits: Iterable[Mapping[str, Any]]) -> int:
@@ -252,8 +253,18 @@ async def fit_defaults(client: LpnodeClient, pipeline: str, fields: dict[str, An
             fields["num_inference_steps"] = steps
             notes.append(
                 f"{steps} steps: the most a peer on offer takes, under the default {default} (--steps to choose)"
+                + _steps_run(pipeline, fields, steps)
             )
     return "; ".join(notes)
+
+
+def _steps_run(pipeline: str, fields: Mapping[str, Any], steps: int) -> str:
+    """Image-to-image denoises only the last ``strength`` of its schedule: the bar counts those steps, so say so."""
+    if pipeline != "image-to-image":
+        return ""
+    strength = float(fields.get("strength", LIVEPEER_DEFAULT_STRENGTH))
+    run = min(int(steps * strength), steps)  # as diffusers' img2img pipelines cut the schedule
+    return "" if run == steps else f"; at strength {strength:g}, {run} of them run"
 
 
 def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:

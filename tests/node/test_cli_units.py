@@ -304,3 +304,15 @@ def test_a_default_size_beyond_every_offer_shrinks_to_the_roomiest_keeping_its_s
     assert fitted_size(1024, 576, [tiny, {"max_side": 1024, "max_pixels": 1024 * 1024}]) == (1024, 576)  # one takes it
     assert fitted_size(1024, 576, []) == (1024, 576)  # nobody says: the node answers
     assert fitted_size(1024, 576, [{"max_side": 4, "max_pixels": 16}]) == (8, 8)  # never below the API's minimum
+
+
+def test_an_img2img_step_note_says_how_many_steps_its_strength_runs() -> None:
+    # the note said "50 steps", then the bar counted to 40 (strength 0.8 of 50; QA)
+    from lpnode.node.cli_jobs import LIVEPEER_DEFAULT_STRENGTH, _steps_run
+    from lpnode.node.rpc_job_bodies import ImageToImageBody
+
+    assert ImageToImageBody.model_fields["strength"].default == LIVEPEER_DEFAULT_STRENGTH
+    assert _steps_run("image-to-image", {}, 50) == "; at strength 0.8, 40 of them run"
+    assert _steps_run("image-to-image", {"strength": 0.5}, 50) == "; at strength 0.5, 25 of them run"
+    assert _steps_run("image-to-image", {"strength": 1.0}, 50) == ""
+    assert _steps_run("text-to-image", {}, 50) == ""
