@@ -85,12 +85,14 @@ def build_parser(*, simulator: bool = True) -> argparse.ArgumentParser:
     from lpnode.node.cli_jobs import add_job_commands
     from lpnode.node.cli_receipt import add_receipt_command
     from lpnode.node.cli_reputation import add_reputation_command
+    from lpnode.node.cli_served import add_served_command
     from lpnode.node.cli_workflow import add_workflow_command
 
     add_job_commands(commands, common)
     add_workflow_command(commands, common)
     add_receipt_command(commands)
     add_reputation_command(commands, common)
+    add_served_command(commands, common)
     if simulator:
         from lpnode.simnet.cli import add_sim_commands  # imports lpnode.simnet, hence torch: only for `sim`
 
@@ -313,6 +315,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lpnode.node.cli_reputation import cmd_reputation
 
         return cmd_reputation(args, _config(args).data_dir)
+    if args.command == "served":
+        from lpnode.node.cli_served import cmd_served
+
+        return cmd_served(args, _config(args).data_dir)
     if args.command == "sim":
         return _cmd_sim(args)
     if args.command == "workflow":

@@ -253,7 +253,7 @@ def _progress_cell(progress: Mapping[str, Any]) -> str:
 def jobs_table(records: Sequence[Mapping[str, Any]]) -> str:
     """``lpnode jobs``: one row per job record, newest first as the node answers."""
     if not records:
-        return "no jobs yet"
+        return "no jobs asked of this node yet (the jobs it served for others: lpnode served)"
     rows = [
         (
             [str(r.get("id", "?"))],

@@ -223,6 +223,30 @@ class LpnodeClient:
         """
         return await self._bytes(f"/v1/jobs/{_segment(job_id)}/receipts/{int(n)}", self._timeout_s)
 
+    async def served(
+        self,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        outcome: str | None = None,
+        seq_above: int | None = None,
+        wait_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """``GET /v1/served``: the jobs this node's worker served (newest first, a page) and the totals;
+        with ``seq_above``, once a row newer than it exists (waiting up to ``wait_s``)."""
+        params: dict[str, str | float] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        if outcome is not None:
+            params["outcome"] = outcome
+        if seq_above is not None:
+            params |= {"seq_above": seq_above, "wait_s": wait_s}
+        return await self._get("/v1/served", params=params, extra_timeout_s=wait_s)
+
+    async def served_receipt(self, seq: int) -> bytes:
+        """The signed receipt this node's worker gave for served job ``seq``."""
+        return await self._bytes(f"/v1/served/{int(seq)}/receipt", self._timeout_s)
+
     async def output(self, url_or_sha256: str) -> bytes:
         """An output's bytes, by the url a response gave (``/v1/outputs/<sha256>``) or by its hex sha256."""
         path = url_or_sha256 if url_or_sha256.startswith("/") else f"/v1/outputs/{_segment(url_or_sha256)}"

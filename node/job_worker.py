@@ -67,6 +67,7 @@ from .job_quote import Decline, WorkerConfig, decide_quote
 from .job_stream import await_peer_close, receive_job_message, send_job_message
 from .network._fast_lock import FastLock
 from .network.base import ByteStream, Network
+from .served_jobs import ServedBook, ServedJob
 from .transfer import DEFAULT_MAX_CHUNK_BYTES, TransferLimits, receive_transfer, send_transfer
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class _Job:
         self.run_ms: int | None = None  # the run's length, once it ran (whatever its end)
         self.delivered = False  # the output's bytes all went out
         self.note = ""  # why it ended, when the machine's reason alone does not say (for the log line)
+        self.receipt: bytes | None = None  # the signed receipt, once made
 
     async def apply(self, actions: Sequence[Action | object]) -> None:
         for action in actions:
@@ -158,8 +160,10 @@ class JobWorker:
         wall_clock: WallClock,
         sequence: ReceiptSequence,
         hooks: WorkerHooks | None = None,
+        served: ServedBook | None = None,
     ) -> None:
         self.key = key
+        self.served = served  # where each accepted job's end is kept (None: only logged)
         self.pool = pool
         self.config = config
         self.wall_clock = wall_clock
@@ -241,7 +245,9 @@ class JobWorker:
             if job.machine.quote is not None:
                 self.release(job.machine.quote.quote_id)
             if job.machine.accepted_at_ms:
-                _log_served(job, msg)
+                served = _log_served(job, msg, self.wall_clock())
+                if self.served is not None:
+                    self.served.note(served)
 
     async def _quote(self, job: _Job, request: QuoteRequest) -> None:
         now = self.now_ms()
@@ -394,7 +400,8 @@ class JobWorker:
         if self.hooks.tamper_receipt is not None:
             receipt = self.hooks.tamper_receipt(receipt)
         try:
-            await job.apply(machine.finish((encoded.blob,), sign_receipt(self.key, receipt), self.now_ms()))
+            job.receipt = sign_receipt(self.key, receipt)
+            await job.apply(machine.finish((encoded.blob,), job.receipt, self.now_ms()))
         except InvalidTransition:
             return  # ended meanwhile (cancel crossed the finish)
         data = encoded.data if self.hooks.tamper_output is None else self.hooks.tamper_output(encoded.data)
@@ -417,21 +424,24 @@ def _forged(encoded: EncodedOutput, data: bytes) -> EncodedOutput:
     return EncodedOutput(data, blob, hashes)
 
 
-def _log_served(job: _Job, request: QuoteRequest) -> None:
-    """The one line for a job the requester accepted (see the module docstring): no prompt in it."""
+def _log_served(job: _Job, request: QuoteRequest, now: float) -> ServedJob:
+    """The one line for a job the requester accepted (see the module docstring): no prompt in it.
+
+    Returns the same facts as a row for the served-jobs book.
+    """
     machine = job.machine
     price = machine.quote.price if machine.quote is not None else 0
     model = machine.quote.model_id if machine.quote is not None else request.spec.model_id
     if job.delivered:
-        outcome, level = "done", logging.INFO
+        outcome, level, kept = "done", logging.INFO, "delivered"
     elif machine.reason == "done":  # signed and sent, but the output never reached the requester
-        outcome, level = "abandoned", logging.WARNING
+        outcome, level, kept = "abandoned", logging.WARNING, "abandoned"
     elif machine.reason == "cancelled_by_requester":
-        outcome, level = "cancelled by the requester", logging.INFO
+        outcome, level, kept = "cancelled by the requester", logging.INFO, "cancelled"
     elif machine.reason == "cancelled_by_worker" or not machine.ended:  # not ended: this node stopped, or a bug
-        outcome, level = "abandoned", logging.WARNING
+        outcome, level, kept = "abandoned", logging.WARNING, "abandoned"
     else:  # error:<code>, deadline, violation:<reason>
-        outcome, level = f"failed ({machine.reason})", logging.WARNING
+        outcome, level, kept = f"failed ({machine.reason})", logging.WARNING, "failed"
     run = "not run" if job.run_ms is None else f"run {job.run_ms} ms"
     log.log(
         level,
@@ -445,6 +455,19 @@ def _log_served(job: _Job, request: QuoteRequest) -> None:
         "price" if job.delivered else "quoted",  # only a delivered job earned its price
         price,
         f": {job.note}" if job.note and not job.delivered else "",
+    )
+    detail = "" if job.delivered else "; ".join(x for x in (outcome, job.note) if x)
+    return ServedJob(
+        job_id=machine.job_id,
+        requester_peer_id=machine.requester_peer_id,
+        pipeline=str(request.spec.pipeline),
+        model_id=model,
+        outcome=kept,
+        detail=detail,
+        price=price,
+        run_ms=job.run_ms,
+        ended_at=now,
+        receipt=job.receipt,
     )
 
 
@@ -469,9 +492,13 @@ async def serve_job_worker(
     wall_clock: WallClock,
     sequence_path: Path | None = None,
     hooks: WorkerHooks | None = None,
+    served: ServedBook | None = None,
     task_status: trio.TaskStatus[JobWorker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve jobs until cancelled; ``task_status.started`` hands back the :class:`JobWorker`."""
+    """Serve jobs until cancelled; ``task_status.started`` hands back the :class:`JobWorker`.
+
+    ``served``: where each accepted job's end is kept (``lpnode served``), beside its log line.
+    """
     worker = JobWorker(
         key,
         pool,
@@ -479,6 +506,7 @@ async def serve_job_worker(
         wall_clock=wall_clock,
         sequence=ReceiptSequence(wall_clock, sequence_path),
         hooks=hooks,
+        served=served,
     )
     network.set_stream_handler(JOB_PROTOCOL, worker.handle)
     task_status.started(worker)

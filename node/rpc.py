@@ -58,6 +58,7 @@ from lpnode.node.rpc_models import (
     peer_list,
 )
 from lpnode.node.rpc_reputation import reputation_router
+from lpnode.node.rpc_served import served_router
 from lpnode.node.rpc_workflows import workflows_router
 from lpnode.protocol.errors import (
     AdvertRejected,
@@ -83,6 +84,7 @@ DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024  # config.max_input_bytes
 # The one place LpnodeError kinds become HTTP statuses; the most derived class listed wins.
 if TYPE_CHECKING:
     from lpnode.models.pool import ModelPool
+    from lpnode.node.served_jobs import ServedBook
     from lpnode.reputation.store import ReputationStore
 
 ERROR_STATUS: dict[type[LpnodeError], int] = {
@@ -119,12 +121,14 @@ def create_app(
     jobs: JobManager | None = None,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     reputation: ReputationStore | None = None,
+    served: ServedBook | None = None,
 ) -> FastAPI:
     """The RPC app for ``node``; requests must carry ``token`` (except ``/health``).
 
     ``pool`` is the node's model pool; None for a requester-only node. ``jobs``
     runs the pipeline endpoints, job records and workflows (none: those routes
-    are absent). ``max_input_bytes`` bounds one uploaded input.
+    are absent). ``max_input_bytes`` bounds one uploaded input. ``reputation``
+    and ``served`` (what this node's worker served) add their routes when given.
     """
     app = FastAPI(
         title="lpnode",
@@ -225,6 +229,8 @@ def create_app(
         app.include_router(workflows_router(jobs, require_token, max_input_bytes=max_input_bytes))
     if reputation is not None:  # /v1/reputation: scores, bans and evidence of the node's reputation store
         app.include_router(reputation_router(reputation, require_token))
+    if served is not None:  # /v1/served: what this node's worker served and earned
+        app.include_router(served_router(served, require_token))
     return app
 
 

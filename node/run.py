@@ -36,6 +36,7 @@ from lpnode.node.offer import OfferSource, serve_device_monitor
 from lpnode.node.rpc import create_app, serve_rpc, status_for
 from lpnode.node.rpc_info import check_not_running
 from lpnode.node.rpc_token import TOKEN_FILE, load_or_create_token
+from lpnode.node.served_jobs import SERVED_MIGRATIONS, ServedBook, serve_served_book
 from lpnode.node.spare_streams import SpareStreams, open_spare_streams
 from lpnode.protocol.errors import ConfigError, NetworkError
 from lpnode.protocol.names import JOB_PROTOCOL, SOFTWARE_VERSION
@@ -161,6 +162,7 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock, cheat: 
             functools.partial(serve_node, config, key, network, offer, wall_clock=wall_clock)
         )
         local = None  # this node's own worker, for jobs that allow_local
+        served = None if pool is None else ServedBook()  # written once the database opens (_open_jobs)
         if pool is not None:
             from lpnode.node.job_worker import WorkerConfig, serve_job_worker
             from lpnode.node.local_jobs import LocalWorker
@@ -177,12 +179,19 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock, cheat: 
                     wall_clock=wall_clock,
                     # receipt numbers must keep increasing across restarts (job_proof.ReceiptSequence)
                     sequence_path=config.data_dir / "receipt-seq",
+                    served=served,
                 )
             )
             local = LocalWorker(worker)
-        jobs, reputation = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock))
+        jobs, reputation = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock, served))
         app = create_app(
-            node, token, pool=pool, jobs=jobs, max_input_bytes=config.max_input_bytes, reputation=reputation
+            node,
+            token,
+            pool=pool,
+            jobs=jobs,
+            max_input_bytes=config.max_input_bytes,
+            reputation=reputation,
+            served=served,
         )
         urls = await node_nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
         freeze_startup_heap()
@@ -211,17 +220,24 @@ def freeze_startup_heap() -> None:
 
 @contextlib.asynccontextmanager
 async def _open_jobs(
-    config: NodeConfig, node: Node, local: LocalWorker | None, wall_clock: WallClock
+    config: NodeConfig, node: Node, local: LocalWorker | None, wall_clock: WallClock, served: ServedBook | None
 ) -> AsyncIterator[tuple[JobManager, ReputationStore]]:
     """The RPC job manager: records and outputs kept for the API, jobs sent through this node's requester,
-    steered by the reputation store (same database) and spot-checked (``lpnode.reputation.spot_check``)."""
+    steered by the reputation store (same database) and spot-checked (``lpnode.reputation.spot_check``).
+    ``served``, the worker's book of jobs served, is written to the same database while this is open."""
     async with (
         open_job_storage(
-            config.data_dir, config.outputs_max_bytes, wall_clock(), extra_migrations=REPUTATION_MIGRATIONS
+            config.data_dir,
+            config.outputs_max_bytes,
+            wall_clock(),
+            extra_migrations=[*REPUTATION_MIGRATIONS, *SERVED_MIGRATIONS],
         ) as (book, outputs),
         _open_spares(config, node) as spares,
+        trio.open_nursery() as writers,
     ):
         assert book.store is not None
+        if served is not None:
+            await writers.start(serve_served_book, served, book.store)
         reputation = await open_reputation(book.store, clock=wall_clock)
         runner = requester_runner(node, local, reputation=reputation, spares=spares)
         async with (
@@ -235,7 +251,10 @@ async def _open_jobs(
                 wall_clock=wall_clock,
             ) as jobs,
         ):
-            yield jobs, reputation
+            try:
+                yield jobs, reputation
+            finally:
+                writers.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager

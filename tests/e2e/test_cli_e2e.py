@@ -79,6 +79,41 @@ def test_txt2img_saves_the_image_and_a_receipt_that_verifies(
     assert code == 1 and "output_mismatch" in stderr
 
 
+def test_the_worker_keeps_what_it_served_with_its_receipt(
+    nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sold.png"
+    seen = ask_worker(nodes, lambda c: c.served(limit=1))
+    last = seen["jobs"][0]["seq"] if seen["jobs"] else 0
+    code, _, stderr = lpnode(capsys, nodes, "txt2img", "a lighthouse", "-o", out, *T2I)
+    assert code == 0, stderr
+    # the worker notes the job as it ends, off the job's path: wait for its row
+    answer = ask_worker(nodes, lambda c: c.served(seq_above=last, wait_s=30))
+    row = answer["jobs"][0]
+    assert row["seq"] > last and row["outcome"] == "delivered" and row["earned"] == row["price"] > 0
+    assert row["requester_peer_id"] == nodes.requester.peer_id and row["pipeline"] == "text-to-image"
+    assert answer["totals"]["earned"] >= row["earned"]
+    worker = [f"--data-dir={nodes.worker.data_dir}"]
+    code = main(["served", *worker])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0 and "delivered" in stdout and "micro-credits earned" in stdout, stderr
+    kept = tmp_path / "kept.receipt"
+    assert main(["served", "--receipt", str(row["seq"]), "-o", str(kept), *worker]) == 0
+    capsys.readouterr()
+    # the seller's copy is the buyer's: the same signed bytes
+    assert kept.read_bytes() == (tmp_path / "sold.png.receipt").read_bytes()
+    assert lpnode(capsys, nodes, "receipt", "verify", kept, "--output", out)[0] == 0
+
+
+def ask_worker(nodes: Pair, call: Any) -> Any:
+    async def run() -> Any:
+        async with LpnodeClient.from_data_dir(nodes.worker.data_dir) as client:
+            with trio.fail_after(60):
+                return await call(client)
+
+    return trio.run(run)
+
+
 def test_txt2img_without_a_size_asks_for_one_the_network_takes(
     nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

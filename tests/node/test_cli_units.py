@@ -205,7 +205,7 @@ def test_summary_and_tables() -> None:
     assert lines[0].split() == ["ID", "KIND", "STATE", "PROGRESS", "WORKER", "ERROR"]
     assert lines[1].split() == ["j1", "text-to-image", "succeeded", "100%", "12D3KooW…CVe2Xo"]
     assert lines[2].endswith("all busy") and lines[-1] == "2 job(s)"
-    assert jobs_table([]) == "no jobs yet"
+    assert jobs_table([]) == "no jobs asked of this node yet (the jobs it served for others: lpnode served)"
     text = job_text(failed)
     assert "state     failed" in text and "\nrequest\n" in text and '  prompt = "a lighthouse"' in text
     assert "error     all busy (HTTP 503 x)" in text
