@@ -1,7 +1,8 @@
 """``lpnode reputation [PEER]`` and ``lpnode reputation export -o FILE``: a running node's view of its peers.
 
 Without PEER: one line per peer with evidence (score per model family, checks,
-blames, ban); with PEER: that peer's families and recent verdicts. ``export``
+blames, ban), every page of ``/v1/reputation``; with PEER: that peer's families
+and recent verdicts. ``export``
 pages through ``/v1/reputation/evidence`` and writes every row with its signed
 receipts (:mod:`lpnode.reputation.export`), for anyone to check offline.
 """
@@ -21,6 +22,8 @@ from lpnode.protocol.errors import ConfigError
 
 EXPORT = "export"
 MAX_EXPORT_PAGES = 10_000  # pages of 500 rows: a bound, not a limit anyone should reach
+SUMMARY_PAGE = 500  # peers per page of /v1/reputation: the RPC's MAX_PEER_PAGE (not imported: the CLI starts light)
+MAX_SUMMARY_PAGES = 10_000  # 5 million peers: a bound, not a limit anyone should reach
 
 
 def add_reputation_command(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -88,6 +91,19 @@ async def _export(client: Any) -> dict[str, Any]:
     return export_document(rows, time.time())
 
 
+async def _summary(client: Any) -> dict[str, Any]:
+    """Every page of ``GET /v1/reputation`` as one answer: all the peers, the last page's counters."""
+    peers: list[dict[str, Any]] = []
+    params: dict[str, str | float] = {"limit": SUMMARY_PAGE}
+    for _ in range(MAX_SUMMARY_PAGES):
+        page: dict[str, Any] = await client._get("/v1/reputation", params=params)
+        peers.extend(page["peers"])
+        if page.get("next_after") is None:  # the last page (or a node from before paging: one page of all)
+            break
+        params = {"limit": SUMMARY_PAGE, "after": page["next_after"]}
+    return {**page, "peers": peers, "next_after": None}
+
+
 def cmd_reputation(args: argparse.Namespace, data_dir: Path) -> int:
     from lpnode.node.cli_follow import check_output, write_file
     from lpnode.node.client import LpnodeClient
@@ -107,7 +123,7 @@ def cmd_reputation(args: argparse.Namespace, data_dir: Path) -> int:
             if args.peer:
                 answer: dict[str, Any] = await client._get(f"/v1/reputation/{args.peer}")
                 return answer
-            return await client._get("/v1/reputation")
+            return await _summary(client)
 
     answer = trio.run(ask)
     if to_stdout:

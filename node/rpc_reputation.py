@@ -1,9 +1,11 @@
 """``/v1/reputation``: what this node's reputation store says about its peers, and the evidence behind it.
 
-* ``GET /v1/reputation``: every peer with evidence or a ban (score per model
-  family, checks, blames, ban state and expiry), and the check counters
-  (compute given to users' jobs and to checks: the overhead); a long-poll
-  with ``checks_above=K&wait_s=N`` (checks settle in the background);
+* ``GET /v1/reputation?after=&limit=``: the peers with evidence or a ban
+  (score per model family, checks, blames, ban state and expiry), in peer id
+  order a page at a time (``next_after``: the ``after`` of the next page, null
+  on the last), and the check counters (compute given to users' jobs and to
+  checks: the overhead); a long-poll with ``checks_above=K&wait_s=N`` (checks
+  settle in the background); ``lpnode reputation`` pages through it;
 * ``GET /v1/reputation/evidence?after=&limit=&peer_id=``: evidence rows in id
   order with their signed receipts (base64), a page at a time (``next_after``);
   ``lpnode reputation export`` pages through it;
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import Annotated, Any
 
 import trio
@@ -23,11 +26,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from lpnode.node.rpc_models import ErrorBody
 from lpnode.reputation.export import wire_row
-from lpnode.reputation.store import MAX_EVIDENCE_PAGE, ReputationStore
+from lpnode.reputation.store import MAX_EVIDENCE_PAGE, MAX_PEER_PAGE, ReputationStore
 
-__all__ = ["RECENT_VERDICTS", "reputation_router"]
+__all__ = ["DEFAULT_PEER_PAGE", "RECENT_VERDICTS", "reputation_router"]
 
 RECENT_VERDICTS = 20  # verdicts shown per peer
+DEFAULT_PEER_PAGE = 100  # peers per summary page without ?limit= (at most MAX_PEER_PAGE), as /evidence's rows
 MAX_WAIT_S = 60.0  # longest long-poll, as on /v1/peers
 _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as in rpc.py
 
@@ -47,9 +51,15 @@ def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRou
             int | None, Query(ge=0, description="wait until more than this many checks are settled")
         ] = None,
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="how long to wait (with checks_above)")] = 0.0,
+        after: Annotated[
+            str | None, Query(pattern=_PEER_ID_PATTERN, description="the page after this peer id (`next_after`)")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PEER_PAGE, description="peers per page")] = DEFAULT_PEER_PAGE,
     ) -> dict[str, Any]:
-        """Every peer this node has evidence about or has banned, and the check counters.
+        """The peers this node has evidence about or has banned, in peer id order a page at a time, and the
+        check counters.
 
+        Paging: `next_after` is the `after` of the next page; null on the last page.
         Long-poll: with `checks_above=K&wait_s=N` the answer comes once more than K checks
         are settled (`counters.checks`), or after N seconds.
         """
@@ -57,12 +67,17 @@ def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRou
             with trio.move_on_after(wait_s):
                 while reputation.counters()["checks"] <= checks_above:
                     await reputation.changed.wait()
-        peers = []
-        for peer_id in reputation.peers():
-            described = reputation.describe(peer_id)
-            described["evidence_count"] = await reputation.evidence_count(peer_id)
-            peers.append(described)
-        return {"peers": peers, "counters": reputation.counters(), "check_overhead": reputation.overhead()}
+        peer_ids = reputation.peers()
+        start = 0 if after is None else bisect.bisect_right(peer_ids, after)
+        page = peer_ids[start : start + limit]
+        counts = await reputation.evidence_counts(page)  # one query for the page, not one per peer
+        peers = [reputation.describe(peer_id) | {"evidence_count": counts.get(peer_id, 0)} for peer_id in page]
+        return {
+            "peers": peers,
+            "counters": reputation.counters(),
+            "check_overhead": reputation.overhead(),
+            "next_after": page[-1] if start + limit < len(peer_ids) else None,
+        }
 
     # before /{peer_id}: "evidence" is a valid base58 string too
     @router.get("/evidence")

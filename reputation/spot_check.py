@@ -327,12 +327,19 @@ class SpotChecker:
         """Run copies on ``checkers`` side by side, then one more peer at a time while there is no majority."""
         run = _Run({first.worker_peer_id: first}, {})
         copies: list[JobOutcome | None] = [None] * len(checkers)
+        # Peers that failed a copy of this job (refused, gone, bad result): never asked again for this check. A
+        # checker whose copy just failed is often down; a second copy there costs another timeout and counts the
+        # one lost check twice (review s10, item 6).
+        refused: set[str] = set()
 
         async def one(index: int, peer: str) -> None:
             # nor to the other checkers of this round: a copy refused by its checker would fall back on
             # one of them, run there twice, and the second run be thrown away (one vote fewer)
             others = {other for other in checkers if other != peer}
-            copies[index] = await self._copy(job, inputs, options, first, peer, exclude={*run.outcomes, *others})
+            copies[index], failed_here = await self._copy(
+                job, inputs, options, first, peer, exclude={*run.outcomes, *others}
+            )
+            refused.update(failed_here)
 
         async with trio.open_nursery() as nursery:
             for index, peer in enumerate(checkers):
@@ -342,14 +349,17 @@ class SpotChecker:
                 run.outcomes[copy.worker_peer_id] = copy
         resolution = await self._resolve(run)
         while (resolution is None or resolution.need_more) and len(run.outcomes) < max_peers:
-            failed = _failed_peers(first)
+            failed = {*_failed_peers(first), *refused}
             candidates = self._candidates(first, {*run.outcomes, *failed})
             pick = choose_checker(
                 candidates, first.worker_peer_id, self.rng, exclude=frozenset({*run.outcomes, *failed})
             )
             if pick is None:
                 break
-            copy = await self._copy(job, inputs, options, first, pick.peer_id, exclude=set(run.outcomes))
+            copy, failed_here = await self._copy(
+                job, inputs, options, first, pick.peer_id, exclude={*run.outcomes, *refused}
+            )
+            refused.update(failed_here)
             if copy is None or copy.worker_peer_id in run.outcomes:
                 break
             run.outcomes[copy.worker_peer_id] = copy
@@ -365,8 +375,12 @@ class SpotChecker:
         peer: str,
         *,
         exclude: set[str],
-    ) -> JobOutcome | None:
-        """The same spec as ``first`` (its model bound), an ordinary job to ``peer`` (others if it refuses)."""
+    ) -> tuple[JobOutcome | None, set[str]]:
+        """The same spec as ``first`` (its model bound), an ordinary job to ``peer`` (others if it refuses).
+
+        The copy's outcome (None when it failed or ran another spec), and the peers whose attempts at it failed:
+        ``peer`` itself when the copy failed without an attempt to show for it.
+        """
         same = dataclasses.replace(job, model_id=first.model_id)
         # never back to a peer that already failed this job (it may be gone), nor to those that ran it
         avoid = sorted({*exclude, *_failed_peers(first), *options.avoid, self.node.peer_id} - {peer})
@@ -376,12 +390,13 @@ class SpotChecker:
         except LpnodeError as exc:
             log.info("check copy of job %s on %s failed: %s", first.job_id[:12], peer, exc)
             await self.reputation.note_check_compute(0, 0.0, skipped=1)
-            return None
+            attempts = exc.attempts if isinstance(exc, JobFailed) else ()
+            return None, {a.peer_id for a in attempts if a.outcome != "done"} or {peer}
         await self.reputation.note_check_compute(1, outcome.work_mpx_steps)
         if outcome.spec != first.spec:  # cannot happen through run_job; a guard for other runners
             log.warning("check copy of job %s ran another spec; dropped", first.job_id[:12])
-            return None
-        return outcome
+            return None, {*_failed_peers(outcome), outcome.worker_peer_id}
+        return outcome, _failed_peers(outcome)
 
     async def _resolve(self, run: _Run) -> Resolution | None:
         peers = list(run.outcomes)

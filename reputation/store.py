@@ -24,7 +24,7 @@ model says nothing about another, which is the cautious reading.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -66,6 +66,7 @@ from .store_withdraw import withdraw_blames
 
 __all__ = [
     "MAX_EVIDENCE_PAGE",
+    "MAX_PEER_PAGE",
     "REPUTATION_MIGRATIONS",
     "Ban",
     "CheckEvidence",
@@ -78,6 +79,7 @@ __all__ = [
 ]
 
 MAX_EVIDENCE_PAGE = 500  # evidence rows per page of an export or a peer's listing
+MAX_PEER_PAGE = 500  # peers per page of the summary (GET /v1/reputation), and per evidence_counts query
 
 COUNTERS = ("jobs", "job_mpx_steps", "checks", "check_runs", "check_mpx_steps", "checks_skipped")
 
@@ -99,6 +101,9 @@ class ReputationStore:
         self.config = config
         self.clock = clock
         self._peers: dict[tuple[str, str], PeerState] = {}
+        # the same states by peer, then family: a peer's families without a pass over every peer's (the summary
+        # describes every peer); changed only with _peers, in _commit_peers
+        self._families: dict[str, dict[str, PeerState]] = {}
         self._bans: dict[str, Ban] = {}
         self._counters: dict[str, float] = dict.fromkeys(COUNTERS, 0.0)
         self._lock = trio.Lock()  # read-modify-write of the mirror and the rows, one at a time
@@ -128,10 +133,12 @@ class ReputationStore:
         return self._bans.get(peer_id)
 
     def peers(self) -> list[str]:
-        return sorted({peer for peer, _ in self._peers} | set(self._bans))
+        """Every peer with a state or a ban, in id order."""
+        return sorted(self._families.keys() | self._bans.keys())
 
     def families(self, peer_id: str) -> dict[str, PeerState]:
-        return {family: state for (peer, family), state in sorted(self._peers.items()) if peer == peer_id}
+        """The peer's state per model family, in family order."""
+        return dict(sorted(self._families.get(peer_id, {}).items()))
 
     def counters(self) -> dict[str, float]:
         return dict(self._counters)
@@ -217,6 +224,22 @@ class ReputationStore:
         )
         return 0 if row is None else int(row["n"])
 
+    async def evidence_counts(self, peer_ids: Collection[str]) -> dict[str, int]:
+        """:meth:`evidence_count` of several peers, one grouped query per :data:`MAX_PEER_PAGE` of them (a page of
+        the summary is one); a peer with no evidence is left out."""
+        ids = sorted(set(peer_ids))
+        counts: dict[str, int] = {}
+        for start in range(0, len(ids), MAX_PEER_PAGE):
+            chunk = ids[start : start + MAX_PEER_PAGE]
+            rows = await self.db.fetch_all(
+                "SELECT worker_peer_id, count(DISTINCT evidence_id) AS n FROM rep_receipts"
+                f" WHERE worker_peer_id IN ({','.join('?' * len(chunk))}) GROUP BY worker_peer_id",
+                chunk,
+                max_rows=len(chunk),
+            )
+            counts.update((str(row["worker_peer_id"]), int(row["n"])) for row in rows)
+        return counts
+
     # ------------------------------------------------------------ writes (one transaction each)
 
     async def note_job(self, peer_id: str, family: str, work_mpx_steps: float) -> PeerHistory:
@@ -228,7 +251,7 @@ class ReputationStore:
             async with self.db.transaction() as tx:
                 await save_peer(tx, peer_id, family, new)
                 await save_counters(tx, counters)
-            self._peers[(peer_id, family)] = new
+            self._commit_peers({(peer_id, family): new})
             self._counters = counters
             self._notify()
             return new.history
@@ -249,7 +272,7 @@ class ReputationStore:
                 for (peer_id, family), state in peers.items():
                     await save_peer(tx, peer_id, family, state)
                 await save_counters(tx, counters)
-            self._peers.update(peers)
+            self._commit_peers(peers)
             self._counters = counters
             self._notify()
 
@@ -323,7 +346,8 @@ class ReputationStore:
                 for peer, family in touched:
                     await save_peer(tx, peer, family, peers[(peer, family)])
                 await save_counters(tx, counters)
-            self._peers, self._bans, self._counters = peers, bans, counters
+            self._commit_peers({key: peers[key] for key in touched})
+            self._bans, self._counters = bans, counters
             self._notify()
             return evidence_id
 
@@ -366,7 +390,7 @@ class ReputationStore:
                     await withdraw_blames(tx, [worker], peers, bans, touched, now, self.config)
                 for peer, fam in touched:
                     await save_peer(tx, peer, fam, peers[(peer, fam)])
-            self._peers = peers
+            self._commit_peers({key: peers[key] for key in touched})
             self._bans = bans
             self._notify()
             return evidence_id
@@ -379,12 +403,18 @@ class ReputationStore:
             counters[name] += delta
         return counters
 
+    def _commit_peers(self, states: Mapping[tuple[str, str], PeerState]) -> None:
+        """Committed states into the mirror: the one place ``_peers`` and its index by peer change."""
+        for (peer_id, family), state in states.items():
+            self._peers[(peer_id, family)] = state
+            self._families.setdefault(peer_id, {})[family] = state
+
     def _notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
     async def _load(self) -> None:
-        self._peers.update(await load_peers(self.db))
+        self._commit_peers(await load_peers(self.db))
         self._bans.update(await load_bans(self.db))
         self._counters.update(await load_counters(self.db, COUNTERS))
 
