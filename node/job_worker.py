@@ -44,7 +44,7 @@ from lpnode.protocol.errors import (
     ProtocolViolation,
     StreamTimeout,
 )
-from lpnode.protocol.jobs import ErrorCode, JobError, JobMessage, Quote, QuoteRequest
+from lpnode.protocol.jobs import ErrorCode, JobError, JobMessage, Quote, QuoteRequest, RefusalReason
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.negotiation import (
     AbortRun,
@@ -173,6 +173,8 @@ class JobWorker:
         self.completed = 0
         self.open_streams = 0
         self.turned_away = 0  # streams closed at once because max_streams were open
+        self.stopping = False  # the node is shutting down: no new quotes
+        self._jobs: set[_Job] = set()  # the jobs of the open streams
         # Quote ids must stay unique across restarts too: prefix them with the start time.
         self._quote_prefix = f"{self.now_ms():x}"
         self._quote_ids = itertools.count(1)
@@ -210,6 +212,27 @@ class JobWorker:
         """One job stream; False when the requester never sent a message (silent, or gone at once)."""
         framed = FramedStream(stream, self.config.framing)
         job = _Job(self, framed, WorkerNegotiation(self.key.peer_id, stream.remote_peer))
+        self._jobs.add(job)
+        try:
+            return await self._serve_job(job)
+        finally:
+            self._jobs.discard(job)
+
+    async def stop(self) -> None:
+        """The node is shutting down: refuse new quotes, and tell each requester whose job is under way.
+
+        Called before the network goes (``run.py``, bounded there): once the host is cancelled its
+        connections close at once, and a requester read the dropped stream as a crash (QA). Told,
+        it moves on knowing why (``error:cancelled``, "the worker is shutting down").
+        """
+        self.stopping = True
+        async with trio.open_nursery() as nursery:
+            for job in list(self._jobs):
+                if not job.machine.ended and job.machine.phase is not Phase.IDLE:
+                    nursery.start_soon(job.apply, job.machine.cancel("the worker is shutting down", self.now_ms()))
+
+    async def _serve_job(self, job: _Job) -> bool:
+        framed = job.framed
         try:
             msg = await receive_job_message(framed, timeout_s=self.config.request_timeout_s)
         except ProtocolError as exc:
@@ -251,6 +274,9 @@ class JobWorker:
 
     async def _quote(self, job: _Job, request: QuoteRequest) -> None:
         now = self.now_ms()
+        if self.stopping:
+            await job.apply(job.machine.refuse(RefusalReason.SHUTTING_DOWN, "the worker is shutting down", now, 0))
+            return
         decision = decide_quote(request, self.pool.status(), self.config, held=len(self.reservations))
         if isinstance(decision, Decline):
             await job.apply(job.machine.refuse(decision.reason, decision.message[:500], now, decision.retry_after_ms))

@@ -19,7 +19,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, TextIO
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from lpnode.node.inference import InferencePool
     from lpnode.node.local_jobs import LocalWorker
 
+STOP_NOTICE_S = 1.0  # on SIGINT/SIGTERM, how long the worker may take to tell its requesters it is going
 YOUNG_COLLECTION_THRESHOLD = 50_000  # allocations between collections of the youngest generation (CPython: 700)
 
 log = logging.getLogger(__name__)
@@ -129,21 +130,35 @@ async def run_node(
     ``cheat`` (``MODE[:RATE]``, tests only): the worker cheats (``lpnode.reputation.cheat_pool``).
     """
     setup_logging(config.log_level)
+    before_stop: list[Callable[[], Awaitable[None]]] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
-            await _serve(config, out, wall_clock, cheat)
+            nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope, before_stop)
+            await _serve(config, out, wall_clock, cheat, before_stop)
     log.info("node stopped")
 
 
-async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+async def _cancel_on_signal(
+    signals: AsyncIterator[int], scope: trio.CancelScope, before_stop: Sequence[Callable[[], Awaitable[None]]]
+) -> None:
     async for signum in signals:
         log.info("%s received: shutting down", signal.Signals(signum).name)
+        # What must happen while the network is still up (the worker telling its requesters),
+        # briefly: cancelling the host closes every connection at once.
+        with trio.move_on_after(STOP_NOTICE_S):
+            for hook in before_stop:
+                await hook()
         scope.cancel()
         return
 
 
-async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock, cheat: str | None = None) -> None:
+async def _serve(
+    config: NodeConfig,
+    out: TextIO,
+    wall_clock: WallClock,
+    cheat: str | None = None,
+    before_stop: list[Callable[[], Awaitable[None]]] | None = None,
+) -> None:
     check_not_running(config.data_dir)
     key = load_or_create_key(config.data_dir)
     token = load_or_create_token(config.data_dir)
@@ -183,6 +198,8 @@ async def _serve(config: NodeConfig, out: TextIO, wall_clock: WallClock, cheat: 
                 )
             )
             local = LocalWorker(worker)
+            if before_stop is not None:
+                before_stop.append(worker.stop)
         jobs, reputation = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock, served))
         app = create_app(
             node,
