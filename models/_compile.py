@@ -10,10 +10,12 @@ compilation took 147 s. Two things keep that from hurting a node:
   re-recording them takes seconds.
 * Compilation happens during warm-up, on a synthetic request of the model's
   default shape, before the model is reported warm. Other shapes (another batch
-  size, another resolution) run eager (:func:`eager_beyond_warm_shapes`): compiling
-  one on a job's path cost that job minutes (a first 256×256 tiny-sdxl job took 90 s
-  on an H100 where the warm shape takes milliseconds), far past any deadline, and
-  its time then skewed the model's measured speed.
+  size, another resolution) run eager (:class:`ShapeGate`): compiling one on a
+  job's path cost that job minutes (a first 256×256 tiny-sdxl job took 90 s on an
+  H100 where the warm shape takes milliseconds), far past any deadline, and its
+  time then skewed the model's measured speed. The gate is per module, not torch's
+  process-wide ``eager_on_recompile`` stance: that stance compiles nothing at all,
+  not even a warm-up's first graph (review).
 
 What is compiled is chosen by diffusers component name: the denoiser
 (``unet`` / ``transformer``) runs once per step and the VAE decoder once per
@@ -29,11 +31,11 @@ from the same thread; the pool runs each model on a thread of its own.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -71,16 +73,45 @@ def configure_compile_cache(cache_dir: Path) -> None:
     inductor_config.fx_graph_cache = True
 
 
-@contextmanager
-def eager_beyond_warm_shapes() -> Iterator[None]:
-    """While serving, a compiled module called with a shape it has no compiled code for runs eager.
+class ShapeGate:
+    """A compiled callable's stand-in: the compiled code for the input signatures it was warmed on, eager otherwise.
 
-    torch's ``eager_on_recompile`` stance: the first compile of each module (its warm-up) still
-    happens; only recompiles are skipped. The stance is process-wide, as inductor's cache is, so
-    it holds for the pool's lifetime rather than per call (model threads run side by side).
+    While ``learning`` (the warm-up), every call goes to the compiled code and its signature is kept;
+    once closed (:meth:`close`), a call whose signature the warm-up never saw runs ``eager`` instead of
+    compiling on the job's path. Signatures are the shapes and dtypes of the tensor arguments (one
+    level into dicts, as diffusers passes ``added_cond_kwargs``) and the values of the plain ones.
     """
-    with torch.compiler.set_stance("eager_on_recompile"):
-        yield
+
+    def __init__(self, compiled: Callable[..., Any], eager: Callable[..., Any]) -> None:
+        self.compiled = compiled
+        self.eager = eager
+        self.learning = True
+        self.warmed: set[Hashable] = set()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = call_signature(args, kwargs)
+        if self.learning:
+            self.warmed.add(key)
+            return self.compiled(*args, **kwargs)
+        return (self.compiled if key in self.warmed else self.eager)(*args, **kwargs)
+
+    def close(self) -> None:
+        self.learning = False
+
+
+def call_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+    def one(value: Any, depth: int = 0) -> Hashable:
+        if isinstance(value, torch.Tensor):
+            return ("tensor", tuple(value.shape), value.dtype, value.device.type)
+        if isinstance(value, dict) and depth == 0:
+            return ("dict", tuple(sorted((str(k), one(v, 1)) for k, v in value.items())))
+        if isinstance(value, (list, tuple)) and depth == 0:
+            return ("seq", tuple(one(v, 1) for v in value))
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return (type(value).__name__, value)
+        return (type(value).__name__,)  # an object: its type, not its identity
+
+    return (tuple(one(a) for a in args), tuple(sorted((k, one(v)) for k, v in kwargs.items())))
 
 
 @dataclass
@@ -89,6 +120,12 @@ class CompiledPath:
 
     components: tuple[str, ...]
     _restore: list[Callable[[], None]]
+    gates: tuple[ShapeGate, ...] = ()
+
+    def close(self) -> None:
+        """The warm-up is over: from now on, shapes it did not see run eager."""
+        for gate in self.gates:
+            gate.close()
 
     def revert(self) -> None:
         for undo in reversed(self._restore):
@@ -100,24 +137,30 @@ def compile_hot_path(modules: dict[str, torch.nn.Module], mode: str) -> Compiled
     """Compile the denoiser's forward and the VAE's ``decode`` in place (the pipeline keeps its references)."""
     restore: list[Callable[[], None]] = []
     names: list[str] = []
+    gates: list[ShapeGate] = []
     try:
         for name, module in modules.items():
             if name in DENOISER_COMPONENTS + DECODER_COMPONENTS and _on_cuda(module) and channels_last_fits(module):
                 restore.append(_to_channels_last(module))
             if name in DENOISER_COMPONENTS:
-                # nn.Module.compile swaps the call implementation inside the same object.
-                module.compile(mode=mode, fullgraph=True)
+                # What nn.Module.compile does (the call implementation swapped inside the same
+                # object, so the pipeline keeps its reference), behind a gate of our own.
+                gate = ShapeGate(torch.compile(module._call_impl, mode=mode, fullgraph=True), module._call_impl)
+                module._compiled_call_impl = gate
                 restore.append(_uncompile_module(module))
+                gates.append(gate)
                 names.append(name)
             elif name in DECODER_COMPONENTS and callable(decode := getattr(module, "decode", None)):
                 # An instance attribute shadows the class's method; deleting it restores eager.
-                object.__setattr__(module, "decode", torch.compile(decode, mode=mode, fullgraph=True))
+                gate = ShapeGate(torch.compile(decode, mode=mode, fullgraph=True), decode)
+                object.__setattr__(module, "decode", gate)
                 restore.append(_uncompile_decode(module))
+                gates.append(gate)
                 names.append(f"{name}.decode")
     except BaseException:
         CompiledPath((), restore).revert()  # half a path is no path: every module as it was
         raise
-    return CompiledPath(tuple(names), restore)
+    return CompiledPath(tuple(names), restore, tuple(gates))
 
 
 def channels_last_fits(module: torch.nn.Module) -> bool:
@@ -182,6 +225,50 @@ def _gray_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+class CompileFailures:
+    """What failed to compile before, kept beside inductor's cache (``failed.json``) so a restart skips it.
+
+    A compile that fails costs its whole attempt on every start (tiny-svd: 43 s on an H100 before
+    inductor gave up), for the same answer. Keyed by preset, weights, torch and device, so a new
+    torch or another GPU tries again; deleting the file does too.
+    """
+
+    FILE = "failed.json"
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self.path = None if cache_dir is None else cache_dir / self.FILE
+
+    @staticmethod
+    def key(adapter: ModelAdapter, device: str) -> str:
+        return f"{adapter.spec.name}:{adapter.weights_sha256()[:16]}:torch {torch.__version__}:{device}"
+
+    def known(self, key: str) -> str | None:
+        """Why compiling ``key`` failed before, or None."""
+        found = self._read().get(key)
+        return found if isinstance(found, str) else None
+
+    def remember(self, key: str, error: str) -> None:
+        if self.path is None:
+            return
+        failures = self._read() | {key: error[:300]}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp = self.path.with_suffix(".tmp")
+            temp.write_text(json.dumps(failures, indent=1, sort_keys=True))
+            temp.replace(self.path)
+        except OSError as exc:  # a memo lost costs one more attempt, nothing else
+            log.warning("could not note a failed compile in %s: %s", self.path, exc)
+
+    def _read(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # missing or damaged: try compiling again
+            return {}
+        return found if isinstance(found, dict) else {}
+
+
 @dataclass(frozen=True)
 class WarmupReport:
     compiled: tuple[str, ...]  # components compiled; () when eager
@@ -190,16 +277,33 @@ class WarmupReport:
 
 
 def compile_and_warm(
-    adapter: ModelAdapter, modules: dict[str, torch.nn.Module], mode: str, run: Callable[[Request], Any]
+    adapter: ModelAdapter,
+    modules: dict[str, torch.nn.Module],
+    mode: str,
+    run: Callable[[Request], Any],
+    failures: CompileFailures | None = None,
+    device: str = "cuda",
 ) -> WarmupReport:
     """Compile, then run the warm-up request until CUDA graphs replay; eager again on any failure.
 
     ``run`` executes one request on the adapter (the pool passes ``adapter.run``).
+    ``failures``: compiles that failed before are not tried again; a new failure is noted there.
     Call from the model's own thread (cudagraph trees are per thread).
     """
     request = warmup_request(adapter)
     if request is None:
         return WarmupReport((), 0.0)
+    key = CompileFailures.key(adapter, device) if failures is not None else ""
+    if failures is not None and (before := failures.known(key)) is not None:
+        log.info(
+            "%s: compiling failed before (%s), serving it eager; %s forgets it",
+            adapter.spec.name,
+            before,
+            failures.path,
+        )
+        return WarmupReport((), 0.0, before)
+    # Said before, not only after: the first compile of a real model takes minutes, with nothing else to show.
+    log.info("%s: compiling for %s and warming up (minutes the first time; cached after)", adapter.spec.name, device)
     start = time.perf_counter()
     path = CompiledPath((), [])
     try:
@@ -210,6 +314,7 @@ def compile_and_warm(
             return WarmupReport((), 0.0)
         for _ in range(WARMUP_CALLS):
             run(request)
+        path.close()  # what the warm-up compiled is what jobs get compiled; other shapes run eager
     except ModelError:
         # OutOfMemory and friends are real answers about this model, not compiler trouble.
         path.revert()
@@ -218,5 +323,7 @@ def compile_and_warm(
         path.revert()
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         log.warning("compiling %s failed, serving it eager: %s: %s", adapter.spec.name, type(exc).__name__, first_line)
+        if failures is not None:
+            failures.remember(key, f"{type(exc).__name__}: {first_line}")
         return WarmupReport((), time.perf_counter() - start, f"{type(exc).__name__}: {first_line}")
     return WarmupReport(path.components, time.perf_counter() - start)

@@ -32,7 +32,6 @@ Memory accounting is in ``_budget`` and the compiled warm path in ``_compile``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import deque
@@ -48,7 +47,7 @@ import trio
 
 from . import registry
 from ._budget import Resident, choose_evictions, detect_budget, estimate_cost, measured_cost, usable_cpus
-from ._compile import CompileSetting, compile_and_warm, configure_compile_cache, eager_beyond_warm_shapes
+from ._compile import CompileFailures, CompileSetting, compile_and_warm, configure_compile_cache
 from ._status import ModelStatus, model_offers, mpx_steps
 from .base import (
     CancelToken,
@@ -186,20 +185,18 @@ async def open_model_pool(config: PoolConfig, *, resolve: Resolver = registry.re
     if compile_on and config.compile_cache_dir is not None:
         configure_compile_cache(config.compile_cache_dir)
     adapters = {name: resolve(name, config.weights_dir) for name in config.serve}
-    stance = eager_beyond_warm_shapes() if compile_on else contextlib.nullcontext()
-    with stance:
-        async with trio.open_nursery() as nursery:
-            pool = ModelPool(config, adapters, device, budget, compile_on)
-            await nursery.start(pool._serve)
-            try:
-                for name in config.pinned:
-                    await pool._warm_pinned(pool._slots[name])
-                yield pool
-            finally:
-                # Shielded: workers must be waited for (never abandoned holding the device) even
-                # when the pool is left because of a cancellation.
-                with trio.CancelScope(shield=True):
-                    await pool.aclose()
+    async with trio.open_nursery() as nursery:
+        pool = ModelPool(config, adapters, device, budget, compile_on)
+        await nursery.start(pool._serve)
+        try:
+            for name in config.pinned:
+                await pool._warm_pinned(pool._slots[name])
+            yield pool
+        finally:
+            # Shielded: workers must be waited for (never abandoned holding the device) even
+            # when the pool is left because of a cancellation.
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
 
 
 def _pick_device(name: str) -> torch.device:
@@ -540,14 +537,15 @@ class ModelPool:
         adapter.load(self.device, self.dtype)
         compiled: tuple[str, ...] = ()
         if self.compile_on:
-            # Said before, not only after: the first compile of a real model takes minutes, with nothing else to show.
-            log.info(
-                "%s: compiling for %s and warming up (minutes the first time; cached after)",
-                adapter.spec.name,
-                self.device,
-            )
             # generate, not run: the warm-up exercises the device stage and needs no encoded output.
-            report = compile_and_warm(adapter, dict(adapter._modules()), self.config.compile_mode, adapter.generate)
+            report = compile_and_warm(
+                adapter,
+                dict(adapter._modules()),
+                self.config.compile_mode,
+                adapter.generate,
+                CompileFailures(self.config.compile_cache_dir),
+                torch.cuda.get_device_name(self.device) if cuda else str(self.device),
+            )
             compiled = report.compiled
             log.info("%s warm-up %.1f s, compiled: %s", adapter.spec.name, report.seconds, compiled or "none (eager)")
         adapter.weights_sha256()
