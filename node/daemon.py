@@ -11,11 +11,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 from lpnode.node.config import NodeConfig
 from lpnode.node.directory import PeerDirectory
-from lpnode.node.gossip import AdvertPublisher, GossipStats, Offer, WallClock, serve_gossip
+from lpnode.node.gossip import (
+    ADVERT_SEQ_FILE,
+    AdvertPublisher,
+    AdvertSeqFile,
+    GossipStats,
+    Offer,
+    WallClock,
+    serve_gossip,
+)
+from lpnode.node.identity import KEY_FILE
 from lpnode.node.network.base import Network
 from lpnode.node.peering import serve_bootstrap, serve_dialer
 from lpnode.protocol.signing import NodeKey
@@ -58,7 +68,14 @@ async def serve_node(
         disconnect_grace_ms=int(config.peer_disconnect_grace_s * 1000),
     )
     stats = GossipStats()
-    publisher = AdvertPublisher(key=key, network=network, offer=offer, config=config, wall_clock=wall_clock)
+    publisher = AdvertPublisher(
+        key=key,
+        network=network,
+        offer=offer,
+        config=config,
+        wall_clock=wall_clock,
+        seq_file=_advert_seq_file(config.data_dir, key),
+    )
     node = Node(
         config=config,
         key=key,
@@ -84,3 +101,17 @@ async def serve_node(
         await nursery.start(serve_bootstrap, network, config.bootstrap)
         await nursery.start(serve_dialer, network, directory, config.max_connections)
         task_status.started(node)
+
+
+def _advert_seq_file(data_dir: Path, key: NodeKey) -> AdvertSeqFile | None:
+    """The advert seq file next to the identity key, if ``data_dir`` holds this node's key.
+
+    A node run by ``run_node`` loads its key from its data dir. Tests and simulations run
+    nodes with keys of their own and the default data dir: those must not share (or clobber)
+    a real node's seqs, nor each other's.
+    """
+    try:
+        ours = (data_dir / KEY_FILE).read_bytes() == key.seed
+    except OSError:
+        return None
+    return AdvertSeqFile(data_dir / ADVERT_SEQ_FILE) if ours else None

@@ -80,14 +80,17 @@ class PeerDirectory:
 
     # ------------------------------------------------------------ admission
 
-    def check(self, advert: CapabilityAdvert) -> None:
+    def check(self, advert: CapabilityAdvert, *, now_ms: int) -> None:
         """Raise :class:`AdvertRejected` if ``advert`` may not enter (state-dependent checks)."""
         if advert.peer_id == self._local_peer:
             raise AdvertRejected("self", "our own advert came back")
         known = self._records.get(advert.peer_id)
         last_seq = known.advert.seq if known else None
-        if last_seq is None and advert.peer_id in self._tombstones:
-            last_seq = self._tombstones[advert.peer_id].seq
+        tomb = self._tombstones.get(advert.peer_id)
+        # A tombstone outlives its time until some other peer's expiry prunes it, in a quiet
+        # network for good; past its time the advert it remembers is expired, so it guards nothing.
+        if last_seq is None and tomb is not None and tomb.until_ms > now_ms:
+            last_seq = tomb.seq
         if last_seq is not None and advert.seq <= last_seq:
             raise AdvertRejected("replayed", f"seq {advert.seq} <= known {last_seq}")
         if known is None and len(self._records) >= self._max_peers:
@@ -95,7 +98,7 @@ class PeerDirectory:
 
     def admit(self, advert: CapabilityAdvert, *, now_ms: int, received_from: str) -> PeerRecord:
         """Enter a verified advert (after :meth:`check`); returns the new record."""
-        self.check(advert)
+        self.check(advert, now_ms=now_ms)
         connected = advert.peer_id in self._connected
         record = PeerRecord(advert=advert, received_at_ms=now_ms, received_from=received_from, connected=connected)
         self._records[advert.peer_id] = record
@@ -120,6 +123,13 @@ class PeerDirectory:
             self._records[peer_id] = replace(record, connected=False, disconnected_at_ms=now_ms)
             self._push_deadline(now_ms + self._grace_ms, peer_id)
             self._notify()
+
+    def reconcile_connected(self, connected: frozenset[str], *, now_ms: int) -> None:
+        """Make the connection marks match ``connected`` (the network's truth), after lost events."""
+        for peer_id in connected - self._connected:
+            self.mark_connected(peer_id)
+        for peer_id in self._connected - connected:
+            self.mark_disconnected(peer_id, now_ms=now_ms)
 
     # ------------------------------------------------------------ expiry
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 from lpnode.node.config import NodeConfig
@@ -65,8 +67,66 @@ class GossipStats:
     observers: list[AdvertObserver] = field(default_factory=list)
 
 
+ADVERT_SEQ_FILE = "advert-seq"  # in the data dir: the highest advert seq this node may have issued
+# Seqs follow the wall clock in ms, so this much headroom is one file write a minute. A crash
+# loses the unused rest: the next run's seqs start up to this far ahead of its clock, harmlessly.
+SEQ_HEADROOM_MS = 60_000
+_MAX_STORED_SEQ = 2**62  # far above any clock in ms; more is a damaged file, and would overflow seq
+
+
+class AdvertSeqFile:
+    """The highest advert seq a node may have issued, on disk across restarts.
+
+    A restarted node must go on above its old seqs, or peers drop its new adverts as replays
+    until its clock passes them: after the clock was stepped back, up to ``max_clock_skew_s``
+    and longer (review s10). The clock alone cannot tell, so the bound is kept here.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int | None:
+        """The stored bound; None if there is none to trust (missing, unreadable or damaged)."""
+        try:
+            text = self.path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("cannot read advert seq file %s (%s); seeding seqs from the clock", self.path, exc)
+            return None
+        try:
+            value = int(text.strip())
+        except ValueError:
+            value = -1
+        if not 0 <= value <= _MAX_STORED_SEQ:
+            log.warning("advert seq file %s is damaged (%r); seeding seqs from the clock", self.path, text[:32])
+            return None
+        return value
+
+    def store(self, value: int) -> None:
+        """Replace the bound atomically and durably: a crash leaves the old file or the new one."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", encoding="ascii") as file:
+            file.write(f"{value}\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself must survive a power loss too
+        finally:
+            os.close(dir_fd)
+
+
 class AdvertPublisher:
-    """Builds and signs our adverts; ``poke()`` asks for an early one."""
+    """Builds and signs our adverts; ``poke()`` asks for an early one.
+
+    Seqs increase over the node's whole life, restarts included: ``seq_file`` keeps a bound
+    above every seq issued, written before a seq past it goes out. With no bound on record (no
+    data dir, a first start, a lost or damaged file) seqs start ``max_clock_skew_s`` ahead of the
+    clock: that beats the seqs of a previous run that followed its clock (in a run, after its
+    first ``max_clock_skew_s``), since peers refused adverts issued further ahead of their clocks.
+    """
 
     def __init__(
         self,
@@ -76,13 +136,19 @@ class AdvertPublisher:
         offer: Callable[[], Offer],
         config: NodeConfig,
         wall_clock: WallClock,
+        seq_file: AdvertSeqFile | None = None,
     ) -> None:
         self._key = key
         self._network = network
         self._offer = offer
         self._config = config
         self._wall_clock = wall_clock
-        self._seq = 0
+        self._seq_file = seq_file
+        stored = seq_file.load() if seq_file is not None else None
+        if stored is None:  # best effort; see the class docstring
+            stored = int(wall_clock() * 1000) + int(config.max_clock_skew_s * 1000)
+        self._seq = stored  # the last seq issued, or a bound above all of them
+        self._reserved = stored  # seqs up to this one need no new write
         self._poked = trio.Event()
         self.last: CapabilityAdvert | None = None
 
@@ -91,8 +157,10 @@ class AdvertPublisher:
 
     def build(self) -> CapabilityAdvert:
         now_ms = int(self._wall_clock() * 1000)
-        # seeded from the clock so a restarted node's adverts still beat its old ones
+        # from the clock when it is ahead, so seqs say roughly when; never below the last one
         self._seq = max(self._seq + 1, now_ms)
+        if self._seq > self._reserved:
+            self._reserve(self._seq + SEQ_HEADROOM_MS)
         offer = self._offer()
         return CapabilityAdvert(
             peer_id=self._key.peer_id,
@@ -109,7 +177,30 @@ class AdvertPublisher:
             job_features=JOB_FEATURES,
         )
 
+    def _reserve(self, bound: int) -> None:
+        self._reserved = bound  # also after a failed write: one warning per headroom, not per advert
+        if self._seq_file is None:
+            return
+        # On the event loop: a few bytes and an fsync about once a minute, and build() stays sync.
+        try:
+            self._seq_file.store(bound)
+        except OSError as exc:
+            log.warning(
+                "cannot write advert seq file %s (%s); a restart may look like a replay", self._seq_file.path, exc
+            )
+
+    def _store_last(self) -> None:
+        """On a clean stop: keep the exact last seq, so the next start does not skip the headroom."""
+        if self._seq_file is not None and self._reserved > self._seq:
+            self._reserve(self._seq)
+
     async def run(self, stats: GossipStats) -> None:
+        try:
+            await self._publish_forever(stats)
+        finally:
+            self._store_last()
+
+    async def _publish_forever(self, stats: GossipStats) -> None:
         last_publish = -float("inf")
         while True:
             wait_gap = last_publish + self._config.advert_min_gap_s - trio.current_time()
@@ -152,8 +243,9 @@ class AdvertGate:
 
     def admit(self, msg: GossipMessage) -> CapabilityAdvert:
         """Verify ``msg`` against the signature, clocks and directory; raise AdvertRejected."""
-        advert = verify_advert(msg.data, origin=msg.origin, now_ms=self.now_ms(), max_clock_skew_ms=self._max_skew_ms)
-        self._directory.check(advert)
+        now_ms = self.now_ms()
+        advert = verify_advert(msg.data, origin=msg.origin, now_ms=now_ms, max_clock_skew_ms=self._max_skew_ms)
+        self._directory.check(advert, now_ms=now_ms)
         return advert
 
     def __call__(self, msg: GossipMessage) -> bool:
@@ -161,10 +253,9 @@ class AdvertGate:
             # pubsub validates our own publications too (as libp2p does); ours are fine
             return True
         try:
-            advert = verify_advert(
-                msg.data, origin=msg.origin, now_ms=self.now_ms(), max_clock_skew_ms=self._max_skew_ms
-            )
-            self._directory.check(advert)
+            now_ms = self.now_ms()
+            advert = verify_advert(msg.data, origin=msg.origin, now_ms=now_ms, max_clock_skew_ms=self._max_skew_ms)
+            self._directory.check(advert, now_ms=now_ms)
         except AdvertRejected as exc:
             if exc.reason != DIRECTORY_FULL:
                 self._stats.dropped[exc.reason] += 1
@@ -184,7 +275,7 @@ class AdvertGate:
         if advert is None:
             return self.admit(msg)
         # the directory may have moved on since the validator ran (a newer advert came first)
-        self._directory.check(advert)
+        self._directory.check(advert, now_ms=self.now_ms())
         return advert
 
     def now_ms(self) -> int:
@@ -212,7 +303,7 @@ async def serve_gossip(
         for peer in network.connected_peers():
             directory.mark_connected(peer)
         nursery.start_soon(_receive_adverts, adverts, gate, directory, stats)
-        nursery.start_soon(_track_connections, events, directory, publisher, gate)
+        nursery.start_soon(_track_connections, events, network, directory, publisher, gate)
         nursery.start_soon(_expire_peers, directory, stats, gate)
         nursery.start_soon(publisher.run, stats)
         task_status.started()
@@ -241,6 +332,7 @@ async def _receive_adverts(
 
 async def _track_connections(
     events: trio.MemoryReceiveChannel[ConnectionEvent],
+    network: Network,
     directory: PeerDirectory,
     publisher: AdvertPublisher,
     gate: AdvertGate,
@@ -250,6 +342,11 @@ async def _track_connections(
             directory.mark_connected(event.peer)
         elif event.kind is ConnectionEventKind.DISCONNECTED:
             directory.mark_disconnected(event.peer, now_ms=gate.now_ms())
+        elif event.kind is ConnectionEventKind.RESYNC:
+            # Events were lost: a lost DISCONNECTED left a peer "connected" here for good (review s10)
+            directory.reconcile_connected(network.connected_peers(), now_ms=gate.now_ms())
+            if any(directory.get(peer) is None for peer in network.topic_peers(ADVERT_TOPIC)):
+                publisher.poke()  # maybe a lost SUBSCRIBED of a newcomer, as below
         elif (
             event.kind is ConnectionEventKind.SUBSCRIBED
             and event.topic == ADVERT_TOPIC

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import trio
 from lpnode.node.directory import PeerDirectory
-from lpnode.node.network.base import Network
+from lpnode.node.network.base import ConnectionEvent, ConnectionEventKind, Network
 from lpnode.protocol.errors import PeerUnreachable
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,60 @@ async def _keep_connected(network: Network, addr: str) -> None:
                 except PeerUnreachable as exc:
                     log.warning("bootstrap peer %s unreachable (%s); retrying in %.0f s", addr, exc, backoff.delay_s)
                     backoff.failed(trio.current_time())
-                    await trio.sleep_until(backoff.retry_at)
+                    with trio.move_on_at(backoff.retry_at):
+                        await _drain(events)  # stale events must not fill the channel meanwhile
                     continue
-            # wait until this peer disconnects
+            await _wait_disconnected(network, events, peer)
+
+
+async def _drain(events: trio.MemoryReceiveChannel[ConnectionEvent]) -> None:
+    async for _ in events:
+        pass
+
+
+async def _wait_disconnected(network: Network, events: trio.MemoryReceiveChannel[ConnectionEvent], peer: str) -> None:
+    """Return once ``peer`` is not connected.
+
+    Events only say when to look again: the state is read from the network, and at least every
+    :data:`MAX_BOOTSTRAP_BACKOFF_S`, so a lost event costs at most that long (it once cost the
+    bootstrap link for good: review s10).
+    """
+    while peer in network.connected_peers():
+        with trio.move_on_after(MAX_BOOTSTRAP_BACKOFF_S):
             async for event in events:
-                if event.peer == peer and peer not in network.connected_peers():
+                if event.peer == peer or event.kind is ConnectionEventKind.RESYNC:
                     break
+
+
+class _Wakeup:
+    """A flag that stays set until cleared, so a wake-up that comes while nobody waits is not lost."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+async def _wake_on_changes(directory: PeerDirectory, wake: _Wakeup) -> None:
+    while True:
+        await directory.wait_changed()
+        wake.set()
+
+
+async def _wake_on_disconnects(events: trio.MemoryReceiveChannel[ConnectionEvent], wake: _Wakeup) -> None:
+    # A closed connection frees room under max_connections, and may be a peer to redial, also
+    # one whose record the directory does not hold (so no directory change would follow).
+    async for event in events:
+        if event.kind in (ConnectionEventKind.DISCONNECTED, ConnectionEventKind.RESYNC):
+            wake.set()
 
 
 async def serve_dialer(
@@ -85,6 +133,10 @@ async def serve_dialer(
     backoffs: dict[str, _Backoff] = {}
     dialing: set[str] = set()
     limiter = trio.CapacityLimiter(PARALLEL_DIALS)
+    # What may make a pass dial someone new: a directory change, a closed connection, or a
+    # failed dial (its backoff is new: the parked pass could not plan its retry; it once waited
+    # for the next directory change, in a quiet network for good: review s10).
+    wake = _Wakeup()
 
     async def dial(peer: str, addrs: tuple[str, ...]) -> None:
         async with limiter:
@@ -97,13 +149,17 @@ async def serve_dialer(
                     except PeerUnreachable:
                         continue
                 backoffs.setdefault(peer, _Backoff()).failed(trio.current_time())
+                wake.set()
                 log.debug("could not dial %s at any of %d addresses", peer, len(addrs))
             finally:
                 dialing.discard(peer)
 
-    async with trio.open_nursery() as nursery:
+    async with network.connection_events() as events, trio.open_nursery() as nursery:
+        nursery.start_soon(_wake_on_changes, directory, wake)
+        nursery.start_soon(_wake_on_disconnects, events, wake)
         task_status.started()
         while True:
+            wake.clear()  # this pass sees everything up to now
             connected = network.connected_peers()
             now = trio.current_time()
             budget = max_connections - len(connected) - len(dialing)
@@ -124,5 +180,5 @@ async def serve_dialer(
             for gone in set(backoffs) - directory.peer_ids():
                 del backoffs[gone]
             with trio.move_on_at(next_retry):
-                await directory.wait_changed()
+                await wake.wait()
             await trio.sleep(DIAL_PASS_MIN_INTERVAL_S)

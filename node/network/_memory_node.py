@@ -14,6 +14,7 @@ from ._memory_link import Connection, MemoryStream
 from .base import (
     ByteStream,
     ConnectionEvent,
+    ConnectionEventFanout,
     ConnectionEventKind,
     GossipMessage,
     GossipValidator,
@@ -71,7 +72,7 @@ class MemoryNetwork:
         self._topic_peers: dict[str, dict[PeerId, _Neighbour]] = {}
         self._peerstore: dict[PeerId, str] = {}  # last address seen per peer, for open_stream
         self._subs: dict[str, _Subscription] = {}
-        self._event_channels: list[trio.MemorySendChannel[ConnectionEvent]] = []
+        self._events = ConnectionEventFanout()
         self._handlers: dict[str, StreamHandler] = {}
         self._inbound_active = 0
         self._seen: dict[int, float] = {}  # message id -> expiry; insertion order is age order
@@ -120,7 +121,8 @@ class MemoryNetwork:
     def connection_events(
         self, *, buffer: int = 256
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[ConnectionEvent]]:
-        return self._events(buffer)
+        self._check_open()
+        return self._events.subscribe(buffer)
 
     async def open_stream(self, peer: PeerId, protocol_id: str, addrs: Sequence[str] = ()) -> ByteStream:
         self._check_open()
@@ -161,9 +163,7 @@ class MemoryNetwork:
             for sub in self._subs.values():
                 sub.send.close()
             self._subs.clear()
-            for channel in self._event_channels:
-                channel.close()
-            self._event_channels.clear()
+            self._events.close()
             self._nursery.cancel_scope.cancel()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -187,19 +187,6 @@ class MemoryNetwork:
             if self._subs.get(topic) is sub:
                 del self._subs[topic]
                 self._announce(((topic, False),))
-            send.close()
-
-    @asynccontextmanager
-    async def _events(self, buffer: int) -> AsyncIterator[trio.MemoryReceiveChannel[ConnectionEvent]]:
-        self._check_open()
-        send, receive = trio.open_memory_channel[ConnectionEvent](buffer)
-        self._event_channels.append(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            if send in self._event_channels:
-                self._event_channels.remove(send)
             send.close()
 
     # -- called by the hub's scheduler (synchronously, never blocking) -----------
@@ -287,13 +274,7 @@ class MemoryNetwork:
             self._hub._announce(nb.conn, self, nb.node, now, changes)
 
     def _emit(self, event: ConnectionEvent) -> None:
-        for channel in self._event_channels:
-            try:
-                channel.send_nowait(event)
-            except trio.WouldBlock:
-                self._hub._stats.events_dropped += 1
-            except trio.BrokenResourceError:
-                pass  # its reader is gone; the context exit will unregister it
+        self._hub._stats.events_dropped += self._events.emit(event)
 
     def _add_neighbour(self, remote: MemoryNetwork, conn: Connection, now: float) -> None:
         peer = remote.local_peer

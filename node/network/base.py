@@ -12,8 +12,8 @@ Peers are named by their libp2p peer id in its usual base58 text form
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +48,9 @@ class ConnectionEventKind(enum.Enum):
     CONNECTED = "connected"  # first direct connection to the peer opened
     DISCONNECTED = "disconnected"  # last direct connection to the peer closed
     SUBSCRIBED = "subscribed"  # a directly connected peer joined ``topic``
+    # Events were lost (the reader fell behind its bounded buffer): re-read connected_peers()
+    # (and topic_peers()) instead of trusting a view built from events. ``peer`` is "".
+    RESYNC = "resync"
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,85 @@ class ConnectionEvent:
     """Something changed about a directly connected peer."""
 
     kind: ConnectionEventKind
-    peer: PeerId
+    peer: PeerId  # "" for RESYNC
     topic: str | None = None  # set for SUBSCRIBED only
+
+
+RESYNC_EVENT = ConnectionEvent(ConnectionEventKind.RESYNC, "")
+
+
+class _EventSink:
+    """One reader's bounded channel: ``room`` events plus one slot kept for the RESYNC marker."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.send, self.receive = trio.open_memory_channel[ConnectionEvent](room + 1)
+        self._sent = 0  # events put in, ever
+        self._resync_at = 0  # self._sent just after the last RESYNC went in; 0 = never
+
+    def offer(self, event: ConnectionEvent) -> bool:
+        """Queue ``event``, or make sure a RESYNC is queued behind the loss; False if ``event`` was lost."""
+        stats = self.send.statistics()
+        if stats.current_buffer_used < self.room or stats.tasks_waiting_receive:
+            self._put(event)
+            return True
+        # Taken so far = put - still queued. While the marker is still queued, reading it will
+        # re-read the state this lost event changed, so it covers this loss too.
+        if self._sent - stats.current_buffer_used < self._resync_at:
+            return False
+        self._put(RESYNC_EVENT)  # the kept slot is free: only the marker ever fills it
+        self._resync_at = self._sent
+        return False
+
+    def _put(self, event: ConnectionEvent) -> None:
+        self.send.send_nowait(event)
+        self._sent += 1
+
+
+class ConnectionEventFanout:
+    """Hands each connection event to every reader, never blocking and never queueing without bound.
+
+    For the backends. A reader that falls behind loses events, but never silently: a RESYNC
+    follows any loss, so a view kept from events is corrected from the network's real state
+    (a lost DISCONNECTED once left a bootstrap peer connected in the directory and never
+    redialled, review s10).
+    """
+
+    def __init__(self) -> None:
+        self._sinks: list[_EventSink] = []
+
+    def __len__(self) -> int:
+        return len(self._sinks)
+
+    @asynccontextmanager
+    async def subscribe(self, buffer: int) -> AsyncIterator[trio.MemoryReceiveChannel[ConnectionEvent]]:
+        if buffer < 0:
+            raise ValueError("buffer must be >= 0")
+        sink = _EventSink(buffer)
+        self._sinks.append(sink)
+        try:
+            async with sink.receive:
+                yield sink.receive
+        finally:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+            sink.send.close()
+
+    def emit(self, event: ConnectionEvent) -> int:
+        """Give ``event`` to every reader; return how many lost it (each of those gets a RESYNC)."""
+        lost = 0
+        for sink in list(self._sinks):
+            try:
+                lost += not sink.offer(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._sinks.remove(sink)  # its reader is gone
+        return lost
+
+    def close(self) -> None:
+        """End every reader's channel (the network closed)."""
+        for sink in self._sinks:
+            sink.send.close()
+        self._sinks.clear()
 
 
 @runtime_checkable
@@ -139,7 +219,12 @@ class Network(Protocol):
     def connection_events(
         self, *, buffer: int = 256
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[ConnectionEvent]]:
-        """Yields a channel of connect/disconnect events from now on."""
+        """Yields a channel of connect/disconnect events from now on.
+
+        At most ``buffer`` events wait in it. A reader that falls further behind loses
+        events, and then receives a RESYNC event after the loss: the events are hints,
+        :meth:`connected_peers` is the truth.
+        """
         ...
 
     async def open_stream(self, peer: PeerId, protocol_id: str, addrs: Sequence[str] = ()) -> ByteStream:

@@ -63,6 +63,7 @@ from ._yamux import YamuxConnection
 from .base import (
     ByteStream,
     ConnectionEvent,
+    ConnectionEventFanout,
     ConnectionEventKind,
     GossipMessage,
     GossipValidator,
@@ -189,7 +190,7 @@ class Libp2pNetwork:
         )
         self._inbound_limiter = trio.CapacityLimiter(config.max_inbound_streams)
         self._connected: set[ID] = set()
-        self._event_sinks: set[trio.MemorySendChannel[ConnectionEvent]] = set()
+        self._events = ConnectionEventFanout()
         self._close_requested = trio.Event()
         self._closed = trio.Event()
         self._listen_addrs: tuple[list[str], float] | None = None  # (addresses, when they were read)
@@ -259,9 +260,7 @@ class Libp2pNetwork:
     def connection_events(
         self, *, buffer: int = 256
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[ConnectionEvent]]:
-        if buffer < 0:
-            raise ValueError("buffer must be >= 0")
-        return self._events(buffer)
+        return self._events.subscribe(buffer)
 
     async def open_stream(self, peer: PeerId, protocol_id: str, addrs: Sequence[str] = ()) -> ByteStream:
         self._check_open()
@@ -353,24 +352,9 @@ class Libp2pNetwork:
                 with trio.CancelScope(shield=True), trio.move_on_after(_UNSUBSCRIBE_GRACE_S):
                     await self._pubsub.unsubscribe(topic)
 
-    @asynccontextmanager
-    async def _events(self, buffer: int) -> AsyncIterator[trio.MemoryReceiveChannel[ConnectionEvent]]:
-        send, receive = trio.open_memory_channel[ConnectionEvent](buffer)
-        self._event_sinks.add(send)
-        try:
-            yield receive
-        finally:
-            self._event_sinks.discard(send)
-            send.close()
-
     def _emit(self, event: ConnectionEvent) -> None:
-        for sink in list(self._event_sinks):
-            try:
-                sink.send_nowait(event)
-            except trio.WouldBlock:
-                self._counters["connection_events_dropped"] += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._event_sinks.discard(sink)
+        if lost := self._events.emit(event):
+            self._counters["connection_events_dropped"] += lost
 
     def _on_connected(self, peer: ID) -> None:
         if peer not in self._connected:
@@ -412,9 +396,7 @@ class Libp2pNetwork:
             self._close_requested.set()
             with trio.CancelScope(shield=True):
                 await host.close()  # idempotent; covers leaving by error or cancellation
-            for sink in self._event_sinks:
-                sink.close()
-            self._event_sinks.clear()
+            self._events.close()
             self._closed.set()
 
     async def _serve_mdns(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
