@@ -308,8 +308,17 @@ def cmd_jobs(args: argparse.Namespace, data_dir: Path) -> int:
         return 0
     print(jobs_table(records) if records or args.before is None else f"no jobs before {args.before}")
     if records and len(records) == args.limit:  # a full page: say there may be more, and how to see them
-        print(f"(the newest {len(records)} shown; older ones: lpnode jobs --before {records[-1]['id']})")
+        print(next_page_hint("jobs", records[-1]["id"], args, {"--state": args.state}))
     return 0
+
+
+def next_page_hint(command: str, last: object, args: argparse.Namespace, filters: Mapping[str, object]) -> str:
+    """The command for the page after this one, with this page's filters and size (review: they were dropped)."""
+    words = [f"lpnode {command}", f"--before {last}"]
+    words += [f"{flag} {value}" for flag, value in filters.items() if value is not None]
+    if args.limit != 50:
+        words.append(f"--limit {args.limit}")
+    return f"({args.limit} shown; older ones: {' '.join(words)})"
 
 
 def cmd_job(args: argparse.Namespace, data_dir: Path) -> int:

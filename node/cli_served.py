@@ -12,6 +12,7 @@ from typing import Any
 import trio
 from lpnode.node.cli_follow import write_file
 from lpnode.node.cli_format import short_peer_id, table
+from lpnode.node.cli_jobs import next_page_hint
 
 OUTCOMES = ("delivered", "cancelled", "failed", "abandoned")
 
@@ -49,7 +50,7 @@ def cmd_served(args: argparse.Namespace, data_dir: Path) -> int:
     rows = answer["jobs"]
     print(served_table(rows, answer["totals"]))
     if rows and len(rows) == args.limit:
-        print(f"(the newest {len(rows)} shown; older ones: lpnode served --before {rows[-1]['seq']})")
+        print(next_page_hint("served", rows[-1]["seq"], args, {"--outcome": args.outcome}))
     return 0
 
 
@@ -65,7 +66,7 @@ def served_table(rows: Sequence[Mapping[str, Any]], totals: Mapping[str, int], n
                     [str(r["pipeline"])],
                     [str(r["model_id"])],
                     [short_peer_id(str(r["requester_peer_id"]))],
-                    [str(r["outcome"]) if r["outcome"] == "delivered" else f"{r['outcome']} ({r['detail'][:40]})"],
+                    [f"{r['outcome']} ({r['detail'][:40]})" if r["detail"] else str(r["outcome"])],
                     [str(r["earned"])],
                     ["-" if r["run_ms"] is None else f"{r['run_ms'] / 1000:.1f}s"],
                 )

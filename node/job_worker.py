@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
@@ -97,14 +98,17 @@ class _Job:
         self.delivered = False  # the output's bytes all went out
         self.note = ""  # why it ended, when the machine's reason alone does not say (for the log line)
         self.receipt: bytes | None = None  # the signed receipt, once made
+        self.done = trio.Event()  # its handler is past its end (logged, its served row queued)
 
-    async def apply(self, actions: Sequence[Action | object]) -> None:
+    async def apply(self, actions: Sequence[Action | object], *, shield_errors: bool = True) -> None:
+        """Carry out the machine's actions. ``shield_errors=False``: a JobError's send may be cut short
+        by the caller's own bound (a stopping node's, which must not wait on a requester that stopped reading)."""
         for action in actions:
             if isinstance(action, Send):
                 # Our last word goes out even as the job is torn down around it: a violation read while
                 # the model runs aborts the run, whose end cancels the very task sending the JobError
                 # (QA3 Q13). Bounded all the same, by the framing's write timeout.
-                with trio.CancelScope(shield=isinstance(action.message, JobError)):
+                with trio.CancelScope(shield=shield_errors and isinstance(action.message, JobError)):
                     async with self.send_lock:
                         try:
                             await send_job_message(self.framed, action.message, self.worker.key)
@@ -217,6 +221,7 @@ class JobWorker:
             return await self._serve_job(job)
         finally:
             self._jobs.discard(job)
+            job.done.set()
 
     async def stop(self) -> None:
         """The node is shutting down: refuse new quotes, and tell each requester whose job is under way.
@@ -224,12 +229,20 @@ class JobWorker:
         Called before the network goes (``run.py``, bounded there): once the host is cancelled its
         connections close at once, and a requester read the dropped stream as a crash (QA). Told,
         it moves on knowing why (``error:cancelled``, "the worker is shutting down").
+
+        It returns once those jobs have ended here too (their ``served`` rows are queued), so the
+        caller can flush them before the database closes. The caller's bound covers all of it:
+        the notices are not shielded, as a requester that stopped reading must not hold a stopping node.
         """
         self.stopping = True
+        told = [job for job in self._jobs if not job.machine.ended and job.machine.phase is not Phase.IDLE]
         async with trio.open_nursery() as nursery:
-            for job in list(self._jobs):
-                if not job.machine.ended and job.machine.phase is not Phase.IDLE:
-                    nursery.start_soon(job.apply, job.machine.cancel("the worker is shutting down", self.now_ms()))
+            for job in told:
+                job.note = "the worker is shutting down"
+                actions = job.machine.cancel(job.note, self.now_ms())
+                nursery.start_soon(functools.partial(job.apply, actions, shield_errors=False))
+        for job in told:
+            await job.done.wait()
 
     async def _serve_job(self, job: _Job) -> bool:
         framed = job.framed
@@ -482,7 +495,8 @@ def _log_served(job: _Job, request: QuoteRequest, now: float) -> ServedJob:
         price,
         f": {job.note}" if job.note and not job.delivered else "",
     )
-    detail = "" if job.delivered else "; ".join(x for x in (outcome, job.note) if x)
+    why = outcome[len(kept) :].strip(" ()") if outcome.startswith(kept) else outcome  # "error:deadline", ...
+    detail = "" if job.delivered else "; ".join(x for x in (why, job.note) if x)
     return ServedJob(
         job_id=machine.job_id,
         requester_peer_id=machine.requester_peer_id,

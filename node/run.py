@@ -198,8 +198,9 @@ async def _serve(
                 )
             )
             local = LocalWorker(worker)
-            if before_stop is not None:
-                before_stop.append(worker.stop)
+            if before_stop is not None and served is not None:
+                # on SIGINT/SIGTERM: its jobs told and ended, then their rows written, then the rest stops
+                before_stop += [worker.stop, served.flush]
         jobs, reputation = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock, served))
         app = create_app(
             node,

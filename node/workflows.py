@@ -205,6 +205,8 @@ def _named(exc: LpnodeError, name: str) -> LpnodeError:
 
 def _step_body(step: StepBody, name: str) -> Any:
     body_type = BODIES[step.pipeline]
+    if "model_id" in step.params:  # it would be overwritten by the step's own (review): say where it goes
+        raise invalid(f"{name}: model_id belongs to the step (beside its pipeline), not to its params")
     if unknown := sorted(step.params.keys() - body_type.model_fields.keys()):
         known = sorted(body_type.model_fields.keys() - _OPTION_FIELDS - {"model_id"})
         raise invalid(f"{name}: unknown parameter(s) {unknown}; {step.pipeline} takes {known}")

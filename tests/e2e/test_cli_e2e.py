@@ -253,7 +253,10 @@ def test_jobs_job_and_cancel(nodes: Pair, capsys: pytest.CaptureFixture[str]) ->
     assert code == 1 and "(HTTP 404" in stderr
     # a full page says how to see the next one (it read as the total: "50 job(s)"; QA)
     code, stdout, _ = lpnode(capsys, nodes, "jobs", "--limit", "1")
-    assert code == 0 and f"(the newest 1 shown; older ones: lpnode jobs --before {job_id})" in stdout
+    assert code == 0 and f"(1 shown; older ones: lpnode jobs --before {job_id} --limit 1)" in stdout
+    # the hint keeps the page's filters (review: it dropped them)
+    code, stdout, _ = lpnode(capsys, nodes, "jobs", "--limit", "1", "--state", "cancelled")
+    assert code == 0 and f"(1 shown; older ones: lpnode jobs --before {job_id} --state cancelled --limit 1)" in stdout
     code, stdout, _ = lpnode(capsys, nodes, "jobs", "--limit", "1", "--before", job_id)
     assert code == 0 and job_id not in stdout and ("1 job(s)" in stdout or f"no jobs before {job_id}" in stdout)
     code, _, stderr = lpnode(capsys, nodes, "jobs", "--before", "job_00000000")

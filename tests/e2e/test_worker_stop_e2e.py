@@ -8,8 +8,10 @@ other worker, once, its record holding both attempts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,7 @@ async def test_a_worker_stopped_mid_job_says_so_and_the_job_completes_on_the_oth
             assert gone["peer_id"] == first.peer_id and gone["outcome"] == "error:cancelled", gone
             assert "the worker is shutting down" in gone["detail"]
             assert done["peer_id"] == other.peer_id and done["outcome"] == "done"
+            # the stopped worker wrote down what it did before its database closed
+            with contextlib.closing(sqlite3.connect(first.data_dir / "lpnode.db")) as db:
+                rows = db.execute("SELECT outcome, detail, requester_peer_id FROM served").fetchall()
+            assert rows == [("abandoned", "the worker is shutting down", requester.peer_id)]

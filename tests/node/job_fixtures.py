@@ -31,6 +31,7 @@ from lpnode.node.job_worker import JobWorker, WorkerConfig, WorkerHooks, serve_j
 from lpnode.node.network.base import ByteStream
 from lpnode.node.network.memory import MemoryHub
 from lpnode.node.offer import OfferSource
+from lpnode.node.served_jobs import ServedBook
 from lpnode.node.serving import serve_model_offers
 from lpnode.node.transfer import send_transfer
 from lpnode.protocol.advert import ModelOffer
@@ -65,7 +66,7 @@ class Peer:
 
 @asynccontextmanager
 async def peers(hub: MemoryHub, wall_clock: WallClock = time.time) -> AsyncIterator[Callable[..., object]]:
-    """``start(index, pool=, hooks=, handler=, offer=)`` starts a peer dialled to the first one."""
+    """``start(index, pool=, hooks=, handler=, models=, served=)`` starts a peer dialled to the first one."""
     async with trio.open_nursery() as nursery:
         first: list[Node] = []
 
@@ -75,6 +76,7 @@ async def peers(hub: MemoryHub, wall_clock: WallClock = time.time) -> AsyncItera
             hooks: WorkerHooks | None,
             handler: Callable[[ByteStream], object] | None,
             models: Sequence[ModelOffer],
+            served: ServedBook | None,
             task_status: trio.TaskStatus[Peer],
         ) -> None:
             with trio.CancelScope() as scope:
@@ -98,6 +100,7 @@ async def peers(hub: MemoryHub, wall_clock: WallClock = time.time) -> AsyncItera
                                 WorkerConfig(),
                                 wall_clock=node.wall_clock,
                                 hooks=hooks,
+                                served=served,
                             )
                         )
                     if handler is not None:
@@ -112,8 +115,9 @@ async def peers(hub: MemoryHub, wall_clock: WallClock = time.time) -> AsyncItera
             hooks: WorkerHooks | None = None,
             handler: Callable[[ByteStream], object] | None = None,
             models: Sequence[ModelOffer] = (),
+            served: ServedBook | None = None,
         ) -> Peer:
-            peer: Peer = await nursery.start(run, index, pool, hooks, handler, models)
+            peer: Peer = await nursery.start(run, index, pool, hooks, handler, models, served)
             return peer
 
         yield start

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,44 @@ async def test_a_waiter_wakes_for_the_row_it_waits_for(tmp_path: Path) -> None:
 def test_an_unknown_outcome_is_refused() -> None:
     with pytest.raises(ValueError, match="outcome"):
         served(1, "paid")
+
+
+async def test_a_row_the_database_refuses_is_counted_and_the_writer_goes_on(tmp_path: Path) -> None:
+    # review: one INSERT failing (the database locked past its timeout) stopped the whole node
+    book = ServedBook()
+    path = tmp_path / "node.db"
+    async with (
+        open_store(path, SERVED_MIGRATIONS, busy_timeout_ms=50) as store,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(serve_served_book, book, store)
+        with contextlib.closing(sqlite3.connect(path, timeout=0)) as other:
+            other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock: sqlite3, a backup
+            book.note(served(1))
+            with trio.fail_after(10):
+                await book.flush()
+            other.rollback()
+        assert book.dropped == 1 and await book.page() == []
+        book.note(served(2))
+        with trio.fail_after(10):
+            await book.flush()
+        assert [r["job_id"] for r in await book.page()] == [served(2).job_id]
+        assert (await book.totals())["not_kept"] == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_old_rows_are_pruned_and_the_totals_keep_them(tmp_path: Path) -> None:
+    book = ServedBook()
+    async with (
+        open_store(tmp_path / "node.db", SERVED_MIGRATIONS) as store,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(functools.partial(serve_served_book, book, store, max_rows=3, prune_every=2))
+        for n in range(1, 8):
+            book.note(served(n, price=n))
+        with trio.fail_after(10):
+            await book.flush()
+        kept = [r["seq"] for r in await book.page()]
+        assert kept[:3] == [7, 6, 5] and len(kept) <= 4  # pruned every second row down to the newest 3
+        assert (await book.totals())["delivered"] == 7 and (await book.totals())["earned"] == sum(range(1, 8))
+        nursery.cancel_scope.cancel()

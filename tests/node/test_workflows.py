@@ -159,3 +159,9 @@ async def test_a_failed_workflow_s_steps_are_listed_by_parent(pool: ModelPool) -
     assert [(c["kind"], c["state"]) for c in children] == [("text-to-image", "succeeded"), ("image-to-video", "failed")]
     assert all(c["parent_id"] == workflow["id"] for c in children)
     assert unrelated.json() == {"jobs": []} and malformed.status_code == 422
+
+
+def test_a_model_id_in_a_steps_params_is_refused_not_ignored() -> None:
+    # review: it passed the unknown-key check, then the step's own (empty) model_id overwrote it
+    why = rejected({"steps": [T2I | {"params": {"prompt": "x", "model_id": "stabilityai/sdxl-turbo"}}]})
+    assert "step 1 (text-to-image): model_id belongs to the step" in why
