@@ -205,12 +205,14 @@ def _named(exc: LpnodeError, name: str) -> LpnodeError:
 
 def _step_body(step: StepBody, name: str) -> Any:
     body_type = BODIES[step.pipeline]
-    if "model_id" in step.params:  # it would be overwritten by the step's own (review): say where it goes
-        raise invalid(f"{name}: model_id belongs to the step (beside its pipeline), not to its params")
+    # the endpoint's fields include model_id, so params may name it: it was overwritten by the step's own (review)
+    model_id = step.params.get("model_id", step.model_id)
+    if step.model_id and model_id != step.model_id:
+        raise invalid(f"{name}: two model_ids, {step.model_id!r} (the step's) and {model_id!r} (its params')")
     if unknown := sorted(step.params.keys() - body_type.model_fields.keys()):
-        known = sorted(body_type.model_fields.keys() - _OPTION_FIELDS - {"model_id"})
+        known = sorted(body_type.model_fields.keys() - _OPTION_FIELDS)
         raise invalid(f"{name}: unknown parameter(s) {unknown}; {step.pipeline} takes {known}")
-    values = {**step.params, "model_id": step.model_id}
+    values = {**step.params, "model_id": model_id}
     try:
         return validate(body_type, values)
     except RequestValidationError as exc:  # say which step

@@ -161,7 +161,11 @@ async def test_a_failed_workflow_s_steps_are_listed_by_parent(pool: ModelPool) -
     assert unrelated.json() == {"jobs": []} and malformed.status_code == 422
 
 
-def test_a_model_id_in_a_steps_params_is_refused_not_ignored() -> None:
+def test_a_model_id_in_a_steps_params_is_used_not_ignored() -> None:
     # review: it passed the unknown-key check, then the step's own (empty) model_id overwrote it
-    why = rejected({"steps": [T2I | {"params": {"prompt": "x", "model_id": "stabilityai/sdxl-turbo"}}]})
-    assert "step 1 (text-to-image): model_id belongs to the step" in why
+    in_params = {"pipeline": "text-to-image", "params": {"prompt": "x", "model_id": "lpnode/tiny-sdxl"}}
+    assert plan_workflow({"steps": [in_params]}, 1 << 20).bodies[0].model_id == "lpnode/tiny-sdxl"
+    both = in_params | {"model_id": "lpnode/tiny-sdxl"}
+    assert plan_workflow({"steps": [both]}, 1 << 20).bodies[0].model_id == "lpnode/tiny-sdxl"
+    why = rejected({"steps": [in_params | {"model_id": "stabilityai/sdxl-turbo"}]})
+    assert "step 1 (text-to-image): two model_ids, 'stabilityai/sdxl-turbo' (the step's)" in why
