@@ -259,7 +259,7 @@ class AdvertGate:
         except AdvertRejected as exc:
             if exc.reason != DIRECTORY_FULL:
                 self._stats.dropped[exc.reason] += 1
-                log.debug("dropped advert from %s: %s", msg.origin, exc)
+                log.debug("dropped advert from %s (via %s): %s", msg.origin, msg.received_from, exc)
                 return False
             # Our directory's room is our limit, not a fault of the advert: it is relayed to peers
             # that may have room, and only not admitted here (counted on delivery). Refused, a node

@@ -493,3 +493,16 @@ async def test_a_peer_that_serves_no_ping_passes_the_health_probe() -> None:
                 results.append(await ping_connection(conn, ping_timeout=5.0))
                 assert peer in node.connected_peers()
     assert [(r.success, r.protocol_supported) for r in results] == [(True, False), (True, True)]
+
+
+def test_the_gossip_router_keeps_a_one_second_heartbeat_in_a_small_network() -> None:
+    # py-libp2p 0.8.1's adaptive gossip (on by default) sets the heartbeat to 30-60 s when a node has
+    # fewer than ~6 peers: the mesh was repaired that rarely, and the message cache, shifted once a
+    # heartbeat, held minutes of adverts that every joining node was handed at once (QA: a restarted
+    # node in a 3-node network dropped 24 expired or replayed adverts; with it off, none).
+    from lpnode.node.network._libp2p_pubsub import make_router
+
+    router = make_router(1.0)
+    assert router.adaptive_gossip_enabled is False  # the heartbeat never calls _adapt_gossip_parameters
+    assert router.heartbeat_interval == 1.0
+    assert router.mcache.window_size * router.heartbeat_interval <= 5  # what a newcomer is handed: seconds
