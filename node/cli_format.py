@@ -320,4 +320,10 @@ def job_text(record: Mapping[str, Any], step_records: Sequence[Mapping[str, Any]
     attempts = record.get("attempts") or []
     if attempts:
         lines.append(f"attempts  {attempts_text(attempts)}")
+        # why each try that did not deliver ended: it was in the API's record only (QA)
+        lines += [
+            f"          {short_peer_id(str(a.get('peer_id', '?')))}: {str(a['detail'])[:160]}"
+            for a in attempts
+            if a.get("detail") and a.get("outcome") != "done"
+        ]
     return "\n".join(lines)

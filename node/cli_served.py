@@ -13,6 +13,7 @@ import trio
 from lpnode.node.cli_follow import write_file
 from lpnode.node.cli_format import short_peer_id, table
 from lpnode.node.cli_jobs import next_page_hint
+from lpnode.protocol.errors import LpnodeError
 
 OUTCOMES = ("delivered", "cancelled", "failed", "abandoned")
 
@@ -30,13 +31,20 @@ def add_served_command(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_served(args: argparse.Namespace, data_dir: Path) -> int:
-    from lpnode.node.client import LpnodeClient
+    from lpnode.node.client import LpnodeClient, RpcError
 
     async def main() -> Any:
         async with LpnodeClient.from_data_dir(data_dir) as client:
-            if args.receipt is not None:
-                return await client.served_receipt(args.receipt)
-            return await client.served(limit=args.limit, before=args.before, outcome=args.outcome)
+            try:
+                if args.receipt is not None:
+                    return await client.served_receipt(args.receipt)
+                return await client.served(limit=args.limit, before=args.before, outcome=args.outcome)
+            except RpcError as exc:
+                if exc.status_code == 404 and exc.error == "not_found":  # the route itself: no worker here
+                    raise LpnodeError(
+                        "this node serves no models (it runs with --serve none): it served nothing"
+                    ) from None
+                raise
 
     answer = trio.run(main)
     if args.receipt is not None:

@@ -44,7 +44,7 @@ from lpnode.reputation.spot_check import open_spot_checker
 from lpnode.reputation.store import REPUTATION_MIGRATIONS, ReputationStore, open_reputation
 
 if TYPE_CHECKING:
-    from lpnode.models.pool import ModelPool
+    from lpnode.models.pool import ModelPool, ModelStatus
     from lpnode.node.inference import InferencePool
     from lpnode.node.local_jobs import LocalWorker
 
@@ -309,12 +309,19 @@ async def _open_pool(config: NodeConfig, offer: OfferSource) -> AsyncIterator[Mo
         yield pool
 
 
+def _model_state(row: ModelStatus) -> str:
+    # a model that cannot load is not "cold": it is not offered at all (QA)
+    if row.problem and not row.warm:
+        return f"{row.name} (not offered: {row.problem.splitlines()[0][:80]})"
+    return f"{row.name} ({'warm' if row.warm else 'cold'})"
+
+
 def _print_banner(out: TextIO, node: Node, urls: Sequence[str], config: NodeConfig, pool: ModelPool | None) -> None:
     addrs = node.network.listen_addrs() or ["(none)"]
     if pool is None:
         models = "none (requester only)"
     else:
-        models = ", ".join(f"{row.name} ({'warm' if row.warm else 'cold'})" for row in pool.status()) or "none"
+        models = ", ".join(_model_state(row) for row in pool.status()) or "none"
     lines = [
         f"lpnode {SOFTWARE_VERSION} running",
         f"  peer id    {node.peer_id}",

@@ -103,6 +103,9 @@ def test_the_worker_keeps_what_it_served_with_its_receipt(
     # the seller's copy is the buyer's: the same signed bytes
     assert kept.read_bytes() == (tmp_path / "sold.png.receipt").read_bytes()
     assert lpnode(capsys, nodes, "receipt", "verify", kept, "--output", out)[0] == 0
+    # a requester-only node says so, not "no endpoint" with the list of them (QA)
+    code, _, stderr = lpnode(capsys, nodes, "served")
+    assert code == 1 and "this node serves no models" in stderr
 
 
 def ask_worker(nodes: Pair, call: Any) -> Any:

@@ -316,3 +316,47 @@ def test_an_img2img_step_note_says_how_many_steps_its_strength_runs() -> None:
     assert _steps_run("image-to-image", {"strength": 0.5}, 50) == "; at strength 0.5, 25 of them run"
     assert _steps_run("image-to-image", {"strength": 1.0}, 50) == ""
     assert _steps_run("text-to-image", {}, 50) == ""
+
+
+def test_a_job_record_says_why_each_try_that_did_not_deliver_ended() -> None:
+    # QA: "error:cancelled" alone; the reason ("the worker is shutting down") was only in the API's record
+    record = {
+        "id": "job_1",
+        "kind": "text-to-image",
+        "state": "succeeded",
+        "attempts": [
+            {"peer_id": "12D3KooWaaaaaaaaaaaa", "outcome": "error:cancelled", "detail": "the worker is shutting down"},
+            {"peer_id": "12D3KooWbbbbbbbbbbbb", "outcome": "done", "detail": ""},
+        ],
+    }
+    text = job_text(record)
+    assert ": the worker is shutting down" in text and text.count("the worker is shutting down") == 1
+
+
+def test_the_banner_says_a_model_that_cannot_load_is_not_offered() -> None:
+    from lpnode.models.base import PipelineKind
+    from lpnode.models.pool import ModelStatus
+    from lpnode.node.run import _model_state
+
+    row = ModelStatus(
+        name="sdxl-turbo",
+        model_id="stabilityai/sdxl-turbo",
+        pipelines=(PipelineKind.TEXT_TO_IMAGE,),
+        weights_sha256="",
+        warm=False,
+        pinned=True,
+        loading=False,
+        compiled=(),
+        vram_estimate_bytes=0,
+        vram_measured_bytes=None,
+        speed_mpx_steps_per_s=0.0,
+        queued=0,
+        running=0,
+        problem="weights for preset 'sdxl-turbo' are missing. Put the files...\nmore lines",
+    )
+    assert (
+        _model_state(row) == "sdxl-turbo (not offered: weights for preset 'sdxl-turbo' are missing. Put the files...)"
+    )
+    from dataclasses import replace
+
+    assert _model_state(replace(row, problem="")) == "sdxl-turbo (cold)"
