@@ -68,7 +68,7 @@ from .errors import (
     PoolClosed,
     UnknownModel,
 )
-from .speed import UNMEASURED, Speed, fit_speed
+from .speed import UNMEASURED, RunMemo, Speed, fit_speed
 
 __all__ = ["ModelPool", "ModelStatus", "PoolConfig", "model_offers", "open_model_pool"]
 
@@ -96,6 +96,7 @@ class PoolConfig:
     compile: CompileSetting = "auto"  # "auto": compile the hot path on CUDA; "off": always eager
     compile_mode: str = "reduce-overhead"  # torch.compile mode; reduce-overhead = CUDA graphs
     compile_cache_dir: Path | None = None  # inductor cache, under the node's data dir; None: torch's default
+    speeds_path: Path | None = None  # each model's recent runs, kept across restarts (speed.RunMemo); None: not kept
     encode_threads: int | None = None  # output stages (encoding) at once; None: the CPUs this process may use
 
     def __post_init__(self) -> None:
@@ -187,6 +188,7 @@ async def open_model_pool(config: PoolConfig, *, resolve: Resolver = registry.re
     adapters = {name: resolve(name, config.weights_dir) for name in config.serve}
     async with trio.open_nursery() as nursery:
         pool = ModelPool(config, adapters, device, budget, compile_on)
+        pool._restore_runs()
         await nursery.start(pool._serve)
         try:
             for name in config.pinned:
@@ -197,6 +199,7 @@ async def open_model_pool(config: PoolConfig, *, resolve: Resolver = registry.re
             # when the pool is left because of a cancellation.
             with trio.CancelScope(shield=True):
                 await pool.aclose()
+                pool._keep_runs()
 
 
 def _pick_device(name: str) -> torch.device:
@@ -563,6 +566,27 @@ class ModelPool:
             except ModelError as exc:
                 slot.problem = slot.problem or str(exc)
         self._changed()
+
+    # --- measured speeds across restarts -------------------------------------------------
+
+    def _run_key(self, slot: _Slot) -> str:
+        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
+        return f"{slot.name}:{where}:{self.dtype}"
+
+    def _restore_runs(self) -> None:
+        """Each model's runs from the last time this node served it here: it quotes from them at once."""
+        kept = RunMemo(self.config.speeds_path).load()
+        for slot in self._slots.values():
+            if runs := kept.get(self._run_key(slot)):
+                slot.runs.extend(runs[-SPEED_WINDOW:])
+                slot.speed = fit_speed(slot.runs)
+
+    def _keep_runs(self) -> None:
+        kept = RunMemo(self.config.speeds_path)
+        if kept.path is not None:
+            kept.save(
+                kept.load() | {self._run_key(slot): list(slot.runs) for slot in self._slots.values() if slot.runs}
+            )
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -16,9 +16,15 @@ what ranks peers for the work of a job; the worker adds the overhead to its own 
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MIN_RUNS_TO_FIT = 4  # fewer cannot tell a fixed cost from noise
 MIN_WORK_SPREAD = 2.0  # largest ÷ smallest job in the window before the two parts can be told apart
@@ -58,4 +64,53 @@ def fit_speed(runs: Sequence[tuple[float, float]]) -> Speed:
     return Speed(1.0 / slope, overhead)
 
 
-__all__ = ["MIN_RUNS_TO_FIT", "MIN_WORK_SPREAD", "UNMEASURED", "Speed", "fit_speed"]
+class RunMemo:
+    """Each model's recent runs (megapixel-steps, seconds), kept in a small JSON file across restarts.
+
+    A restarted worker knew no speed: it quoted every job the default ETA, took one it could not
+    finish by its deadline and failed it after running it (QA), where a peer with measurements had
+    refused it. Keys name the preset, the device and the dtype, so runs on another GPU never count.
+    A missing or damaged file is an empty memo.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, list[tuple[float, float]]]:
+        if self.path is None:
+            return {}
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        return {str(key): runs for key, value in found.items() if (runs := _runs(value))}
+
+    def save(self, runs: Mapping[str, Sequence[tuple[float, float]]]) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp = self.path.with_suffix(".tmp")
+            temp.write_text(json.dumps({key: [list(r) for r in value] for key, value in runs.items() if value}))
+            temp.replace(self.path)
+        except OSError as exc:  # a lost memo costs the next start its measurements, nothing else
+            log.warning("could not keep the models' measured speeds in %s: %s", self.path, exc)
+
+
+def _runs(value: object) -> list[tuple[float, float]]:
+    if not isinstance(value, list):
+        return []
+    runs = []
+    for item in value:
+        if (
+            isinstance(item, list)
+            and len(item) == 2
+            and all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in item)
+        ):
+            runs.append((float(item[0]), float(item[1])))
+    return runs
+
+
+__all__ = ["MIN_RUNS_TO_FIT", "MIN_WORK_SPREAD", "UNMEASURED", "RunMemo", "Speed", "fit_speed"]

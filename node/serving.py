@@ -85,6 +85,7 @@ def pool_config(config: NodeConfig, choice: ModelChoice) -> PoolConfig:
         batch_window_s=config.batch_window_ms / 1000,
         compile="off" if config.compile == "off" else "auto",
         compile_cache_dir=config.data_dir / "compile-cache",
+        speeds_path=config.data_dir / "model-speeds.json",
     )
 
 

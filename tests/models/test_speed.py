@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from lpnode.models.speed import UNMEASURED, Speed, fit_speed
+from lpnode.models import registry
+from lpnode.models.base import PipelineKind
+from lpnode.models.pool import PoolConfig, open_model_pool
+from lpnode.models.speed import UNMEASURED, RunMemo, Speed, fit_speed
 
 
 def test_a_fixed_cost_per_run_is_told_apart_from_the_work() -> None:
@@ -32,3 +37,31 @@ def test_a_fit_without_physical_sense_falls_back_to_the_median_ratio() -> None:
 def test_nothing_measured() -> None:
     assert fit_speed([]) == UNMEASURED and UNMEASURED.seconds(1.0) is None
     assert fit_speed([(0.0, 1.0), (1.0, 0.0)]) == UNMEASURED  # empty or instant runs say nothing
+
+
+async def test_a_restarted_pool_quotes_from_the_runs_it_measured_before(tmp_path: Path) -> None:
+    # QA: a restarted worker knew no speed, took a job it could not finish by its deadline and failed it
+    memo = tmp_path / "model-speeds.json"
+    config = PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu", batch_window_s=0.0, speeds_path=memo)
+    spec = registry.spec("tiny-sdxl")
+    async with open_model_pool(config) as pool:
+        for side, steps in ((64, 2), (128, 4)):
+            await pool.run(
+                "tiny-sdxl",
+                spec.build_request(
+                    PipelineKind.TEXT_TO_IMAGE, prompt="x", width=side, height=side, num_inference_steps=steps, seed=1
+                ),
+            )
+        [before] = pool.status()
+    assert before.speed_mpx_steps_per_s > 0
+    async with open_model_pool(config) as again:
+        [after] = again.status()  # no run yet in this pool
+    assert after.speed_mpx_steps_per_s == before.speed_mpx_steps_per_s
+    # the key names the preset, the device and the dtype; a damaged memo is an empty one
+    on_cpu = RunMemo(memo).load()
+    assert list(on_cpu) == ["tiny-sdxl:cpu:torch.float32"] and len(on_cpu["tiny-sdxl:cpu:torch.float32"]) == 2
+    memo.write_text('{"tiny-sdxl:cpu:torch.float32": [[1, "x"], [-1, 2]], "other": 5}')
+    assert RunMemo(memo).load() == {}
+    memo.write_text("not json")
+    async with open_model_pool(config) as third:
+        assert third.status()[0].speed_mpx_steps_per_s == 0.0

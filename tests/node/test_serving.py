@@ -76,8 +76,9 @@ async def test_pool_state_reaches_the_advert_and_the_rpc_api(tmp_path: Path) -> 
         await nursery.start(serve_model_offers, pool, offer, cfg.price_per_mpx_step, node.publisher.poke)
         # a cold model is offered once its weights are hashed (in the background): a receipt binds the hash
         with trio.fail_after(60):
+            version = pool.state_version  # taken before the check: a change after it wakes the wait
             while "lpnode/tiny-rife" not in {m.model_id for m in offer().models}:
-                await trio.testing.wait_all_tasks_blocked()
+                version = await pool.wait_changed(version)
         by_model = {m.model_id: m for m in offer.models}
         assert len(by_model["lpnode/tiny-rife"].weights_sha256) == 64
         assert by_model["lpnode/tiny-realesrgan"].warm and by_model["lpnode/tiny-realesrgan"].pipeline == "upscale"
@@ -88,8 +89,9 @@ async def test_pool_state_reaches_the_advert_and_the_rpc_api(tmp_path: Path) -> 
         # loading the cold model changes the offer (and pokes the publisher)
         with trio.fail_after(60):
             await pool.warm("tiny-rife")
+            version = pool.state_version
             while not all(m.warm for m in offer().models):  # the snapshot an advert takes
-                await trio.testing.wait_all_tasks_blocked()
+                version = await pool.wait_changed(version)
         built = node.publisher.build()
         assert all(len(m.weights_sha256) == 64 for m in built.models)
         assert {m.model_id for m in built.models if m.warm} == {"lpnode/tiny-realesrgan", "lpnode/tiny-rife"}
