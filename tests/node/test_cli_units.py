@@ -334,29 +334,15 @@ def test_a_job_record_says_why_each_try_that_did_not_deliver_ended() -> None:
 
 
 def test_the_banner_says_a_model_that_cannot_load_is_not_offered() -> None:
-    from lpnode.models.base import PipelineKind
-    from lpnode.models.pool import ModelStatus
+    from dataclasses import replace
+
     from lpnode.node.run import _model_state
 
-    row = ModelStatus(
-        name="sdxl-turbo",
-        model_id="stabilityai/sdxl-turbo",
-        pipelines=(PipelineKind.TEXT_TO_IMAGE,),
-        weights_sha256="",
-        warm=False,
-        pinned=True,
-        loading=False,
-        compiled=(),
-        vram_estimate_bytes=0,
-        vram_measured_bytes=None,
-        speed_mpx_steps_per_s=0.0,
-        queued=0,
-        running=0,
-        problem="weights for preset 'sdxl-turbo' are missing. Put the files...\nmore lines",
-    )
+    from .test_job_quote import ROW
+
+    problem = "weights for preset 'sdxl-turbo' are missing. Put the files...\nmore lines"
+    row = replace(ROW, name="sdxl-turbo", weights_sha256="", warm=False, problem=problem)
     assert (
         _model_state(row) == "sdxl-turbo (not offered: weights for preset 'sdxl-turbo' are missing. Put the files...)"
     )
-    from dataclasses import replace
-
     assert _model_state(replace(row, problem="")) == "sdxl-turbo (cold)"
