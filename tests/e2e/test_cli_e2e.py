@@ -49,9 +49,12 @@ def lpnode(capsys: pytest.CaptureFixture[str], nodes: Pair, *args: str | Path) -
     return code, out, err
 
 
-def ask(nodes: Pair, call: Any) -> Any:
+def ask(nodes: Pair, call: Any, *, worker: bool = False) -> Any:
+    """``call(client)`` against the requester (or the worker), in a trio loop of its own."""
+    data_dir = (nodes.worker if worker else nodes.requester).data_dir
+
     async def run() -> Any:
-        async with LpnodeClient.from_data_dir(nodes.requester.data_dir) as client:
+        async with LpnodeClient.from_data_dir(data_dir) as client:
             with trio.fail_after(60):
                 return await call(client)
 
@@ -83,12 +86,12 @@ def test_the_worker_keeps_what_it_served_with_its_receipt(
     nodes: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "sold.png"
-    seen = ask_worker(nodes, lambda c: c.served(limit=1))
+    seen = ask(nodes, lambda c: c.served(limit=1), worker=True)
     last = seen["jobs"][0]["seq"] if seen["jobs"] else 0
     code, _, stderr = lpnode(capsys, nodes, "txt2img", "a lighthouse", "-o", out, *T2I)
     assert code == 0, stderr
     # the worker notes the job as it ends, off the job's path: wait for its row
-    answer = ask_worker(nodes, lambda c: c.served(seq_above=last, wait_s=30))
+    answer = ask(nodes, lambda c: c.served(seq_above=last, wait_s=30), worker=True)
     row = answer["jobs"][0]
     assert row["seq"] > last and row["outcome"] == "delivered" and row["earned"] == row["price"] > 0
     assert row["requester_peer_id"] == nodes.requester.peer_id and row["pipeline"] == "text-to-image"
@@ -106,15 +109,6 @@ def test_the_worker_keeps_what_it_served_with_its_receipt(
     # a requester-only node says so, not "no endpoint" with the list of them (QA)
     code, _, stderr = lpnode(capsys, nodes, "served")
     assert code == 1 and "this node serves no models" in stderr
-
-
-def ask_worker(nodes: Pair, call: Any) -> Any:
-    async def run() -> Any:
-        async with LpnodeClient.from_data_dir(nodes.worker.data_dir) as client:
-            with trio.fail_after(60):
-                return await call(client)
-
-    return trio.run(run)
 
 
 def test_txt2img_without_a_size_asks_for_one_the_network_takes(
