@@ -47,6 +47,7 @@ from .workload import plan_jobs
 LOOPBACK = Libp2pConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), enable_mdns=False)
 START_GRACE_S = 5.0  # between "start" and the first job: bootstrap dials and first adverts
 QUIT_GRACE_S = 15.0
+DIRECTORY_GRACE_S = 60.0  # longest wait, after start-up, for every requester to know every worker
 
 
 def _emit(**event: Any) -> None:
@@ -108,7 +109,16 @@ async def _worker_process(first: int, count: int) -> None:
             # all at once: each worker's pinned load takes real seconds
             nursery.start_soon(_start_node, sims, i, keys[i], nets[i], config, worker, scenario.seed, observe, all_up)
         await all_up.wait()
-        _emit(ev="ready", nodes=count)
+        # A requester that starts before the workers' first adverts reach it has no candidates: its
+        # first jobs would fail for the start-up race, not for anything the scenario measures.
+        worker_ids = frozenset(keys[w.index].peer_id for w in specs)
+        requesters = [sims[i].node for i in mine if i >= len(specs)]
+        with trio.move_on_after(DIRECTORY_GRACE_S):
+            for node in requesters:
+                while not worker_ids <= node.directory.peer_ids():
+                    await node.directory.wait_changed()
+        known = min((len(worker_ids & node.directory.peer_ids()) for node in requesters), default=len(worker_ids))
+        _emit(ev="ready", nodes=count, workers_known=known)
         go = await anext(commands)
         t0 = float(go["t0"])
 
@@ -285,6 +295,7 @@ async def _control(scenario: Scenario, processes: int, progress: Callable[[Progr
         with trio.fail_after(120):
             await until(lambda: len(ready) == len(procs))
         rec.notes["started_wall_s"] = time.perf_counter() - wall0
+        rec.notes["workers_known_at_start"] = min(r["workers_known"] for r in ready)
         t0 = time.time() + START_GRACE_S
         go = json.dumps({"cmd": "go", "t0": t0}).encode() + b"\n"
         for process in procs:

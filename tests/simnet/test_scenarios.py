@@ -197,6 +197,7 @@ def test_libp2p_backend_runs_the_same_stacks_over_real_hosts() -> None:
     scenario = small("baseline", scale=0.1, duration_s=6.0)  # 4 workers and a requester, 2 processes
     m = run_libp2p(scenario, processes=2).metrics
     assert m["scenario"]["backend"] == "libp2p"
+    assert m["notes"]["workers_known_at_start"] == 4  # no job raced the first adverts
     assert m["jobs"]["submitted"] >= 2 and m["jobs"]["success_rate"] == 1.0, m["jobs"]
     assert m["jobs"]["bad_outputs_accepted"] == 0
     assert m["adverts"]["seen"] > 0
