@@ -58,7 +58,14 @@ from .base import (
 )
 from .errors import ModelLoadError, ParameterError
 from .outputs import RawImage, RawOutput, decode_image_bytes
-from .weights import diffusers_weight_files, hash_modules, hash_weight_files, locate_diffusers_weights, tiny_init
+from .weights import (
+    diffusers_weight_files,
+    hash_modules,
+    hash_weight_files,
+    locate_diffusers_weights,
+    tiny_init,
+    tokenizer_files,
+)
 
 TINY_SEED = 20261123  # changing it changes tiny-sdxl's weights hash
 
@@ -70,10 +77,8 @@ SDXL_REQUIRED_FILES = (
     "text_encoder/",
     "text_encoder_2/config.json",
     "text_encoder_2/",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-    "tokenizer_2/vocab.json",
-    "tokenizer_2/merges.txt",
+    tokenizer_files("tokenizer"),
+    tokenizer_files("tokenizer_2"),
     "unet/config.json",
     "unet/",
     "vae/config.json",

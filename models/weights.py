@@ -20,6 +20,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -161,12 +162,29 @@ def diffusers_weight_files(folder: Path, variant: str | None) -> list[Path]:
     return sorted(chosen, key=lambda p: p.relative_to(folder).as_posix())
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """Files of which any one set will do, e.g. a tokenizer saved as ``vocab.json`` + ``merges.txt``
+    (the published repositories) or as one ``tokenizer.json`` (what ``save_pretrained`` writes today)."""
+
+    choices: tuple[tuple[str, ...], ...]
+
+    def describe(self) -> str:
+        first, *rest = (" + ".join(choice) for choice in self.choices)
+        return first + "".join(f" (or {other})" for other in rest)
+
+
+def tokenizer_files(folder: str) -> OneOf:
+    """A CLIP tokenizer folder in either format transformers loads."""
+    return OneOf(((f"{folder}/vocab.json", f"{folder}/merges.txt"), (f"{folder}/tokenizer.json",)))
+
+
 def locate_diffusers_weights(
-    spec: ModelSpec, weights_dir: Path | None, required: Sequence[str]
+    spec: ModelSpec, weights_dir: Path | None, required: Sequence[str | OneOf]
 ) -> tuple[Path, str | None]:
     """The preset's folder and the variant to load, or WeightsMissing listing what is absent.
 
-    ``required`` are paths relative to the folder; a component folder entry
+    ``required`` are paths relative to the folder, or :class:`OneOf` them; a component folder entry
     (ending in ``/``) needs at least one weights file of some variant. The
     full-precision files win when both are present: fp16 ones are only a
     smaller download of the same model, and the hash must not flip between them.
@@ -176,6 +194,10 @@ def locate_diffusers_weights(
     folder = root / (spec.weights_subdir or spec.name)
     missing: list[str] = []
     for rel in required:
+        if isinstance(rel, OneOf):
+            if not any(all((folder / name).is_file() for name in choice) for choice in rel.choices):
+                missing.append(rel.describe())
+            continue
         path = folder / rel
         if rel.endswith("/"):
             has_weights = path.is_dir() and any(
