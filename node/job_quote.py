@@ -32,6 +32,19 @@ class WorkerConfig:
     # Open job streams at once, quoting or idle ones included: a peer opening streams and
     # saying nothing costs a task each until request_timeout_s, so their number is bounded.
     max_streams: int = 64
+    # ... and of them, from one peer: a peer reopening silent streams as each times out would otherwise
+    # hold every slot, and every other requester's stream would be closed unanswered (review s11).
+    # A requester's own need is its jobs in flight to this worker plus one spare stream.
+    max_streams_per_peer: int = 32
+    # Quotes one requester may hold unanswered at once. A standing quote reserves capacity for free
+    # for quote_ttl_ms: one peer asking again as each expired kept every slot (review s11). A request
+    # taken in advance, or an accepted quote, is no longer standing. Past it: refused rate_limited.
+    max_standing_quotes_per_peer: int = 2
+    # An accepted job's inputs must arrive within input_grace_s plus their size at this rate (and
+    # within the requester's deadline): a requester trickling its upload held a slot for the whole
+    # of a deadline it chose itself, up to 24 h (review s11). 64 KiB/s is a slow home uplink.
+    input_grace_s: float = 30.0
+    min_input_bytes_per_s: int = 64 * 1024
     # After its last message the worker waits this long for the requester to close the stream
     # (it does once it holds and has checked the outputs) before closing its own side.
     linger_s: float = 10.0
@@ -43,6 +56,14 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.max_jobs < 1 or self.max_streams < 1 or self.quote_ttl_ms < 1 or self.request_timeout_s <= 0:
             raise ValueError("max_jobs, max_streams, quote_ttl_ms and request_timeout_s must be positive")
+        if self.max_streams_per_peer < 1 or self.max_standing_quotes_per_peer < 1 or self.min_input_bytes_per_s < 1:
+            raise ValueError(
+                "max_streams_per_peer, max_standing_quotes_per_peer and min_input_bytes_per_s must be positive"
+            )
+        if not self.input_grace_s > 0:
+            raise ValueError(
+                f"WorkerConfig.input_grace_s must be a positive number of seconds, got {self.input_grace_s!r}"
+            )
         if not self.linger_s > 0:
             raise ValueError(f"WorkerConfig.linger_s must be a positive number of seconds, got {self.linger_s!r}")
         if not self.progress_keepalive_s > 0:

@@ -87,6 +87,8 @@ MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allo
 # advertised, all but one be refused again, and spend their rounds in seconds (QA: 8 rounds gone 7 s into
 # a 120 s deadline). 32 rounds reach ~10 minutes and bound what the record keeps of them.
 BUSY_ROUNDS = 32
+# Refusals that say "not now" rather than "not this job": the worker is asked again after the wait.
+ASK_AGAIN = frozenset({RefusalReason.BUSY, RefusalReason.RATE_LIMITED})
 BUSY_MIN_WAIT_S = 0.25
 BUSY_MAX_WAIT_S = 30.0
 UNBOUNDED_PRICE = 1 << 62  # above any price an advert can make for one job (micro-credits)
@@ -347,7 +349,7 @@ async def run_job(
                     attempts=tuple(attempts),
                     input_shape=try_.machine.request.input_shape,
                 )
-            if (refusal := try_.machine.refusal) is not None and refusal.reason is RefusalReason.BUSY:
+            if (refusal := try_.machine.refusal) is not None and refusal.reason in ASK_AGAIN:
                 busy.append(candidate)
                 wait_s = min(wait_s, max(BUSY_MIN_WAIT_S, refusal.retry_after_ms / 1000))
         # at most half the time left, so a last ask still fits before the deadline

@@ -25,6 +25,7 @@ Quotes that were refused or never taken are not jobs served: no line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -73,6 +74,11 @@ from .transfer import DEFAULT_MAX_CHUNK_BYTES, TransferLimits, receive_transfer,
 
 log = logging.getLogger(__name__)
 
+RATE_LIMITED_RETRY_MS = 1_000  # a requester over its standing quotes may ask again this soon
+# On a stop, how long the notices to requesters and the deliveries under way may take before what is
+# left is cut off: within run.py's bound on the whole hook, with time to spare for the rows.
+STOP_NOTICE_S = 0.75
+
 
 @dataclass
 class WorkerHooks:
@@ -92,6 +98,10 @@ class _Job:
         self.framed = framed
         self.machine = machine
         self.run_scope = trio.CancelScope()
+        # Everything the job's task waits on after its QuoteRequest (the Accept, the inputs, the run, the
+        # output's delivery): a stopping worker cancels it once the requester is told, so the task ends
+        # and notes its row at once instead of waiting out a quote's life or a slow upload (review s11).
+        self.io_scope = trio.CancelScope()
         self.send_lock = FastLock()  # progress, cancel answers and the result share one writer
         self.model_name = ""  # the preset that will run it, chosen at quote time
         self.run_ms: int | None = None  # the run's length, once it ran (whatever its end)
@@ -165,8 +175,11 @@ class JobWorker:
         sequence: ReceiptSequence,
         hooks: WorkerHooks | None = None,
         served: ServedBook | None = None,
+        on_capacity_change: Callable[[], None] | None = None,
     ) -> None:
         self.key = key
+        # called when a reservation is taken or freed: the advert's queue depth counts them
+        self._on_capacity_change = on_capacity_change
         self.served = served  # where each accepted job's end is kept (None: only logged)
         self.pool = pool
         self.config = config
@@ -176,6 +189,7 @@ class JobWorker:
         self.reservations: set[str] = set()
         self.completed = 0
         self.open_streams = 0
+        self._streams_by_peer: collections.Counter[str] = collections.Counter()
         self.turned_away = 0  # streams closed at once because max_streams were open
         self.stopping = False  # the node is shutting down: no new quotes
         self._jobs: set[_Job] = set()  # the jobs of the open streams
@@ -188,15 +202,26 @@ class JobWorker:
         return int(self.wall_clock() * 1000)
 
     def release(self, quote_id: str) -> None:
-        self.reservations.discard(quote_id)
+        if quote_id in self.reservations:
+            self.reservations.discard(quote_id)
+            self._capacity_changed()
+
+    def _capacity_changed(self) -> None:
+        if self._on_capacity_change is not None:
+            self._on_capacity_change()
 
     async def handle(self, stream: ByteStream) -> None:
         """The stream handler root: nothing escapes it (an escaping exception kills a libp2p host)."""
-        if self.open_streams >= self.config.max_streams:
+        peer = stream.remote_peer
+        if (
+            self.open_streams >= self.config.max_streams
+            or self._streams_by_peer[peer] >= self.config.max_streams_per_peer
+        ):
             self.turned_away += 1
             await _close(stream)
             return
         self.open_streams += 1
+        self._streams_by_peer[peer] += 1
         try:
             asked = await self._serve(stream)
             # Not torn down under the requester: it closes once it holds the outputs (or our
@@ -210,6 +235,9 @@ class JobWorker:
             log.exception("job stream from %s failed", stream.remote_peer)
         finally:
             self.open_streams -= 1
+            self._streams_by_peer[peer] -= 1
+            if not self._streams_by_peer[peer]:
+                del self._streams_by_peer[peer]
             await _close(stream)
 
     async def _serve(self, stream: ByteStream) -> bool:
@@ -235,14 +263,27 @@ class JobWorker:
         the notices are not shielded, as a requester that stopped reading must not hold a stopping node.
         """
         self.stopping = True
-        told = [job for job in self._jobs if not job.machine.ended and job.machine.phase is not Phase.IDLE]
-        async with trio.open_nursery() as nursery:
-            for job in told:
-                job.note = "the worker is shutting down"
-                actions = job.machine.cancel(job.note, self.now_ms())
-                nursery.start_soon(functools.partial(job.apply, actions, shield_errors=False))
-        for job in told:
-            await job.done.wait()
+        under_way = [job for job in self._jobs if job.machine.phase is not Phase.IDLE and not job.done.is_set()]
+        told = [job for job in under_way if not job.machine.ended]
+        delivering = [job for job in under_way if job.machine.ended]  # signed and sent: its output on its way
+        with trio.move_on_after(STOP_NOTICE_S):
+            async with trio.open_nursery() as nursery:
+                for job in told:
+                    job.note = "the worker is shutting down"
+                    actions = job.machine.cancel(job.note, self.now_ms())
+                    nursery.start_soon(functools.partial(self._tell_stopping, job, actions))
+                for job in delivering:  # a delivery under way gets the notice's time to finish
+                    nursery.start_soon(job.done.wait)
+        for job in under_way:
+            if not job.done.is_set():
+                job.note = job.note or "the worker stopped while delivering the output"
+                job.io_scope.cancel()
+        for job in under_way:
+            await job.done.wait()  # at once: cancelled, each task only notes its row
+
+    async def _tell_stopping(self, job: _Job, actions: Sequence[Action]) -> None:
+        await job.apply(actions, shield_errors=False)
+        job.io_scope.cancel()  # told: whatever its task waits on (an Accept, an upload) ends now
 
     async def _serve_job(self, job: _Job) -> bool:
         framed = job.framed
@@ -262,18 +303,8 @@ class JobWorker:
             return True
         await job.on_message(msg)
         try:
-            await self._quote(job, msg)
-            while job.machine.phase is Phase.QUOTED:
-                if (incoming := await job.next_message()) is not None:
-                    await job.on_message(incoming)
-            if job.machine.phase is not Phase.ACCEPTED:
-                return True
-            inputs = await self._receive_inputs(job, msg)
-            if inputs is None:
-                return True
-            await job.apply(job.machine.inputs_received(self.now_ms()))
-            if not job.machine.ended:
-                await self._run(job, msg, inputs)
+            with job.io_scope:
+                await self._serve_accepted(job, msg)
             return True
         finally:
             # Every end of the machine releases its reservation; this covers a bug or an
@@ -285,10 +316,30 @@ class JobWorker:
                 if self.served is not None:
                     self.served.note(served)
 
+    async def _serve_accepted(self, job: _Job, request: QuoteRequest) -> None:
+        """Quote; then, once accepted, receive the inputs, run and deliver."""
+        await self._quote(job, request)
+        while job.machine.phase is Phase.QUOTED:
+            if (incoming := await job.next_message()) is not None:
+                await job.on_message(incoming)
+        if job.machine.phase is not Phase.ACCEPTED:
+            return
+        inputs = await self._receive_inputs(job, request)
+        if inputs is None:
+            return
+        await job.apply(job.machine.inputs_received(self.now_ms()))
+        if not job.machine.ended:
+            await self._run(job, request, inputs)
+
     async def _quote(self, job: _Job, request: QuoteRequest) -> None:
         now = self.now_ms()
         if self.stopping:
             await job.apply(job.machine.refuse(RefusalReason.SHUTTING_DOWN, "the worker is shutting down", now, 0))
+            return
+        limit = self.config.max_standing_quotes_per_peer
+        if not request.accept and (standing := self._standing_quotes(job.peer)) >= limit:
+            message = f"{standing} quotes to this requester are unanswered (at most {limit})"
+            await job.apply(job.machine.refuse(RefusalReason.RATE_LIMITED, message, now, RATE_LIMITED_RETRY_MS))
             return
         decision = decide_quote(request, self.pool.status(), self.config, held=len(self.reservations))
         if isinstance(decision, Decline):
@@ -308,13 +359,26 @@ class JobWorker:
             expires_at_ms=now + self.config.quote_ttl_ms,
         )
         self.reservations.add(quote_id)  # reserved before the quote leaves: capacity is promised, not hoped for
+        self._capacity_changed()
         job.model_name = decision.row.name
         await job.apply(job.machine.offer(quote, now))
 
+    def _standing_quotes(self, peer: str) -> int:
+        """Quotes ``peer`` holds that it has neither accepted nor let go."""
+        return sum(1 for job in self._jobs if job.peer == peer and job.machine.phase is Phase.QUOTED)
+
     async def _receive_inputs(self, job: _Job, request: QuoteRequest) -> dict[str, bytes] | None:
+        """The accepted job's inputs, each checked against its descriptor; None when the job ended instead.
+
+        Bounded by the requester's deadline and by the worker's own upload allowance (``input_grace_s``
+        plus the inputs' size at ``min_input_bytes_per_s``), whichever comes first.
+        """
         inputs: dict[str, bytes] = {}
         deadline = job.machine.deadline_at_ms or self.now_ms()
-        with trio.move_on_after(max(0.0, (deadline - self.now_ms()) / 1000)) as scope:
+        total = sum(blob.size_bytes for blob in request.spec.inputs)
+        upload_s = self.config.input_grace_s + total / self.config.min_input_bytes_per_s
+        deadline_s = max(0.0, (deadline - self.now_ms()) / 1000)
+        with trio.move_on_after(min(upload_s, deadline_s)) as scope:
             for blob in request.spec.inputs:
                 limits = TransferLimits(max_total_bytes=blob.size_bytes, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES)
                 try:
@@ -335,10 +399,20 @@ class JobWorker:
                     await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, f"{blob.name} differs", self.now_ms()))
                     return None
                 inputs[blob.name] = got.data
-        if scope.cancelled_caught:
+        if not scope.cancelled_caught:
+            return inputs
+        if upload_s < deadline_s:
+            # Cut off mid-transfer, the stream is reset (receive_transfer): this word may not reach a
+            # requester still sending, but the log line and the served row keep why.
+            job.note = f"inputs not in within {upload_s:.0f} s"
+            message = (
+                f"the inputs ({total} bytes) did not arrive within {upload_s:.0f} s: this worker allows "
+                f"{self.config.input_grace_s:g} s plus their size at {self.config.min_input_bytes_per_s // 1024} KiB/s"
+            )
+            await job.apply(job.machine.fail(ErrorCode.DEADLINE_EXCEEDED, message, self.now_ms()))
+        else:
             await job.apply(job.machine.on_tick(max(self.now_ms(), deadline)))
-            return None
-        return inputs
+        return None
 
     async def _run(self, job: _Job, request: QuoteRequest, inputs: dict[str, bytes]) -> None:
         machine = job.machine
@@ -533,11 +607,13 @@ async def serve_job_worker(
     sequence_path: Path | None = None,
     hooks: WorkerHooks | None = None,
     served: ServedBook | None = None,
+    on_capacity_change: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[JobWorker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve jobs until cancelled; ``task_status.started`` hands back the :class:`JobWorker`.
 
     ``served``: where each accepted job's end is kept (``lpnode served``), beside its log line.
+    ``on_capacity_change``: called when a reservation is taken or freed (the advert counts them).
     """
     worker = JobWorker(
         key,
@@ -547,6 +623,7 @@ async def serve_job_worker(
         sequence=ReceiptSequence(wall_clock, sequence_path),
         hooks=hooks,
         served=served,
+        on_capacity_change=on_capacity_change,
     )
     network.set_stream_handler(JOB_PROTOCOL, worker.handle)
     task_status.started(worker)

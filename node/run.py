@@ -145,8 +145,10 @@ async def _cancel_on_signal(
         log.info("%s received: shutting down", signal.Signals(signum).name)
         # What must happen while the network is still up (the worker telling its requesters),
         # briefly: cancelling the host closes every connection at once.
-        with trio.move_on_after(STOP_NOTICE_S):
-            for hook in before_stop:
+        # Each hook its own bound: one cut short (a worker whose requester stopped reading) must not
+        # cost the next its turn (the served rows' flush).
+        for hook in before_stop:
+            with trio.move_on_after(STOP_NOTICE_S):
                 await hook()
         scope.cancel()
         return
@@ -183,7 +185,6 @@ async def _serve(
             from lpnode.node.local_jobs import LocalWorker
             from lpnode.node.serving import serve_model_offers
 
-            await node_nursery.start(serve_model_offers, pool, offer, config.price_per_mpx_step, node.publisher.poke)
             worker = await node_nursery.start(
                 functools.partial(
                     serve_job_worker,
@@ -195,6 +196,17 @@ async def _serve(
                     # receipt numbers must keep increasing across restarts (job_proof.ReceiptSequence)
                     sequence_path=config.data_dir / "receipt-seq",
                     served=served,
+                    on_capacity_change=node.publisher.poke,
+                )
+            )
+            await node_nursery.start(
+                functools.partial(
+                    serve_model_offers,
+                    pool,
+                    offer,
+                    config.price_per_mpx_step,
+                    node.publisher.poke,
+                    reserved=lambda: len(worker.reservations),
                 )
             )
             local = LocalWorker(worker)

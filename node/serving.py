@@ -95,22 +95,27 @@ async def serve_model_offers(
     price_per_mpx_step: int,
     on_change: Callable[[], None],
     *,
+    reserved: Callable[[], int] = lambda: 0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mirror the pool's models and queue into ``offer`` (read when a snapshot is taken); call ``on_change``
-    after each change of the pool."""
+    after each change of the pool. ``reserved``: the worker's reservations (quoted or running jobs)."""
     seen = pool.state_version
-    sync_offer(pool, offer, price_per_mpx_step)
-    offer.refresh = functools.partial(sync_offer, pool, offer, price_per_mpx_step)
+    sync_offer(pool, offer, price_per_mpx_step, reserved)
+    offer.refresh = functools.partial(sync_offer, pool, offer, price_per_mpx_step, reserved)
     task_status.started()
     while True:
         seen = await pool.wait_changed(seen)
         on_change()
 
 
-def sync_offer(pool: InferencePool, offer: OfferSource, price_per_mpx_step: int) -> None:
+def sync_offer(
+    pool: InferencePool, offer: OfferSource, price_per_mpx_step: int, reserved: Callable[[], int] = lambda: 0
+) -> None:
     offer.models = model_offers(pool.status(), price_per_mpx_step)
-    offer.queue_depth = pool.queue_depth
+    # A slot held by a quote or an upload is as taken as one on the device: a worker with every
+    # reservation held advertised itself idle while refusing "busy", and was ranked first (review s11).
+    offer.queue_depth = max(pool.queue_depth, reserved())
 
 
 __all__ = ["ModelChoice", "UnknownModel", "choose_models", "pool_config", "serve_model_offers", "sync_offer"]

@@ -92,8 +92,7 @@ async def serve_sim_node(
                 functools.partial(serve_node, config, key, net, advertised, wall_clock=wall_clock)
             )
             node.gossip_stats.observers.append(observe)
-            await nursery.start(serve_model_offers, pool, offer, g.price_per_mpx_step, node.publisher.poke)
-            await nursery.start(
+            job_worker = await nursery.start(
                 functools.partial(
                     serve_job_worker,
                     net,
@@ -101,6 +100,17 @@ async def serve_sim_node(
                     pool,
                     WorkerConfig(price_per_mpx_step=g.price_per_mpx_step),
                     wall_clock=wall_clock,
+                    on_capacity_change=node.publisher.poke,
+                )
+            )
+            await nursery.start(
+                functools.partial(
+                    serve_model_offers,
+                    pool,
+                    offer,
+                    g.price_per_mpx_step,
+                    node.publisher.poke,
+                    reserved=lambda: len(job_worker.reservations),
                 )
             )
             task_status.started(SimNode(node, pool.stats, flaky))

@@ -90,7 +90,6 @@ async def peers(hub: MemoryHub, wall_clock: WallClock = time.time) -> AsyncItera
                     first.append(node)
                     worker = None
                     if pool is not None:
-                        await own.start(serve_model_offers, pool, offer, 100, node.publisher.poke)
                         worker = await own.start(
                             functools.partial(
                                 serve_job_worker,
@@ -101,6 +100,18 @@ async def peers(hub: MemoryHub, wall_clock: WallClock = time.time) -> AsyncItera
                                 wall_clock=node.wall_clock,
                                 hooks=hooks,
                                 served=served,
+                                on_capacity_change=node.publisher.poke,
+                            )
+                        )
+                        held = worker
+                        await own.start(
+                            functools.partial(
+                                serve_model_offers,
+                                pool,
+                                offer,
+                                100,
+                                node.publisher.poke,
+                                reserved=lambda: len(held.reservations),
                             )
                         )
                     if handler is not None:
