@@ -218,12 +218,18 @@ class InterpolateAdapter(SingleNetworkAdapter[IFNet, InterpolatorSetup]):
         for request in requests:
             assert isinstance(request, FrameInterpolationRequest)
             timer = StageTimer()
+            max_in = _max_input_frames(self.spec.limits, request.multiplier)
             with timer.stage("decode"):
-                images, fps = decode_video_bytes(request.video)
+                # The probe read the container's size and counted packets; a stream can still decode to
+                # other sizes (a new SPS) or counts. Each frame is checked as it is decoded: the size the
+                # container states (which check_inputs held to the limits), within the limits, and no
+                # more frames than the limits take.
+                images, fps = decode_video_bytes(
+                    request.video, max_frames=max_in, max_pixels=self.spec.limits.max_pixels
+                )
                 frames = [np.asarray(image, dtype=np.uint8) for image in images]
-            # The probe counted packets; a stream can still decode to other sizes or counts.
             check_frames(frames)
-            check_int("video frames", len(frames), 2, _max_input_frames(self.spec.limits, request.multiplier))
+            check_int("video frames", len(frames), 2, max_in)
             with timer.stage("interpolate"):
                 result = interpolate_frames(
                     self._net, frames, request.multiplier, self.setup.timesteps_per_pass, cancel, progress

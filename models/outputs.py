@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,14 +229,54 @@ def encode_png(image: Image.Image) -> bytes:
     return encode_png_array(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
-def decode_image_bytes(data: bytes, field_name: str = "image") -> Image.Image:
-    """Decode PNG/JPEG/WebP bytes to RGB; undecodable input is a ParameterError."""
+# The most pixels an image (or one video frame) may have for it to be decoded here, input or output:
+# the largest any preset takes or makes is an upscale's output, realesrgan's ``max_pixels`` of 4096 × 4096
+# (tests/models/test_input_bounds.py keeps every preset within it). Decoded, that is 64 MiB (PIL holds 4
+# bytes a pixel); PIL's own decompression-bomb check only warns from 89 Mpx and refuses from 179 Mpx, so a
+# 420 KB PNG of 12000 × 12000 would otherwise cost about 1 GiB, and a 10 KB MP4 hundreds of MiB.
+MAX_IMAGE_PIXELS = 4096 * 4096
+# The image formats decoded: what requesters send (docs/protocol.md: ``image/png``, ``image/jpeg``) and WebP,
+# which the pipelines always took. Anything else (TIFF, BMP, PSD, ...) only brings decoders to attack.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+_FORMATS_SHOWN = "a PNG, JPEG or WebP image"
+
+
+def check_pixels(field_name: str, width: int, height: int, max_pixels: int) -> None:
+    """ParameterError naming the size and the limit if ``width`` × ``height`` is over ``max_pixels``."""
+    if width * height > max_pixels:
+        side = math.isqrt(max_pixels)
+        square = f", e.g. {side}x{side}" if side * side == max_pixels else ""
+        raise ParameterError(
+            field_name, f"{width}x{height} ({width * height} pixels)", f"at most {max_pixels} pixels{square}"
+        )
+
+
+def image_size(data: bytes, field_name: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """Width and height from the header alone, nothing decoded; ParameterError if the file is not
+    :data:`IMAGE_FORMATS` or has more than ``max_pixels`` (None: any size)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            width, height = (int(side) for side in img.size)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ParameterError(field_name, f"<{len(data)} bytes>", f"{_FORMATS_SHOWN} ({exc})") from exc
+    if max_pixels is not None:
+        check_pixels(field_name, width, height, max_pixels)
+    return width, height
+
+
+def decode_image_bytes(data: bytes, field_name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode PNG/JPEG/WebP bytes to RGB; undecodable input, or more than ``max_pixels``, is a ParameterError.
+
+    The size is read from the header (``Image.open`` decodes nothing) and refused before any pixel is.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            width, height = img.size
+            check_pixels(field_name, int(width), int(height), max_pixels)
             img.load()
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ParameterError(field_name, f"<{len(data)} bytes>", f"a PNG or JPEG image ({exc})") from exc
+        raise ParameterError(field_name, f"<{len(data)} bytes>", f"{_FORMATS_SHOWN} ({exc})") from exc
 
 
 def encode_mp4(frames: Sequence[Image.Image | RGB], fps: float) -> bytes:
@@ -282,16 +323,40 @@ def _video_frame(image: Image.Image | RGB) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
 
 
-def decode_video_bytes(data: bytes, field_name: str = "video") -> tuple[list[Image.Image], float]:
-    """Decode every frame of a video to RGB, with its average fps. Bad input is a ParameterError."""
+def decode_video_bytes(
+    data: bytes, field_name: str = "video", *, max_frames: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[list[Image.Image], float]:
+    """Decode every frame of a video to RGB, with its average fps. Bad input is a ParameterError.
+
+    Each frame is checked as it comes out of the decoder, and decoding stops at the first one refused,
+    before the next is decoded: every frame must be the size the container states (what a probe reads,
+    ``interpolate.probe_video``, and what the job was checked and priced on: H.264 changes size
+    mid-stream at a new SPS, so a 10 KB MP4 whose header and first frame say 64×64 can go on in
+    2048×2048 frames), of at most ``max_pixels``, and there must be at most ``max_frames`` (None: any).
+    """
     import av
 
+    frames: list[Image.Image] = []
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
             stream.thread_type = "NONE"  # frame order and pixels must not depend on threading
             rate = stream.average_rate or stream.guessed_rate
-            frames = [f.to_image() for f in container.decode(stream)]  # type: ignore[no-untyped-call]
+            codec = stream.codec_context  # read before decoding: the decoder updates it at a new size
+            stated = (int(codec.width), int(codec.height)) if codec is not None else (0, 0)
+            for frame in container.decode(stream):
+                size = (int(frame.width), int(frame.height))
+                expected = stated if stated[0] > 0 and stated[1] > 0 else (frames[0].size if frames else size)
+                if size != expected:
+                    raise ParameterError(
+                        f"{field_name} frame {len(frames)}",
+                        "{}x{}".format(*size),
+                        "the size its container states, {}x{}".format(*expected),
+                    )
+                check_pixels(f"{field_name} frame {len(frames)}", size[0], size[1], max_pixels)
+                if max_frames is not None and len(frames) >= max_frames:
+                    raise ParameterError(field_name, f"more than {max_frames} frames", f"at most {max_frames} frames")
+                frames.append(frame.to_image())  # type: ignore[no-untyped-call]
     except (av.FFmpegError, IndexError, ValueError) as exc:
         raise ParameterError(field_name, f"<{len(data)} bytes>", f"a decodable video ({exc})") from exc
     if not frames:

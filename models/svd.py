@@ -55,6 +55,13 @@ from .outputs import RawOutput, RawVideo, decode_image_bytes
 from .weights import diffusers_weight_files, hash_modules, hash_weight_files, locate_diffusers_weights, tiny_init
 
 TINY_SEED = 20261124  # changing it changes tiny-svd's weights hash
+# The conditioning image is centre-cropped and resized to the clip's size (at most 1024×576 on
+# svd-xt, 128×128 on tiny-svd) before the pipeline sees it, so pixels beyond a 4K photo's add nothing
+# to the clip; they only cost the worker memory, twice per job (check_inputs and _generate decode it),
+# where a 420 KB PNG can say 12000×12000. Refused from the header, before a pixel is decoded. The
+# node refuses the same bound before the pool (lpnode.node.input_probe.MAX_CONDITIONING_PIXELS, kept
+# equal by tests/models/test_input_bounds.py), and requesters before any peer is asked.
+MAX_CONDITIONING_PIXELS = 4096 * 4096
 
 SVD_REQUIRED_FILES = (
     "model_index.json",
@@ -211,7 +218,9 @@ class StableVideoDiffusionAdapter(ModelAdapter):
     def check_inputs(self, request: Request) -> None:
         super().check_inputs(request)
         if isinstance(request, ImageToVideoRequest):
-            decode_image_bytes(request.image)  # undecodable input fails here, not mid-run
+            # Undecodable input fails here, not mid-run; its size is read from the header and
+            # refused before any pixel is decoded.
+            decode_image_bytes(request.image, max_pixels=MAX_CONDITIONING_PIXELS)
 
     def batch_key(self, request: Request) -> Hashable | None:
         if not isinstance(request, ImageToVideoRequest):
@@ -240,7 +249,10 @@ class StableVideoDiffusionAdapter(ModelAdapter):
         timer = StageTimer()
         # Stage 1: conditioning images at the output size, and per-request CPU generators.
         with timer.stage("prepare"):
-            images = [fit_image(decode_image_bytes(r.image), r.width, r.height) for r in videos]
+            images = [
+                fit_image(decode_image_bytes(r.image, max_pixels=MAX_CONDITIONING_PIXELS), r.width, r.height)
+                for r in videos
+            ]
             generators = [make_generator(r.seed) for r in videos]
         # Stage 2: denoise and decode all frames, quantised on the device (see to_uint8_rgb).
         with timer.stage("pipeline"):

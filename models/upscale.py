@@ -23,7 +23,6 @@ exact, needs no resampling library and aligns with tile seams).
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ._single_net import SingleNetworkAdapter
 from .base import (
@@ -52,7 +50,7 @@ from .base import (
 )
 from .errors import ModelLoadError, ParameterError
 from .interpolate import probe_video
-from .outputs import RGB, RawImage, RawOutput, RawVideo, decode_image_bytes, decode_video_bytes
+from .outputs import RGB, RawImage, RawOutput, RawVideo, decode_image_bytes, decode_video_bytes, image_size
 from .rrdbnet import RRDBNet, RRDBNetConfig, infer_rrdbnet_config, unwrap_esrgan_state
 from .statedict import StateDictError, load_published, read_published
 from .weights import tiny_init
@@ -151,13 +149,9 @@ def upscale_array(
 
 
 def _image_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header only, so oversized inputs fail before decoding."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ParameterError("image", f"<{len(data)} bytes>", f"a PNG or JPEG image ({exc})") from exc
-    return int(width), int(height)
+    """Width and height from the header only, so oversized inputs fail before decoding (the output's
+    limits bound them, ``check_upscale_input``; decoding refuses more than MAX_IMAGE_PIXELS whatever)."""
+    return image_size(data, "image", max_pixels=None)
 
 
 @dataclass(frozen=True)
@@ -293,7 +287,9 @@ class UpscaleAdapter(SingleNetworkAdapter[RRDBNet, UpscalerSetup]):
         assert self._net is not None
         timer = StageTimer()
         with timer.stage("decode"):
-            images, fps = decode_video_bytes(video)
+            # Frames of the size the container states (checked against the limits in check_inputs), no more
+            # than the limits take: the decoder stops at the first that is not, holding no more.
+            images, fps = decode_video_bytes(video, max_frames=self.spec.limits.max_frames)
             frames = [np.asarray(image, dtype=np.uint8) for image in images]
         _check_decoded(self.spec.limits, frames, scale)
         out: list[RGB] = []

@@ -15,7 +15,9 @@ upscale in its spec, ``UpscaleParams.input_*``; the others in the QuoteRequest,
 ``InputShape``), :func:`check_params` bounds and prices that, and
 :func:`model_request` refuses an input that is not what was declared (read from
 its header or container, nothing decoded), so a requester cannot buy a 64-frame
-job at the price of one frame.
+job at the price of one frame. An image-to-video input declares no size: :func:`model_request`
+bounds it in pixels from its header (``input_probe.MAX_CONDITIONING_PIXELS``) before the pool
+decodes it.
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ from lpnode.protocol.jobspec import (
     BlobDescriptor,
     FrameInterpolationParams,
     ImageToImageParams,
+    ImageToVideoParams,
     JobSpec,
     UpscaleParams,
 )
 from lpnode.protocol.receipts import OutputHashes
 
-from .input_probe import IMAGE, VIDEO, InputUnreadable, probe_input
+from .input_probe import IMAGE, MAX_CONDITIONING_PIXELS, VIDEO, InputUnreadable, probe_input
 from .peer_choice import interpolated_frames
 
 OUTPUT_NAME = "output"  # one output per job; num_images_per_prompt becomes several jobs
@@ -80,7 +83,25 @@ def model_request(spec: JobSpec, inputs: Mapping[str, bytes], shape: InputShape 
         _check_declared(spec.params, request)
     if shape is not None:
         _check_shape(spec, inputs, shape)
+    if isinstance(spec.params, ImageToVideoParams) and IMAGE in inputs:
+        _check_conditioning_image(inputs[IMAGE])
     return request
+
+
+def _check_conditioning_image(data: bytes) -> None:
+    """An image-to-video input of at most MAX_CONDITIONING_PIXELS, read from its header before the pool decodes
+    a pixel of it (it declares no size, so none was checked at quote time); ParameterError otherwise."""
+    try:
+        size = probe_input(IMAGE, data)
+    except InputUnreadable as exc:
+        raise ParameterError(IMAGE, f"<{len(data)} bytes>", f"a readable {IMAGE} ({exc})") from exc
+    pixels = size.width * size.height
+    if pixels > MAX_CONDITIONING_PIXELS:
+        raise ParameterError(
+            IMAGE,
+            f"{size.width}x{size.height} ({pixels} pixels)",
+            f"at most {MAX_CONDITIONING_PIXELS} pixels (it is cropped and resized to the clip's size)",
+        )
 
 
 def _check_shape(spec: JobSpec, inputs: Mapping[str, bytes], shape: InputShape) -> None:

@@ -31,7 +31,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from lpnode.node.input_probe import InputSize, InputUnreadable, probe_input
+from lpnode.node.input_probe import InputSize, InputUnreadable, check_input_pixels, probe_input
 from lpnode.node.job_requester import JobRequest, Params, build_spec, media_type_of
 from lpnode.protocol.errors import InvalidSignature, LpnodeError
 from lpnode.protocol.jobs import MAX_PRICE
@@ -326,6 +326,16 @@ def probe_inputs(inputs: Mapping[str, bytes]) -> dict[str, InputSize]:
     return sizes
 
 
+def check_pixels(pipeline: Pipeline, sizes: Mapping[str, InputSize]) -> None:
+    """A 422 naming the field and the limit for an input over the pixels every worker refuses for ``pipeline``
+    (an image-to-video image over ``input_probe.MAX_CONDITIONING_PIXELS``), before any peer is contacted."""
+    for name, size in sizes.items():
+        try:
+            check_input_pixels(pipeline, name, size)
+        except InputUnreadable as exc:
+            raise invalid(str(exc), "body", name) from None
+
+
 # What the decoders add to their messages that means nothing to a client: the in-memory file's repr
 # (PIL: "cannot identify image file <_io.BytesIO object at 0x7f...>") and FFmpeg's errno and file name.
 _DECODER_NOISE = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>|\[Errno -?\d+\]\s*|:\s*'<none>'")
@@ -366,6 +376,7 @@ def prepare(
         jobs = tuple(body.job_requests())
         if declare:
             sizes = probe_inputs(inputs)
+            check_pixels(body.pipeline, sizes)
             jobs = tuple(declare_input(job, inputs, sizes) for job in jobs)
         for job in jobs:
             build_spec(job, inputs, max_output_bytes)  # the spec's own checks, before any peer is asked
@@ -520,6 +531,7 @@ __all__ = [
     "PreparedJob",
     "TextToImageBody",
     "UpscaleBody",
+    "check_pixels",
     "declare_input",
     "input_kind",
     "input_summary",
