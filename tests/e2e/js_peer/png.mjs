@@ -34,3 +34,30 @@ export function checkPng (bytes) {
   if (chunks[0] !== 'IHDR' || chunks[chunks.length - 1] !== 'IEND') return { ok: false, error: `chunks ${chunks.join(',')}` }
   return { ok: true, width, height, chunks: chunks.length }
 }
+
+// ------------------------------------------------------------------ encoding (for worker.mjs)
+
+const chunk = (type, data) => {
+  const head = Buffer.alloc(8)
+  head.writeUInt32BE(data.length, 0)
+  head.write(type, 4, 'latin1')
+  const crc = Buffer.alloc(4)
+  crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), data])), 0)
+  return Buffer.concat([head, data, crc])
+}
+
+/**
+ * An 8-bit RGB PNG (colour type 2, no interlace, filter 0 on every row) of `rgb`: width × height × 3
+ * bytes, row by row. `deflate` is node:zlib's deflateSync (passed in so this file stays dependency-free).
+ */
+export function encodePng (width, height, rgb, deflate) {
+  if (rgb.length !== width * height * 3) throw new Error(`${rgb.length} bytes are not ${width}x${height} RGB`)
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(width, 0)
+  ihdr.writeUInt32BE(height, 4)
+  ihdr[8] = 8 // bit depth
+  ihdr[9] = 2 // colour type: RGB
+  const raw = Buffer.alloc(height * (1 + width * 3))
+  for (let y = 0; y < height; y++) Buffer.from(rgb.buffer, rgb.byteOffset + y * width * 3, width * 3).copy(raw, y * (1 + width * 3) + 1)
+  return Buffer.concat([SIGNATURE, chunk('IHDR', ihdr), chunk('IDAT', deflate(raw)), chunk('IEND', Buffer.alloc(0))])
+}
