@@ -326,6 +326,17 @@ def probe_inputs(inputs: Mapping[str, bytes]) -> dict[str, InputSize]:
     return sizes
 
 
+def probe_file(field_name: str, kind: str, data: bytes, pipeline: Pipeline) -> InputSize:
+    """One file taken as ``kind`` (``image``/``video``) for ``pipeline``, read as far as its size, as
+    :func:`probe_inputs` and :func:`check_pixels` read a request's: 422 at ``field_name`` if it cannot be."""
+    try:
+        size = probe_input(kind, data)
+        check_input_pixels(pipeline, kind, size)
+    except InputUnreadable as exc:
+        raise invalid(_plain(str(exc)), "body", field_name) from None
+    return size
+
+
 def check_pixels(pipeline: Pipeline, sizes: Mapping[str, InputSize]) -> None:
     """A 422 naming the field and the limit for an input over the pixels every worker refuses for ``pipeline``
     (an image-to-video image over ``input_probe.MAX_CONDITIONING_PIXELS``), before any peer is contacted."""
@@ -538,6 +549,7 @@ __all__ = [
     "invalid",
     "name_inputs",
     "prepare",
+    "probe_file",
     "probe_inputs",
     "read_body",
     "read_form",

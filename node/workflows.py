@@ -38,6 +38,7 @@ from lpnode.node.rpc_job_bodies import (
     input_summary,
     invalid,
     prepare,
+    probe_file,
     validate,
 )
 from lpnode.protocol.errors import LpnodeError
@@ -141,6 +142,10 @@ def plan_workflow(values: Mapping[str, Any], max_output_bytes: int) -> WorkflowP
         prepare(body, {name: _STAND_IN[have]} if name and have else {}, max_output_bytes, declare=False)
         bodies.append(body)
         have = makes[have]
+    if first_input is not None:
+        # Read as far as its size now, as a pipeline request's file is: an unreadable one was only found
+        # when its step ran, inside the job, where it ended as an internal error (QA s11).
+        probe_file("input", _kind_of(first_input) or IMAGE, first_input, workflow.steps[0].pipeline)
     request = workflow.model_dump(mode="json", exclude={"input"})
     request["inputs"] = input_summary({"input": first_input}) if first_input is not None else {}
     return WorkflowPlan(tuple(bodies), first_input, options, request, max_output_bytes)

@@ -54,13 +54,13 @@ def test_upscale_takes_the_video_of_the_step_before_and_makes_a_video() -> None:
     assert [type(b).__name__ for b in plan.bodies][2:] == ["UpscaleBody", "FrameInterpolationBody"]
     assert MAKES[Pipeline.UPSCALE] == {"image": "image", "video": "video"}
     # a video input file can start a chain at upscale; an upscaled image still cannot be interpolated
-    video = base64.b64encode(b"\x00\x00\x00\x18ftypisom" + bytes(16)).decode()
+    clip = encode_mp4([np.zeros((12, 16, 3), dtype=np.uint8)] * 3, 4.0)
+    video = base64.b64encode(clip).decode()
     assert len(plan_workflow({"steps": [UPSCALE, INTERPOLATE], "input": video}, 1 << 20).bodies) == 2
     assert "step 3 (frame-interpolation) needs a video but step 2 makes an image" in rejected(
         {"steps": [T2I, UPSCALE, INTERPOLATE]}
     )
     # the step for an MP4 names its input "video", and its spec declares the video's size for the quote
-    clip = encode_mp4([np.zeros((12, 16, 3), dtype=np.uint8)] * 3, 4.0)
     step = plan.step(2, clip)
     assert list(step.inputs) == ["video"] and step.request["inputs"]["video"]["size"] == len(clip)
     assert step.jobs[0].params == UpscaleParams(2, 16, 12, 3)
@@ -80,6 +80,15 @@ def test_chains_that_do_not_fit_are_refused_before_running() -> None:
         {"steps": [T2I | {"params": {"prompt": "x", "num_images_per_prompt": 2}}]}
     )
     assert "steps" in rejected({"steps": []})
+
+
+def test_an_input_file_that_cannot_be_read_is_refused_at_input_before_anything_runs() -> None:
+    # found only when its step ran, it ended the workflow as an internal error (a 500) (QA s11)
+    garbage = base64.b64encode(bytes(range(256)) * 4).decode()
+    assert "'loc': ('body', 'input')" in rejected({"steps": [UPSCALE], "input": garbage})
+    assert "not a readable image" in rejected({"steps": [UPSCALE], "input": garbage})
+    truncated = base64.b64encode(encode_mp4([np.zeros((16, 16, 3), dtype=np.uint8)] * 3, 4.0)[:200]).decode()
+    assert "'loc': ('body', 'input')" in rejected({"steps": [UPSCALE, INTERPOLATE], "input": truncated})
 
 
 def test_unknown_keys_in_a_workflow_are_refused_by_name() -> None:
