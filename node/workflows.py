@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from fastapi.exceptions import RequestValidationError
-from lpnode.node.job_requester import JobFailed, PriceBelowOffers
+from lpnode.node.job_requester import JobFailed, ParametersRefused, PriceBelowOffers
 from lpnode.node.rpc_job_bodies import (
     BODIES,
     IMAGE,
@@ -66,6 +66,13 @@ class WorkflowBudgetSpent(PriceBelowOffers):
 
 class WorkflowDeadlinePassed(JobFailed):
     """The workflow's ``deadline`` passed before its next step could start (HTTP 503, as a job's deadline)."""
+
+
+class WorkflowStepRefused(ParametersRefused):
+    """A step refuses the input the step before it made (HTTP 422); the chain was checked with stand-ins."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ())
 
 
 class StepBody(BaseModel):
@@ -172,7 +179,10 @@ async def run_workflow(manager: JobManager, live: _Live, plan: WorkflowPlan) -> 
                 "before it"
             )
         budget = max_price - spent
-        prepared = plan.step(index, data, budget=budget, time_left_s=time_left_s)
+        try:
+            prepared = plan.step(index, data, budget=budget, time_left_s=time_left_s)
+        except RequestValidationError as exc:  # what the step before made does not fit this step
+            raise WorkflowStepRefused(f"{name}: {'; '.join(_msg(e) for e in exc.errors())}") from None
         try:
             child, data = await manager.run_child(live, prepared, (index, len(plan.bodies)))
         except PriceBelowOffers as exc:
@@ -273,6 +283,7 @@ __all__ = [
     "WorkflowBudgetSpent",
     "WorkflowDeadlinePassed",
     "WorkflowPlan",
+    "WorkflowStepRefused",
     "plan_workflow",
     "run_workflow",
 ]

@@ -16,12 +16,14 @@ from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.rpc_job_bodies import (
     INPUT_FILE,
     INPUT_FILES,
+    ImageToImageBody,
     JobOptions,
     UpscaleBody,
     input_kind,
     name_inputs,
     prepare,
 )
+from lpnode.node.workflows import plan_workflow
 from lpnode.protocol.jobs import MAX_PRICE
 from lpnode.protocol.jobspec import Pipeline, UpscaleParams
 from lpnode.protocol.peer_id import peer_id_from_public_key
@@ -72,6 +74,22 @@ def test_inputs_are_named_after_their_bytes() -> None:
     with pytest.raises(RequestValidationError, match=r"'video'.*not a readable video"):
         prepare(body, {"video": MP4_HEAD + bytes(8)}, 1 << 20)
     assert not prepare(body, {"video": MP4_HEAD}, 1 << 20, declare=False).jobs[0].params.input_frames  # planning
+
+
+def test_an_image_to_image_input_of_odd_sides_is_refused_about_the_image_before_any_peer() -> None:
+    # every peer used to be asked, and each refused "width=250 is not allowed", a field the request lacks (QA s11)
+    body = ImageToImageBody(prompt="a photo")
+    with pytest.raises(RequestValidationError) as caught:
+        prepare(body, {"image": png(250, 180)}, 1 << 20)
+    [error] = caught.value.errors()
+    assert error["loc"] == ("body", "image")
+    assert "the input image is 250×180" in error["msg"] and "248×176 or 256×184" in error["msg"]
+    assert prepare(body, {"image": png(248, 176)}, 1 << 20).jobs  # whole blocks: taken
+    # a workflow's file is held to the same rule, at its `input`
+    plan = {"steps": [{"pipeline": "image-to-image", "params": {"prompt": "x"}}]}
+    with pytest.raises(RequestValidationError, match="250×180") as caught:
+        plan_workflow(plan | {"input": base64.b64encode(png(250, 180)).decode()}, 1 << 20)
+    assert caught.value.errors()[0]["loc"] == ("body", "input")
 
 
 async def test_upscale_endpoint_takes_a_video_file(upscaler: ModelPool) -> None:
