@@ -24,6 +24,14 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED})
 
+# The error an interrupted record carries, in the API's error shape: whether the node stopped cleanly
+# (the manager ends the record) or was killed (the next start marks it), a reader finds the same error.
+INTERRUPTED_ERROR: dict[str, Any] = {
+    "status": 503,
+    "error": "interrupted",
+    "message": "the node stopped while this job was queued or running",
+}
+
 
 class RecordBook(Protocol):
     """Persistent job records (:class:`StoredRecords` over SQLite; :class:`MemoryRecordBook` in tests)."""
@@ -112,6 +120,7 @@ class MemoryRecordBook:
         for record in unfinished:
             record["state"] = INTERRUPTED
             record["updated_at"] = now
+            record["error"] = dict(INTERRUPTED_ERROR)
             record["attempts"] = interrupted_attempts(record["attempts"])
         return len(unfinished)
 
@@ -135,6 +144,7 @@ __all__ = [
     "CANCELLED",
     "FAILED",
     "INTERRUPTED",
+    "INTERRUPTED_ERROR",
     "QUEUED",
     "RUNNING",
     "STATES",

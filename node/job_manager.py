@@ -38,6 +38,7 @@ from lpnode.node.job_book import (
     CANCELLED,
     FAILED,
     INTERRUPTED,
+    INTERRUPTED_ERROR,
     QUEUED,
     RUNNING,
     STATES,
@@ -369,7 +370,7 @@ class JobManager:
                     nursery.start_soon(one, index)
         except BaseException as exc:
             if _cancelled(exc):
-                live.record["attempts"] = _cut_short(outcomes, seen, tries, steps, live.cancel_requested)
+                live.record["attempts"] = _cut_short(outcomes, seen, tries, steps, self._cancel_requested(live))
                 raise
             if not isinstance(exc, BaseExceptionGroup):
                 raise
@@ -385,6 +386,11 @@ class JobManager:
         done = [o for o in outcomes if o is not None]
         live.record["attempts"] = [_attempt(a) for o in done for a in o.attempts]
         return await self._response(live, prepared.jobs, done)
+
+    def _cancel_requested(self, live: _Live) -> bool:
+        """Someone cancelled ``live``, or the workflow it is a step of (rather than the node stopping)."""
+        parent = self._live.get(live.record["parent_id"] or "")
+        return live.cancel_requested or (parent is not None and parent.cancel_requested)
 
     async def _response(self, live: _Live, jobs: Sequence[JobRequest], outcomes: Sequence[JobOutcome]) -> Record:
         images: list[dict[str, Any]] = []
@@ -511,6 +517,8 @@ class JobManager:
     async def _finish(self, live: _Live, state: str) -> None:
         if state == SUCCEEDED:
             live.record["progress"] = {**live.record["progress"], "fraction": 1.0}
+        if state == INTERRUPTED and live.record["error"] is None:
+            live.record["error"] = dict(INTERRUPTED_ERROR)  # as a killed node's record gets at the next start
         # shielded: the final record is saved even while the node stops (then as interrupted)
         with trio.CancelScope(shield=True), trio.move_on_after(SAVE_GRACE_S):
             try:

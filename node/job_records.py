@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from lpnode.node.job_book import interrupted_attempts
+from lpnode.node.job_book import INTERRUPTED_ERROR, interrupted_attempts
 from lpnode.node.store import ConstraintViolation, Migration, Store, SyncTransaction
 from lpnode.protocol.errors import LpnodeError
 
@@ -72,12 +72,6 @@ TERMINAL: frozenset[JobState] = frozenset(
 _LIVE_STATES = "(" + ", ".join(f"'{s.value}'" for s in JobState if s not in TERMINAL) + ")"
 _TERMINAL_STATES = "(" + ", ".join(f"'{s.value}'" for s in JobState if s in TERMINAL) + ")"
 
-# The error an interrupted record carries, in the API's error shape.
-INTERRUPTED_ERROR: dict[str, Any] = {
-    "status": 503,
-    "error": "interrupted",
-    "message": "the node stopped while this job was queued or running",
-}
 
 
 def initial_progress() -> dict[str, Any]:

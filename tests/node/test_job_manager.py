@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from lpnode.node.job_book import Record
+from lpnode.node.job_book import INTERRUPTED_ERROR, Record
 from lpnode.node.job_manager import (
     CANCELLED,
     CHECKPOINT_DELAY_S,
@@ -84,7 +84,9 @@ async def test_a_node_stopping_mid_job_leaves_the_record_interrupted(autojump_cl
         async with open_job_manager(book, OutputStore(), requester_runner(requester.node)) as manager:
             job_id = await manager.submit(job())
             await stuck.running.wait()
-        assert (await book.get(job_id) or {})["state"] == INTERRUPTED
+        stopped = await book.get(job_id) or {}
+        # the same error as a killed node's record gets at its next start (a clean stop left it null: QA s11)
+        assert stopped["state"] == INTERRUPTED and stopped["error"] == INTERRUPTED_ERROR
         # a record left unfinished by a crash (no final save) is marked so at the next start
         crashed = await book.create("text-to-image", {}, None, 0.0)
         running_try = {"peer_id": "12D3KooWa", "outcome": "running", "detail": "running m", "price": None}
@@ -92,6 +94,7 @@ async def test_a_node_stopping_mid_job_leaves_the_record_interrupted(autojump_cl
         assert await book.mark_interrupted(2.0) == 1
         after = await book.get(crashed["id"]) or {}
         assert after["state"] == INTERRUPTED and [a["outcome"] for a in after["attempts"]] == ["interrupted"]
+        assert after["error"] == INTERRUPTED_ERROR
 
 
 async def test_a_failed_job_keeps_its_error_and_attempts(autojump_clock: trio.testing.MockClock) -> None:

@@ -44,4 +44,7 @@ async def test_cancelling_a_running_step_cancels_it_and_its_workflow(autojump_cl
                 await stuck.cancelled.wait()  # the worker's run was stopped too
     assert cancelled["state"] == CANCELLED
     assert workflow["state"] == CANCELLED
+    # the step's try was cancelled by a user, not cut off by the node stopping (it read "interrupted": QA s11)
+    assert [a["outcome"] for a in cancelled["attempts"]] == ["cancelled"], cancelled["attempts"]
+    assert [a["outcome"] for a in workflow["attempts"]] == ["cancelled"], workflow["attempts"]
     assert [r["id"] for r in await book.list(10, None) if r["parent_id"] == workflow_id] == [step["id"]]
