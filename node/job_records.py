@@ -73,7 +73,6 @@ _LIVE_STATES = "(" + ", ".join(f"'{s.value}'" for s in JobState if s not in TERM
 _TERMINAL_STATES = "(" + ", ".join(f"'{s.value}'" for s in JobState if s in TERMINAL) + ")"
 
 
-
 def initial_progress() -> dict[str, Any]:
     return {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None}
 
