@@ -47,7 +47,7 @@ from lpnode.protocol.jobspec import (
     UpscaleParams,
 )
 from lpnode.protocol.peer_id import public_key_from_peer_id
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 
@@ -84,7 +84,7 @@ class InputTooLarge(LpnodeError):
 class JobOptions(BaseModel):
     """lpnode's options, taken by every pipeline endpoint and by workflows."""
 
-    # unknown fields are ignored, as Livepeer's gateway does (its clients send e.g. safety_check);
+    # unknown fields: the pipeline bodies refuse them by name, but for Livepeer's own (LIVEPEER_IGNORED);
     # NaN and infinity are refused as such (else NaN reads as "should be <= 50", which it is not either)
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -116,11 +116,36 @@ class JobOptions(BaseModel):
         return JobOptions.model_validate({name: getattr(self, name) for name in JobOptions.model_fields})
 
 
+# Fields of Livepeer's AI gateway API (its SDKs send them with every request) that lpnode takes and ignores:
+# no safety checker or LoRAs run here, and the upscale nets take no steps. Any other field lpnode does not know
+# is refused by name: ignored, a typo such as `max_prize` ran the job with the default budget (QA s11).
+LIVEPEER_IGNORED: dict[Pipeline, frozenset[str]] = {
+    Pipeline.TEXT_TO_IMAGE: frozenset({"loras", "safety_check"}),
+    Pipeline.IMAGE_TO_IMAGE: frozenset({"loras", "safety_check", "image_guidance_scale"}),
+    Pipeline.IMAGE_TO_VIDEO: frozenset({"safety_check"}),
+    Pipeline.UPSCALE: frozenset({"safety_check", "num_inference_steps"}),
+    Pipeline.FRAME_INTERPOLATION: frozenset(),
+}
+
+
 class _PipelineBody(JobOptions):
     model_id: str = Field("", max_length=128, description="empty: the best model of the pipeline on offer")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="empty: a random seed; image i uses seed + i")
 
     pipeline: ClassVar[Pipeline]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, values: Any) -> Any:
+        if isinstance(values, Mapping):
+            unknown = sorted(str(k) for k in values.keys() - cls.model_fields.keys() - LIVEPEER_IGNORED[cls.pipeline])
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_field",
+                    "unknown field(s) {unknown}; {pipeline} takes {known}",
+                    {"unknown": unknown[:8], "pipeline": str(cls.pipeline), "known": sorted(cls.model_fields)},
+                )
+        return values
 
     def image_count(self) -> int:
         """Network jobs for this request (one per image)."""

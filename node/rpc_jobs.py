@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
+import trio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -38,6 +39,7 @@ from lpnode.node.rpc_job_bodies import (
 )
 from lpnode.node.sse import event_stream
 from lpnode.node.transfer import DEFAULT_MAX_TOTAL_BYTES
+from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobspec import Pipeline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -126,10 +128,44 @@ async def respond(manager: JobManager, job_id: str, request: Request) -> Any:
         record = await manager.get(job_id)
         headers = {"Location": f"/v1/jobs/{job_id}", "Preference-Applied": "respond-async"}
         return JSONResponse(record, status_code=HTTP_202_ACCEPTED, headers=headers)
-    record = await manager.wait_result(job_id)
+    final = await _result_unless_client_leaves(manager, job_id, request)
+    if final is None:
+        return Response(status_code=499)  # nobody left to read it: the job was cancelled with its request
     # Already the documented shape (ImageResponse, still the endpoints' response_model for OpenAPI),
     # built by the manager from checked values: sent as it is, not validated and re-encoded again.
-    return JSONResponse(record["result"])
+    return JSONResponse(final["result"])
+
+
+async def _result_unless_client_leaves(manager: JobManager, job_id: str, request: Request) -> dict[str, Any] | None:
+    """The job's final record, or None once the HTTP client has gone away (the job is then cancelled).
+
+    The server does not cancel a handler whose client leaves, it only says so to the next ``receive``:
+    a killed ``curl`` left its job running to the end, on the network and paid for (QA s11). The
+    body is read by now, so the next message can only be the disconnect. The job's own error is
+    raised as it is (the app maps it to its status), not inside this nursery's exception group.
+    """
+    final: dict[str, Any] | None = None
+    failure: LpnodeError | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def watch_client() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()  # wait_result's own cleanup cancels the job
+
+        async def wait_for_the_job() -> None:
+            nonlocal final, failure
+            try:
+                final = await manager.wait_result(job_id)
+            except LpnodeError as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_client)
+        nursery.start_soon(wait_for_the_job)
+    if failure is not None:
+        raise failure
+    return final
 
 
 def jobs_router(

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -80,3 +81,22 @@ async def test_async_job_streams_progress_cancels_and_records_survive_a_restart(
     assert receipt.status_code == 200 and receipt.content
     assert after_kill["state"] == "interrupted"
     assert was_cancelled["state"] == "cancelled"
+
+
+async def test_a_sync_request_whose_client_leaves_is_cancelled_with_its_job(tmp_path: Path) -> None:
+    # the server does not cancel a handler whose client left: a killed curl's job ran on to the end (QA s11)
+    with trio.fail_after(240):
+        async with open_cluster(tmp_path) as nodes:
+            pair = await launch_pair(nodes, serve="tiny-sdxl", timeout_s=30)
+            async with pair.requester.http() as client:
+                assert (await client.post("/text-to-image", json=QUICK)).status_code == 200  # the worker is warm
+                # the client gives up after 1 s, as a killed curl does, on a job of 50 steps at 256²
+                with pytest.raises(httpx.TimeoutException):
+                    await client.post("/text-to-image", json=LONG, timeout=1.0)
+                [left] = (await client.get("/v1/jobs", params={"limit": 1})).json()["jobs"]
+                async with client.stream("GET", f"/v1/jobs/{left['id']}/events") as stream:
+                    async for line in stream.aiter_lines():
+                        if line.startswith("event: done"):
+                            break
+                record = (await client.get(f"/v1/jobs/{left['id']}")).json()
+    assert record["request"]["num_inference_steps"] == 50 and record["state"] == "cancelled", record

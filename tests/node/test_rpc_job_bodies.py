@@ -16,12 +16,15 @@ from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.rpc_job_bodies import (
     INPUT_FILE,
     INPUT_FILES,
+    FrameInterpolationBody,
     ImageToImageBody,
     JobOptions,
+    TextToImageBody,
     UpscaleBody,
     input_kind,
     name_inputs,
     prepare,
+    validate,
 )
 from lpnode.node.workflows import plan_workflow
 from lpnode.protocol.jobs import MAX_PRICE
@@ -156,3 +159,18 @@ def test_prefer_and_avoid_take_peer_ids_only() -> None:
         # base58, but no Ed25519 key inside: no lpnode peer can have it
         with pytest.raises(ValidationError, match="is not a peer id: peer id does not embed"):
             JobOptions.model_validate({field: [real[:-3]]})
+
+
+def test_unknown_fields_are_refused_by_name_but_livepeers_own_are_taken() -> None:
+    # ignored, a typo in max_price ran the job with the default budget of 10^6 (QA s11)
+    with pytest.raises(RequestValidationError) as caught:
+        validate(TextToImageBody, {"prompt": "x", "max_prize": 1})
+    [error] = caught.value.errors()
+    assert error["loc"] == ("body",) and "unknown field(s) ['max_prize']; text-to-image takes [" in error["msg"]
+    assert "'max_price'" in error["msg"]
+    # what Livepeer's SDK sends with every request, for features lpnode does not have, is taken
+    assert validate(TextToImageBody, {"prompt": "x", "safety_check": True, "loras": ""}).prompt == "x"
+    assert validate(UpscaleBody, {"scale": 2, "num_inference_steps": 20, "safety_check": False}).scale == 2
+    assert validate(ImageToImageBody, {"image_guidance_scale": 1.5}).prompt == ""
+    with pytest.raises(RequestValidationError, match="unknown field"):
+        validate(FrameInterpolationBody, {"multiplier": 2, "safety_check": True})  # not a Livepeer pipeline
