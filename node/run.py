@@ -321,10 +321,16 @@ async def _open_pool(config: NodeConfig, offer: OfferSource) -> AsyncIterator[Mo
         yield pool
 
 
+def _first_sentence(text: str, limit: int = 100) -> str:
+    """The first sentence of ``text`` (the rest is in the log), cut at a word if even that is long."""
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    return first if len(first) <= limit else first[:limit].rsplit(" ", 1)[0] + " …"
+
+
 def _model_state(row: ModelStatus) -> str:
     # a model that cannot load is not "cold": it is not offered at all (QA)
     if row.problem and not row.warm:
-        return f"{row.name} (not offered: {row.problem.splitlines()[0][:80]})"
+        return f"{row.name} (not offered: {_first_sentence(row.problem)})"
     return f"{row.name} ({'warm' if row.warm else 'cold'})"
 
 
