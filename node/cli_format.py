@@ -276,6 +276,15 @@ def _output_pipeline(record: Mapping[str, Any]) -> str:
     return str(record.get("kind", "?"))
 
 
+def _readable_json(value: Any) -> str:
+    """``value`` as JSON, readable in any script, what a terminal could act on (controls, bidi overrides)
+    escaped: ASCII escapes made a French or Japanese prompt unreadable here (QA s11)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return "".join(
+        c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}" for c in text
+    )
+
+
 def job_text(record: Mapping[str, Any], step_records: Sequence[Mapping[str, Any]] = ()) -> str:
     """``lpnode job ID``: one record, readable; ``step_records``: a workflow's steps' records, oldest first."""
     lines = [
@@ -296,7 +305,7 @@ def job_text(record: Mapping[str, Any], step_records: Sequence[Mapping[str, Any]
     if request:
         lines.append("request")
     for key in sorted(request):
-        lines.append(f"  {key} = {json.dumps(request[key])}")
+        lines.append(f"  {key} = {_readable_json(request[key])}")
     result = record.get("result")
     if isinstance(result, Mapping):
         seeded = uses_seed(_output_pipeline(record))
