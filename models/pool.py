@@ -585,7 +585,9 @@ class ModelPool:
         kept = RunMemo(self.config.speeds_path)
         if kept.path is not None:
             kept.save(
-                kept.load() | {self._run_key(slot): list(slot.runs) for slot in self._slots.values() if slot.runs}
+                # damage in the file was reported when it was read at start
+                kept.load(warn=False)
+                | {self._run_key(slot): list(slot.runs) for slot in self._slots.values() if slot.runs}
             )
 
     # --- helpers ---------------------------------------------------------------------------

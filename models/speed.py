@@ -70,22 +70,41 @@ class RunMemo:
     A restarted worker knew no speed: it quoted every job the default ETA, took one it could not
     finish by its deadline and failed it after running it (QA), where a peer with measurements had
     refused it. Keys name the preset, the device and the dtype, so runs on another GPU never count.
-    A missing or damaged file is an empty memo.
+    A missing file is an empty memo; so is a damaged one, with a WARNING (as for the other small
+    state files: ``advert-seq``, ``receipt-seq``), rewritten whole at the next save.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def load(self) -> dict[str, list[tuple[float, float]]]:
+    def load(self, *, warn: bool = True) -> dict[str, list[tuple[float, float]]]:
+        """The memo's runs by key; ``warn=False``: damage goes unreported (said once already, at start)."""
         if self.path is None:
             return {}
         try:
-            found = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            found = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if warn:
+                self._damaged(f"{type(exc).__name__}: {exc}")
             return {}
         if not isinstance(found, dict):
+            if warn:
+                self._damaged(f"a JSON {type(found).__name__}, not an object")
             return {}
-        return {str(key): runs for key, value in found.items() if (runs := _runs(value))}
+        kept = {str(key): runs for key, value in found.items() if (runs := _runs(value))}
+        if warn and len(kept) < len(found):
+            self._damaged(f"{len(found) - len(kept)} of its {len(found)} entries unreadable", dropped="those entries")
+        return kept
+
+    def _damaged(self, what: str, dropped: str = "it") -> None:
+        log.warning(
+            "the models' measured speeds in %s are damaged (%s); ignoring %s: the models are measured again",
+            self.path,
+            what,
+            dropped,
+        )
 
     def save(self, runs: Mapping[str, Sequence[tuple[float, float]]]) -> None:
         if self.path is None:

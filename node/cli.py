@@ -164,8 +164,10 @@ def _only_lpnode_error(group: BaseExceptionGroup[Any]) -> LpnodeError | None:
     return errors[0] if errors and len(errors) == len(leaves) else None
 
 
-def _config(args: argparse.Namespace, **flags: Any) -> NodeConfig:
-    return load_config(config_file=args.config, env=os.environ, flags={"data_dir": args.data_dir, **flags})
+def _config(args: argparse.Namespace, *, for_run: bool = False, **flags: Any) -> NodeConfig:
+    return load_config(
+        config_file=args.config, env=os.environ, flags={"data_dir": args.data_dir, **flags}, for_run=for_run
+    )
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -182,6 +184,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _config(
         args,
+        for_run=True,  # the device is checked too, before anything loads
         listen=tuple(args.listen) if args.listen else None,
         bootstrap=tuple(args.bootstrap) if args.bootstrap else None,
         mdns=False if args.no_mdns else None,

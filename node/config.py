@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -105,7 +106,7 @@ class NodeConfig:
             raise ConfigError(f"warm: {sorted(extra)} must also be in serve ({list(self.serve)})")
         if self.compile not in ("auto", "off"):
             raise ConfigError(f"compile: {self.compile!r} is not 'auto' or 'off'")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
+        if self.device not in ("auto", "cpu") and not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"device: {self.device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         _check_range("vram_budget_bytes", self.vram_budget_bytes, 0, 2**50)
         _check_range("batch_window_ms", self.batch_window_ms, 0, 1000)
@@ -144,6 +145,49 @@ class NodeConfig:
     @property
     def rpc_port(self) -> int:
         return parse_host_port(self.rpc, "rpc")[1]
+
+
+_DEVICE = re.compile(r"(cuda|mps)(:[0-9]{1,4})?")
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` (a valid setting) cannot be used on this machine, or None if it can.
+
+    "auto" and "cpu" always can (and import nothing); a named accelerator imports torch to ask it:
+    a torch built without CUDA failed deep in the model pool ("Torch not compiled with CUDA
+    enabled", a traceback) after the models were chosen, not as a setting refused at start (QA s11).
+    """
+    if device in ("auto", "cpu"):
+        return None
+    import torch  # only here: client commands never import torch (they validate the same config)
+
+    kind, _, index_text = device.partition(":")
+    index = int(index_text) if index_text else 0
+    if kind == "cuda":
+        if torch.version.cuda is None:
+            return f"torch {torch.__version__} has no CUDA"
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"no CUDA device is visible (torch {torch.__version__}, CUDA {torch.version.cuda})"
+        if index >= count:
+            return f"this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+        return None
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            return f"torch {torch.__version__} has no MPS (Apple GPU) device here"
+        if index > 0:
+            return "there is one MPS device: mps or mps:0"
+        return None
+    return f"unknown device kind {kind!r}"
+
+
+def check_device(config: NodeConfig, sources: Mapping[str, str] | None = None) -> None:
+    """ConfigError naming ``device`` (and where it came from) if this machine cannot use it."""
+    problem = device_problem(config.device)
+    if problem is not None:
+        where = (sources or {}).get("device")
+        suffix = f" (from {where})" if where else ""
+        raise ConfigError(f"device: {config.device!r} is not available ({problem}){suffix}")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -195,11 +239,14 @@ def load_config(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    for_run: bool = False,
 ) -> NodeConfig:
     """Merge defaults < file < environment < flags and validate.
 
     ``flags`` maps field names to values already parsed by the CLI; ``None``
-    values mean "not given" and are skipped.
+    values mean "not given" and are skipped. ``for_run``: the config of a node about to start,
+    so settings that need this machine's hardware are checked too (:func:`check_device`; it
+    imports torch, which client commands never do).
     """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -217,7 +264,10 @@ def load_config(
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _coerce(name, value, "command line")
         sources[name] = "command line"
-    return NodeConfig(**values).validate(sources)
+    config = NodeConfig(**values).validate(sources)
+    if for_run and not config.requester_only:  # a requester-only node runs no models: any device will do
+        check_device(config, sources)
+    return config
 
 
 def _from_toml(path: Path) -> dict[str, Any]:

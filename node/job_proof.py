@@ -35,22 +35,39 @@ class ReceiptSequence:
         self._path = path
         seeded = int(wall_clock() * 1_000_000)
         stored = 0
+        damaged = False
         if path is not None and path.exists():
             try:
-                stored = int(path.read_text().strip() or 0)
-            except ValueError:
-                log.warning("receipt sequence file %s is unreadable; seeding from the clock", path)
+                stored = int(path.read_text(encoding="ascii").strip())
+                damaged = stored < 0
+            except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+                damaged = True
+                log.warning("receipt sequence file %s is unreadable (%s); seeding from the clock", path, exc)
+            else:
+                if damaged:
+                    log.warning("receipt sequence file %s is damaged (%d); seeding from the clock", path, stored)
         self._last = max(seeded, stored)
         self._reserved = self._last  # numbers up to this one are on file
+        if damaged:
+            # Put the recovered value on file now: a clean stop before any receipt left the damage
+            # in place, and the warning came back at every start (QA s11).
+            try:
+                self._store(self._reserved)
+            except OSError as exc:
+                log.warning("cannot rewrite receipt sequence file %s: %s", path, exc)
 
     def next(self) -> int:
         self._last += 1
         if self._path is not None and self._last > self._reserved:
             self._reserved = self._last + RESERVED_AHEAD - 1
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(str(self._reserved))  # a few bytes: cheaper than a thread hop
-            tmp.replace(self._path)
+            self._store(self._reserved)
         return self._last
+
+    def _store(self, value: int) -> None:
+        assert self._path is not None
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(str(value))  # a few bytes: cheaper than a thread hop
+        tmp.replace(self._path)
 
 
 def runtime_facts(pool: InferencePool) -> RuntimeFacts:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -55,7 +56,17 @@ from pathlib import Path
 from lpnode.node.store import Synchronous
 from lpnode.protocol.errors import LpnodeError
 
-__all__ = ["MEDIA_SUFFIXES", "OutputEntry", "OutputFileError", "OutputFiles", "Verified", "check_sha256"]
+__all__ = [
+    "MEDIA_SUFFIXES",
+    "OutputDirError",
+    "OutputEntry",
+    "OutputFileError",
+    "OutputFiles",
+    "Verified",
+    "check_sha256",
+]
+
+log = logging.getLogger(__name__)
 
 # The media types lpnode's pipelines produce or take, with their usual file extension.
 MEDIA_SUFFIXES: dict[str, str] = {
@@ -84,6 +95,10 @@ class OutputFileError(LpnodeError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class OutputDirError(LpnodeError):
+    """The outputs directory cannot be used (a file in its place, no permission): one line at start."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +157,17 @@ class OutputFiles:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, OutputEntry] = OrderedDict()  # oldest write first
         self._total = 0
-        directory.mkdir(parents=True, exist_ok=True)
-        self._scan()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._scan()
+        except (FileExistsError, NotADirectoryError):
+            # a 110-line traceback at start before (QA s11)
+            raise OutputDirError(
+                f"cannot keep job outputs in {directory}: it is a file, not a folder; "
+                "move it away (or delete it) and restart the node"
+            ) from None
+        except OSError as exc:
+            raise OutputDirError(f"cannot keep job outputs in {directory}: {exc.strerror or exc}") from None
 
     @property
     def total_bytes(self) -> int:
@@ -222,6 +246,8 @@ class OutputFiles:
             self._forget(entry)
             return None
         if hashlib.sha256(data).hexdigest() != sha256:
+            # the disk (or someone) changed it: say so, or the operator sees only a 404 (QA s11)
+            log.warning("output %s failed its hash check (%s was changed on disk); dropped", sha256, entry.path)
             self._forget(entry)
             entry.path.unlink(missing_ok=True)
             return None

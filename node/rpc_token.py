@@ -51,7 +51,9 @@ def read_token(data_dir: Path) -> str:
     """The token of the node with ``data_dir``; raise :class:`RpcTokenError` if missing or unusable."""
     path = data_dir / TOKEN_FILE
     try:
-        token = path.read_text().strip()
+        token = path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        token = ""  # undecodable bytes: malformed, reported below
     except FileNotFoundError:
         raise RpcTokenError(
             f"no RPC token in {data_dir}: start a node with `lpnode run --data-dir {data_dir}` to create one"

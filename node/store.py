@@ -50,6 +50,7 @@ know why.
 from __future__ import annotations
 
 import inspect
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -340,6 +341,9 @@ async def open_store(
     """
     plan = _plan(migrations)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a directory in its place: SQLite's own word for it is "unable to open database file"
+    if await trio.to_thread.run_sync(os.path.isdir, path):
+        raise StoreError(f"cannot open the database {path}: it is a directory, not a file; move it away")
     if backend == "inline":
         async with _inline_connections(path, synchronous, busy_timeout_ms) as store:
             await _migrate(store, plan)

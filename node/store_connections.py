@@ -20,6 +20,7 @@ opened first, switches the file to WAL before the reader opens it.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ __all__ = ["Params", "Written"]
 Params = Sequence[Any] | Mapping[str, Any]
 
 _T = TypeVar("_T")
+
+_REAP_TIMEOUT_S = 5.0  # a failed connection's thread ends at once; never wait on a stuck one for long
 
 
 @dataclass(frozen=True)
@@ -236,9 +239,11 @@ def _pragmas(synchronous: str, busy_timeout_ms: int, query_only: bool) -> tuple[
 async def _connect(
     bridge: _Bridge, path: Path, synchronous: str, busy_timeout_ms: int, *, query_only: bool
 ) -> aiosqlite.Connection:
+    # isolation_level=None: sqlite3 never opens transactions behind our back; Store.transaction does.
+    proxy = aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+
     async def connect() -> aiosqlite.Connection:
-        # isolation_level=None: sqlite3 never opens transactions behind our back; Store.transaction does.
-        conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        conn = await proxy
         try:
             conn.row_factory = sqlite3.Row
             for pragma in _pragmas(synchronous, busy_timeout_ms, query_only):
@@ -254,7 +259,27 @@ async def _connect(
     try:
         return await bridge.run(connect())
     except StoreError as exc:
-        raise StoreError(f"cannot open the database {path}: {exc}") from exc
+        await _reap_thread(proxy)
+        detail = str(exc).removeprefix(f"{path}: ")  # _mapped_error named the path already
+        raise StoreError(f"cannot open the database {path}: {detail}") from exc
+    except BaseException:
+        await _reap_thread(proxy)
+        raise
+
+
+async def _reap_thread(proxy: aiosqlite.Connection) -> None:
+    """Wait (briefly) for the thread of a connection that failed to open to end.
+
+    When sqlite3.connect fails (the path is a directory, unreadable, ...), aiosqlite stops the
+    connection's thread without waiting for it; the thread then reports back to the asyncio loop,
+    which :func:`lpnode.node.store.open_store` closes right after: two stray "Exception in thread"
+    tracebacks on the terminal after the clean error. Joined here, the thread reports while the
+    loop is still open. (0.22 keeps the thread in ``_thread``; before, the connection is the thread.)
+    """
+    thread = getattr(proxy, "_thread", proxy)
+    if isinstance(thread, threading.Thread) and thread.is_alive():
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(thread.join, _REAP_TIMEOUT_S)
 
 
 def _connect_inline(path: Path, synchronous: str, busy_timeout_ms: int, *, query_only: bool) -> sqlite3.Connection:
@@ -270,7 +295,7 @@ def _connect_inline(path: Path, synchronous: str, busy_timeout_ms: int, *, query
                 raise StoreError(f"cannot open the database {path}: SQLite refused WAL mode (got {mode and mode[0]!r})")
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(f"cannot open the database {path}: {path}: {exc}") from exc
+        raise StoreError(f"cannot open the database {path}: {exc}") from exc
     except BaseException:
         conn.close()
         raise
