@@ -70,10 +70,13 @@ def peer_table(peer: dict[str, Any]) -> str:
     for family in peer["families"]:
         lines.append(
             f"  {family['model_family']}: score {family['score']:.2f} (mean {family['expected_trust']:.2f}),"
-            f" {family['jobs']} jobs, {family['checks']} checks, {family['blames']} blames"
+            f" {family['jobs']} jobs, {family['checks']} checks, {family['blames']} blames,"
+            f" {family.get('failed_tries', 0)} failed tries ({family.get('cheats', 0)} signed wrong results)"
         )
     for item in peer.get("recent", []):
         lines.append(f"  #{item['id']:<6} {_when(item['at'])}  {item['kind']:<12} {item['verdict']:<12} {item['role']}")
+    for item in peer.get("recent_failures", []):
+        lines.append(f"  try #{item['id']:<6} {_when(item['at'])}  {item['fault']:<9} {item['outcome']}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from lpnode.protocol.errors import NetworkError, OutputMismatch, ProtocolError, ProtocolViolation, StreamTimeout
-from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, InputShape, JobMessage, Progress, QuoteRequest
+from lpnode.protocol.jobs import ACCEPT_IN_ADVANCE, InputShape, JobMessage, Progress, QuoteRequest, Result
 from lpnode.protocol.jobspec import JobSpec
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.negotiation import Action, Phase, RequesterNegotiation, Send
@@ -47,6 +47,34 @@ ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES = 32 * 1024
 QUOTE_ABOVE_ADVERT = "violation:quote_above_advert"  # a quote dearer than the peer's advert says: not accepted
 BAD_OUTPUT = "violation:bad_output"  # a signed output that is not the file the job asked for (output_check)
 
+# Whose doing a failed try was, as the reputation store counts it (``Attempt.fault``; docs/verification.md,
+# "Failed tries"). Only what the worker itself signed or sent on its own authenticated stream is proof: a network
+# or our own deadline can cut a try short, but neither can make a worker sign a receipt for the wrong bytes.
+FAULT_CHEAT = "cheat"  # it signed a result that is not this job's (receipt or outputs): proof; counts to a ban
+FAULT_VIOLATION = "violation"  # it broke the protocol on its stream before any result (a quote over the price...)
+FAULT_UNPROVEN = "unproven"  # it took the job (quoted) and then went away, fell silent, failed or ran out of time
+# outcomes, by class. Not the worker's doing: "unreachable", a refusal (it may say "no" or "not now"), a spare
+# stream that broke unanswered, a stream lost before it answered, our own cancel, the quote expiring in our hands.
+CHEAT_OUTCOMES = frozenset(
+    {"output_mismatch", BAD_OUTPUT, "violation:receipt_mismatch", "violation:bad_receipt"}
+)  # the first two with a receipt that verifies: kept as evidence
+VIOLATION_OUTCOMES = frozenset(
+    {
+        "garbage",  # undecodable frames, or a quote whose signature does not verify
+        "violation:over_price",  # a signed quote above the request's max_price (it should have refused "price")
+        QUOTE_ABOVE_ADVERT,  # a signed quote above its own signed advert: bait and switch
+        "violation:wrong_job",  # a message naming another job
+        "violation:wrong_worker",  # a quote signed by another peer
+        "violation:wrong_model",  # a quote for another model than the one asked
+        "violation:unexpected",  # a message out of turn
+    }
+)
+# errors a worker reports after quoting that are the request's doing, or ours (the rest are its own: out of memory,
+# model load failed, internal, its own deadline, shutting down with a job it took)
+NOT_ITS_ERRORS = frozenset(
+    {"error:invalid_input", "error:input_mismatch", "error:quote_expired", "error:protocol_violation"}
+)
+
 ProgressCallback = Callable[[str, Progress], None]  # (worker peer id, latest progress)
 # When a worker was lost, as people read it (an attempt's detail): how far the job had got there, as far as
 # the requester had heard (a worker that started running may be lost before its word of it arrives)
@@ -65,6 +93,8 @@ class Attempt:
     outcome: str  # "done", "refused:busy", "error:out_of_memory", "disconnected", "violation:bad_receipt", ...
     detail: str  # for people
     price: int | None  # quoted micro-credits, when a quote came
+    fault: str = ""  # FAULT_CHEAT, FAULT_VIOLATION or FAULT_UNPROVEN when the failure was the worker's doing
+    receipt: bytes = b""  # the signed receipt of a failed try that had one (evidence of a FAULT_CHEAT)
 
 
 class TryWatcher:
@@ -132,6 +162,7 @@ class CandidateTry:
         self.take_spare = True  # False: open a stream now even if a spare is held
         self.on_spare = False  # this try runs on a spare stream (opened before the job)
         self.check_output_size = True  # False: outputs are checked for structure only (simnet's stand-ins)
+        self.refused_receipt = b""  # a Result's receipt the machine refused (receipt_mismatch): evidence
 
     def attempt(self) -> Attempt:
         machine = self.machine
@@ -144,7 +175,33 @@ class CandidateTry:
         if not detail:
             detail = self.send_error
         price = machine.quote.price if machine.quote is not None else None
-        return Attempt(self.candidate.peer_id, self.candidate.model_id, machine.job_id, outcome, detail, price)
+        fault = self.fault(outcome)
+        receipt = (machine.receipt_bytes or self.refused_receipt) if fault == FAULT_CHEAT else b""
+        return Attempt(
+            self.candidate.peer_id, self.candidate.model_id, machine.job_id, outcome, detail, price, fault, receipt
+        )
+
+    def fault(self, outcome: str) -> str:
+        """Whose doing a try that ended as ``outcome`` was: a ``FAULT_*`` class, or "" (done, or not the worker's).
+
+        Proof (``FAULT_CHEAT``, ``FAULT_VIOLATION``) is what the worker signed or sent on its own stream, which the
+        connection authenticates. Past its quote a worker has taken the job with our deadline in hand, so losing it,
+        falling silent, failing it or missing the deadline is its doing (``FAULT_UNPROVEN``: a network can look the
+        same, so it weighs less); before any answer a lost stream or silence may be the network's, or a restart.
+        """
+        if outcome in CHEAT_OUTCOMES:
+            return FAULT_CHEAT
+        if outcome in VIOLATION_OUTCOMES or outcome.startswith("violation:"):
+            return FAULT_VIOLATION
+        if outcome == "timeout":  # the stream opened, so the path to it works: the silence is its own
+            return FAULT_UNPROVEN
+        if self.machine.quote is None or outcome == "done" or outcome.startswith("refused:"):
+            return ""
+        if outcome in ("disconnected", "deadline"):
+            return FAULT_UNPROVEN
+        if outcome.startswith("error:") and outcome not in NOT_ITS_ERRORS:
+            return FAULT_UNPROVEN
+        return ""
 
     def spare_was_dead(self) -> bool:
         """This try ran on a spare that broke before the worker said anything: not the worker's doing."""
@@ -333,6 +390,8 @@ class CandidateTry:
             await self._apply(machine.on_message(msg, self.now()))
         except ProtocolViolation as exc:
             self.detail = exc.detail
+            if isinstance(msg, Result):  # the machine keeps only a receipt it accepted; a refused one is evidence
+                self.refused_receipt = msg.receipt
             await self._apply(exc.actions)
             return
         if isinstance(msg, Progress) and self.on_progress is not None:
@@ -354,9 +413,15 @@ __all__ = [
     "ACCEPT_IN_ADVANCE_MAX_INPUT_BYTES",
     "BAD_OUTPUT",
     "CANCEL_GRACE_S",
+    "CHEAT_OUTCOMES",
     "DEFAULT_QUOTE_TIMEOUT_S",
     "DEFAULT_SILENCE_S",
+    "FAULT_CHEAT",
+    "FAULT_UNPROVEN",
+    "FAULT_VIOLATION",
+    "NOT_ITS_ERRORS",
     "QUOTE_ABOVE_ADVERT",
+    "VIOLATION_OUTCOMES",
     "Attempt",
     "CandidateTry",
     "ProgressCallback",

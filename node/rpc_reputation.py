@@ -9,14 +9,18 @@
 * ``GET /v1/reputation/evidence?after=&limit=&peer_id=``: evidence rows in id
   order with their signed receipts (base64), a page at a time (``next_after``);
   ``lpnode reputation export`` pages through it;
+* ``GET /v1/reputation/failures?after=&limit=&peer_id=``: tries of this node's
+  that failed by the worker's doing (``fault``: ``cheat``, ``violation`` or
+  ``unproven``), in id order, a cheat's signed receipt (base64) with it;
 * ``GET /v1/reputation/{peer_id}``: one peer, with its evidence count and most
-  recent verdicts; 404 ``peer_not_found`` for a peer the store holds nothing
-  about (no score, ban or evidence), as ``/v1/peers/{peer_id}`` answers a peer
-  not in the directory.
+  recent verdicts, its failed tries' count and the most recent of them; 404
+  ``peer_not_found`` for a peer the store holds nothing about (no score, ban
+  or evidence), as ``/v1/peers/{peer_id}`` answers a peer not in the directory.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 from typing import Annotated, Any
 
@@ -40,6 +44,11 @@ def _recent(row: dict[str, Any], peer_id: str) -> dict[str, Any]:
     role = "blamed" if peer_id in row["blamed"] else "credited" if peer_id in row["credited"] else "undecided"
     recent = {"id": row["id"], "at": row["at"], "kind": row["kind"], "verdict": row["verdict"], "role": role}
     return {**recent, "voided": row["voided"] is not None}  # withdrawn: a peer that decided it was banned since
+
+
+def _failure_row(row: dict[str, Any]) -> dict[str, Any]:
+    receipt = row["receipt"]
+    return {**row, "receipt": None if receipt is None else base64.b64encode(receipt).decode()}
 
 
 def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRouter:
@@ -90,6 +99,16 @@ def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRou
         rows = await reputation.evidence(peer_id=peer_id, after_id=after, limit=limit)
         return {"evidence": [wire_row(r) for r in rows], "next_after": rows[-1]["id"] if rows else None}
 
+    @router.get("/failures")
+    async def failures(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_EVIDENCE_PAGE)] = 100,
+        peer_id: Annotated[str | None, Query(pattern=_PEER_ID_PATTERN)] = None,
+    ) -> dict[str, Any]:
+        """Tries that failed by the worker's doing, after id ``after``, oldest first (a cheat's receipt base64)."""
+        rows = await reputation.failures(peer_id=peer_id, after_id=after, limit=limit)
+        return {"failures": [_failure_row(r) for r in rows], "next_after": rows[-1]["id"] if rows else None}
+
     @router.get("/{peer_id}", responses={404: {"model": ErrorBody, "description": "nothing known about the peer"}})
     async def peer(peer_id: Annotated[str, PathParam(pattern=_PEER_ID_PATTERN)]) -> Any:
         """One peer: scores per model family, ban state and expiry, evidence count, recent verdicts."""
@@ -105,6 +124,13 @@ def reputation_router(reputation: ReputationStore, require_token: Any) -> APIRou
         described["evidence_count"] = evidence_count
         rows = await reputation.evidence(peer_id=peer_id, newest_first=True, limit=RECENT_VERDICTS)
         described["recent"] = [_recent(row, peer_id) for row in rows]
+        described["failure_count"] = await reputation.failure_count(peer_id)
+        failed = await reputation.failures(peer_id=peer_id, newest_first=True, limit=RECENT_VERDICTS)
+        described["recent_failures"] = [
+            {key: row[key] for key in ("id", "at", "model_family", "job_id", "outcome", "fault", "detail")}
+            | {"receipt": row["receipt"] is not None}
+            for row in failed
+        ]
         return described
 
     return router

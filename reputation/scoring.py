@@ -10,6 +10,10 @@ mean, with a weak prior (one good, one bad): a new peer scores low enough that
 proven peers come first, yet well above a proven cheater, so exploration (the
 peer choice's job) keeps newcomers reachable.
 
+Failed tries that were the peer's doing (:func:`after_failure`) lower the score too: a *cheat* (it signed a
+result that is not the job's) counts as a blame, in the ban test as well; a protocol violation or an unproven
+failure (vanished, silent) goes to a third count, ``failed``, weighted below a blame, that only the score reads.
+
 A ban is Wald's sequential probability ratio test (SPRT) between two failure
 rates per check: ``ban_honest_rate`` (p0, what honest hardware differences may
 explain) and ``ban_cheat_rate`` (p1, the cheater the network must catch). Each
@@ -49,9 +53,11 @@ from lpnode.protocol.errors import ConfigError
 from lpnode.protocol.receipts import Receipt, conflicting
 
 __all__ = [
+    "FAILURE_CLASSES",
     "Evidence",
     "ScoringConfig",
     "after_check",
+    "after_failure",
     "as_of",
     "ban_until",
     "decay",
@@ -96,6 +102,16 @@ class ScoringConfig:
     # counts fade good faster than bad on purpose, which would push an ageing honest peer towards a ban).
     ban_half_life_s: float = 14 * _DAY
     ban_duration_s: float = 30 * _DAY  # seconds a ban lasts (doubled per earlier ban by the store)
+    # A failed try that was the worker's doing (node.job_try's fault classes) lowers the score. A cheat (it signed
+    # a result that is not the job's) is a blame in the ban test (two ban, as two blames do) and weighs
+    # cheat_weight blames in the score: unlike a blame, which a majority decides and honest hardware may earn (p0),
+    # it is certain, and one must outweigh a queue (one job queued doubles a peer's expected time; a single blame's
+    # weight, 0.12 -> 0.078, did not in the JS-worker run, docs/verification.md). A protocol violation weighs a
+    # blame in the score alone (a stale advert or another version can explain some); a failure nobody can prove (it
+    # took the job, then vanished or fell silent: a network can look the same) weighs half of one.
+    cheat_weight: float = 3.0
+    violation_weight: float = 1.0
+    unproven_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.prior_good <= 0 or self.prior_bad <= 0:
@@ -108,6 +124,8 @@ class ScoringConfig:
             raise ConfigError(f"need 0 < ban_honest_rate < ban_cheat_rate < 1, got {self}")
         if self.ban_duration_s <= 0 or self.ban_half_life_s <= 0:
             raise ConfigError("ban_duration_s and ban_half_life_s must be positive")
+        if not (0 <= self.unproven_weight <= self.violation_weight <= 1 <= self.cheat_weight):
+            raise ConfigError("need 0 <= unproven_weight <= violation_weight <= 1 <= cheat_weight (a blame weighs 1)")
 
 
 @dataclass(frozen=True)
@@ -115,7 +133,8 @@ class Evidence:
     """Decayed counts for one (peer, model family) as of ``at`` (unix seconds).
 
     ``good`` / ``bad`` feed the score (good fades faster); ``ban_good`` / ``ban_bad`` count the same checks faded
-    with one half-life and feed the ban test (:func:`should_ban`).
+    with one half-life and feed the ban test (:func:`should_ban`). ``failed`` (:func:`after_failure`) feeds the
+    score only.
     """
 
     good: float = 0.0
@@ -123,6 +142,9 @@ class Evidence:
     at: float = 0.0
     ban_good: float = 0.0
     ban_bad: float = 0.0
+    # failed tries that prove no cheating (protocol violations, unproven failures), weighted: in the score beside
+    # `bad`, faded like it, never in the ban test (cheats are in `bad` and `ban_bad`, as blames are)
+    failed: float = 0.0
 
 
 def _fade(value: float, elapsed: float, half_life: float) -> float:
@@ -140,6 +162,7 @@ def decay(evidence: Evidence, now: float, config: ScoringConfig) -> Evidence:
         at=now,
         ban_good=_fade(evidence.ban_good, elapsed, config.ban_half_life_s),
         ban_bad=_fade(evidence.ban_bad, elapsed, config.ban_half_life_s),
+        failed=_fade(evidence.failed, elapsed, config.bad_half_life_s),
     )
 
 
@@ -155,6 +178,7 @@ def as_of(evidence: Evidence, then: float, config: ScoringConfig) -> Evidence:
         at=then,
         ban_good=evidence.ban_good * math.pow(2.0, elapsed / config.ban_half_life_s),
         ban_bad=evidence.ban_bad * math.pow(2.0, elapsed / config.ban_half_life_s),
+        failed=evidence.failed * math.pow(2.0, elapsed / config.bad_half_life_s),
     )
 
 
@@ -175,8 +199,13 @@ def record(evidence: Evidence, now: float, config: ScoringConfig, *, good: float
     if good < 0 or bad < 0:
         raise ValueError("evidence weights are non-negative")
     current = decay(evidence, now, config)
-    return Evidence(
-        current.good + good, current.bad + bad, max(now, current.at), current.ban_good + good, current.ban_bad + bad
+    return replace(
+        current,
+        good=current.good + good,
+        bad=current.bad + bad,
+        at=max(now, current.at),
+        ban_good=current.ban_good + good,
+        ban_bad=current.ban_bad + bad,
     )
 
 
@@ -195,7 +224,7 @@ def score(evidence: Evidence, now: float, config: ScoringConfig) -> float:
     """Trust in [0, 1]: the lower confidence bound of the Beta posterior's mean. New peer (prior only): ~0.12."""
     current = decay(evidence, now, config)
     alpha = config.prior_good + current.good
-    beta = config.prior_bad + current.bad
+    beta = config.prior_bad + current.bad + current.failed
     return wilson_lower_bound(alpha, alpha + beta, config.z)
 
 
@@ -203,7 +232,7 @@ def expected_trust(evidence: Evidence, now: float, config: ScoringConfig) -> flo
     """The Beta posterior's mean (for display beside the score)."""
     current = decay(evidence, now, config)
     alpha = config.prior_good + current.good
-    return alpha / (alpha + config.prior_bad + current.bad)
+    return alpha / (alpha + config.prior_bad + current.bad + current.failed)
 
 
 def fail_rate_lower_bound(evidence: Evidence, now: float, config: ScoringConfig) -> float:
@@ -233,6 +262,29 @@ def after_check(evidence: Evidence, now: float, config: ScoringConfig, *, blamed
         return record(evidence, now, config, good=1.0), False
     new = record(evidence, now, config, bad=1.0)
     return new, should_ban(new, now, config)
+
+
+FAILURE_CLASSES = ("cheat", "violation", "unproven")  # node.job_try's FAULT_* values, most serious first
+
+
+def after_failure(evidence: Evidence, now: float, config: ScoringConfig, *, fault: str) -> tuple[Evidence, bool]:
+    """One failed try that was the peer's doing (``fault``, one of :data:`FAILURE_CLASSES`): its evidence with the
+    failure recorded, and whether the ban test now says "cheater".
+
+    A cheat is a blame in every count (score and ban test), and weighs ``cheat_weight`` blames in the score: an
+    honest worker never signs a receipt for bytes it did not send, or an output that is not the job's, so it needs
+    no checker to decide it. The other classes lower the score only: they waste a try, but prove no cheating (see
+    :class:`ScoringConfig` for the weights).
+    """
+    if fault == "cheat":
+        new = record(evidence, now, config, bad=1.0)
+        new = replace(new, failed=new.failed + config.cheat_weight - 1.0)  # the rest of its weight: the score's alone
+        return new, should_ban(new, now, config)
+    weights = {"violation": config.violation_weight, "unproven": config.unproven_weight}
+    if fault not in weights:
+        raise ValueError(f"not a failure class: {fault!r}")
+    current = decay(evidence, now, config)
+    return replace(current, failed=current.failed + weights[fault], at=max(now, current.at)), False
 
 
 def should_ban(evidence: Evidence, now: float, config: ScoringConfig) -> bool:

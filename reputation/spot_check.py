@@ -18,7 +18,10 @@ Outputs are compared (:func:`~.compare.compare_receipts`, then pixels with
 in a third peer and the odd one out is blamed (:func:`~.policy.resolve`).
 Every settled check, with all its signed receipts, goes to the
 :class:`~.store.ReputationStore`, which updates scores and bans; the compute
-spent on copies is counted there too (the overhead figure).
+spent on copies is counted there too (the overhead figure). So does every try,
+of a user's job or of a copy, that failed by its worker's doing
+(``Attempt.fault``: a signed wrong result, a protocol violation, a job taken and
+dropped), before the answer: the next job's ranking sees it.
 
 Bounded: at most ``max_pending`` background checks at once (more are skipped
 and counted), and at most three peers per spot check.
@@ -44,7 +47,7 @@ from typing import Any
 
 import trio
 from lpnode.node.daemon import Node
-from lpnode.node.job_requester import JobFailed, JobOutcome, JobRequest, ProgressCallback
+from lpnode.node.job_requester import Attempt, JobFailed, JobOutcome, JobRequest, ProgressCallback
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobs import Progress
@@ -64,7 +67,7 @@ from .policy import (
     parse_verification,
     resolve,
 )
-from .store import CheckEvidence, ReputationStore, model_family
+from .store import CheckEvidence, ReputationStore, TryFailure, model_family
 
 __all__ = ["DEFAULT_MAX_PENDING", "NoMajority", "Runner", "SpotChecker", "compare_pair", "open_spot_checker"]
 
@@ -192,7 +195,7 @@ class SpotChecker:
         self, job: JobRequest, inputs: Mapping[str, bytes], options: JobOptions, on_progress: ProgressCallback
     ) -> JobOutcome:
         method = parse_verification(options.verification, self.policy)
-        outcome = await self.runner(job, inputs, options, on_progress)
+        outcome = await self._run(job, inputs, options, on_progress)
         first = outcome.worker_peer_id
         if first == self.node.peer_id:
             return outcome  # this node ran it itself: checking ourselves proves nothing
@@ -215,6 +218,43 @@ class SpotChecker:
         self._pending += 1
         self._spawn(self._background, job, inputs, options, outcome, [*plan.peers, *self._suspect(outcome, plan.peers)])
         return outcome
+
+    async def _run(
+        self, job: JobRequest, inputs: Mapping[str, bytes], options: JobOptions, on_progress: ProgressCallback
+    ) -> JobOutcome:
+        """The wrapped runner, with the tries that failed by their worker's doing recorded, succeeded or not."""
+        try:
+            outcome = await self.runner(job, inputs, options, on_progress)
+        except JobFailed as exc:
+            await self._record_failures(exc.attempts)
+            raise
+        await self._record_failures(outcome.attempts)
+        return outcome
+
+    async def _record_failures(self, attempts: Sequence[Attempt]) -> None:
+        """Tries that failed by their worker's doing, into the store now (not in the background: they are rare, and
+        the next job's ranking must see them). This node's own worker is never recorded, as it is never checked."""
+        failures = [
+            TryFailure(a.peer_id, model_family(a.model_id), a.job_id, a.outcome, a.fault, a.detail, a.receipt)
+            for a in attempts
+            if a.fault and a.peer_id != self.node.peer_id
+        ]
+        if not failures:
+            return
+        try:
+            await self.reputation.record_failures(failures)
+        except LpnodeError as exc:  # a lost record is a lost sample, never the user's problem
+            log.warning("could not record %d failed tr(ies) in the reputation store: %s", len(failures), exc)
+        except Exception:
+            log.exception("recording %d failed tr(ies) in the reputation store crashed", len(failures))
+        for failure in failures:
+            log.info(
+                "try %s on %s failed by its doing (%s): %s",
+                failure.job_id[:12],
+                failure.peer_id,
+                failure.fault,
+                failure.outcome,
+            )
 
     async def wait_idle(self) -> None:
         """Until no background work is running: checks and bookkeeping (tests, and a clean shutdown)."""
@@ -386,7 +426,7 @@ class SpotChecker:
         avoid = sorted({*exclude, *_failed_peers(first), *options.avoid, self.node.peer_id} - {peer})
         copy_options = options.model_copy(update={"prefer": [peer], "avoid": avoid, "allow_local": False})
         try:
-            outcome = await self.runner(same, inputs, copy_options, _ignore_progress)
+            outcome = await self._run(same, inputs, copy_options, _ignore_progress)
         except LpnodeError as exc:
             log.info("check copy of job %s on %s failed: %s", first.job_id[:12], peer, exc)
             await self.reputation.note_check_compute(0, 0.0, skipped=1)

@@ -4,6 +4,7 @@
         reputation = await open_reputation(db)
         reputation.score(peer_id, model_family)        # sync, from memory: the ranking calls it per candidate
         await reputation.record_check(check)           # one transaction: evidence + receipts + scores + bans
+        await reputation.record_failures(failures)     # tries that failed by the worker's doing: rows + scores + bans
 
 Tables: :data:`REPUTATION_MIGRATIONS` (component ``reputation``), described in :mod:`~lpnode.reputation.store_schema`.
 The store is split by job: this module holds :class:`ReputationStore` (the in-memory mirror and the order of each
@@ -37,9 +38,11 @@ from .compare import Verdict
 from .errors import ReputationError
 from .policy import PeerHistory, blame_stands
 from .scoring import (
+    FAILURE_CLASSES,
     Evidence,
     ScoringConfig,
     after_check,
+    after_failure,
     equivocation,
     expected_trust,
     log_likelihood_ratio,
@@ -48,8 +51,10 @@ from .scoring import (
 )
 from .store_rows import (
     evidence_json,
+    failure_json,
     impose_ban,
     insert_evidence,
+    insert_failure,
     insert_receipts,
     load_bans,
     load_counters,
@@ -61,7 +66,7 @@ from .store_rows import (
     spec_id,
 )
 from .store_schema import REPUTATION_MIGRATIONS
-from .store_types import Ban, CheckEvidence, PeerState, in_force
+from .store_types import Ban, CheckEvidence, PeerState, TryFailure, in_force
 from .store_withdraw import withdraw_blames
 
 __all__ = [
@@ -73,6 +78,7 @@ __all__ = [
     "NotEquivocation",
     "PeerState",
     "ReputationStore",
+    "TryFailure",
     "model_family",
     "open_reputation",
     "spec_id",
@@ -165,6 +171,7 @@ class ReputationStore:
                 "evidence_id": ban.evidence_id,
                 "lifted": ban.lifted,
                 "lifted_at": ban.lifted_at,
+                "failure_id": ban.failure_id,
             },
             "families": [
                 {
@@ -178,6 +185,9 @@ class ReputationStore:
                     "checks": state.checks,
                     "blames": state.blames,
                     "voided_blames": state.voided,
+                    "failed_tries": state.failed_tries,  # tries that failed by its doing, cheats included
+                    "cheats": state.cheats,  # tries it signed a wrong result for (blames without a checker)
+                    "failed": state.evidence.failed,  # failed tries' weight in the score beyond blames, decayed
                     "consecutive_agreements": state.history.consecutive_agreements,
                 }
                 for family, state in self.families(peer_id).items()
@@ -239,6 +249,27 @@ class ReputationStore:
             )
             counts.update((str(row["worker_peer_id"]), int(row["n"])) for row in rows)
         return counts
+
+    async def failures(
+        self, *, peer_id: str | None = None, after_id: int = 0, limit: int = 50, newest_first: bool = False
+    ) -> list[dict[str, Any]]:
+        """Failed-try rows (:meth:`record_failures`), a cheat's receipt as bytes (base64 is the caller's business)."""
+        limit = max(1, min(limit, MAX_EVIDENCE_PAGE))
+        order = "DESC" if newest_first else "ASC"
+        where, params = ["id > ?"], [after_id]
+        if peer_id is not None:
+            where.append("peer_id = ?")
+            params.append(peer_id)  # type: ignore[arg-type]
+        rows = await self.db.fetch_all(
+            f"SELECT * FROM rep_failures WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
+            (*params, limit),
+            max_rows=MAX_EVIDENCE_PAGE,
+        )
+        return [failure_json(row) for row in rows]
+
+    async def failure_count(self, peer_id: str) -> int:
+        row = await self.db.fetch_one("SELECT count(*) AS n FROM rep_failures WHERE peer_id = ?", (peer_id,))
+        return 0 if row is None else int(row["n"])
 
     # ------------------------------------------------------------ writes (one transaction each)
 
@@ -351,6 +382,56 @@ class ReputationStore:
             self._notify()
             return evidence_id
 
+    async def record_failures(self, failures: Sequence[TryFailure]) -> list[int]:
+        """Store tries that failed by the worker's doing and their consequences (scores, bans); the row ids.
+
+        One transaction for all. A cheat (it signed a result that is not the job's) counts as a blame: in the score,
+        in the ban test (:func:`~lpnode.reputation.scoring.after_failure`) and in the policy's history (its next
+        jobs are all checked, and it is probed as a suspect); its receipt is kept when it verifies as the peer's own,
+        the evidence a third party can check. The other classes lower the score only.
+        """
+        for failure in failures:
+            if failure.fault not in FAILURE_CLASSES:
+                raise ReputationError(f"not a failure class: {failure.fault!r}")
+        if not failures:
+            return []
+        async with self._lock:
+            now = self.clock()
+            peers = dict(self._peers)
+            bans = dict(self._bans)
+            touched: set[tuple[str, str]] = set()
+            newly_banned: list[str] = []
+            ids: list[int] = []
+            async with self.db.transaction() as tx:
+                for failure in failures:
+                    failure_id = await insert_failure(tx, failure, _own_receipt(failure), now)
+                    ids.append(failure_id)
+                    peer, key = failure.peer_id, (failure.peer_id, failure.model_family)
+                    state = peers.get(key, PeerState())
+                    cheat = failure.fault == "cheat"
+                    evidence, ban = after_failure(state.evidence, now, self.config, fault=failure.fault)
+                    peers[key] = replace(
+                        state,
+                        evidence=evidence,
+                        history=state.history.after_blame() if cheat else state.history,
+                        failed_tries=state.failed_tries + 1,
+                        cheats=state.cheats + cheat,
+                    )
+                    touched.add(key)
+                    if ban and not in_force(bans.get(peer), now):
+                        bans[peer] = await impose_ban(
+                            tx, peer, bans.get(peer), now, self.config, "signed wrong results", None, failure_id
+                        )
+                        newly_banned.append(peer)
+                if newly_banned:  # its word no longer decides others' blames, as after any ban
+                    await withdraw_blames(tx, newly_banned, peers, bans, touched, now, self.config)
+                for peer, family in touched:
+                    await save_peer(tx, peer, family, peers[(peer, family)])
+            self._commit_peers({key: peers[key] for key in touched})
+            self._bans = bans
+            self._notify()
+            return ids
+
     async def record_equivocation(self, a: bytes, b: bytes) -> int:
         """Two receipts one worker signed for one job id with different outputs: store them and ban at once."""
         ra, rb = _verified(a), _verified(b)
@@ -426,6 +507,17 @@ async def open_reputation(
     reputation = ReputationStore(store, config or ScoringConfig(), clock)
     await reputation._load()
     return reputation
+
+
+def _own_receipt(failure: TryFailure) -> bytes | None:
+    """A failed try's receipt if it verifies and its signer is the peer the failure is filed under; else None."""
+    if not failure.receipt:
+        return None
+    try:
+        receipt = verify_receipt(failure.receipt)
+    except ReceiptRejected:
+        return None
+    return failure.receipt if receipt.worker_peer_id == failure.peer_id else None
 
 
 def _verified(data: bytes) -> Receipt:

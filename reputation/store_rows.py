@@ -21,14 +21,17 @@ from .compare import Verdict
 from .errors import ReputationError
 from .policy import PeerHistory
 from .scoring import Evidence, ScoringConfig, ban_until
-from .store_types import Ban, CheckEvidence, PeerState
+from .store_types import Ban, CheckEvidence, PeerState, TryFailure
 
 __all__ = [
     "MAX_DETAIL_BYTES",
+    "MAX_FAILURE_TEXT",
     "MAX_PEERS_LOADED",
     "evidence_json",
+    "failure_json",
     "impose_ban",
     "insert_evidence",
+    "insert_failure",
     "insert_receipts",
     "load_bans",
     "load_counters",
@@ -42,6 +45,7 @@ __all__ = [
 
 MAX_DETAIL_BYTES = 64 * 1024  # the JSON of one evidence row's pairwise verdicts
 MAX_PEERS_LOADED = 1_000_000  # rows of rep_peers read into memory at start; a sanity bound
+MAX_FAILURE_TEXT = 1024  # characters of a failed try's outcome and detail kept
 
 
 def spec_id(spec: JobSpec) -> str:
@@ -93,11 +97,13 @@ async def receipts_for(tx: Transaction, worker: str, job_id: str, not_evidence: 
 async def save_peer(tx: Transaction, peer_id: str, family: str, state: PeerState) -> None:
     await tx.execute(
         "INSERT INTO rep_peers (peer_id, model_family, good, bad, at, ban_good, ban_bad, jobs, consecutive,"
-        " since_blame, checks, blames, voided) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " since_blame, checks, blames, voided, failed, failed_tries, cheats)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (peer_id, model_family) DO UPDATE SET good = excluded.good, bad = excluded.bad,"
         " at = excluded.at, ban_good = excluded.ban_good, ban_bad = excluded.ban_bad, jobs = excluded.jobs,"
         " consecutive = excluded.consecutive, since_blame = excluded.since_blame, checks = excluded.checks,"
-        " blames = excluded.blames, voided = excluded.voided",
+        " blames = excluded.blames, voided = excluded.voided, failed = excluded.failed,"
+        " failed_tries = excluded.failed_tries, cheats = excluded.cheats",
         (
             peer_id,
             family,
@@ -112,6 +118,9 @@ async def save_peer(tx: Transaction, peer_id: str, family: str, state: PeerState
             state.checks,
             state.blames,
             state.voided,
+            state.evidence.failed,
+            state.failed_tries,
+            state.cheats,
         ),
     )
 
@@ -124,21 +133,67 @@ async def save_counters(tx: Transaction, counters: dict[str, float]) -> None:
 
 
 async def impose_ban(
-    tx: Transaction, peer: str, earlier: Ban | None, now: float, config: ScoringConfig, reason: str, evidence_id: int
+    tx: Transaction,
+    peer: str,
+    earlier: Ban | None,
+    now: float,
+    config: ScoringConfig,
+    reason: str,
+    evidence_id: int | None,
+    failure_id: int | None = None,
 ) -> Ban:
-    """Ban ``peer`` from ``now`` (``earlier``: its last ban, whose count sets the length) and write it; the new ban."""
+    """Ban ``peer`` from ``now`` (``earlier``: its last ban, whose count sets the length) and write it; the new ban.
+
+    ``evidence_id``: the check (rep_evidence) that banned it, or ``failure_id``: the failed try (rep_failures)."""
     count = 0 if earlier is None else earlier.bans
     lifted = 0 if earlier is None else earlier.lifted
     # a lifted ban was a mistake of others' making: it does not lengthen this one
-    ban = Ban(ban_until(now, count - lifted, config), reason, now, count + 1, evidence_id, lifted, None)
+    ban = Ban(ban_until(now, count - lifted, config), reason, now, count + 1, evidence_id, lifted, None, failure_id)
     await tx.execute(
-        "INSERT INTO rep_bans (peer_id, until, reason, at, bans, evidence_id, lifted, lifted_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, NULL)"
+        "INSERT INTO rep_bans (peer_id, until, reason, at, bans, evidence_id, lifted, lifted_at, failure_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)"
         " ON CONFLICT (peer_id) DO UPDATE SET until = excluded.until, reason = excluded.reason, at = excluded.at,"
-        " bans = excluded.bans, evidence_id = excluded.evidence_id, lifted = excluded.lifted, lifted_at = NULL",
-        (peer, ban.until, ban.reason, ban.at, ban.bans, ban.evidence_id, ban.lifted),
+        " bans = excluded.bans, evidence_id = excluded.evidence_id, lifted = excluded.lifted, lifted_at = NULL,"
+        " failure_id = excluded.failure_id",
+        (peer, ban.until, ban.reason, ban.at, ban.bans, ban.evidence_id, ban.lifted, ban.failure_id),
     )
     return ban
+
+
+async def insert_failure(tx: Transaction, failure: TryFailure, receipt: bytes | None, now: float) -> int:
+    """A failed try's row (``receipt``: its signed receipt where it verified as the peer's own, else None); the id."""
+    written = await tx.execute(
+        "INSERT INTO rep_failures (at, peer_id, model_family, job_id, outcome, fault, detail, receipt)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            failure.peer_id,
+            failure.model_family,
+            failure.job_id,
+            failure.outcome[:MAX_FAILURE_TEXT],
+            failure.fault,
+            failure.detail[:MAX_FAILURE_TEXT],
+            receipt,
+        ),
+    )
+    assert written.lastrowid is not None
+    return written.lastrowid
+
+
+def failure_json(row: sqlite3.Row) -> dict[str, Any]:
+    """A rep_failures row as JSON (the receipt as bytes, or None: base64 is the caller's business)."""
+    receipt = row["receipt"]
+    return {
+        "id": int(row["id"]),
+        "at": float(row["at"]),
+        "peer_id": str(row["peer_id"]),
+        "model_family": str(row["model_family"]),
+        "job_id": str(row["job_id"]),
+        "outcome": str(row["outcome"]),
+        "fault": str(row["fault"]),
+        "detail": str(row["detail"]),
+        "receipt": None if receipt is None else bytes(receipt),
+    }
 
 
 async def mark_void(tx: Transaction, evidence_id: int, now: float, reason: str) -> None:
@@ -175,11 +230,14 @@ async def load_peers(db: Store) -> dict[tuple[str, str], PeerState]:
                 float(row["at"]),
                 float(row["ban_good"]),
                 float(row["ban_bad"]),
+                float(row["failed"]),
             ),
             history=PeerHistory(int(row["jobs"]), int(row["consecutive"]), row["since_blame"]),
             checks=int(row["checks"]),
             blames=int(row["blames"]),
             voided=int(row["voided"]),
+            failed_tries=int(row["failed_tries"]),
+            cheats=int(row["cheats"]),
         )
     return peers
 
@@ -197,6 +255,7 @@ async def load_bans(db: Store) -> dict[str, Ban]:
             row["evidence_id"],
             int(row["lifted"]),
             None if lifted_at is None else float(lifted_at),
+            row["failure_id"],
         )
     return bans
 

@@ -13,7 +13,10 @@
 * ``rep_bans``: a peer's current or last ban, its expiry, reason and how many
   bans it has had (each doubles the next one's length, except those lifted
   because the blames they rested on were voided);
-* ``rep_counters``: compute given to users' jobs and to checks (the overhead figure).
+* ``rep_counters``: compute given to users' jobs and to checks (the overhead figure);
+* ``rep_failures``: one row per try of ours that failed by the worker's doing (``node.job_try``'s fault
+  classes: it signed a wrong result, broke the protocol, or took the job and dropped it), with the signed
+  receipt where a cheat came with one that verifies.
 """
 
 from __future__ import annotations
@@ -99,6 +102,30 @@ REPUTATION_MIGRATIONS = (
             "ALTER TABLE rep_peers ADD COLUMN voided INTEGER NOT NULL DEFAULT 0",  # blames withdrawn
             "ALTER TABLE rep_bans ADD COLUMN lifted INTEGER NOT NULL DEFAULT 0",  # of `bans`, how many were lifted
             "ALTER TABLE rep_bans ADD COLUMN lifted_at REAL",  # the current/last ban's lifting; NULL: not lifted
+        ),
+    ),
+    # Failed tries: a try that failed by the worker's doing lowers its score (a cheat, a signed wrong result, counts
+    # as a blame in the ban test too). The rows keep what happened, and a cheat's signed receipt as evidence.
+    Migration(
+        "reputation",
+        4,
+        (
+            """CREATE TABLE rep_failures (
+                id INTEGER PRIMARY KEY,
+                at REAL NOT NULL,                                  -- unix seconds, requester's clock
+                peer_id TEXT NOT NULL,
+                model_family TEXT NOT NULL,
+                job_id TEXT NOT NULL,                              -- the try's job id
+                outcome TEXT NOT NULL,                             -- node.job_try's Attempt.outcome
+                fault TEXT NOT NULL CHECK (fault IN ('cheat', 'violation', 'unproven')),
+                detail TEXT NOT NULL,
+                receipt BLOB                                       -- a cheat's signed receipt, as received; or NULL
+            )""",
+            "CREATE INDEX rep_failures_peer ON rep_failures (peer_id, id)",
+            "ALTER TABLE rep_peers ADD COLUMN failed REAL NOT NULL DEFAULT 0",  # scoring.Evidence.failed as of `at`
+            "ALTER TABLE rep_peers ADD COLUMN failed_tries INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE rep_peers ADD COLUMN cheats INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE rep_bans ADD COLUMN failure_id INTEGER",  # the failed try that banned; NULL: a check did
         ),
     ),
 )

@@ -15,7 +15,7 @@ from .compare import Verdict
 from .policy import PeerHistory
 from .scoring import Evidence
 
-__all__ = ["Ban", "CheckEvidence", "PeerState", "in_force"]
+__all__ = ["Ban", "CheckEvidence", "PeerState", "TryFailure", "in_force"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class PeerState:
     checks: int = 0
     blames: int = 0  # standing blames (voided ones no longer counted)
     voided: int = 0  # blames withdrawn because a peer that decided them was banned
+    failed_tries: int = 0  # tries of ours that failed by its doing (every fault class, cheats included)
+    cheats: int = 0  # of those, the ones it signed a wrong result for (each counted as a blame in the ban test)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Ban:
     evidence_id: int | None
     lifted: int = 0  # of those bans, how many were lifted (they do not lengthen the next one)
     lifted_at: float | None = None  # this ban was lifted then (``until`` is set to it); None: not lifted
+    failure_id: int | None = None  # the failed try (rep_failures) that tipped the ban test; None: a check did
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,19 @@ class CheckEvidence:
     blamed: Sequence[str]
     credited: Sequence[str]
     detail: Sequence[dict[str, Any]]  # pairwise: {"peers": [a, b], "verdict", "reason", "metrics"}
+
+
+@dataclass(frozen=True)
+class TryFailure:
+    """A try of ours that failed by the worker's doing (``node.job_try.Attempt`` with a ``fault``)."""
+
+    peer_id: str
+    model_family: str
+    job_id: str  # the try's job id (each try has its own nonce)
+    outcome: str  # the Attempt's outcome: "violation:bad_output", "output_mismatch", "timeout", ...
+    fault: str  # "cheat", "violation" or "unproven" (scoring.FAILURE_CLASSES)
+    detail: str  # for people
+    receipt: bytes = b""  # the signed receipt it sent, where it had one (kept only if it verifies as its own)
 
 
 def in_force(ban: Ban | None, now: float) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import pytest
+from lpnode.reputation.scoring import Evidence, ScoringConfig, score
 
 from .cluster import LPNODE, cluster_in_thread
 
@@ -398,3 +399,69 @@ def test_lpnode_moves_a_job_from_a_bad_js_worker_to_an_honest_one(requester: Req
         assert job["job_id"] in {e["job_id"] for e in good.events("request")}
         assert bad_job["job_id"] != job["job_id"]  # the next try is a new job: a fresh nonce (§12)
         assert answer["images"][0]["url"] == f"/v1/outputs/{rendered_sha256(9)}"
+
+
+# ------------------------------------------------------------------ failed tries count against the worker
+
+
+def reputation_of(req: Requester, peer_id: str) -> dict[str, Any]:
+    with req.http() as http:
+        answer: dict[str, Any] = http.get(f"/v1/reputation/{peer_id}").json()
+        return answer
+
+
+def test_a_js_worker_that_signs_wrong_results_loses_its_place_and_is_banned(
+    requester: Requester, tmp_path: Path
+) -> None:
+    """A worker that signs wrong-size PNGs is asked first while nobody has a record (it advertises a little more
+    speed); its failed try is recorded as a signed wrong result (a cheat), so from the next job on the honest worker
+    ranks first, and its second one (a job of its own only through exploration, else a spot check's copy) bans it."""
+    jobs = 6
+    with (
+        js_worker(requester, tmp_path, "wrong-size", "--speed=6.0") as bad,
+        js_worker(requester, tmp_path, "honest", "--speed=5.0") as good,
+    ):
+        firsts: list[str] = []
+        tries_on_bad = 0
+        for n in range(jobs):
+            status, answer = text_to_image(requester, seed=100 + n)
+            assert status == 200, answer
+            [job] = answer["jobs"]
+            assert job["worker_peer_id"] == good.peer_id, job
+            tried = [(a["peer_id"], a["outcome"]) for a in job["attempts"]]
+            if n == 0:  # nobody has a record: the faster one first
+                assert tried == [(bad.peer_id, "violation:bad_output"), (good.peer_id, "done")], tried
+                known = reputation_of(requester, bad.peer_id)
+                [family] = known["families"]
+                assert (family["failed_tries"], family["cheats"], known["failure_count"]) == (1, 1, 1), known
+                [failure] = known["recent_failures"]
+                assert failure["fault"] == "cheat" and failure["receipt"], failure  # its signed receipt, kept
+                newcomer = score(Evidence(), 0.0, ScoringConfig())  # the honest worker's: it has no check yet
+                assert family["score"] < newcomer, (family, newcomer)
+            firsts.append(tried[0][0])
+            tries_on_bad += sum(peer == bad.peer_id for peer, _ in tried)
+        # after the first failure it is asked first only by exploration (5 % of jobs), and once more bans it
+        assert firsts[0] == bad.peer_id and firsts[1:].count(bad.peer_id) <= 1, firsts
+        assert tries_on_bad <= 2, tries_on_bad
+
+        # the honest worker's jobs are spot-checked on the only other peer: the bad one's copy fails the same way,
+        # a second signed wrong result, and two ban (the SPRT, as two check blames do)
+        until = time.monotonic() + 30
+        while not (known := reputation_of(requester, bad.peer_id))["banned"] and time.monotonic() < until:
+            time.sleep(0.2)
+        assert known["banned"] and known["ban"]["reason"] == "signed wrong results", known
+        assert known["ban"]["failure_id"] is not None and known["failure_count"] >= 2, known
+        assert reputation_of(requester, good.peer_id)["banned"] is False
+        with requester.http() as http:
+            rows = http.get("/v1/reputation/failures", params={"peer_id": bad.peer_id}).json()["failures"]
+        assert rows and all(r["fault"] == "cheat" and r["outcome"] == "violation:bad_output" for r in rows), rows
+        # the kept receipt is the worker's own, and it verifies offline
+        (tmp_path / "bad.receipt").write_bytes(base64.b64decode(rows[0]["receipt"]))
+        checked = subprocess.run(
+            [*LPNODE, "receipt", "verify", str(tmp_path / "bad.receipt")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert checked.returncode == 0 and bad.peer_id in checked.stdout, checked.stdout + checked.stderr

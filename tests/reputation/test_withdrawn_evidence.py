@@ -162,7 +162,7 @@ async def test_a_version_2_database_migrates(tmp_path: Path) -> None:
         )
     async with opened(path, clock) as rep:
         row = await rep.db.fetch_one("SELECT version FROM schema_versions WHERE component = 'reputation'")
-        assert row is not None and row["version"] == len(REPUTATION_MIGRATIONS) == 3
+        assert row is not None and row["version"] == len(REPUTATION_MIGRATIONS) == 4
         assert rep.state(H, FAMILY).voided == 0 and rep.state(H, FAMILY).blames == 2
         ban = rep.ban(H)
         assert ban is not None and ban.lifted == 0 and ban.lifted_at is None and rep.is_banned(H)
