@@ -212,6 +212,7 @@ async def run_job(
     silence_s: float = DEFAULT_SILENCE_S,
     spares: SpareStreams | None = None,
     check_output_size: bool = True,
+    offload_checks: bool = True,
 ) -> JobOutcome:
     """Get ``job`` done by the best peer that will; raises NoCandidates or JobFailed (with every attempt).
 
@@ -224,6 +225,8 @@ async def run_job(
     start and end.
     ``check_output_size``: each output must be of the size the job asked for (``output_check``);
     off only where workers are simulated by stand-ins that draw small pictures (``lpnode.simnet``).
+    ``offload_checks``: a video output's check runs in a thread; off (on the event loop) only in simulations
+    under a virtual clock, which a thread lets jump, so a seeded run would not repeat (``lpnode.simnet``).
     """
     if local is not None and local.peer_id != node.peer_id:
         raise ValueError(f"the local worker is {local.peer_id}, not this node {node.peer_id}")
@@ -307,6 +310,7 @@ async def run_job(
         try_.local = local if candidate.peer_id == node.peer_id else None
         try_.spares, try_.take_spare = spares, take_spare
         try_.check_output_size = check_output_size
+        try_.offload_checks = offload_checks
         return try_
 
     watcher = on_progress if isinstance(on_progress, TryWatcher) else None

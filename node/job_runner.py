@@ -30,6 +30,7 @@ def requester_runner(
     rng: random.Random | None = None,
     spares: SpareStreams | None = None,
     check_output_size: bool = True,
+    offload_checks: bool = True,
 ) -> JobRunner:
     """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
 
@@ -37,7 +38,7 @@ def requester_runner(
     ``reputation`` (the reputation store) steers the ranking: banned peers are never chosen.
     ``rng`` drives the ranking's exploration (seeded in tests; default: one per job).
     ``spares`` keeps a job stream open ahead to the workers in use (``spare_streams``).
-    ``check_output_size``: see ``run_job`` (off only in simulations).
+    ``check_output_size``, ``offload_checks``: see ``run_job`` (off only in simulations).
     """
 
     async def run(
@@ -61,6 +62,7 @@ def requester_runner(
             rng=rng,
             on_progress=on_progress,
             check_output_size=check_output_size,
+            offload_checks=offload_checks,
             spares=spares,
         )
 

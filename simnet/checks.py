@@ -11,7 +11,9 @@ thread's included:
 * the store opens with ``backend="inline"`` (plain sqlite3 in the trio thread,
   same schema and API) instead of aiosqlite's threads;
 * the checker compares outputs on the event loop (``compare_in_thread=False``;
-  simnet's outputs are 64×64 stand-ins, a few ms to compare);
+  simnet's outputs are 64×64 stand-ins, a few ms to compare), and the requester checks
+  a video output there too (``offload_checks=False``: a run of the cheaters scenario
+  repeated only when no video job's check went to a thread);
 * its sampling rng and the ranking's rng are derived from the seed.
 
 :class:`BanWatch` follows a store's ``changed`` event and notes every new ban
@@ -55,7 +57,11 @@ async def open_requester_checks(
         reputation = await open_reputation(db, clock=wall_clock)
         # the stand-ins draw 64×64 pictures whatever size a job asks for (sim_pool): structure checked, not size
         runner = requester_runner(
-            node, reputation=reputation, rng=random.Random(f"{seed}/choice/r{requester}"), check_output_size=False
+            node,
+            reputation=reputation,
+            rng=random.Random(f"{seed}/choice/r{requester}"),
+            check_output_size=False,
+            offload_checks=False,  # no thread under the virtual clock: a seeded run repeats
         )
         async with open_spot_checker(
             node,

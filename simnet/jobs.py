@@ -61,6 +61,7 @@ async def run_planned_job(
                 deadline_s=workload.deadline_s,
                 rng=random.Random(f"{seed}/choice/{job.index}"),
                 check_output_size=False,  # the stand-ins draw 64×64 pictures whatever the job asks (sim_pool)
+                offload_checks=False,  # no thread under the virtual clock: a seeded run repeats
             )
         attempts = outcome.attempts
     except NoCandidates:
