@@ -447,8 +447,10 @@ def test_a_js_worker_that_signs_wrong_results_loses_its_place_and_is_banned(
         # the honest worker's jobs are spot-checked on the only other peer: the bad one's copy fails the same way,
         # a second signed wrong result, and two ban (the SPRT, as two check blames do)
         until = time.monotonic() + 30
-        while not (known := reputation_of(requester, bad.peer_id))["banned"] and time.monotonic() < until:
-            time.sleep(0.2)
+        while not (known := reputation_of(requester, bad.peer_id))["banned"] and (left := until - time.monotonic()) > 0:
+            with requester.http() as http:  # long-poll: the next settled check (a ban follows a check's blame)
+                checks = http.get("/v1/reputation", params={"limit": 1}).json()["counters"]["checks"]
+                http.get("/v1/reputation", params={"limit": 1, "checks_above": checks, "wait_s": min(left, 10.0)})
         assert known["banned"] and known["ban"]["reason"] == "signed wrong results", known
         assert known["ban"]["failure_id"] is not None and known["failure_count"] >= 2, known
         assert reputation_of(requester, good.peer_id)["banned"] is False
