@@ -2,7 +2,7 @@
 
 ``create_app(node, token)`` builds the app; ``serve_rpc`` serves it and
 publishes its bound address in ``<data-dir>/rpc.json`` for clients. OpenAPI
-lives at ``/docs``. Every endpoint but ``/health`` needs
+lives at ``/docs`` (Swagger UI served from the node, no CDN). Every endpoint but ``/health`` needs
 ``Authorization: Bearer <data-dir/rpc.token>``.
 
 Errors have one body shape (:class:`ErrorBody`) and one mapping from the
@@ -29,6 +29,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
@@ -130,7 +131,9 @@ def create_app(
     are absent). ``max_input_bytes`` bounds one uploaded input. ``reputation``
     and ``served`` (what this node's worker served) add their routes when given.
     """
-    app = FastAPI(
+    # The API docs page with Swagger UI's files served by the node itself: FastAPI's own page loads them from a
+    # CDN, and on a machine without internet (the node needs none) /docs, which the banner points at, was blank.
+    app = FastAPIOffline(
         title="lpnode",
         version=SOFTWARE_VERSION,
         summary="Local control API of one lpnode node",

@@ -7,6 +7,7 @@ so advert ages and long-polls run in virtual time.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -263,5 +264,11 @@ async def test_serve_rpc_binds_port_zero_and_publishes_then_removes_rpc_json(tmp
             assert (await client.get("/v1/node")).status_code == 401
             docs = await client.get("/docs")
             assert docs.status_code == 200 and "swagger" in docs.text.lower()
+            # its scripts come from the node, not a CDN: /docs works on a machine without internet
+            assets = re.findall(r'(?:src|href)="(/[^"]+\.(?:js|css))"', docs.text)
+            assert assets and "cdn." not in docs.text, docs.text
+            for asset in assets:
+                served = await client.get(asset)
+                assert served.status_code == 200 and len(served.content) > 1000, asset
         nursery.cancel_scope.cancel()
     assert not (tmp_path / "rpc.json").exists()
