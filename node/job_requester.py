@@ -230,6 +230,12 @@ async def run_job(
     """
     if local is not None and local.peer_id != node.peer_id:
         raise ValueError(f"the local worker is {local.peer_id}, not this node {node.peer_id}")
+    if node.peer_id in prefer and not allow_local:
+        # ranked without it, the job went elsewhere and the preference was dropped without a word (QA s11)
+        raise ParametersRefused(
+            f"prefer names this node itself ({node.peer_id}), which runs a job only with allow_local: "
+            "add allow_local, or leave this node out of prefer"
+        )
     inputs = dict(inputs or {})
     spec = build_spec(job, inputs, max_output_bytes)
     adverts = [record.advert for record in node.directory if record.advert.peer_id != node.peer_id]

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 from lpnode.models.pool import ModelPool
-from lpnode.node.job_requester import JobFailed, JobRequest, NoCandidates, run_job
+from lpnode.node.job_requester import JobFailed, JobRequest, NoCandidates, ParametersRefused, run_job
 from lpnode.node.network.memory import open_memory_hub
 from lpnode.protocol.receipts import verify_receipt
 
@@ -27,6 +27,9 @@ async def test_allow_local_runs_on_this_nodes_own_pool_with_a_receipt_it_signed(
             await run_job(alone.node, T2I, max_price=10_000, deadline_s=5, local=local)
         with pytest.raises(NoCandidates):  # allow_local, but no worker to run it on
             await run_job(alone.node, T2I, max_price=10_000, deadline_s=5, allow_local=True)
+        # preferring this node without allow_local was dropped without a word; now it is said (QA s11)
+        with pytest.raises(ParametersRefused, match=r"prefer names this node itself .* add allow_local"):
+            await run_job(alone.node, T2I, max_price=10_000, deadline_s=5, local=local, prefer=[alone.peer_id])
         progress: list[int] = []
         with trio.fail_after(BOUND_S):
             outcome = await run_job(
