@@ -9,8 +9,6 @@ held: the tests patch the decoders to fail if they are reached, or count the fra
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -33,20 +31,9 @@ from lpnode.models.svd import MAX_CONDITIONING_PIXELS, TINY_SVD, StableVideoDiff
 from lpnode.node import input_probe
 from PIL import Image, ImageFile
 
+from tests.media_bombs import png_bomb
+
 OVER = (4097, 4096)  # one column over 4096 × 4096
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid black RGB PNG of ``width`` × ``height``, built without holding its pixels (~1000:1)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    z = zlib.compressobj(9)
-    row = bytes(1 + 3 * width)  # filter byte 0, black RGB
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def encoded(width: int, height: int, fmt: str) -> bytes:

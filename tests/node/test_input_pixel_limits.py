@@ -10,9 +10,7 @@ the pool, which decodes a pixel of it only once it is within the bound.
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 from typing import Any
 
 import httpx
@@ -41,24 +39,13 @@ from lpnode.protocol.jobs import ErrorCode
 from lpnode.protocol.jobspec import ImageToVideoParams, JobSpec, Pipeline
 from PIL import Image, ImageFile
 
+from tests.media_bombs import png_bomb
+
 from .job_fixtures import BOUND_S, Peer, peers, png
 from .test_rpc_jobs import AUTH, OPTIONS, rpc
 
 LIMIT = "at most 16777216 pixels"
 CLIP = ImageToVideoParams(64, 64, 4, 7, 127, 0.02, 2, 1.0, 3.0, 4)
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid black RGB PNG of ``width`` × ``height``, built without holding its pixels (~1000:1)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    z = zlib.compressobj(9)
-    row = bytes(1 + 3 * width)  # filter byte 0, black RGB
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
