@@ -262,7 +262,7 @@ async def test_a_stop_while_the_output_is_delivered_keeps_the_jobs_row(pool: Mod
             await send_job_message(framed, Accept(quote.quote_id, quote.job_id, ()), requester.node.key)
             while not isinstance(await receive_job_message(framed), Result):
                 pass  # progress
-            await trio.sleep(0.5)  # a slow downlink: the output is stuck behind the 2 KB window, unread
+            # the Result is in, so the output is on its way: stuck behind the 2 KB window (a slow downlink), unread
             assert worker.worker is not None and worker.worker.completed == 0
             await _cancel_on_signal(_sigint(), worker.scope, [worker.worker.stop, book.flush])
             noted = book._noted
