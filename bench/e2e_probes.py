@@ -67,7 +67,7 @@ def split_times(
 FINE_PARTS = {
     "http_in": "HTTP request in: driver send → the handler reads the body",
     "parse": "body read, validated, job built (inputs probed)",
-    "admit": "job record created (SQLite)",
+    "admit": "job admitted (its record written first for an async request; beside the job for a sync one)",
     "to_run_job": "task start → `run_job`",
     "choose": "offers fitted and ranked, the try set up",
     "open": "stream opened (yamux + multistream-select)",
@@ -81,8 +81,8 @@ FINE_PARTS = {
     "to_store": "transfer done → output store",
     "store_outputs": "outputs stored (files; fsynced only under synchronous=FULL)",
     "to_finish": "→ final record",
-    "finish": "final record saved (SQLite)",
-    "http_out": "HTTP response out: record saved → the driver has the answer",
+    "finish": "final record saved (SQLite), where the answer waited for it (0 when it went out during the save)",
+    "http_out": "HTTP response out: the answer's result settled → the driver has it",
 }
 
 
@@ -146,8 +146,10 @@ def fine_split(
             "to_store": store["start"] - transfer["end"],
             "store_outputs": store["end"] - store["start"],
             "to_finish": finish["start"] - store["end"],
-            "finish": finish["end"] - finish["start"],
-            "http_out": end - finish["end"],
+            # A sync answer goes out once the record is settled in memory, while it is saved (JobManager.
+            # wait_result): a save that ended after the driver had its answer was off the answer's path.
+            "finish": finish["end"] - finish["start"] if finish["end"] <= end else 0.0,
+            "http_out": end - (finish["end"] if finish["end"] <= end else finish["start"]),
         }
         for key, value in values.items():
             parts.setdefault(key, []).append(value)

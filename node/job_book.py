@@ -36,9 +36,16 @@ INTERRUPTED_ERROR: dict[str, Any] = {
 class RecordBook(Protocol):
     """Persistent job records (:class:`StoredRecords` over SQLite; :class:`MemoryRecordBook` in tests)."""
 
-    # state: "queued", or "running" for a job that starts at once
+    # state: "queued", or "running" for a job that starts at once; job_id: one from new_job_id(), or a new one
     async def create(
-        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = ...
+        self,
+        kind: str,
+        request: Record,
+        parent_id: str | None,
+        now: float,
+        state: str = ...,
+        *,
+        job_id: str | None = ...,
     ) -> Record: ...
     # state, result, error, attempts, progress; receipts ((n, bytes)) in the same transaction
     async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ...) -> None: ...
@@ -69,21 +76,16 @@ class MemoryRecordBook:
         self._receipts: dict[tuple[str, int], bytes] = {}
 
     async def create(
-        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = QUEUED
+        self,
+        kind: str,
+        request: Record,
+        parent_id: str | None,
+        now: float,
+        state: str = QUEUED,
+        *,
+        job_id: str | None = None,
     ) -> Record:
-        record: Record = {
-            "id": "job_" + secrets.token_hex(12),
-            "kind": kind,
-            "state": state,
-            "created_at": now,
-            "updated_at": now,
-            "request": request,
-            "progress": {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None},
-            "result": None,
-            "error": None,
-            "attempts": [],
-            "parent_id": parent_id,
-        }
+        record = draft_record(kind, request, parent_id, now, state, job_id=job_id)
         self._records[record["id"]] = _copy(record)
         return record
 
@@ -123,6 +125,30 @@ class MemoryRecordBook:
             record["error"] = dict(INTERRUPTED_ERROR)
             record["attempts"] = interrupted_attempts(record["attempts"])
         return len(unfinished)
+
+
+def new_job_id() -> str:
+    """A fresh record id: ``job_`` and 24 hex digits."""
+    return "job_" + secrets.token_hex(12)
+
+
+def draft_record(
+    kind: str, request: Record, parent_id: str | None, now: float, state: str = QUEUED, *, job_id: str | None = None
+) -> Record:
+    """A new record as a book creates it, before any book has it."""
+    return {
+        "id": job_id or new_job_id(),
+        "kind": kind,
+        "state": state,
+        "created_at": now,
+        "updated_at": now,
+        "request": request,
+        "progress": {"fraction": 0.0, "step": 0, "total": 0, "peer_id": None},
+        "result": None,
+        "error": None,
+        "attempts": [],
+        "parent_id": parent_id,
+    }
 
 
 def interrupted_attempts(attempts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

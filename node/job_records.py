@@ -228,9 +228,12 @@ class JobRecords:
         parent_id: str | None = None,
         now: float,
         state: JobState = JobState.QUEUED,
+        job_id: str | None = None,
     ) -> JobRecord:
         """A new ``queued`` record (or ``running``, for a job that starts at once: one write, not two);
-        ``parent_id`` must name an existing record."""
+        ``parent_id`` must name an existing record; ``job_id``: the id to give it (a new one if None)."""
+        if job_id is not None and not _JOB_ID.fullmatch(job_id):
+            raise InvalidRecord(f"job id {job_id[:80]!r} is not 'job_' and 24 hex digits")
         if not _KIND.fullmatch(kind):
             raise InvalidRecord(f"job kind {kind!r} is not a short lowercase name")
         if JobState(state) in TERMINAL:
@@ -238,7 +241,7 @@ class JobRecords:
         request_json = _encode("request", dict(request))
         progress = initial_progress()
         record = JobRecord(
-            id="job_" + secrets.token_hex(12),
+            id=job_id or "job_" + secrets.token_hex(12),
             kind=kind,
             state=JobState(state),
             created_at=now,

@@ -30,9 +30,18 @@ class StoredRecords:
         self.store = store  # the node's database, shared with other components (the reputation store)
 
     async def create(
-        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = "queued"
+        self,
+        kind: str,
+        request: Record,
+        parent_id: str | None,
+        now: float,
+        state: str = "queued",
+        *,
+        job_id: str | None = None,
     ) -> Record:
-        created = await self._records.create(kind, request, parent_id=parent_id, now=now, state=JobState(state))
+        created = await self._records.create(
+            kind, request, parent_id=parent_id, now=now, state=JobState(state), job_id=job_id
+        )
         return created.to_json()
 
     async def update(self, record: Record, now: float, receipts: Sequence[tuple[int, bytes]] = ()) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 import trio
 from lpnode.models.base import StepProgress
 from lpnode.models.errors import ModelError, PoolBusy
+from lpnode.models.outputs import ImageOutput, VideoOutput
 from lpnode.protocol.errors import (
     InvalidTransition,
     NetworkError,
@@ -485,9 +486,30 @@ class JobWorker:
                 # requester would read a bare end of stream instead of the typed error.
                 await job.apply(machine.fail(failure[0], failure[1][:400], self.now_ms()))
             send_progress.close()
+            # The Result goes out before the helpers above are torn down: cancelling them takes a scheduler
+            # pass or two that the requester need not wait for. Progress sends are done by then (same lock).
+            encoded = None if output is None or machine.ended else await self._send_result(job, request, output)
             nursery.cancel_scope.cancel()
-        if output is None or machine.ended:
+        if encoded is None:
             return
+        data = encoded.data if self.hooks.tamper_output is None else self.hooks.tamper_output(encoded.data)
+        # the pool hashed the output already (and the receipt signs that hash): not again on the answer's path
+        known_sha256 = bytes.fromhex(encoded.blob.sha256) if data is encoded.data else None
+        try:
+            await send_transfer(job.framed, data, encoded.blob.media_type, sha256=known_sha256)
+        except NetworkError as exc:
+            job.note = f"requester left before the output arrived: {exc}"
+            return
+        job.delivered = True
+        self.completed += 1
+
+    async def _send_result(
+        self, job: _Job, request: QuoteRequest, output: ImageOutput | VideoOutput
+    ) -> EncodedOutput | None:
+        """Sign the receipt of ``output`` and send the Result; the encoded output to send after it
+        (None: the job ended meanwhile)."""
+        machine = job.machine
+        assert machine.quote is not None
         run_ms = job.run_ms or 0
         encoded = encode_output(output)
         if self.hooks.forge_output is not None:
@@ -516,17 +538,8 @@ class JobWorker:
             job.receipt = sign_receipt(self.key, receipt)
             await job.apply(machine.finish((encoded.blob,), job.receipt, self.now_ms()))
         except InvalidTransition:
-            return  # ended meanwhile (cancel crossed the finish)
-        data = encoded.data if self.hooks.tamper_output is None else self.hooks.tamper_output(encoded.data)
-        # the pool hashed the output already (and the receipt signs that hash): not again on the answer's path
-        known_sha256 = bytes.fromhex(encoded.blob.sha256) if data is encoded.data else None
-        try:
-            await send_transfer(job.framed, data, encoded.blob.media_type, sha256=known_sha256)
-        except NetworkError as exc:
-            job.note = f"requester left before the output arrived: {exc}"
-            return
-        job.delivered = True
-        self.completed += 1
+            return None  # ended meanwhile (cancel crossed the finish)
+        return encoded
 
 
 def _forged(encoded: EncodedOutput, data: bytes) -> EncodedOutput:

@@ -185,7 +185,10 @@ def jobs_router(
     }
 
     async def submit(prepared: PreparedJob, request: Request) -> Any:
-        return await respond(manager, await manager.submit(prepared), request)
+        # A 202 names a record that must outlive a crash, so it is saved first; a sync answer is the
+        # result itself, and the job need not wait for its record's first write.
+        in_background = wants_async(request)
+        return await respond(manager, await manager.submit(prepared, saved_first=in_background), request)
 
     @router.post(
         "/text-to-image",

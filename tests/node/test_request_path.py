@@ -19,7 +19,7 @@ from lpnode.node.network.memory import open_memory_hub
 from lpnode.node.output_files import OutputFiles
 from lpnode.node.rpc import status_for
 from lpnode.node.rpc_job_bodies import TextToImageBody, prepare
-from lpnode.node.store import open_store
+from lpnode.node.store import StoreError, open_store
 from lpnode.protocol.receipts import verify_receipt
 
 from .job_fixtures import BOUND_S, MODEL, Peer, peers, sees_models
@@ -84,10 +84,17 @@ class CountingRecords(StoredRecords):
     writes: list[str]
 
     async def create(
-        self, kind: str, request: Record, parent_id: str | None, now: float, state: str = "queued"
+        self,
+        kind: str,
+        request: Record,
+        parent_id: str | None,
+        now: float,
+        state: str = "queued",
+        *,
+        job_id: str | None = None,
     ) -> Record:
         self.writes.append(f"create {state}")
-        return await super().create(kind, request, parent_id, now, state)
+        return await super().create(kind, request, parent_id, now, state, job_id=job_id)
 
     async def update(self, record: Record, now: float, receipts: Any = ()) -> None:
         self.writes.append(f"update {record['state']} +{len(receipts)} receipts")
@@ -98,7 +105,12 @@ class CountingRecords(StoredRecords):
         await super().add_receipt(job_id, n, receipt)
 
 
-async def test_a_network_job_costs_two_record_writes_and_one_output_batch(pool: ModelPool, tmp_path: Path) -> None:
+@pytest.mark.parametrize("saved_first", [True, False], ids=["saved-first", "saved-beside-the-job"])
+async def test_a_network_job_costs_two_record_writes_and_one_output_batch(
+    pool: ModelPool, tmp_path: Path, saved_first: bool
+) -> None:
+    """Whether the record's first write comes before the job (an async request) or beside it (a sync one),
+    the record is written twice, in that order, and the answer's receipts can be read at once."""
     body = TextToImageBody(
         prompt="a lighthouse", model_id=MODEL, width=64, height=64, num_inference_steps=2, seed=3, deadline=BOUND_S
     )
@@ -117,12 +129,82 @@ async def test_a_network_job_costs_two_record_writes_and_one_output_batch(pool: 
         async with open_job_manager(records, FileOutputs(files), runner, status_for=status_for) as manager:
             with trio.fail_after(BOUND_S):
                 job_id = await manager.submit(
-                    prepare(body.model_copy(update={"num_images_per_prompt": 2}), {}, 1 << 20)
+                    prepare(body.model_copy(update={"num_images_per_prompt": 2}), {}, 1 << 20), saved_first=saved_first
                 )
                 result = (await manager.wait_result(job_id))["result"]
-            receipts = [await manager.receipt(job_id, n) for n in (0, 1)]
+                receipts = [await manager.receipt(job_id, n) for n in (0, 1)]  # saved or not yet
+            assert (await manager.get(job_id))["state"] == "succeeded"
+        assert (await records.get(job_id) or {})["state"] == "succeeded"  # the manager's exit waited for the save
     assert records.writes == ["create running", "update succeeded +2 receipts"]
     assert files.directory_syncs == 1 and len(files) == 2
     signed = [verify_receipt(r).outputs[0].sha256 for r in receipts]
     assert [image["url"].rsplit("/", 1)[-1] for image in result["images"]] == signed
     assert [files.get(s) is not None for s in signed] == [True, True]
+
+
+class GatedRecords(StoredRecords):
+    """Real SQLite records whose updates wait for ``gate``: the final save is under way for as long as a test likes."""
+
+    gate: trio.Event
+
+    async def update(self, record: Record, now: float, receipts: Any = ()) -> None:
+        await self.gate.wait()
+        await super().update(record, now, receipts)
+
+
+async def test_a_sync_answer_does_not_wait_for_the_final_save(pool: ModelPool, tmp_path: Path) -> None:
+    """The answer, the live record and the receipts are there while the record's final save is still under way."""
+    body = TextToImageBody(
+        prompt="a lighthouse", model_id=MODEL, width=64, height=64, num_inference_steps=2, seed=4, deadline=BOUND_S
+    )
+    async with (
+        open_memory_hub() as hub,
+        peers(hub) as start,
+        open_job_storage(tmp_path, 1 << 24, now=0.0) as (stored, outputs),
+    ):
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        records = GatedRecords(stored._records, stored.store)
+        records.gate = trio.Event()
+        runner = requester_runner(requester.node)
+        async with open_job_manager(records, outputs, runner, status_for=status_for) as manager:
+            with trio.fail_after(BOUND_S):
+                job_id = await manager.submit(prepare(body, {}, 1 << 20), saved_first=False)
+                result = await manager.wait_result(job_id)
+            assert (await records.get(job_id) or {})["state"] == "running"  # the save has not landed
+            assert (await manager.get(job_id))["state"] == "succeeded"
+            receipt = verify_receipt(await manager.receipt(job_id, 0))
+            url = result["result"]["images"][0]["url"]
+            assert url.endswith(receipt.outputs[0].sha256) and await outputs.get(receipt.outputs[0].sha256)
+            records.gate.set()
+            await manager.wait(job_id)
+        saved = await records.get(job_id) or {}
+        assert saved["state"] == "succeeded" and saved["result"] == result["result"]
+        assert await records.receipt(job_id, 0) == await manager.receipt(job_id, 0)
+
+
+class BrokenRecords(StoredRecords):
+    """Real SQLite records whose first write fails, as on a full disk."""
+
+    async def create(self, *args: Any, **kwargs: Any) -> Record:
+        raise StoreError("database or disk is full")
+
+
+async def test_a_job_whose_record_cannot_be_written_fails_with_the_stores_error(tmp_path: Path) -> None:
+    """Written beside the job, a failed first write still fails the request, as it did when it came first."""
+
+    async def never_ends(*_: object) -> Any:
+        await trio.sleep_forever()
+
+    async with open_job_storage(tmp_path, 1 << 24, now=0.0) as (stored, outputs):
+        records = BrokenRecords(stored._records, stored.store)
+        async with open_job_manager(records, outputs, never_ends, status_for=status_for) as manager:
+            with trio.fail_after(BOUND_S):
+                job_id = await manager.submit(
+                    prepare(TextToImageBody(prompt="x", model_id=MODEL), {}, 1 << 20), saved_first=False
+                )
+                with pytest.raises(StoreError, match="disk is full") as failure:
+                    await manager.wait_result(job_id)
+        assert await stored.get(job_id) is None  # nothing half-written
+    assert status_for(failure.value) == 500
