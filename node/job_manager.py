@@ -423,19 +423,25 @@ class JobManager:
         self._nursery.start_soon(self._keep_saved, live, keeper)
         # images run side by side; the first failure cancels the rest (the answer is all images or an error)
         try:
-            async with trio.open_nursery() as nursery:
-                for index in range(count):
-                    nursery.start_soon(one, index)
+            if count == 1:
+                await one(0)  # in this task: a child task costs a scheduler pass at its start and its end
+            else:
+                async with trio.open_nursery() as nursery:
+                    for index in range(count):
+                        nursery.start_soon(one, index)
         except BaseException as exc:
             if _cancelled(exc):
                 live.record["attempts"] = _cut_short(outcomes, seen, tries, steps, self._cancel_requested(live))
                 raise
-            if not isinstance(exc, BaseExceptionGroup):
+            if isinstance(exc, LpnodeError):
+                first = exc
+            elif isinstance(exc, BaseExceptionGroup):
+                failures, rest = exc.split(LpnodeError)
+                if rest is not None or failures is None:
+                    raise  # a bug: not the job's own error
+                first = _leaves(failures)[0]
+            else:
                 raise
-            failures, rest = exc.split(LpnodeError)
-            if rest is not None or failures is None:
-                raise  # a bug: not the job's own error
-            first = _leaves(failures)[0]
             if isinstance(first, JobFailed):
                 live.record["attempts"] = [_attempt(a) for a in first.attempts]
             raise first from None
