@@ -283,8 +283,8 @@ class JobManager:
         """A new live record: created ``running`` when it may start at once (a workflow's step runs in
         its parent's slot; a request takes a free slot now), so most jobs cost one write, not two.
 
-        ``saved_first=False``: the record is live at once and written in the background (``_create``);
-        every later write of it waits for that one (``created``).
+        ``saved_first=False``: the record is live at once and written beside its job (``_create``, started
+        by ``_run``); every later write of it waits for that one (``created``).
         """
         slot: object | None = None
         if parent_id is None:
@@ -304,8 +304,7 @@ class JobManager:
         state = RUNNING if slot is not None or parent_id is not None else QUEUED
         if not saved_first:
             live = _Live(draft_record(kind, request, parent_id, self._wall_clock(), state), slot=slot)
-            self._live[live.record["id"]] = live
-            self._nursery.start_soon(self._create, live)
+            self._live[live.record["id"]] = live  # written by _run's _create
             return live
         counted = 1 if parent_id is None else 0  # a request counts against the limit; a workflow's step does not
         self._admitting += counted
@@ -360,6 +359,10 @@ class JobManager:
 
     async def _run(self, live: _Live, work: StepWork) -> None:
         """A request's task root: everything that can go wrong ends in the record."""
+        if not live.created.is_set():
+            # Started from here, not from _admit: its first step then runs once this task reaches its
+            # first checkpoint, which for a network job is its first message on its way to the worker.
+            self._nursery.start_soon(self._create, live)
         final = FAILED
         try:
             with live.scope:
