@@ -161,6 +161,28 @@ class PriceBelowOffers(ParametersRefused):
     """
 
 
+class FiltersExcludeOffers(NoCandidates):
+    """Peers offer the job within ``max_price``, but the request's own filters (``avoid``, ``min_vram``,
+    ``min_reputation`` and bans) leave none of them (HTTP 422, not NoCandidates' 404: the network has
+    the model, the request narrows too far)."""
+
+    def __init__(self, spec: JobSpec, peers: Sequence[str], max_price: int, filters: Sequence[str]) -> None:
+        shown = ", ".join(peer[-12:] for peer in peers[:8]) + (", ..." if len(peers) > 8 else "")
+        JobFailed.__init__(
+            self,
+            f"{len(peers)} peer(s) offer {spec.pipeline} {spec.model_id or '(any model)'} within max_price "
+            f"{max_price} ({shown}), but none passes this request's filters: {'; '.join(filters)}",
+        )
+        self.offered = tuple(peers)
+
+
+def _vram_text(size_bytes: int) -> str:
+    """``24 GiB`` as a request's ``min_vram_gb`` said it (bytes below one GiB)."""
+    if size_bytes < 2**30:
+        return f"{size_bytes} bytes"
+    return f"{size_bytes / 2**30:.2f}".rstrip("0").rstrip(".") + " GiB"
+
+
 def media_type_of(name: str, data: bytes) -> str:
     """The media type of an input, from its magic bytes (the spec hashes it in, so guess once, here)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -288,11 +310,18 @@ async def run_job(
                 f"no offer fits max_price {max_price}: the cheapest {spec.pipeline} offer "
                 f"({cheapest.model_id} on {cheapest.peer_id[-12:]}) prices this job at {cheapest.price} micro-credits"
             )
-        required = [f"min_vram_bytes {min_vram_bytes}"] if min_vram_bytes > 0 else []
+        required = [f"min_vram {_vram_text(min_vram_bytes)}"] if min_vram_bytes > 0 else []
         if avoid:
             required.append("avoid " + ", ".join(peer[-12:] for peer in avoid))
         if reputation is not None:
             required.append(f"min_reputation {min_reputation}, banned peers excluded")
+        unfiltered = rank_candidates(
+            fitting, spec, max_price=max_price, rng=random.Random(0), input_shape=shape, include_full=True
+        )
+        if unfiltered and required:
+            # the model is on offer within the price: the request's own filters left no peer (QA s11: this
+            # read "no peer offers X ... the network offers: X", a 404 that contradicted itself)
+            raise FiltersExcludeOffers(spec, sorted({c.peer_id for c in unfiltered}), max_price, required)
         raise NoCandidates(spec, describe_offers(adverts), max_price, ", ".join(required))
     attempts: list[Attempt] = []
     started = trio.current_time()
@@ -416,6 +445,7 @@ __all__ = [
     "PARAMS_REFUSED",
     "QUOTE_ABOVE_ADVERT",
     "Attempt",
+    "FiltersExcludeOffers",
     "JobFailed",
     "JobOutcome",
     "JobRequest",

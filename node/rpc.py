@@ -41,7 +41,13 @@ from lpnode.node.job_manager import (
     JobNotFound,
     ManagerBusy,
 )
-from lpnode.node.job_requester import JobFailed, NoCandidates, ParametersRefused, PriceBelowOffers
+from lpnode.node.job_requester import (
+    FiltersExcludeOffers,
+    JobFailed,
+    NoCandidates,
+    ParametersRefused,
+    PriceBelowOffers,
+)
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
 from lpnode.node.rpc_job_bodies import InputTooLarge
 from lpnode.node.rpc_jobs import jobs_router
@@ -97,6 +103,7 @@ ERROR_STATUS: dict[type[LpnodeError], int] = {
     NetworkError: 503,
     PeerUnreachable: 504,
     NoCandidates: 404,  # nobody offers that model/pipeline; the message lists what the network offers
+    FiltersExcludeOffers: 422,  # peers offer it, but the request's avoid / min_vram / min_reputation leave none
     JobFailed: 503,  # every candidate refused or failed; the message lists the attempts
     ParametersRefused: 422,  # every candidate's model refused the parameters (its limits); the attempts say which
     PriceBelowOffers: 422,  # the model is on offer, but above max_price everywhere: refused before any peer is asked

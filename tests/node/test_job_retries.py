@@ -19,9 +19,9 @@ import trio.testing
 from lpnode.models.pool import ModelPool
 from lpnode.node.directory import PeerDirectory
 from lpnode.node.job_requester import (
+    FiltersExcludeOffers,
     JobFailed,
     JobRequest,
-    NoCandidates,
     ParametersRefused,
     _until_capacity,
     run_job,
@@ -108,7 +108,7 @@ async def test_avoiding_every_peer_says_so(pool: ModelPool) -> None:
         requester: Peer = await start(0)  # type: ignore[assignment]
         worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
         await sees_models(requester.node, [worker])
-        with pytest.raises(NoCandidates, match=f"avoid {worker.peer_id[-12:]}"):
+        with pytest.raises(FiltersExcludeOffers, match=f"offer .* filters: avoid {worker.peer_id[-12:]}"):
             await run_job(requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, avoid=[worker.peer_id])
 
 

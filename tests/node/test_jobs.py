@@ -15,9 +15,18 @@ import pytest
 import trio
 from lpnode.models.pool import ModelPool
 from lpnode.node.framing import FramedStream
-from lpnode.node.job_requester import JobFailed, JobRequest, NoCandidates, ParametersRefused, PriceBelowOffers, run_job
+from lpnode.node.job_requester import (
+    FiltersExcludeOffers,
+    JobFailed,
+    JobRequest,
+    NoCandidates,
+    ParametersRefused,
+    PriceBelowOffers,
+    run_job,
+)
 from lpnode.node.job_stream import receive_job_message, send_job_message
 from lpnode.node.network.memory import open_memory_hub
+from lpnode.node.rpc import status_for
 from lpnode.protocol.advert import ModelOffer
 from lpnode.protocol.jobs import QuoteRequest, Refusal, RefusalReason
 from lpnode.protocol.jobspec import Pipeline
@@ -179,7 +188,9 @@ async def test_requirements_that_leave_no_peer_say_so() -> None:
         requester: Peer = await start(0)  # type: ignore[assignment]
         cpu_only: Peer = await start(1, models=[offer])  # type: ignore[assignment]
         await sees_models(requester.node, [cpu_only])
-        with pytest.raises(NoCandidates, match=r"within max_price 10000, min_vram_bytes 1024;.*tiny-sdxl"):
-            await run_job(requester.node, T2I, max_price=10_000, deadline_s=5, min_vram_bytes=1024)
-        with pytest.raises(NoCandidates, match="banned peers excluded"):
+        # the model is on offer: the request's own filters left nobody (422, not "no peer offers" and a 404)
+        with pytest.raises(FiltersExcludeOffers, match=r"1 peer\(s\) offer .* filters: min_vram 1024 GiB") as vram:
+            await run_job(requester.node, T2I, max_price=10_000, deadline_s=5, min_vram_bytes=1024 * 2**30)
+        with pytest.raises(FiltersExcludeOffers, match="banned peers excluded") as banned:
             await run_job(requester.node, T2I, max_price=10_000, deadline_s=5, reputation=BanAll())
+    assert status_for(vram.value) == status_for(banned.value) == 422

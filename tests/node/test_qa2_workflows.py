@@ -154,8 +154,8 @@ async def test_a_workflows_options_reach_its_steps_with_the_budget_and_time_left
     assert late.json()["error"] == "workflow_deadline_passed"
     assert late.json()["message"].startswith("step 2 (upscale) not started: the workflow's deadline of 50.0 s passed")
 
-    assert avoided.status_code == 404, avoided.text
-    assert avoided.json()["message"].startswith("step 1 (text-to-image): no peer offers text-to-image")
+    assert avoided.status_code == 422, avoided.text
+    assert avoided.json()["message"].startswith("step 1 (text-to-image): 1 peer(s) offer text-to-image")
 
 
 def _refused(body: dict[str, Any]) -> str:
