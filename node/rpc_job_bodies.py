@@ -481,7 +481,10 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     try:
         value = json.loads(raw or b"null")
     except ValueError as exc:
-        raise invalid(f"not JSON: {exc}") from None
+        sent = request.headers.get("content-type", "").split(";")[0].strip()
+        # a form posted here reads "Expecting value: line 1 column 1" alone: say what the endpoint takes (QA s11)
+        hint = f" (this endpoint takes application/json, the request is {sent})" if "json" not in sent and sent else ""
+        raise invalid(f"not JSON: {exc}{hint}") from None
     except RecursionError:  # json's decoder recurses per level: `[[[[...` a few thousand deep ends here
         raise invalid(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
@@ -514,7 +517,8 @@ async def read_form(request: Request, file_field: str, max_input_bytes: int) -> 
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise invalid(f"send multipart/form-data with the file in field {file_field!r}", "header", "content-type")
     limit = max_input_bytes + FORM_OVERHEAD_BYTES
-    _check_length(request, limit)
+    # the same words as a streamed upload's refusal below: the limit a user set is max_input_bytes
+    _check_length(request, limit, f"over the node's input limit of {max_input_bytes} bytes (plus the form's fields)")
     received = 0
 
     async def bounded_receive() -> Any:
@@ -568,10 +572,11 @@ async def read_form(request: Request, file_field: str, max_input_bytes: int) -> 
         await form.close()
 
 
-def _check_length(request: Request, max_bytes: int) -> None:
+def _check_length(request: Request, max_bytes: int, over: str = "") -> None:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise InputTooLarge(f"request of {declared} bytes is over the node's limit of {max_bytes} bytes")
+        over = over or f"over the node's limit of {max_bytes} bytes"
+        raise InputTooLarge(f"request of {declared} bytes is {over}")
 
 
 __all__ = [

@@ -56,6 +56,17 @@ JobId = Annotated[str, PathParam(pattern=_JOB_ID)]
 OUTPUT_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 
+# The pipeline operations' one header of their own, for clients generated from the OpenAPI description (QA s11)
+PREFER_HEADER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "example": "respond-async"},
+    "description": "`respond-async`: answer 202 at once with the job record (`Location: /v1/jobs/<id>`), "
+    "rather than the result once the job ends (RFC 7240)",
+}
+
+
 class ReceiptNotFound(JobNotFound):
     """The job exists but has no receipt with that index (HTTP 404, kind ``receipt_not_found``)."""
 
@@ -194,7 +205,7 @@ def jobs_router(
         "/text-to-image",
         response_model=ImageResponse,
         responses=statuses,  # type: ignore[arg-type]
-        openapi_extra={"requestBody": _json_body(TextToImageBody)},
+        openapi_extra={"requestBody": _json_body(TextToImageBody), "parameters": [PREFER_HEADER]},
     )
     async def text_to_image(request: Request) -> Any:
         """Generate images on the network; each comes with its worker's verified, signed receipt."""
@@ -225,7 +236,8 @@ def jobs_router(
             response_model=ImageResponse,
             responses=statuses,  # type: ignore[arg-type]
             openapi_extra={
-                "requestBody": _form_body(BODIES[pipeline], INPUT_FILE[pipeline] or "", INPUT_FILES[pipeline])
+                "requestBody": _form_body(BODIES[pipeline], INPUT_FILE[pipeline] or "", INPUT_FILES[pipeline]),
+                "parameters": [PREFER_HEADER],
             },
             name=str(pipeline).replace("-", "_"),
         )
@@ -292,8 +304,9 @@ def jobs_router(
         return await receipt_response(job_id, 0)
 
     @router.get("/v1/outputs/{sha256}", response_class=Response)
-    async def output(sha256: Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]) -> Response:
-        """A verified output by its hex sha256 (as signed in its receipt)."""
+    async def output(sha256: Annotated[str, PathParam(pattern=r"^[0-9a-fA-F]{64}$")]) -> Response:
+        """A verified output by its hex sha256 (as signed in its receipt; either case)."""
+        sha256 = sha256.lower()  # a hash copied from a tool that prints it in capitals names the same bytes
         found = await manager.outputs.get(sha256)
         if found is None:
             raise HTTPException(HTTP_404_NOT_FOUND, f"no output {sha256} here (never made, or evicted)")

@@ -39,6 +39,8 @@ async def test_bad_input_is_answered_in_plain_words() -> None:
                 "not JSON": await client.post(
                     "/text-to-image", content=b'{"prompt": "x",', headers={**AUTH, "Content-Type": "application/json"}
                 ),
+                # QA s11: a form posted to the JSON endpoint read "Expecting value: line 1 column 1" alone
+                "form as JSON": await client.post("/text-to-image", data={"prompt": "x"}, headers=AUTH),
                 # QA2: a 500 (RecursionError in the JSON decoder), and past the decoder in pydantic's serializer
                 "deep JSON": await client.post(
                     "/text-to-image", content=b"[" * 100_000, headers={**AUTH, "Content-Type": "application/json"}
@@ -62,7 +64,10 @@ async def test_bad_input_is_answered_in_plain_words() -> None:
     assert messages["garbage video"].startswith("body field video: not a readable video (")
     assert messages["two files"] == "body: malformed multipart body: Too many files. Maximum number of files is 1."
     assert messages["no file"] == "body: missing file field 'image'"
-    assert messages["not JSON"].startswith("body: not JSON: ")
+    assert messages["not JSON"].startswith("body: not JSON: ") and "application/json" not in messages["not JSON"]
+    assert messages["form as JSON"].endswith(
+        "(this endpoint takes application/json, the request is application/x-www-form-urlencoded)"
+    )
     assert messages["deep JSON"] == messages["deep params"] == "body: JSON nested deeper than 16 levels"
 
 

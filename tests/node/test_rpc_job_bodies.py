@@ -18,12 +18,14 @@ from lpnode.node.rpc_job_bodies import (
     INPUT_FILES,
     FrameInterpolationBody,
     ImageToImageBody,
+    InputTooLarge,
     JobOptions,
     TextToImageBody,
     UpscaleBody,
     input_kind,
     name_inputs,
     prepare,
+    read_form,
     validate,
 )
 from lpnode.node.workflows import plan_workflow
@@ -34,6 +36,7 @@ from lpnode.protocol.receipts import verify_receipt
 from lpnode.reputation.errors import BadVerification
 from lpnode.reputation.policy import parse_verification
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from .job_fixtures import BOUND_S, Peer, peers, png, sees_models
 from .test_rpc_jobs import AUTH, OPTIONS, rpc
@@ -174,3 +177,23 @@ def test_unknown_fields_are_refused_by_name_but_livepeers_own_are_taken() -> Non
     assert validate(ImageToImageBody, {"image_guidance_scale": 1.5}).prompt == ""
     with pytest.raises(RequestValidationError, match="unknown field"):
         validate(FrameInterpolationBody, {"multiplier": 2, "safety_check": True})  # not a Livepeer pipeline
+
+
+async def test_a_declared_upload_over_the_limit_names_the_same_limit_as_a_streamed_one() -> None:
+    # QA s11: the same endpoint said "over the node's limit of 68157440 bytes" (limit + the form's allowance)
+    # for a declared length, and "input limit of 67108864 bytes" for a streamed one
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/image-to-image",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"200000200")],
+    }
+
+    async def nothing() -> dict[str, object]:
+        raise AssertionError("refused from the header, before any body is read")
+
+    with pytest.raises(InputTooLarge) as refused:
+        await read_form(Request(scope, nothing), "image", 1 << 20)
+    assert str(refused.value) == (
+        "request of 200000200 bytes is over the node's input limit of 1048576 bytes (plus the form's fields)"
+    )

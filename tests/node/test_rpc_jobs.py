@@ -85,6 +85,9 @@ async def test_text_to_image_through_the_rpc_api(pool: ModelPool) -> None:
                 assert answer.status_code == 200, answer.text
                 body = answer.json()
                 images = [(await client.get(image["url"], headers=AUTH)) for image in body["images"]]
+                shouted = await client.get(
+                    body["images"][0]["url"].upper().replace("/V1/OUTPUTS/", "/v1/outputs/"), headers=AUTH
+                )
                 record = (await client.get(f"/v1/jobs/{body['request_id']}", headers=AUTH)).json()
                 receipt_1 = await client.get(f"/v1/jobs/{body['request_id']}/receipts/1", headers=AUTH)
                 unknown = await client.post("/text-to-image", json=BODY | {"model_id": "nobody/has-this"}, headers=AUTH)
@@ -101,6 +104,9 @@ async def test_text_to_image_through_the_rpc_api(pool: ModelPool) -> None:
         assert job["worker_peer_id"] == worker.peer_id and job["attempts"][-1]["outcome"] == "done"
     assert record["kind"] == "text-to-image" and record["state"] == "succeeded" and record["result"] == body
     assert record["request"]["prompt"] == BODY["prompt"] and record["progress"]["fraction"] == 1.0
+    assert (
+        shouted.status_code == 200 and shouted.content == images[0].content
+    )  # a hash in capitals names the same bytes
     assert receipt_1.content == base64.b64decode(body["jobs"][1]["receipt"])
     assert receipt_1.headers["content-type"] == "application/octet-stream"
     assert unknown.status_code == 404 and "text-to-image lpnode/tiny-sdxl" in unknown.json()["message"]
