@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
+import trio
 from lpnode.simnet import scenarios
 from lpnode.simnet.cli import main
 from lpnode.simnet.report import PLOTS, REPUTATION_PLOTS, write_report
@@ -119,8 +120,11 @@ def test_every_always_cheater_is_banned_and_no_honest_peer_is() -> None:
     assert result.metrics["jobs"]["success_rate"] == 1.0
 
 
-def test_runs_with_spot_checks_are_deterministic_for_a_seed() -> None:
+def test_runs_with_spot_checks_are_deterministic_for_a_seed(monkeypatch: pytest.MonkeyPatch) -> None:
     # the reputation store (inline SQLite) and comparisons never let the autojump clock move while they work
+    # Outside pytest trio's scheduler is not in the deterministic mode hypothesis turns on, and 2 of 3 runs
+    # disagreed (s12): run_scenario turns it on itself, so this runs as `lpnode-simnet` does.
+    monkeypatch.setattr(trio._core._run, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
     scenario = small("cheaters", scale=0.2, duration_s=10.0)
     a, b = run_scenario(scenario).metrics, run_scenario(scenario).metrics
     for m in (a, b):
@@ -128,6 +132,7 @@ def test_runs_with_spot_checks_are_deterministic_for_a_seed() -> None:
         m["notes"].pop("started_wall_s")
     assert a["reputation"]["checks"] > 5
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING is False  # as it was: other trio runs are untouched
 
 
 def test_without_verification_cheaters_are_served_and_only_the_oracle_sees_it() -> None:
