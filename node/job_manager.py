@@ -332,7 +332,12 @@ class JobManager:
         with trio.CancelScope(shield=True), trio.move_on_after(SAVE_GRACE_S) as grace:
             try:
                 created = await self.book.create(
-                    record["kind"], record["request"], None, record["created_at"], record["state"], job_id=record["id"]
+                    record["kind"],
+                    record["request"],
+                    record["parent_id"],
+                    record["created_at"],
+                    record["state"],
+                    job_id=record["id"],
                 )
                 record["request"] = created["request"]  # as the book keeps it
             except LpnodeError as exc:
@@ -582,7 +587,7 @@ class JobManager:
         await self._update(live, now, receipts)
 
     async def _update(self, live: _Live, now: float, receipts: Sequence[tuple[int, bytes]] = ()) -> None:
-        """Save ``live``'s record, after its first write (``_admit``); not at all if that one failed."""
+        """Save ``live``'s record, after its first write (``_admit``'s or ``_create``'s); not at all if that failed."""
         await live.created.wait()
         if live.create_error is not None:
             return  # logged by _create: there is no row to change
