@@ -6,6 +6,8 @@ Real SQLite files and output directories, the in-memory network with a real tiny
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,23 +107,36 @@ class CountingRecords(StoredRecords):
         await super().add_receipt(job_id, n, receipt)
 
 
+@asynccontextmanager
+async def requester_with_a_worker(
+    pool: ModelPool, tmp_path: Path
+) -> AsyncIterator[tuple[Peer, StoredRecords, FileOutputs]]:
+    """A requester that sees one worker (the in-memory network), and the requester's real job storage."""
+    async with (
+        open_memory_hub() as hub,
+        peers(hub) as start,
+        open_job_storage(tmp_path, 1 << 24, now=0.0) as (stored, outputs),
+    ):
+        requester: Peer = await start(0)  # type: ignore[assignment]
+        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
+        await sees_models(requester.node, [worker])
+        yield requester, stored, outputs
+
+
+def lighthouse(seed: int) -> TextToImageBody:
+    return TextToImageBody(
+        prompt="a lighthouse", model_id=MODEL, width=64, height=64, num_inference_steps=2, seed=seed, deadline=BOUND_S
+    )
+
+
 @pytest.mark.parametrize("saved_first", [True, False], ids=["saved-first", "saved-beside-the-job"])
 async def test_a_network_job_costs_two_record_writes_and_one_output_batch(
     pool: ModelPool, tmp_path: Path, saved_first: bool
 ) -> None:
     """Whether the record's first write comes before the job (an async request) or beside it (a sync one),
     the record is written twice, in that order, and the answer's receipts can be read at once."""
-    body = TextToImageBody(
-        prompt="a lighthouse", model_id=MODEL, width=64, height=64, num_inference_steps=2, seed=3, deadline=BOUND_S
-    )
-    async with (
-        open_memory_hub() as hub,
-        peers(hub) as start,
-        open_job_storage(tmp_path, 1 << 24, now=0.0) as (stored, _outputs),
-    ):
-        requester: Peer = await start(0)  # type: ignore[assignment]
-        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
-        await sees_models(requester.node, [worker])
+    body = lighthouse(3)
+    async with requester_with_a_worker(pool, tmp_path) as (requester, stored, _outputs):
         records = CountingRecords(stored._records, stored.store)
         records.writes = []
         files = CountingFiles(tmp_path / "outputs", max_bytes=1 << 24, synchronous="FULL")  # syncs count batches
@@ -154,17 +169,8 @@ class GatedRecords(StoredRecords):
 
 async def test_a_sync_answer_does_not_wait_for_the_final_save(pool: ModelPool, tmp_path: Path) -> None:
     """The answer, the live record and the receipts are there while the record's final save is still under way."""
-    body = TextToImageBody(
-        prompt="a lighthouse", model_id=MODEL, width=64, height=64, num_inference_steps=2, seed=4, deadline=BOUND_S
-    )
-    async with (
-        open_memory_hub() as hub,
-        peers(hub) as start,
-        open_job_storage(tmp_path, 1 << 24, now=0.0) as (stored, outputs),
-    ):
-        requester: Peer = await start(0)  # type: ignore[assignment]
-        worker: Peer = await start(1, pool=pool)  # type: ignore[assignment]
-        await sees_models(requester.node, [worker])
+    body = lighthouse(4)
+    async with requester_with_a_worker(pool, tmp_path) as (requester, stored, outputs):
         records = GatedRecords(stored._records, stored.store)
         records.gate = trio.Event()
         runner = requester_runner(requester.node)
