@@ -32,7 +32,7 @@ import functools
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,16 +110,36 @@ class _Job:
         self.note = ""  # why it ended, when the machine's reason alone does not say (for the log line)
         self.receipt: bytes | None = None  # the signed receipt, once made
         self.done = trio.Event()  # its handler is past its end (logged, its served row queued)
+        # A Quote held back until the run is under way (JobWorker._quote): it goes out before any other message
+        self._held_quote: list[Action | object] = []
 
-    async def apply(self, actions: Sequence[Action | object], *, shield_errors: bool = True) -> None:
+    def hold_quote(self, actions: Sequence[Action | object]) -> None:
+        """Keep the Quote's send (``offer``'s actions) for :meth:`send_held_quote`, or any send before it."""
+        self._held_quote.extend(actions)
+
+    async def send_held_quote(self) -> None:
+        await self.apply([], flush=True)
+
+    async def apply(
+        self, actions: Sequence[Action | object], *, shield_errors: bool = True, flush: bool = False
+    ) -> None:
         """Carry out the machine's actions. ``shield_errors=False``: a JobError's send may be cut short
-        by the caller's own bound (a stopping node's, which must not wait on a requester that stopped reading)."""
+        by the caller's own bound (a stopping node's, which must not wait on a requester that stopped reading).
+
+        A held Quote goes first whenever anything is sent (``flush``: even when nothing else is), so the
+        requester always reads it before any Progress, Result or JobError.
+        """
+        if self._held_quote and (flush or any(isinstance(action, Send) for action in actions)):
+            actions = [*self._held_quote, *actions]
+            self._held_quote.clear()
         for action in actions:
             if isinstance(action, Send):
                 # Our last word goes out even as the job is torn down around it: a violation read while
                 # the model runs aborts the run, whose end cancels the very task sending the JobError
-                # (QA3 Q13). Bounded all the same, by the framing's write timeout.
-                with trio.CancelScope(shield=shield_errors and isinstance(action.message, JobError)):
+                # (QA3 Q13). So does a held Quote, sent by a task of the run (a frame cut short resets the
+                # stream, and the requester would read a crash). Bounded all the same, by the framing's
+                # write timeout.
+                with trio.CancelScope(shield=shield_errors and isinstance(action.message, JobError | Quote)):
                     async with self.send_lock:
                         try:
                             await send_job_message(self.framed, action.message, self.worker.key)
@@ -306,6 +326,7 @@ class JobWorker:
         try:
             with job.io_scope:
                 await self._serve_accepted(job, msg)
+                await job.send_held_quote()  # a job that ended before its run started still says what it quoted
             return True
         finally:
             # Every end of the machine releases its reservation; this covers a bug or an
@@ -362,7 +383,14 @@ class JobWorker:
         self.reservations.add(quote_id)  # reserved before the quote leaves: capacity is promised, not hoped for
         self._capacity_changed()
         job.model_name = decision.row.name
-        await job.apply(job.machine.offer(quote, now))
+        offered = job.machine.offer(quote, now)
+        if request.accept and not request.spec.inputs and not job.machine.ended:
+            # Taken in advance with nothing to upload: the run starts now, and the Quote's send (its seal,
+            # the Noise write, a scheduler pass) waits until the model has the job (_run); the requester
+            # waits on the model either way. Any message sent before then carries the Quote first.
+            job.hold_quote(offered)
+            return
+        await job.apply(offered)
 
     def _standing_quotes(self, peer: str) -> int:
         """Quotes ``peer`` holds that it has neither accepted nor let go."""
@@ -469,6 +497,8 @@ class JobWorker:
                     request_for_pool = model_request(request.spec, inputs, request.input_shape)
                     if self.hooks.run_started is not None:
                         self.hooks.run_started()
+                    # a held Quote leaves once the pool has handed the job on (its task's first pass; see _quote)
+                    nursery.start_soon(_after_a_pass, job.send_held_quote)
                     output = await self.pool.run(job.model_name, request_for_pool, progress=on_progress)
                 except PoolBusy as exc:
                     failure = ErrorCode.CANCELLED, f"busy: {exc}"
@@ -540,6 +570,12 @@ class JobWorker:
         except InvalidTransition:
             return None  # ended meanwhile (cancel crossed the finish)
         return encoded
+
+
+async def _after_a_pass(work: Callable[[], Awaitable[None]]) -> None:
+    """``work``, after one more pass of the scheduler: the tasks woken beside this one go first."""
+    await trio.lowlevel.checkpoint()
+    await work()
 
 
 def _forged(encoded: EncodedOutput, data: bytes) -> EncodedOutput:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import trio
+import trio.testing
 from lpnode.models.pool import ModelPool
 from lpnode.node.cli_follow import follow
 from lpnode.node.cli_progress import DETAIL_CHARS, ProgressDisplay, WorkflowProgress
@@ -65,8 +66,10 @@ async def failover(pool: ModelPool) -> AsyncIterator[tuple[Peer, Peer, Peer, Stu
 
 
 async def lose_when_running(doomed: Peer, stuck: StuckPool, *also: trio.Event) -> None:
-    """Take ``doomed`` off the network once it runs the job (and ``also`` are set)."""
+    """Take ``doomed`` off the network once it runs the job and its Quote is out (and ``also`` are set)."""
     await stuck.running.wait()
+    # a job taken in advance is quoted once its run is under way (JobWorker._quote): let that go out first
+    await trio.testing.wait_all_tasks_blocked()
     for event in also:
         await event.wait()
     doomed.scope.cancel()

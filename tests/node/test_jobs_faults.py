@@ -25,22 +25,32 @@ from .test_gossip import virtual_wall_clock
 
 
 async def test_worker_vanishing_mid_job_completes_on_another_and_records_both(pool: ModelPool) -> None:
-    started = trio.Event()
+    running = trio.Event()  # the requester heard the doomed worker's run under way (a Progress: after its Quote)
+
+    def on_progress(peer_id: str, message: object) -> None:
+        if peer_id == doomed.peer_id:
+            running.set()
+
     async with open_memory_hub() as hub, peers(hub) as start:
         requester: Peer = await start(0)  # type: ignore[assignment]
-        doomed: Peer = await start(1, pool=pool, hooks=WorkerHooks(run_started=started.set))  # type: ignore[assignment]
+        doomed: Peer = await start(1, pool=pool)  # type: ignore[assignment]
         survivor: Peer = await start(2, pool=pool)  # type: ignore[assignment]
         await sees_models(requester.node, [doomed, survivor])
 
         async def kill_when_running() -> None:
-            await started.wait()
+            await running.wait()
             doomed.scope.cancel()
 
         with trio.fail_after(BOUND_S):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_when_running)
                 outcome = await run_job(
-                    requester.node, T2I, max_price=10_000, deadline_s=BOUND_S, prefer=[doomed.peer_id]
+                    requester.node,
+                    T2I,
+                    max_price=10_000,
+                    deadline_s=BOUND_S,
+                    prefer=[doomed.peer_id],
+                    on_progress=on_progress,
                 )
     assert [(a.peer_id, a.outcome) for a in outcome.attempts] == [
         (doomed.peer_id, "disconnected"),
