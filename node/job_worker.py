@@ -117,6 +117,10 @@ class _Job:
         """Keep the Quote's send (``offer``'s actions) for :meth:`send_held_quote`, or any send before it."""
         self._held_quote.extend(actions)
 
+    @property
+    def holds_quote(self) -> bool:
+        return bool(self._held_quote)
+
     async def send_held_quote(self) -> None:
         await self.apply([], flush=True)
 
@@ -497,8 +501,8 @@ class JobWorker:
                     request_for_pool = model_request(request.spec, inputs, request.input_shape)
                     if self.hooks.run_started is not None:
                         self.hooks.run_started()
-                    # a held Quote leaves once the pool has handed the job on (its task's first pass; see _quote)
-                    nursery.start_soon(_after_a_pass, job.send_held_quote)
+                    if job.holds_quote:  # it leaves once the pool has handed the job on (its first pass; see _quote)
+                        nursery.start_soon(_after_a_pass, job.send_held_quote)
                     output = await self.pool.run(job.model_name, request_for_pool, progress=on_progress)
                 except PoolBusy as exc:
                     failure = ErrorCode.CANCELLED, f"busy: {exc}"
