@@ -79,7 +79,7 @@ class LpnodeClient:
             timeout=timeout_s,
             trust_env=False,  # a proxy from the environment must never see the token
             transport=transport,
-            # The node's server closes a connection idle for 5 s (hypercorn's keep-alive); a POST sent on one
+            # The node's server closes a connection idle for 5 s (``HttpLimits.keep_alive_s``); a POST sent on one
             # it is closing that moment fails with "server disconnected" and is not retried (not idempotent).
             # Dropping idle connections sooner on this side closes that race.
             limits=httpx.Limits(keepalive_expiry=IDLE_CONNECTION_S),

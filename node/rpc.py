@@ -1,4 +1,4 @@
-"""The node's local RPC API: FastAPI on Hypercorn's trio worker, beside libp2p in one nursery.
+"""The node's local RPC API: FastAPI on our HTTP/1.1 server (``http_server``), beside libp2p in one nursery.
 
 ``create_app(node, token)`` builds the app; ``serve_rpc`` serves it and
 publishes its bound address in ``<data-dir>/rpc.json`` for clients. OpenAPI
@@ -7,7 +7,7 @@ lives at ``/docs`` (Swagger UI served from the node, no CDN). Every endpoint but
 
 Errors have one body shape (:class:`ErrorBody`) and one mapping from the
 ``LpnodeError`` tree to status codes (:data:`ERROR_STATUS`). Handlers run in
-the node's trio loop (Hypercorn's trio worker, or httpx's ASGITransport under
+the node's trio loop (``http_server``, or httpx's ASGITransport under
 trio in tests), so they may await trio primitives such as the directory's
 ``wait_changed()``.
 """
@@ -19,6 +19,7 @@ import hmac
 import logging
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
@@ -30,10 +31,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 from lpnode.node.daemon import Node
+from lpnode.node.http_server import DEFAULT_LIMITS, HttpLimits, serve_http
 from lpnode.node.job_manager import (
     JobAlreadyFinished,
     JobCancelled,
@@ -84,7 +83,6 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # longest long-poll on /v1/peers; keeps a forgotten client from holding a task forever
 _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as libp2p prints peer ids
-_SHUTDOWN_GRACE_S = 1.0  # in-flight requests get this long once the node stops
 LISTEN_BACKLOG = 1024  # connections the kernel holds for the API before it accepts them
 DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024  # config.max_input_bytes
 
@@ -113,7 +111,15 @@ ERROR_STATUS: dict[type[LpnodeError], int] = {
     JobAlreadyFinished: 409,
     JobCancelled: 409,
 }
-_HTTP_ERROR_NAMES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "input_too_large"}
+_HTTP_ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "input_too_large",
+    431: "request_head_too_large",
+    500: "internal",
+}
 
 
 @runtime_checkable
@@ -380,6 +386,7 @@ async def serve_rpc(
     port: int,
     data_dir: Path,
     *,
+    limits: HttpLimits = DEFAULT_LIMITS,
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled (port 0 picks a free one).
@@ -387,31 +394,42 @@ async def serve_rpc(
     ``task_status.started`` hands back the bound URLs; the first one is
     written to ``<data-dir>/rpc.json`` and the file is removed on exit.
     """
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("lpnode.rpc.server")
-    config.graceful_timeout = _SHUTDOWN_GRACE_S
-    # hypercorn's 100 overflowed under a burst of clients connecting at once: the kernel dropped the
-    # rest, which read as connections closed without an answer rather than the API's 429 (QA: 58 of
-    # 400 concurrent POSTs). The kernel caps it at net.core.somaxconn.
-    config.backlog = LISTEN_BACKLOG
-    # Bind here rather than inside hypercorn.trio.serve (which does just this plus the
-    # two lines below): a taken port is then a plain NetworkError, not an OSError
-    # four exception groups deep.
-    try:
-        sockets = config.create_sockets()
-    except OSError as exc:
-        raise NetworkError(f"cannot serve the RPC API on {host}:{port}: {exc.strerror or exc}") from exc
-    for sock in sockets.insecure_sockets:
-        sock.listen(config.backlog)
-    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    listener = _listen(host, port)
+    address = listener.socket.getsockname()
+    url = (
+        f"http://[{address[0]}]:{address[1]}"
+        if listener.socket.family == socket.AF_INET6
+        else f"http://{address[0]}:{address[1]}"
+    )
     pid = os.getpid()
     async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(functools.partial(worker_serve, asgi, config, sockets=sockets))
+        await nursery.start(functools.partial(serve_http, app, [listener], limits=limits, render_error=_render_error))
         try:
-            write_info(data_dir, RpcInfo(url=urls[0], pid=pid))
-            task_status.started(urls)
+            write_info(data_dir, RpcInfo(url=url, pid=pid))
+            task_status.started([url])
             await trio.sleep_forever()
         finally:
             remove_info(data_dir, pid)
+
+
+def _listen(host: str, port: int) -> trio.SocketListener:
+    """The API's listening socket on ``host`` (a name, IPv4 or IPv6 address) and ``port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted node takes its port back at once
+        sock.bind((host.strip("[]"), port))
+        # The kernel's default 128 overflowed under a burst of clients connecting at once: it dropped
+        # the rest, which read as connections closed without an answer rather than the API's 429 (QA:
+        # 58 of 400 concurrent POSTs). The kernel caps it at net.core.somaxconn.
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:  # a taken port, an address not on this machine: a plain NetworkError
+        sock.close()
+        raise NetworkError(f"cannot serve the RPC API on {host}:{port}: {exc.strerror or exc}") from exc
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def _render_error(status: int, message: str) -> bytes:
+    """The API's error body for what the HTTP server refuses before the app sees it (a malformed or huge head)."""
+    name = _HTTP_ERROR_NAMES.get(status, f"http_{status}")
+    return ErrorBody(error=name, message=message, detail=ErrorDetail(msg=message)).model_dump_json().encode()

@@ -7,6 +7,7 @@ so advert ages and long-polls run in virtual time.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -272,3 +273,23 @@ async def test_serve_rpc_binds_port_zero_and_publishes_then_removes_rpc_json(tmp
                 assert served.status_code == 200 and len(served.content) > 1000, asset
         nursery.cancel_scope.cancel()
     assert not (tmp_path / "rpc.json").exists()
+
+
+async def test_serve_rpc_answers_a_head_it_refuses_with_the_api_error_body(tmp_path: Path) -> None:
+    async with two_nodes() as (a, _), trio.open_nursery() as nursery:
+        urls = await nursery.start(serve_rpc, create_app(a, TOKEN), "127.0.0.1", 0, tmp_path)
+        port = int(urls[0].rsplit(":", 1)[1])
+        for head, status, error in (
+            (b"GET /health HTTP/1.1\r\nhost: t\r\nx: " + b"a" * 100_000 + b"\r\n\r\n", 431, "request_head_too_large"),
+            (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad_request"),
+        ):
+            async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                await stream.send_all(head)
+                answer = b""
+                while data := await stream.receive_some(65536):
+                    answer += data
+            status_line, _, body = answer.partition(b"\r\n\r\n")
+            assert status_line.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+            parsed = json.loads(body)
+            assert parsed["error"] == error and parsed["detail"] == {"msg": parsed["message"]}, parsed
+        nursery.cancel_scope.cancel()
