@@ -76,6 +76,10 @@ async def launch(
 
     async def stop() -> None:
         with trio.CancelScope(shield=True):
+            if process.returncode is None and os.environ.get("LPNODE_BENCH_PROFILE"):
+                process.terminate()  # a node stopped in order writes its profile (e2e_node)
+                with trio.move_on_after(STARTUP_S):
+                    await process.wait()
             if process.returncode is None:
                 process.kill()
             await process.wait()

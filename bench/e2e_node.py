@@ -168,4 +168,15 @@ def node_main(argv: Sequence[str]) -> int:
     install_probes(args.probe, args.worker)
     from lpnode.node.cli import main
 
-    return main(["run", *[a for a in run_args if a != "--"]])
+    run = ["run", *[a for a in run_args if a != "--"]]
+    # Where a node's time goes, by function: LPNODE_BENCH_PROFILE=<dir> writes <dir>/<worker|requester>.prof
+    # (cProfile, the event loop's thread only) when the node stops; read it with pstats.
+    if profile_dir := os.environ.get("LPNODE_BENCH_PROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            return int(profiler.runcall(main, run) or 0)
+        finally:
+            profiler.dump_stats(Path(profile_dir) / ("worker.prof" if args.worker else "requester.prof"))
+    return main(run)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import functools
+import http
 import json
 import logging
 import math
@@ -151,7 +153,10 @@ class _Connection:
         self.limits = limits
         self.render_error = render_error
         self.server = server
-        self.client = _address(stream.socket.getpeername())
+        try:
+            self.client = _address(stream.socket.getpeername())
+        except OSError:  # reset before it was served: its requests, if any, fail on the first read
+            self.client = None
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         self.served = 0
 
@@ -208,7 +213,7 @@ class _Connection:
             return
         message = message or f"request head over the node's limit of {self.limits.max_head_bytes} bytes"
         body = self.render_error(status, message)
-        head = h11.Response(status_code=status, headers=_error_headers(body))
+        head = h11.Response(status_code=status, headers=_error_headers(body), reason=_reason(status))
         try:
             data = [self.h11.send(head), self.h11.send(h11.Data(data=body)), self.h11.send(h11.EndOfMessage())]
             await self.send_all(b"".join(part for part in data if part))
@@ -282,7 +287,8 @@ class _Exchange:
             return
         body = self.connection.render_error(500, "internal error: the API gave no answer; see the node's log")
         try:
-            await self._write(h11.Response(status_code=500, headers=_error_headers(body)), body, more=False)
+            head = h11.Response(status_code=500, headers=_error_headers(body), reason=_reason(500))
+            await self._write(head, body, more=False)
         except _ClientGone:
             self.gone = True
 
@@ -334,6 +340,8 @@ class _Exchange:
         if self.h11.they_are_waiting_for_100_continue:
             continue_head = h11.InformationalResponse(status_code=100, headers=[])
             await self._send_raw(self.h11.send(continue_head))
+            if self.gone:
+                return {"type": "http.disconnect"}
         try:
             return await self._next_body_message()
         except _ClientGone:
@@ -405,7 +413,9 @@ class _Exchange:
             status = int(message["status"])
             headers = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
             self.no_body = self.method == "HEAD" or status in (204, 304)
-            self.head = h11.Response(status_code=status, headers=[*headers, (b"date", _http_date())])
+            self.head = h11.Response(
+                status_code=status, headers=[*headers, (b"date", _http_date())], reason=_reason(status)
+            )
         elif kind == "http.response.body":
             if not self.started or self.complete:
                 raise RuntimeError("ASGI: http.response.body outside an answer")
@@ -417,25 +427,33 @@ class _Exchange:
 
     async def _write(self, head: h11.Response | None, body: bytes, *, more: bool) -> None:
         """The head (if not sent yet), this body message and, at the end, the body's end: one write."""
-        if not more:
-            self.complete = True
         if self.gone:
+            self.complete = not more  # the app's answer ends; nobody reads it
             return
         parts = []
         if head is not None:
             self.started = True
             parts.append(self.h11.send(head))
         if body and not self.no_body:
-            parts.append(self.h11.send(h11.Data(data=body)))
+            parts.append(self.h11.send(h11.Data(data=body)))  # LocalProtocolError: more than content-length
         if not more:
-            parts.append(self.h11.send(h11.EndOfMessage()))
+            parts.append(self.h11.send(h11.EndOfMessage()))  # ... or less
         await self._send_raw(b"".join(part for part in parts if part))
+        self.complete = not more
 
     async def _send_raw(self, data: bytes) -> None:
         try:
             await self.connection.send_all(data)
         except _ClientGone:
             self.gone = True  # dropped: the app finishes its answer to nobody, as if it had been sent
+
+
+@functools.cache
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:  # a status the standard does not name: the reason phrase is optional
+        return b""
 
 
 def _head_size(request: h11.Request) -> int:
