@@ -26,7 +26,7 @@ from .daemon import Node
 from .framing import FramedStream, FramingConfig
 from .job_stream import receive_job_message, send_job_message
 from .network.base import ByteStream
-from .output_check import expected_size, output_problem
+from .output_check import PngCheck, expected_size, output_problem
 from .peer_choice import Candidate, work_is_known
 from .spare_streams import SpareStreams
 from .transfer import TransferLimits, receive_transfer, send_transfer
@@ -300,15 +300,26 @@ class CandidateTry:
         assert receipt is not None and self.framed is not None
         outputs: list[bytes] = []
         received: list[str] = []
+        checks: list[PngCheck | None] = []
         try:
             for out in receipt.outputs:
                 limits = TransferLimits(max_total_bytes=out.size_bytes)
-                got = await receive_transfer(self.framed, limits, expected_sha256=bytes.fromhex(out.sha256))
-                outputs.append(got.data)
+                parts: list[bytes] = []
+                # an image is checked chunk by chunk as it arrives, in the waits between chunks
+                check = PngCheck() if out.media_type == "image/png" else None
+
+                async def keep(chunk: bytes, parts: list[bytes] = parts, check: PngCheck | None = check) -> None:
+                    parts.append(chunk)
+                    if check is not None:
+                        check.feed(chunk)
+
+                got = await receive_transfer(self.framed, limits, expected_sha256=bytes.fromhex(out.sha256), sink=keep)
+                outputs.append(b"".join(parts))
+                checks.append(check)
                 # receive_transfer hashed every byte it returns and checked that hash against the header's:
                 # the header's hash is the hash of these bytes, no need to hash them a second time
                 received.append(got.header.sha256.hex())
-            if problem := await self._output_problem(receipt, outputs):
+            if problem := await self._output_problem(receipt, outputs, checks):
                 self._end(BAD_OUTPUT, problem)
                 return None
             # The machine checks those hashes against the receipt, so "done" is only ever reached
@@ -325,12 +336,14 @@ class CandidateTry:
             return None
         return receipt, tuple(outputs)
 
-    async def _output_problem(self, receipt: Receipt, outputs: list[bytes]) -> str:
+    async def _output_problem(self, receipt: Receipt, outputs: list[bytes], checks: list[PngCheck | None]) -> str:
         """Why an output is not the file the job asked for ("" if none): a signed text file is no image."""
         request = self.machine.request
         size = expected_size(request.spec, request.input_shape) if self.check_output_size else None
-        for index, (out, data) in enumerate(zip(receipt.outputs, outputs, strict=True)):
-            if out.media_type.startswith("video/") and self.offload_checks:  # a container walk: milliseconds
+        for index, (out, data, check) in enumerate(zip(receipt.outputs, outputs, checks, strict=True)):
+            if check is not None:  # checked as it arrived; a refusal is described by the whole check
+                problem = check.problem(size) and (output_problem(data, out.media_type, size) or check.problem(size))
+            elif out.media_type.startswith("video/") and self.offload_checks:  # a container walk: milliseconds
                 problem = await trio.to_thread.run_sync(output_problem, data, out.media_type, size)
             else:
                 problem = output_problem(data, out.media_type, size)

@@ -16,6 +16,7 @@ checks, which decode both runs anyway (``lpnode.reputation.compare``).
 from __future__ import annotations
 
 import io
+import zlib
 
 from lpnode.protocol.jobs import InputShape
 from lpnode.protocol.jobspec import (
@@ -67,4 +68,110 @@ def output_problem(data: bytes, media_type: str, size: tuple[int, int] | None) -
     return ""
 
 
-__all__ = ["expected_size", "output_problem"]
+class PngCheck:
+    """The PNG check of :func:`output_problem`, fed the file as it arrives (``feed``), read at the end.
+
+    A transfer's chunks come a few hundred microseconds apart; checking each as it comes hides the
+    check's cost (0.3 ms for a 512² output on the dev box, all of it on the answer's path once the
+    last byte is in) in that wait. It walks what ``Image.verify`` walks: the signature, then every
+    chunk's length, type and CRC up to IEND, the first one an IHDR whose size is the image's. Nothing
+    is inflated; the bytes are not kept.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # the part of a signature, chunk head or CRC not complete yet
+        self._signature_seen = False
+        self._type = b""  # the chunk whose data is being read ("" between chunks)
+        self._left = 0  # its data bytes still to come
+        self._crc = 0
+        self._ihdr = bytearray()
+        self._size: tuple[int, int] | None = None
+        self._ended = False
+        self._image_data = False
+        self._problem = ""
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view and not self._problem and not self._ended:
+            if self._type and self._left:  # chunk data: CRC'd in place, no copy
+                part = view[: self._left]
+                self._crc = zlib.crc32(part, self._crc)
+                if self._type == b"IHDR" and len(self._ihdr) < 13:
+                    self._ihdr += part[: 13 - len(self._ihdr)]
+                self._left -= len(part)
+                view = view[len(part) :]
+                continue
+            need = (8 if not self._signature_seen else 4 if self._type else 8) - len(self._pending)
+            self._pending += view[:need]
+            view = view[need:]
+            if len(self._pending) < (8 if not self._signature_seen or not self._type else 4):
+                return
+            self._step(bytes(self._pending))
+            self._pending.clear()
+
+    def _step(self, piece: bytes) -> None:
+        if not self._signature_seen:
+            if piece != _PNG_SIGNATURE:
+                self._problem = "not a readable PNG (no PNG signature)"
+            self._signature_seen = True
+        elif self._type:  # the CRC after a chunk's data
+            if int.from_bytes(piece, "big") != self._crc:
+                self._problem = f"not a readable PNG (broken data stream: bad CRC in {self._type.decode('latin-1')})"
+            elif self._type == b"IHDR":
+                self._size = int.from_bytes(self._ihdr[0:4], "big"), int.from_bytes(self._ihdr[4:8], "big")
+                if not _valid_ihdr(bytes(self._ihdr)):
+                    self._problem = "not a readable PNG (an IHDR of no PNG mode)"
+            elif self._type == b"IDAT":
+                self._image_data = True
+            elif self._type == b"IEND":
+                self._ended = True
+                if not self._image_data:
+                    self._problem = "not a readable PNG (no image data)"
+            self._type = b""
+        else:  # a chunk's length and type
+            length, kind = int.from_bytes(piece[:4], "big"), piece[4:]
+            if not kind.isalpha():
+                self._problem = f"not a readable PNG (broken chunk type {kind!r})"
+            elif length > _PNG_MAX_CHUNK:
+                self._problem = f"not a readable PNG (chunk {kind.decode()} of {length} bytes)"
+            elif self._size is None and kind != b"IHDR":
+                self._problem = "not a readable PNG (its first chunk is not IHDR)"
+            elif kind == b"IHDR" and length != 13:
+                self._problem = "not a readable PNG (an IHDR that is not 13 bytes)"
+            self._type, self._left, self._crc = kind, length, zlib.crc32(kind)
+
+    def problem(self, size: tuple[int, int] | None) -> str:
+        """What :func:`output_problem` says of the whole file ("" when it is one, of ``size`` if given)."""
+        if self._problem:
+            return self._problem
+        if not self._ended:
+            return "not a readable PNG (truncated: no IEND chunk)"
+        assert self._size is not None  # IEND comes after the IHDR, or the IHDR check failed first
+        bomb = Image.MAX_IMAGE_PIXELS
+        if bomb is not None and self._size[0] * self._size[1] > 2 * bomb:  # what Image.open refuses as a bomb
+            return f"not a readable PNG ({self._size[0]}x{self._size[1]} pixels)"
+        if size is not None and self._size != size:
+            return f"{self._size[0]}x{self._size[1]}, not the {size[0]}x{size[1]} the job asked for"
+        return ""
+
+
+def _valid_ihdr(ihdr: bytes) -> bool:
+    """Width and height over 0, a bit depth its colour type allows, the one compression and filter method."""
+    width, height = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big")
+    depth, colour, compression, filtering, interlace = ihdr[8:13]
+    return (
+        0 < width < 2**31
+        and 0 < height < 2**31
+        and depth in _PNG_DEPTHS.get(colour, ())
+        and compression == 0
+        and filtering == 0
+        and interlace in (0, 1)
+    )
+
+
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # by colour type
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MAX_CHUNK = 2**31 - 1  # the spec's bound on a chunk's length
+
+
+__all__ = ["PngCheck", "expected_size", "output_problem"]

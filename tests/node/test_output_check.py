@@ -22,7 +22,7 @@ from lpnode.node.job_requester import run_job
 from lpnode.node.job_try import BAD_OUTPUT
 from lpnode.node.job_worker import WorkerHooks
 from lpnode.node.network.memory import open_memory_hub
-from lpnode.node.output_check import expected_size, output_problem
+from lpnode.node.output_check import PngCheck, expected_size, output_problem
 from lpnode.protocol.jobs import InputShape
 from PIL import Image
 
@@ -103,3 +103,49 @@ def test_a_damaged_video_is_unreadable_whatever_the_damage() -> None:
             probe_input(VIDEO, bytes(damaged))
         with contextlib.suppress(ParameterError):
             probe_video(bytes(damaged), 64)
+
+
+def png_check(data: bytes, size: tuple[int, int] | None, piece: int) -> str:
+    check = PngCheck()
+    for start in range(0, len(data), piece):
+        check.feed(data[start : start + piece])
+    return check.problem(size)
+
+
+def test_the_streamed_png_check_agrees_with_the_whole_file_check() -> None:
+    """PngCheck (fed as a transfer arrives) passes what output_problem passes and refuses what it refuses,
+    in pieces of any size: a chunk head, a CRC or the signature split across two pieces included."""
+    rng = random.Random(7)
+    noisy = Image.frombytes("RGB", (96, 64), rng.randbytes(96 * 64 * 3))
+    files = [
+        image(64, 48),
+        image(1, 1),
+        _png(noisy),
+        _png(noisy.convert("L")),
+        _png(noisy.convert("P")),
+        _png(noisy, optimize=True),
+    ]
+    for data in files:
+        with Image.open(io.BytesIO(data)) as img:
+            size = img.size
+        for piece in (1, 3, 7, 8, 13, 4096, len(data)):
+            assert png_check(data, size, piece) == "" == output_problem(data, "image/png", size)
+            assert png_check(data, None, piece) == ""
+            assert png_check(data, (size[0] + 1, size[1]), piece) == output_problem(
+                data, "image/png", (size[0] + 1, size[1])
+            )
+    whole = files[2]
+    # every single flipped byte is refused (each byte is in the signature, a length, a type, data or a CRC)
+    for position in rng.sample(range(len(whole)), 300):
+        broken = whole[:position] + bytes([whole[position] ^ (1 << rng.randrange(8))]) + whole[position + 1 :]
+        assert png_check(broken, None, rng.choice((5, 64, 65536))).startswith("not a readable PNG"), position
+    for cut in (0, 7, 8, 20, 33, len(whole) // 2, len(whole) - 12, len(whole) - 1):  # truncated anywhere
+        assert png_check(whole[:cut], None, 64).startswith("not a readable PNG"), cut
+    assert png_check(b"this is not a png, " * 20, None, 64) == "not a readable PNG (no PNG signature)"
+    assert png_check(image(64, 48, "JPEG"), None, 64) == "not a readable PNG (no PNG signature)"
+
+
+def _png(img: Image.Image, **options: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG", **options)
+    return out.getvalue()
