@@ -1,13 +1,13 @@
 """HTTP/1.1 for the node's local API: h11 on trio, the ASGI app called in each connection's own task.
 
-Hypercorn served the API until session 13. Two processes on a 2-core dev box, one request at a time
-from a client that writes each request in one piece, a bare ASGI app behind each server
-(``bench/http_server.py``): hypercorn spent 0.40–0.46 ms of CPU per request on its own, the app
-nothing. What it spends them on is what this API does not need: a task, a memory channel and
-an idle-timer task per request, a lock and a cancel scope per write, the head and the body of
-each answer in separate writes (two segments: the client may wake twice), HTTP/2 and WebSocket
-dispatch. Here a request costs its parse, one call of the app, and one write for an answer
-that fits one body message.
+Hypercorn served the API until session 13. Measured with ``bench/http_server.py`` (two processes,
+one request at a time, a client that writes each request in one piece, a bare ASGI app behind
+each server), hypercorn spent 0.41–0.57 ms of CPU per request on its own, this server 0.16–0.30 ms
+(the dev box; the H100 host). Hypercorn's cost is what this API does not need: a task, a memory
+channel and an idle-timer task per request, a lock and a cancel scope per write, the head and the
+body of each answer in separate writes (two segments: the client may wake twice), HTTP/2 and
+WebSocket dispatch. Here a request costs its parse, one call of the app, and one write for an
+answer that fits one body message.
 
 What it does:
 
@@ -125,6 +125,8 @@ async def _accept_loop(
 async def _serve_connection(connection: _Connection, slots: trio.Semaphore) -> None:
     try:
         await connection.serve()
+    except Exception:  # a connection's task root: what broke one connection must not stop the server
+        log.exception("RPC connection from %s failed", connection.client)
     finally:
         slots.release()
 

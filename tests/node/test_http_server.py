@@ -237,3 +237,17 @@ async def test_connections_over_the_limit_wait_for_one_to_close() -> None:
         _, body = await read_answer(second, bytearray())
         assert json.loads(body)["path"] == "/2"
         await second.aclose()
+
+
+async def test_a_connection_that_breaks_the_server_code_does_not_stop_the_server() -> None:
+    async def wrong_length(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/bad":  # more body than its content-length: h11 refuses to send it
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"too long"})
+            return
+        await echo(scope, receive, send)
+
+    async with serving(wrong_length) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(httpx.HTTPError):
+            await client.get("/bad")
+        assert (await client.get("/good")).json()["path"] == "/good"
