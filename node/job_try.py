@@ -341,8 +341,10 @@ class CandidateTry:
         request = self.machine.request
         size = expected_size(request.spec, request.input_shape) if self.check_output_size else None
         for index, (out, data, check) in enumerate(zip(receipt.outputs, outputs, checks, strict=True)):
-            if check is not None:  # checked as it arrived; a refusal is described by the whole check
-                problem = check.problem(size) and (output_problem(data, out.media_type, size) or check.problem(size))
+            if check is not None:  # walked as it arrived
+                problem = check.problem(size)
+                if problem:  # in the words of the whole-file check where it has them ("a JPEG file, not a PNG")
+                    problem = output_problem(data, out.media_type, size) or problem
             elif out.media_type.startswith("video/") and self.offload_checks:  # a container walk: milliseconds
                 problem = await trio.to_thread.run_sync(output_problem, data, out.media_type, size)
             else:
