@@ -368,7 +368,9 @@ class _Exchange:
             raise _ClientGone()  # ConnectionClosed mid-body
 
     def _take_event(self) -> Any:
-        event, self.pending = (self.pending, None) if self.pending is not None else (self._h11_event(), None)
+        if self.pending is None:
+            return self._h11_event()
+        event, self.pending = self.pending, None
         return event
 
     def _h11_event(self) -> Any:

@@ -108,10 +108,11 @@ class PngCheck:
                 self._left -= len(part)
                 view = view[len(part) :]
                 continue
-            need = (8 if not self._signature_seen else 4 if self._type else 8) - len(self._pending)
+            piece = 4 if self._signature_seen and self._type else 8  # a CRC; the signature or a chunk head
+            need = piece - len(self._pending)
             self._pending += view[:need]
             view = view[need:]
-            if len(self._pending) < (8 if not self._signature_seen or not self._type else 4):
+            if len(self._pending) < piece:
                 return
             self._step(bytes(self._pending))
             self._pending.clear()
