@@ -66,6 +66,7 @@ class NodeConfig:
     outputs_max_bytes: int = 2 * 1024 * 1024 * 1024  # job outputs kept on disk for download; the oldest go first
     max_rpc_jobs: int = 64  # RPC requests queued or running at once; more are refused (HTTP 429)
     spare_stream_ttl_s: float = 5.0  # keep a job stream open ahead to each worker in use this long; 0 = off
+    explore_share: float = 0.05  # jobs sent to a peer the ranking would not pick first, so newcomers get a record
 
     def validate(self, sources: Mapping[str, str] | None = None) -> NodeConfig:
         """Return self if every value is sane; raise ConfigError otherwise.
@@ -123,6 +124,7 @@ class NodeConfig:
         _check_range("outputs_max_bytes", self.outputs_max_bytes, 1024 * 1024, 2**50)
         _check_range("max_rpc_jobs", self.max_rpc_jobs, 1, 100_000)
         _check_range("spare_stream_ttl_s", self.spare_stream_ttl_s, 0, 60)
+        _check_range("explore_share", self.explore_share, 0, 1)
         if self.advert_ttl_s <= self.advert_interval_s:
             raise ConfigError(
                 f"advert_ttl_s ({self.advert_ttl_s}) must exceed advert_interval_s ({self.advert_interval_s}), "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from .job_try import (
     TryWatcher,
 )
 from .peer_choice import (
+    DEFAULT_EXPLORE_SHARE,
     Candidate,
     Priority,
     ReputationView,
@@ -78,6 +80,8 @@ from .transfer import DEFAULT_MAX_TOTAL_BYTES
 
 if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for the annotation
     from .local_jobs import LocalWorker
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8  # candidates tried per job at most, whatever the deadline allows
 # Workers that refused "busy" are asked again, once their advert shows a free slot or their refusal's
@@ -235,11 +239,12 @@ async def run_job(
     spares: SpareStreams | None = None,
     check_output_size: bool = True,
     offload_checks: bool = True,
+    explore_share: float = DEFAULT_EXPLORE_SHARE,
 ) -> JobOutcome:
     """Get ``job`` done by the best peer that will; raises NoCandidates or JobFailed (with every attempt).
 
-    ``priority``, ``min_vram_bytes``, ``reputation`` and ``min_reputation`` shape the
-    ranking (``peer_choice``). This node is a candidate only when ``allow_local`` is set
+    ``priority``, ``min_vram_bytes``, ``reputation``, ``min_reputation`` and ``explore_share`` shape
+    the ranking (``peer_choice``). This node is a candidate only when ``allow_local`` is set
     and ``local`` is this node's worker; otherwise the job always goes to another peer.
     ``spares``: job streams opened ahead (``spare_streams``); a try takes the worker's spare
     if there is one, and has the next one opened while the worker runs the job.
@@ -293,6 +298,7 @@ async def run_job(
             min_reputation=min_reputation,
             input_shape=shape,
             include_full=include_full,
+            explore_share=explore_share,
         )
 
     job_rng = rng or random.Random()  # the ranking's exploration and the busy rounds' jitter
@@ -362,9 +368,18 @@ async def run_job(
             spares.note_stale()
             try_ = new_try(candidate, remaining, take_spare=False)
             outcome = await try_.run()
-        attempts.append(try_.attempt())
+        attempts.append(attempt := try_.attempt())
+        if outcome is None:  # the operator sees why a job moved to another peer (or failed)
+            log.info(
+                "%s try %d on %s failed (%s): %s",
+                spec.pipeline,
+                number,
+                candidate.peer_id[-12:],
+                attempt.outcome,
+                attempt.detail,
+            )
         if watcher is not None:
-            watcher.try_ended(number, attempts[-1])
+            watcher.try_ended(number, attempt)
         return try_, outcome
 
     pending = candidates[:MAX_ATTEMPTS]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from lpnode.node.daemon import Node
 from lpnode.node.job_requester import JobOutcome, JobRequest, ProgressCallback, run_job
-from lpnode.node.peer_choice import Priority, ReputationView
+from lpnode.node.peer_choice import DEFAULT_EXPLORE_SHARE, Priority, ReputationView
 from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.node.spare_streams import SpareStreams
 
@@ -31,12 +31,14 @@ def requester_runner(
     spares: SpareStreams | None = None,
     check_output_size: bool = True,
     offload_checks: bool = True,
+    explore_share: float = DEFAULT_EXPLORE_SHARE,
 ) -> JobRunner:
     """The JobRunner that sends each network job through ``node``'s requester (``run_job``).
 
     ``local`` is this node's own worker, the candidate a job with ``allow_local`` may use;
     ``reputation`` (the reputation store) steers the ranking: banned peers are never chosen.
-    ``rng`` drives the ranking's exploration (seeded in tests; default: one per job).
+    ``rng`` drives the ranking's exploration (seeded in tests; default: one per job), and ``explore_share``
+    is how often it explores (``peer_choice``; 0: never, the ranking's first is always asked first).
     ``spares`` keeps a job stream open ahead to the workers in use (``spare_streams``).
     ``check_output_size``, ``offload_checks``: see ``run_job`` (off only in simulations).
     """
@@ -64,6 +66,7 @@ def requester_runner(
             check_output_size=check_output_size,
             offload_checks=offload_checks,
             spares=spares,
+            explore_share=explore_share,
         )
 
     return run

@@ -269,7 +269,7 @@ async def _open_jobs(
         if served is not None:
             await writers.start(serve_served_book, served, book.store)
         reputation = await open_reputation(book.store, clock=wall_clock)
-        runner = requester_runner(node, local, reputation=reputation, spares=spares)
+        runner = requester_runner(node, local, reputation=reputation, spares=spares, explore_share=config.explore_share)
         async with (
             open_spot_checker(node, runner, reputation) as checker,
             open_job_manager(

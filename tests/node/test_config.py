@@ -71,6 +71,7 @@ def test_relative_data_dir_in_a_file_is_relative_to_the_file(tmp_path: Path) -> 
         ({"bootstrap": ("/ip4/127.0.0.1/tcp/1",)}, "must end in /p2p/<peer id>"),
         ({"log_level": "loud"}, "log_level: 'loud' is not one of debug, info, warning, error"),
         ({"queue_capacity": 0}, "queue_capacity: 0 is outside 1..10000"),
+        ({"explore_share": 1.5}, "explore_share: 1.5 is outside 0..1"),
         ({"advert_interval_s": 10.0, "advert_ttl_s": 5.0}, "must exceed advert_interval_s"),
         ({"serve": ("none", "tiny-sdxl")}, "'none' (requester only) cannot be combined"),
     ],
