@@ -53,6 +53,27 @@ def format_note(path: Any, media_type: str) -> str:
     return f", {what} whatever its name says"
 
 
+_WORKER_ROLES = {
+    "credited": "the output agrees with the majority",
+    "blamed": "the output is judged wrong; do not use it",
+    "undecided": "two runs disagree and no third peer settled it",
+}
+
+
+def check_text(check: Mapping[str, Any]) -> str:
+    """One network job's spot check, for ``lpnode job ID`` (shape in ``node/rpc_checks.py``)."""
+    head = f"{str(check.get('job_id', '?'))[:16]}… on {short_peer_id(str(check.get('worker_peer_id', '?')))}: "
+    state = check.get("state")
+    if state != "settled":
+        reason = check.get("reason") or ("copies running on other peers" if state == "pending" else "")
+        return head + str(state).replace("_", " ") + (f" ({reason})" if reason else "")
+    rows = check.get("evidence") or []
+    verdicts = ", ".join(f"{row.get('verdict')}, evidence #{row.get('evidence_id')}" for row in rows)
+    others = len({peer for row in rows for peer in row.get("peers") or []} - {check.get("worker_peer_id")})
+    role = str(check.get("worker", "?"))
+    return head + f"{role} — {_WORKER_ROLES.get(role, role)} ({verdicts}; {others} other peer(s) ran it)"
+
+
 def short_peer_id(peer_id: str) -> str:
     """``12D3KooW…a1b2c3``: enough to tell peers apart, short enough for a table."""
     return peer_id if len(peer_id) <= 16 else f"{peer_id[:8]}…{peer_id[-6:]}"
@@ -285,8 +306,13 @@ def _readable_json(value: Any) -> str:
     )
 
 
-def job_text(record: Mapping[str, Any], step_records: Sequence[Mapping[str, Any]] = ()) -> str:
-    """``lpnode job ID``: one record, readable; ``step_records``: a workflow's steps' records, oldest first."""
+def job_text(
+    record: Mapping[str, Any],
+    step_records: Sequence[Mapping[str, Any]] = (),
+    checks: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """``lpnode job ID``: one record, readable; ``step_records``: a workflow's steps' records, oldest first;
+    ``checks``: its outputs' spot checks (``GET /v1/jobs/{id}/checks``)."""
     lines = [
         f"id        {record.get('id', '?')}",
         f"kind      {record.get('kind', '?')}",
@@ -319,6 +345,7 @@ def job_text(record: Mapping[str, Any], step_records: Sequence[Mapping[str, Any]
         if not step_records:
             for step_id in result.get("steps") or []:
                 lines.append(f"step      {step_id}")
+    lines += [f"check     {check_text(check)}" for check in checks]
     for number, step in enumerate(step_records, 1):
         lines.append(f"step {number:<4} {step.get('id', '?')}  {step.get('kind', '?')}  {step.get('state', '?')}")
     error = record.get("error")

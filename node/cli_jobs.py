@@ -322,15 +322,21 @@ def next_page_hint(command: str, last: object, args: argparse.Namespace, filters
 
 
 def cmd_job(args: argparse.Namespace, data_dir: Path) -> int:
-    async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
         async with LpnodeClient.from_data_dir(data_dir) as client:
             record = await client.job(args.id)
             # a workflow's steps are records of their own: listed by parent, so a failed chain shows them too
             steps = await client.jobs(parent_id=args.id, limit=STEPS_SHOWN) if record.get("kind") == "workflow" else []
-            return record, steps[::-1]  # oldest first: step 1 first
+            checks = (await client.job_checks(args.id))["checks"] if record.get("state") == "succeeded" else []
+            return record, steps[::-1], checks  # steps oldest first: step 1 first
 
-    record, steps = trio.run(main)
-    print(json.dumps(record | ({"steps": steps} if steps else {}), indent=2) if args.json else job_text(record, steps))
+    record, steps, checks = trio.run(main)
+    if args.json:
+        print(
+            json.dumps(record | ({"steps": steps} if steps else {}) | ({"checks": checks} if checks else {}), indent=2)
+        )
+    else:
+        print(job_text(record, steps, checks))
     return 0
 
 

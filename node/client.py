@@ -216,6 +216,11 @@ class LpnodeClient:
         """``DELETE /v1/jobs/{id}``: the cancelled record; :class:`RpcError` 409 if it had finished."""
         return await self._call("DELETE", f"/v1/jobs/{_segment(job_id)}")
 
+    async def job_checks(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}/checks``: what became of the spot checks of the record's outputs, one entry per
+        network job (``state``; once ``settled``, ``worker``: credited, blamed or undecided). See ``rpc_checks``."""
+        return await self._get(f"/v1/jobs/{_segment(job_id)}/checks")
+
     async def receipt(self, job_id: str, n: int = 0) -> bytes:
         """The signed receipt bytes of the record's ``n``-th network job (what ``lpnode receipt verify`` reads).
 

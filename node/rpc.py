@@ -47,6 +47,7 @@ from lpnode.node.job_requester import (
     ParametersRefused,
     PriceBelowOffers,
 )
+from lpnode.node.rpc_checks import CheckStatusSource, checks_router
 from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
 from lpnode.node.rpc_job_bodies import InputTooLarge
 from lpnode.node.rpc_jobs import jobs_router
@@ -136,13 +137,15 @@ def create_app(
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     reputation: ReputationStore | None = None,
     served: ServedBook | None = None,
+    checks: CheckStatusSource | None = None,
 ) -> FastAPI:
     """The RPC app for ``node``; requests must carry ``token`` (except ``/health``).
 
     ``pool`` is the node's model pool; None for a requester-only node. ``jobs``
     runs the pipeline endpoints, job records and workflows (none: those routes
     are absent). ``max_input_bytes`` bounds one uploaded input. ``reputation``
-    and ``served`` (what this node's worker served) add their routes when given.
+    and ``served`` (what this node's worker served) add their routes when given; so does
+    ``checks`` (the spot checker: ``/v1/jobs/{id}/checks``, with ``jobs``).
     """
     # The API docs page with Swagger UI's files served by the node itself: FastAPI's own page loads them from a
     # CDN, and on a machine without internet (the node needs none) /docs, which the banner points at, was blank.
@@ -243,6 +246,8 @@ def create_app(
     if jobs is not None:
         app.include_router(jobs_router(jobs, require_token, max_input_bytes=max_input_bytes))
         app.include_router(workflows_router(jobs, require_token, max_input_bytes=max_input_bytes))
+        if checks is not None:  # /v1/jobs/{id}/checks: what became of its outputs' spot checks
+            app.include_router(checks_router(jobs, checks, require_token))
     if reputation is not None:  # /v1/reputation: scores, bans and evidence of the node's reputation store
         app.include_router(reputation_router(reputation, require_token))
     if served is not None:  # /v1/served: what this node's worker served and earned

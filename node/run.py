@@ -40,7 +40,7 @@ from lpnode.node.served_jobs import SERVED_MIGRATIONS, ServedBook, serve_served_
 from lpnode.node.spare_streams import SpareStreams, open_spare_streams
 from lpnode.protocol.errors import ConfigError, NetworkError
 from lpnode.protocol.names import JOB_PROTOCOL, SOFTWARE_VERSION
-from lpnode.reputation.spot_check import open_spot_checker
+from lpnode.reputation.spot_check import SpotChecker, open_spot_checker
 from lpnode.reputation.store import REPUTATION_MIGRATIONS, ReputationStore, open_reputation
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ async def _serve(
             if before_stop is not None and served is not None:
                 # on SIGINT/SIGTERM: its jobs told and ended, then their rows written, then the rest stops
                 before_stop += [worker.stop, served.flush]
-        jobs, reputation = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock, served))
+        jobs, reputation, checker = await stack.enter_async_context(_open_jobs(config, node, local, wall_clock, served))
         app = create_app(
             node,
             token,
@@ -222,6 +222,7 @@ async def _serve(
             max_input_bytes=config.max_input_bytes,
             reputation=reputation,
             served=served,
+            checks=checker,
         )
         urls = await node_nursery.start(serve_rpc, app, config.rpc_host, config.rpc_port, config.data_dir)
         freeze_startup_heap()
@@ -251,7 +252,7 @@ def freeze_startup_heap() -> None:
 @contextlib.asynccontextmanager
 async def _open_jobs(
     config: NodeConfig, node: Node, local: LocalWorker | None, wall_clock: WallClock, served: ServedBook | None
-) -> AsyncIterator[tuple[JobManager, ReputationStore]]:
+) -> AsyncIterator[tuple[JobManager, ReputationStore, SpotChecker]]:
     """The RPC job manager: records and outputs kept for the API, jobs sent through this node's requester,
     steered by the reputation store (same database) and spot-checked (``lpnode.reputation.spot_check``).
     ``served``, the worker's book of jobs served, is written to the same database while this is open."""
@@ -282,7 +283,7 @@ async def _open_jobs(
             ) as jobs,
         ):
             try:
-                yield jobs, reputation
+                yield jobs, reputation, checker
             finally:
                 writers.cancel_scope.cancel()
 

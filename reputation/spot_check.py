@@ -52,6 +52,7 @@ from lpnode.node.rpc_job_bodies import JobOptions
 from lpnode.protocol.errors import LpnodeError
 from lpnode.protocol.jobs import Progress
 
+from .check_log import CheckLog, CheckState, check_entry
 from .compare import Comparison, Thresholds, Verdict, compare_outputs, compare_receipts, worst_verdict
 from .errors import OutputUndecodable
 from .policy import (
@@ -188,6 +189,7 @@ class SpotChecker:
         self._flush_scheduled = False
         self._idle = trio.Event()
         self._idle.set()
+        self.log = CheckLog()  # what became of each recent try's check, for check_status
 
     # ------------------------------------------------------------ the Runner
 
@@ -198,7 +200,8 @@ class SpotChecker:
         outcome = await self._run(job, inputs, options, on_progress)
         first = outcome.worker_peer_id
         if first == self.node.peer_id:
-            return outcome  # this node ran it itself: checking ourselves proves nothing
+            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, "this node ran it: checking itself proves nothing")
+            return outcome
         family = model_family(outcome.model_id)
         history = self._history(first, family)  # before this job: the policy's "first jobs" count
         plan = None
@@ -210,11 +213,20 @@ class SpotChecker:
         skipped = check and (plan is None or not plan.peers or self._pending >= self.max_pending)
         self._note_soon(first, family, outcome.work_mpx_steps, skipped=skipped)
         if plan is None:
+            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, "the request asked for verification none")
             return outcome
-        if isinstance(method, Redundant):
+        if isinstance(method, Redundant):  # settled before the answer: the store has it
             return await self._redundant(method.k, job, inputs, options, outcome, plan.peers)
-        if not check or skipped:
+        if not check:
+            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, "not picked: spot checks take a share of jobs")
             return outcome
+        if skipped:
+            why = (
+                "no other peer in good standing serves the model" if not plan.peers else "too many checks were running"
+            )
+            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, why)
+            return outcome
+        self.log.note(outcome.job_id, CheckState.PENDING)
         self._pending += 1
         self._spawn(self._background, job, inputs, options, outcome, [*plan.peers, *self._suspect(outcome, plan.peers)])
         return outcome
@@ -255,6 +267,12 @@ class SpotChecker:
                 failure.fault,
                 failure.outcome,
             )
+
+    async def check_status(self, tries: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Each try's check, as ``GET /v1/jobs/{id}/checks`` shows it (:func:`~.check_log.check_entry`): the
+        store's evidence once settled, else what this node remembers (``tries``: (worker peer id, job id))."""
+        settled = await self.reputation.checks_of_tries(tries)
+        return [check_entry(worker, job_id, settled.get(job_id, []), self.log.get(job_id)) for worker, job_id in tries]
 
     async def wait_idle(self) -> None:
         """Until no background work is running: checks and bookkeeping (tests, and a clean shutdown)."""
@@ -325,12 +343,17 @@ class SpotChecker:
     ) -> None:
         try:
             run = await self._settle(job, inputs, options, outcome, checkers, SPOT_PEERS)
-            await self._record(run)
+            if await self._record(run) is None:
+                self.log.note(outcome.job_id, CheckState.LOST, "no checker returned a run of it")
+            else:
+                self.log.note(outcome.job_id, CheckState.SETTLED)
         except LpnodeError as exc:
             # a lost check is a lost sample, never the user's problem: log it and carry on
             log.warning("spot check of job %s on %s lost: %s", outcome.job_id[:12], outcome.worker_peer_id, exc)
+            self.log.note(outcome.job_id, CheckState.LOST, str(exc))
         except Exception:
             log.exception("spot check of job %s crashed", outcome.job_id[:12])
+            self.log.note(outcome.job_id, CheckState.LOST, "internal error; see the node's log")
         finally:
             self._pending -= 1
 

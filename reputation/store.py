@@ -70,6 +70,7 @@ from .store_types import Ban, CheckEvidence, PeerState, TryFailure, in_force
 from .store_withdraw import withdraw_blames
 
 __all__ = [
+    "MAX_CHECKED_TRIES",
     "MAX_EVIDENCE_PAGE",
     "MAX_PEER_PAGE",
     "REPUTATION_MIGRATIONS",
@@ -86,6 +87,7 @@ __all__ = [
 
 MAX_EVIDENCE_PAGE = 500  # evidence rows per page of an export or a peer's listing
 MAX_PEER_PAGE = 500  # peers per page of the summary (GET /v1/reputation), and per evidence_counts query
+MAX_CHECKED_TRIES = 64  # tries per checks_of_tries call: a record's jobs (a request makes at most 8 images)
 
 COUNTERS = ("jobs", "job_mpx_steps", "checks", "check_runs", "check_mpx_steps", "checks_skipped")
 
@@ -249,6 +251,35 @@ class ReputationStore:
             )
             counts.update((str(row["worker_peer_id"]), int(row["n"])) for row in rows)
         return counts
+
+    async def checks_of_tries(self, tries: Sequence[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
+        """The evidence rows whose receipts include each try ``(worker_peer_id, job_id)``, by job id, oldest first.
+
+        Each row is :meth:`evidence`'s without the receipts, with ``peers`` (every worker whose receipt it
+        holds, in order) instead. At most :data:`MAX_CHECKED_TRIES` tries a call (one record's jobs).
+        """
+        if len(tries) > MAX_CHECKED_TRIES:
+            raise ValueError(f"at most {MAX_CHECKED_TRIES} tries a call, got {len(tries)}")
+        found: dict[str, list[dict[str, Any]]] = {}
+        for worker, job_id in tries:
+            rows = await self.db.fetch_all(
+                "SELECT e.* FROM rep_evidence e JOIN rep_receipts r ON r.evidence_id = e.id"
+                " WHERE r.worker_peer_id = ? AND r.job_id = ? ORDER BY e.id",
+                (worker, job_id),
+                max_rows=MAX_EVIDENCE_PAGE,
+            )
+            items = []
+            for row in rows:
+                item = evidence_json(row)
+                del item["receipts"]
+                peers = await self.db.fetch_all(
+                    "SELECT worker_peer_id FROM rep_receipts WHERE evidence_id = ? ORDER BY n",
+                    (item["id"],),
+                    max_rows=MAX_EVIDENCE_PAGE,
+                )
+                items.append(item | {"peers": [str(p["worker_peer_id"]) for p in peers]})
+            found[job_id] = items
+        return found
 
     async def failures(
         self, *, peer_id: str | None = None, after_id: int = 0, limit: int = 50, newest_first: bool = False

@@ -83,6 +83,7 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
             jobs = 0
             ran: list[str] = []  # who ran each job
             tries: list[list[dict[str, Any]]] = []  # each job's attempts, for a failure's message
+            requests: list[str] = []  # each job's record id
             # from the summary: /v1/reputation/{cheater} is a 404 until the store holds something about it
             while not any(
                 p["peer_id"] == cheater and p["banned"] for p in (await reputation(requester.client))["peers"]
@@ -91,6 +92,7 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
                 jobs += 1
                 result = await requester.client.text_to_image(**JOB, seed=jobs)
                 ran.append(result["jobs"][0]["worker_peer_id"])
+                requests.append(result["request_id"])
                 tries.append(result["jobs"][0]["attempts"])
                 # the cheapest, by priority cost, until it is banned
                 assert ran[-1] == cheater, (cheater, tries, await requester.client.peers())
@@ -103,6 +105,9 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
             summary = await reputation(requester.client, checks_above=jobs, wait_s=50)
 
             detail = await reputation(requester.client, f"/{cheater}")
+            # the user asks afterwards what became of the first job's check: its output was judged wrong
+            first_checks = await requester.client.job_checks(requests[0])
+            job_text = await cli("job", requests[0], f"--data-dir={requester.data_dir}")
             table = await cli("reputation", f"--data-dir={requester.data_dir}")
             export = tmp_path / "evidence.json"
             await cli("reputation", "export", "-o", str(export), f"--data-dir={requester.data_dir}")
@@ -122,3 +127,6 @@ async def test_a_cheating_worker_is_banned_while_honest_workers_keep_a_good_scor
     document = json.loads(export.read_text())
     assert len(document["evidence"]) == jobs + 1 and check_export(document) == []
     assert "cheat" not in help_text
+    (check,) = first_checks["checks"]
+    assert check["state"] == "settled" and check["worker"] == "blamed" and check["worker_peer_id"] == cheater
+    assert "judged wrong" in job_text, job_text

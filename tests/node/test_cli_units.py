@@ -214,6 +214,20 @@ def test_summary_and_tables() -> None:
     steps = [record | {"id": "j1", "parent_id": "wf"}, failed | {"kind": "image-to-video", "parent_id": "wf"}]
     text = job_text(workflow, steps)
     assert "step 1    j1  text-to-image  succeeded\nstep 2    j2  image-to-video  failed" in text
+    # each output's spot check (GET /v1/jobs/{id}/checks), one line each
+    blamed = {"evidence_id": 3, "verdict": "disagree", "peers": [PEER, "a", "b"]}
+    checks = [
+        {"job_id": "f" * 64, "worker_peer_id": PEER, "state": "settled", "worker": "blamed", "evidence": [blamed]},
+        {"job_id": "e" * 64, "worker_peer_id": PEER, "state": "not_checked", "reason": "not picked"},
+        {"job_id": "d" * 64, "worker_peer_id": PEER, "state": "pending", "reason": ""},
+    ]
+    lines = [line for line in job_text(record, checks=checks).splitlines() if line.startswith("check")]
+    assert lines == [
+        "check     ffffffffffffffff… on 12D3KooW…CVe2Xo: blamed — the output is judged wrong; do not use it "
+        "(disagree, evidence #3; 2 other peer(s) ran it)",
+        "check     eeeeeeeeeeeeeeee… on 12D3KooW…CVe2Xo: not checked (not picked)",
+        "check     dddddddddddddddd… on 12D3KooW…CVe2Xo: pending (copies running on other peers)",
+    ]
 
 
 def test_workflow_files_in_toml_and_json(tmp_path: Path) -> None:
