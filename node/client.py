@@ -216,10 +216,14 @@ class LpnodeClient:
         """``DELETE /v1/jobs/{id}``: the cancelled record; :class:`RpcError` 409 if it had finished."""
         return await self._call("DELETE", f"/v1/jobs/{_segment(job_id)}")
 
-    async def job_checks(self, job_id: str) -> dict[str, Any]:
+    async def job_checks(self, job_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
         """``GET /v1/jobs/{id}/checks``: what became of the spot checks of the record's outputs, one entry per
-        network job (``state``; once ``settled``, ``worker``: credited, blamed or undecided). See ``rpc_checks``."""
-        return await self._get(f"/v1/jobs/{_segment(job_id)}/checks")
+        network job (``state``; once ``settled``, ``worker``: credited, blamed or undecided). See ``rpc_checks``.
+
+        ``wait_s`` (at most 60): wait that long for checks still ``pending`` to end.
+        """
+        params: dict[str, str | float] | None = {"wait_s": wait_s} if wait_s else None
+        return await self._get(f"/v1/jobs/{_segment(job_id)}/checks", params=params, extra_timeout_s=wait_s)
 
     async def receipt(self, job_id: str, n: int = 0) -> bytes:
         """The signed receipt bytes of the record's ``n``-th network job (what ``lpnode receipt verify`` reads).

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import trio
+
 __all__ = ["MAX_TRIES", "CheckLog", "CheckNote", "CheckState", "check_entry"]
 
 MAX_TRIES = 10_000  # tries remembered; ~100 bytes each
@@ -49,12 +51,20 @@ class CheckLog:
             raise ValueError(f"max_tries must be at least 1, got {max_tries}")
         self.max_tries = max_tries
         self._notes: OrderedDict[str, CheckNote] = OrderedDict()
+        self._changed = trio.Event()
 
     def note(self, job_id: str, state: CheckState, reason: str = "") -> None:
         self._notes[job_id] = CheckNote(state, reason)
         self._notes.move_to_end(job_id)
         while len(self._notes) > self.max_tries:
             self._notes.popitem(last=False)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next :meth:`note`: take it before reading, then wait on it, and no note is missed."""
+        return self._changed
 
     def get(self, job_id: str) -> CheckNote:
         return self._notes.get(job_id, CheckNote(CheckState.UNKNOWN))

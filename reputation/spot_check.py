@@ -268,9 +268,23 @@ class SpotChecker:
                 failure.outcome,
             )
 
-    async def check_status(self, tries: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    async def check_status(self, tries: Sequence[tuple[str, str]], *, wait_s: float = 0.0) -> list[dict[str, Any]]:
         """Each try's check, as ``GET /v1/jobs/{id}/checks`` shows it (:func:`~.check_log.check_entry`): the
-        store's evidence once settled, else what this node remembers (``tries``: (worker peer id, job id))."""
+        store's evidence once settled, else what this node remembers (``tries``: (worker peer id, job id)).
+
+        ``wait_s``: while a check is ``pending``, wait up to this long for it to end (a long-poll); then
+        the entries as they stand.
+        """
+        with trio.move_on_after(wait_s):
+            while True:
+                changed = self.log.changed  # before reading: a check ending meanwhile still wakes us
+                entries = await self._check_entries(tries)
+                if not any(entry["state"] == CheckState.PENDING for entry in entries):
+                    return entries
+                await changed.wait()
+        return await self._check_entries(tries)
+
+    async def _check_entries(self, tries: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         settled = await self.reputation.checks_of_tries(tries)
         return [check_entry(worker, job_id, settled.get(job_id, []), self.log.get(job_id)) for worker, job_id in tries]
 

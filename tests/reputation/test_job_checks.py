@@ -45,8 +45,9 @@ async def test_a_cheaters_job_reads_blamed_and_an_unchecked_one_says_why(tmp_pat
             async def checks_of(body: dict[str, Any]) -> dict[str, Any]:
                 answer = await client.post("/text-to-image", json=body, headers=AUTH)
                 assert answer.status_code == 200, answer.text
-                await net.checker.wait_idle()  # the check settles after the answer
-                response = await client.get(f"/v1/jobs/{answer.json()['request_id']}/checks", headers=AUTH)
+                # the check settles after the answer: a long-poll waits for it
+                path = f"/v1/jobs/{answer.json()['request_id']}/checks"
+                response = await client.get(path, params={"wait_s": 50}, headers=AUTH)
                 assert response.status_code == 200, response.text
                 return dict(response.json())
 
@@ -55,6 +56,7 @@ async def test_a_cheaters_job_reads_blamed_and_an_unchecked_one_says_why(tmp_pat
                 unchecked = await checks_of(BODY | {"seed": 2, "verification": "none"})
                 unknown = await client.get("/v1/jobs/job_0123456789abcdef0123456789abcdef/checks", headers=AUTH)
                 unauthorized = await client.get(f"/v1/jobs/{cheated['id']}/checks")
+                too_long = await client.get(f"/v1/jobs/{cheated['id']}/checks?wait_s=61", headers=AUTH)
 
     (check,) = cheated["checks"]
     assert cheated["state"] == "succeeded" and check["worker_peer_id"] == net.cheater
@@ -65,6 +67,7 @@ async def test_a_cheaters_job_reads_blamed_and_an_unchecked_one_says_why(tmp_pat
     (skipped,) = unchecked["checks"]
     assert skipped["state"] == "not_checked" and "verification none" in skipped["reason"]
     assert unknown.status_code == 404 and unknown.json()["error"] == "job_not_found"
+    assert too_long.status_code == 422
     assert unauthorized.status_code == 401
 
 
@@ -74,8 +77,9 @@ async def test_a_check_is_pending_until_it_settles_and_honest_workers_are_credit
         # noted before the answer came back, with no checkpoint since: the copy has not run yet
         assert net.checker.log.get(outcome.job_id).state is CheckState.PENDING
         with trio.fail_after(BOUND_S):
+            # the long-poll answers once the check is no longer pending
+            (check,) = await net.checker.check_status([(outcome.worker_peer_id, outcome.job_id)], wait_s=BOUND_S)
             await net.checker.wait_idle()
-            (check,) = await net.checker.check_status([(outcome.worker_peer_id, outcome.job_id)])
             (forgotten,) = await net.checker.check_status([(outcome.worker_peer_id, "not-a-try-of-ours")])
             local = await settled(net, 2, verification="none")
             (none,) = await net.checker.check_status([(local.worker_peer_id, local.job_id)])
