@@ -23,6 +23,9 @@ or wait without bound. Hence:
   :class:`StreamBroken` naming the first failure instead of reading from the
   middle of a frame. Cancelling a receive before any byte of the frame
   arrived leaves the stream usable.
+- a send the *peer* cut off (it reset or closed the stream: :class:`StreamClosed`)
+  ends our sending, not our reading: what the peer wrote before it cut us off is
+  still read, so a worker's last word (why it stopped our upload) reaches us.
 
 A whole frame whose body does not decode (``receive_message``) leaves the
 framing intact: the caller may still answer with an error message.
@@ -88,6 +91,7 @@ class FramedStream:
         self._config = config or FramingConfig()
         self._buffer = bytearray()  # bytes read ahead of the current frame, at most READ_BYTES past it
         self._broken: str | None = None  # why this stream may no longer be used
+        self._send_broken: str | None = None  # why we may no longer send (the peer cut a send off)
 
     @property
     def stream(self) -> ByteStream:
@@ -102,10 +106,17 @@ class FramedStream:
         """Why the stream was reset or closed, or None while it is usable."""
         return self._broken
 
+    @property
+    def send_broken(self) -> str | None:
+        """Why nothing more can be sent (the peer cut a send off; or :attr:`broken`), or None."""
+        return self._broken or self._send_broken
+
     # ------------------------------------------------------------- sending
 
     async def send_frame(self, body: bytes | memoryview, kind: FrameKind = FrameKind.MESSAGE) -> None:
         self._check_usable()
+        if self._send_broken is not None:
+            raise StreamBroken(f"stream {self._stream.protocol_id} to {self._stream.remote_peer}: {self._send_broken}")
         if len(body) > HARD_MAX_FRAME_BYTES:
             raise ValueError(f"a frame body is at most {HARD_MAX_FRAME_BYTES} bytes, got {len(body)}")
         # One send_all per frame: a libp2p write costs a noise + yamux frame, and a
@@ -118,6 +129,11 @@ class FramedStream:
             reason = f"sending a {len(body)}-byte frame took over {self._config.write_timeout_s} s"
             await self.abort(reason)
             raise StreamTimeout(reason) from None
+        except StreamClosed as exc:
+            # The peer reset or closed the stream under this send: nothing of ours reaches it any more, but
+            # what it wrote first (a JobError saying why) is still in our buffers, and readable.
+            self._send_broken = f"the peer cut a send off: {exc}"
+            raise
         except BaseException as exc:  # cancellation too: the peer may hold half a frame
             await self.abort(f"send of a {len(body)}-byte frame failed: {exc!r}")
             raise

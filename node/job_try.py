@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # local_jobs imports the worker, and with it torch: only for 
 DEFAULT_QUOTE_TIMEOUT_S = 10.0
 DEFAULT_SILENCE_S = 60.0
 CANCEL_GRACE_S = 1.0  # time given to telling a worker we gave up
+LAST_WORD_S = 1.0  # time given to reading what a worker said before it cut our upload off (it is buffered by then)
 # Inputs up to this size follow the QuoteRequest at once (QuoteRequest.accept). Well under what a
 # refusing worker drops while it waits for our close (job_stream.MAX_LINGER_BYTES) and under one
 # yamux window, so sending them never blocks on a worker that is not reading.
@@ -290,9 +291,28 @@ class CandidateTry:
             for blob in self.machine.request.spec.inputs:
                 await send_transfer(self.framed, self.inputs[blob.name], blob.media_type)
         except NetworkError as exc:
-            self._end("disconnected", f"while sending inputs: {exc}")
+            # A worker that cuts an upload off (it is stopping, or the upload outran its allowance) says why
+            # first, and that word is still readable: it names the try's end, where "disconnected" would
+            # read as the worker dropping a job it took.
+            await self._read_last_word()
+            if not self.machine.ended:
+                self._end("disconnected", f"while sending inputs: {exc}")
             return False
         return True
+
+    async def _read_last_word(self) -> None:
+        """After the worker cut a send off: what it had sent first (a JobError, a Refusal), fed to the machine."""
+        assert self.framed is not None
+        with trio.move_on_after(LAST_WORD_S):
+            while not self.machine.ended:
+                try:
+                    msg = await receive_job_message(self.framed)
+                except (NetworkError, ProtocolError):
+                    return  # it said nothing more: the stream's end is all there is
+                try:
+                    await self._apply(self.machine.on_message(msg, self.now()))
+                except ProtocolViolation:
+                    return
 
     async def _receive_outputs(self) -> tuple[Receipt, tuple[bytes, ...]] | None:
         machine = self.machine

@@ -89,6 +89,7 @@ class WorkerHooks:
     forge_output: Callable[[bytes], bytes] | None = None  # applied before they are hashed and signed
     tamper_receipt: Callable[[Receipt], Receipt] | None = None  # applied to the receipt before it is signed
     run_started: Callable[[], None] | None = None  # called when a job is handed to the pool
+    upload_started: Callable[[], None] | None = None  # called when an accepted job's inputs start to be read
 
 
 class _Job:
@@ -404,48 +405,63 @@ class JobWorker:
         """The accepted job's inputs, each checked against its descriptor; None when the job ended instead.
 
         Bounded by the requester's deadline and by the worker's own upload allowance (``input_grace_s``
-        plus the inputs' size at ``min_input_bytes_per_s``), whichever comes first.
+        plus the inputs' size at ``min_input_bytes_per_s``), whichever comes first. Past that bound the
+        requester is told why first, and only then is the upload cut off (which resets the stream): it
+        may still be sending, and it reads what came before the reset.
         """
-        inputs: dict[str, bytes] = {}
-        deadline = job.machine.deadline_at_ms or self.now_ms()
+        if self.hooks.upload_started is not None:
+            self.hooks.upload_started()
         total = sum(blob.size_bytes for blob in request.spec.inputs)
         upload_s = self.config.input_grace_s + total / self.config.min_input_bytes_per_s
+        deadline = job.machine.deadline_at_ms or self.now_ms()
         deadline_s = max(0.0, (deadline - self.now_ms()) / 1000)
-        with trio.move_on_after(min(upload_s, deadline_s)) as scope:
-            for blob in request.spec.inputs:
-                limits = TransferLimits(max_total_bytes=blob.size_bytes, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES)
-                try:
-                    # The hash is compared after the transfer, not from its header: a whole transfer
-                    # leaves the stream framed, so the requester hears input_mismatch instead of a reset.
-                    got = await receive_transfer(job.framed, limits)
-                except NetworkError as exc:
-                    job.note = f"requester went away while sending inputs: {exc}"
-                    await job.apply(job.machine.cancel(f"requester went away: {exc}", self.now_ms()))
-                    return None
-                except ProtocolError as exc:
-                    job.note = f"input {blob.name}: {exc}"[:200]
-                    await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, str(exc)[:400], self.now_ms()))
-                    return None
-                announced = (got.header.total_bytes, got.header.media_type, got.header.sha256.hex())
-                if announced != (blob.size_bytes, blob.media_type, blob.sha256):
-                    job.note = f"input {blob.name} differs from its descriptor"
-                    await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, f"{blob.name} differs", self.now_ms()))
-                    return None
-                inputs[blob.name] = got.data
-        if not scope.cancelled_caught:
-            return inputs
-        if upload_s < deadline_s:
-            # Cut off mid-transfer, the stream is reset (receive_transfer): this word may not reach a
-            # requester still sending, but the log line and the served row keep why.
-            job.note = f"inputs not in within {upload_s:.0f} s"
-            message = (
-                f"the inputs ({total} bytes) did not arrive within {upload_s:.0f} s: this worker allows "
-                f"{self.config.input_grace_s:g} s plus their size at {self.config.min_input_bytes_per_s // 1024} KiB/s"
-            )
-            await job.apply(job.machine.fail(ErrorCode.DEADLINE_EXCEEDED, message, self.now_ms()))
-        else:
-            await job.apply(job.machine.on_tick(max(self.now_ms(), deadline)))
-        return None
+        receiving = trio.CancelScope()
+
+        async def cut_off_when_late() -> None:
+            await trio.sleep(min(upload_s, deadline_s))
+            if upload_s < deadline_s:
+                job.note = f"inputs not in within {upload_s:.0f} s"
+                allowance = f"{self.config.input_grace_s:g} s plus their size at "
+                allowance += f"{self.config.min_input_bytes_per_s // 1024} KiB/s"
+                message = f"the inputs ({total} bytes) did not arrive within {upload_s:.0f} s: this worker allows "
+                await job.apply(job.machine.fail(ErrorCode.DEADLINE_EXCEEDED, message + allowance, self.now_ms()))
+            else:
+                await job.apply(job.machine.on_tick(max(self.now_ms(), deadline)))
+            receiving.cancel()
+
+        inputs: dict[str, bytes] | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cut_off_when_late)
+            with receiving:
+                inputs = await self._receive_each_input(job, request)
+            nursery.cancel_scope.cancel()
+        # the machine ended (a bad input, or the bound passed while the last bytes came in): no run
+        return None if job.machine.ended else inputs
+
+    async def _receive_each_input(self, job: _Job, request: QuoteRequest) -> dict[str, bytes] | None:
+        """The inputs in the spec's order, each checked against its descriptor; None once one fails (told)."""
+        inputs: dict[str, bytes] = {}
+        for blob in request.spec.inputs:
+            limits = TransferLimits(max_total_bytes=blob.size_bytes, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES)
+            try:
+                # The hash is compared after the transfer, not from its header: a whole transfer
+                # leaves the stream framed, so the requester hears input_mismatch instead of a reset.
+                got = await receive_transfer(job.framed, limits)
+            except NetworkError as exc:
+                job.note = f"requester went away while sending inputs: {exc}"
+                await job.apply(job.machine.cancel(f"requester went away: {exc}", self.now_ms()))
+                return None
+            except ProtocolError as exc:
+                job.note = f"input {blob.name}: {exc}"[:200]
+                await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, str(exc)[:400], self.now_ms()))
+                return None
+            announced = (got.header.total_bytes, got.header.media_type, got.header.sha256.hex())
+            if announced != (blob.size_bytes, blob.media_type, blob.sha256):
+                job.note = f"input {blob.name} differs from its descriptor"
+                await job.apply(job.machine.fail(ErrorCode.INPUT_MISMATCH, f"{blob.name} differs", self.now_ms()))
+                return None
+            inputs[blob.name] = got.data
+        return inputs
 
     async def _run(self, job: _Job, request: QuoteRequest, inputs: dict[str, bytes]) -> None:
         machine = job.machine

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from ..protocol.codec import Bound, message
-from ..protocol.errors import FrameTooLarge, TransferCorrupt, TransferTooLarge
+from ..protocol.errors import FrameTooLarge, StreamBroken, StreamClosed, TransferCorrupt, TransferTooLarge
 from .framing import HARD_MAX_FRAME_BYTES, FramedStream, FrameKind
 
 MiB = 1024 * 1024
@@ -122,6 +122,8 @@ async def send_transfer(
             if progress is not None:
                 progress(done, len(data))
         await framed.send_frame(b"", FrameKind.DATA)
+    except (StreamClosed, StreamBroken):
+        raise  # the receiver cut it off itself: it waits for nothing, and what it said first stays readable
     except BaseException as exc:
         # cancellation included: the receiver must not wait for, or misread, the rest
         await framed.abort(f"transfer interrupted after {done} of {len(data)} bytes: {exc!r}")

@@ -52,7 +52,7 @@ class Pipe:
     __slots__ = ("buffered", "chunks", "last_due", "readable", "reader_gone", "reset", "tx_free_at", "writable")
 
     def __init__(self) -> None:
-        self.chunks: deque[tuple[float, bytes]] = deque()  # (due time, data); b"" is the FIN
+        self.chunks: deque[tuple[float, bytes | None]] = deque()  # (due time, data); b"" is the FIN, None a reset
         self.buffered = 0  # bytes sent and not yet read: what the window bounds
         self.reset = False
         self.reader_gone = False  # the reading side closed: further sends fail
@@ -65,6 +65,14 @@ class Pipe:
         self.reset = True
         self.chunks.clear()
         self.buffered = 0
+        self.readable.unpark_all()
+        self.writable.unpark_all()
+
+    def reset_after(self, due: float) -> None:
+        """Its writer reset the stream: what it sent first still arrives (a yamux RST follows its data
+        frames, and the reader keeps what it buffered), then the reader sees the end; no more writes."""
+        self.reader_gone = True  # the writer's own further sends fail
+        self.chunks.append((due, None))
         self.readable.unpark_all()
         self.writable.unpark_all()
 
@@ -226,7 +234,7 @@ class MemoryStream:
                 await conn.wait_passable()  # arrived during the partition: stalls until heal
                 continue
             if not data:
-                return b""  # FIN: left at the head so every later read sees it too
+                return b""  # FIN or reset: left at the head so every later read sees it too
             if len(data) > max_bytes:
                 pipe.chunks[0] = (due, data[max_bytes:])
                 data = data[:max_bytes]
@@ -256,7 +264,8 @@ class MemoryStream:
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def reset(self) -> None:
-        """Abort both directions at once; the remote reads b"" and its sends fail."""
-        self._send.kill()
+        """Abort both directions at once: the remote's sends fail, and it reads what we sent before, then b""."""
+        if not (self._send.reset or self._send.reader_gone):
+            self._send.reset_after(self._conn.stamp(self._send, 0, trio.current_time()))
         self._recv.kill()
         self._conn.forget(self._pair)

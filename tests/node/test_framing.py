@@ -281,3 +281,22 @@ async def test_cancelled_send_leaves_the_stream_broken(autojump_clock: trio.test
 def test_config_rejects_non_positive_timeouts() -> None:
     with pytest.raises(ValueError, match="frame_timeout_s"):
         FramingConfig(frame_timeout_s=0)
+
+
+async def test_a_send_the_peer_cut_off_leaves_what_it_said_first_readable(open_group: GroupOpener) -> None:
+    """The peer says why, then resets under our (large) send: the send fails, and the word is still read
+    (a worker that stops, or bounds an upload, tells the requester it cut off)."""
+    with trio.fail_after(DEADLINE):
+        async with stream_pair(open_group) as (a, b):
+            sender, peer = FramedStream(a), FramedStream(b)
+            await peer.send_message(Note("stopping: no more of that upload"))
+            await peer.abort("refused the upload")
+            with pytest.raises(StreamClosed):
+                for _ in range(64):  # past any window: the reset is seen by then
+                    await sender.send_frame(b"x" * MiB)
+            assert sender.broken is None and sender.send_broken is not None
+            assert await sender.receive_message(Note) == Note("stopping: no more of that upload")
+            with pytest.raises(StreamClosed):  # then the end
+                await sender.receive_frame(MiB)
+            with pytest.raises(StreamBroken):
+                await sender.send_frame(b"")

@@ -45,7 +45,7 @@ async def send_refused(framed: FramedStream, data: bytes, chunk_bytes: int = DEF
     try:
         await send_transfer(framed, data, "video/mp4", chunk_bytes=chunk_bytes)
     except StreamClosed:
-        assert framed.broken is not None
+        assert framed.send_broken is not None  # what the receiver sent before it refused is still readable
 
 
 def make_header(data: bytes, chunk_bytes: int = CHUNK) -> TransferHeader:
@@ -245,7 +245,7 @@ async def test_cancelled_receiver_leaves_the_stream_broken(autojump_clock: trio.
         assert receiver.broken is not None and f"after {32 * CHUNK} of {64 * CHUNK} bytes" in receiver.broken
         with pytest.raises(StreamBroken):
             await receive_transfer(receiver)
-    assert len(sender_errors) == 1 and sender.broken is not None  # the sender learnt it too
+    assert len(sender_errors) == 1 and sender.send_broken is not None  # the sender learnt it too
 
 
 async def test_cancelled_sender_leaves_both_ends_knowing(autojump_clock: trio.testing.MockClock) -> None:

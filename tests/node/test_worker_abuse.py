@@ -114,16 +114,19 @@ async def test_a_trickled_upload_ends_at_the_workers_own_bound_and_frees_its_slo
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trickle)
-            # Cut off mid-transfer, the stream is reset (a transfer cut short must not be misread by
-            # either side), so the requester reads its end rather than a JobError.
+            # Told why first, then cut off mid-transfer: the stream is reset (a transfer cut short must
+            # not be misread by either side), after the JobError the requester still reads.
+            told = await receive_job_message(framed)
+            took = trio.current_time() - began
             with pytest.raises(NetworkError):
                 await receive_job_message(framed)
-            took = trio.current_time() - began
             nursery.cancel_scope.cancel()
         answer = await ask(await open_job(honest, worker), honest, t2i_request(b"o" * 16))
     allowed = config.input_grace_s + len(IMAGE) / config.min_input_bytes_per_s
     assert allowed <= took < allowed + 1
     assert isinstance(answer, Quote), answer  # the slot is free again
+    assert isinstance(told, JobError) and told.code is ErrorCode.DEADLINE_EXCEEDED, told
+    assert "did not arrive within 46 s: this worker allows 30 s plus their size at 64 KiB/s" in told.message
     assert "inputs not in within 46 s" in caplog.text  # the worker's log line says why it ended
 
 
