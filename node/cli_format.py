@@ -60,6 +60,17 @@ _WORKER_ROLES = {
 }
 
 
+def _check_state(check: Mapping[str, Any], record_id: str) -> str:
+    """A job command's line on its output's spot check, just after the answer (usually not settled yet)."""
+    state = check.get("state")
+    if state == "pending":
+        return f"pending: another peer runs it too; `lpnode job {record_id}` shows the verdict"
+    if state == "settled":
+        return check_text(check).split(": ", 1)[1]
+    reason = check.get("reason")
+    return str(state).replace("_", " ") + (f" ({reason})" if reason else "")
+
+
 def check_text(check: Mapping[str, Any]) -> str:
     """One network job's spot check, for ``lpnode job ID`` (shape in ``node/rpc_checks.py``)."""
     head = f"{str(check.get('job_id', '?'))[:16]}… on {short_peer_id(str(check.get('worker_peer_id', '?')))}: "
@@ -222,11 +233,13 @@ def attempts_text(attempts: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(f"{short_peer_id(str(a.get('peer_id', '?')))} {a.get('outcome', '?')}" for a in attempts)
 
 
-def job_summary(saved: Sequence[Any]) -> str:
-    """What a job command prints: per output, who made it, at what price, with which seed, and its receipt.
+def job_summary(saved: Sequence[Any], checks: Sequence[Mapping[str, Any]] = (), record_id: str = "") -> str:
+    """What a job command prints: per output, who made it, at what price, with which seed, its receipt, and
+    where its spot check stands (``checks``: ``GET /v1/jobs/{record_id}/checks``'s entries).
 
     ``saved`` are :class:`lpnode.node.cli_follow.Saved` (typed loosely here to keep this module import-light).
     """
+    check_of = {str(check.get("job_id")): check for check in checks}
     lines: list[str] = []
     total = 0
     for item in saved:
@@ -244,6 +257,8 @@ def job_summary(saved: Sequence[Any]) -> str:
         if len(attempts) > 1:
             lines.append(f"  attempts {len(attempts)}: {attempts_text(attempts)}")
         lines.append(f"  receipt  {item.receipt_path} (signature verified, seq {item.receipt.seq})")
+        if (check := check_of.get(str(job.get("job_id")))) is not None:
+            lines.append(f"  check    {_check_state(check, record_id)}")
     if len(saved) > 1:
         lines.append(f"{len(saved)} outputs, {total} micro-credits in all")
     return "\n".join(lines)

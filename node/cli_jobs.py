@@ -21,6 +21,7 @@ from lpnode.node.cli_follow import check_output, read_input, submit_and_save
 from lpnode.node.cli_format import job_summary, job_text, jobs_table
 from lpnode.node.cli_progress import ProgressDisplay
 from lpnode.node.client import LpnodeClient
+from lpnode.protocol.errors import LpnodeError
 
 EXIT_INTERRUPTED = 130
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # read into memory and sent whole; the node sets its own (smaller) limit
@@ -287,14 +288,26 @@ def cmd_pipeline(args: argparse.Namespace, data_dir: Path) -> int:
 
             display = ProgressDisplay(sys.stderr, command.name, images=int(fields.get("num_images_per_prompt", 1)))
             outcome = await submit_and_save(client, submit, args.output, display)
-        if isinstance(outcome, str):
-            print(f"lpnode: {outcome}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        record, saved = outcome
-        print(json.dumps(record, indent=2) if args.json else job_summary(saved))
+            if isinstance(outcome, str):
+                print(f"lpnode: {outcome}", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            record, saved = outcome
+            checks = await checks_quietly(client, str(record.get("id") or ""))
+        print(json.dumps(record, indent=2) if args.json else job_summary(saved, checks, str(record.get("id") or "")))
         return 0
 
     return trio.run(main)
+
+
+async def checks_quietly(client: LpnodeClient, record_id: str) -> list[dict[str, Any]]:
+    """Where the record's spot checks stand, or none: the outputs are saved, and a node that cannot say
+    (an older one, or a request-only record) must not turn a finished job into an error."""
+    if not record_id:
+        return []
+    try:
+        return list((await client.job_checks(record_id))["checks"])
+    except LpnodeError:
+        return []
 
 
 def cmd_jobs(args: argparse.Namespace, data_dir: Path) -> int:

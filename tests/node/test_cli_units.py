@@ -155,6 +155,7 @@ def test_summary_and_tables() -> None:
     request = quote_request()
     receipt = make_receipt(request, make_quote(request))
     job = {
+        "job_id": "a" * 64,
         "worker_peer_id": PEER,
         "model_id": "sdxl-turbo",
         "price": 42,
@@ -180,6 +181,12 @@ def test_summary_and_tables() -> None:
     assert "attempts 2: 12D3KooW…AAbusy refused, 12D3KooW…CVe2Xo done" in text
     assert "receipt  out-1.png.receipt (signature verified" in text
     assert text.endswith("2 outputs, 84 micro-credits in all")
+    assert "check" not in text  # a node that could not say where the checks stand: no line
+    pending = [{"job_id": job["job_id"], "worker_peer_id": PEER, "state": "pending", "reason": ""}]
+    text = job_summary(saved[:1], pending, "job_abc")
+    assert "  check    pending: another peer runs it too; `lpnode job job_abc` shows the verdict" in text
+    skipped = [pending[0] | {"state": "not_checked", "reason": "not picked"}]
+    assert "  check    not checked (not picked)" in job_summary(saved[:1], skipped, "job_abc")
 
     record = {
         "id": "j1",
