@@ -409,6 +409,8 @@ class JobWorker:
         requester is told why first, and only then is the upload cut off (which resets the stream): it
         may still be sending, and it reads what came before the reset.
         """
+        if not request.spec.inputs:
+            return {}  # text-to-image: nothing to wait for, and no timer to start
         if self.hooks.upload_started is not None:
             self.hooks.upload_started()
         total = sum(blob.size_bytes for blob in request.spec.inputs)
