@@ -165,6 +165,7 @@ class CandidateTry:
         self.check_output_size = True  # False: outputs are checked for structure only (simnet's stand-ins)
         self.offload_checks = True  # False: a video's check runs on the event loop (simnet's virtual clock)
         self.refused_receipt = b""  # a Result's receipt the machine refused (receipt_mismatch): evidence
+        self.uploading = False  # the inputs are on their way and not all sent yet
 
     def attempt(self) -> Attempt:
         machine = self.machine
@@ -199,6 +200,8 @@ class CandidateTry:
             return FAULT_UNPROVEN
         if self.machine.quote is None or outcome == "done" or outcome.startswith("refused:"):
             return ""
+        if outcome == "error:deadline_exceeded" and self.uploading:
+            return ""  # our upload outran the worker's allowance for it (or our own deadline): the slow side was ours
         if outcome in ("disconnected", "deadline"):
             return FAULT_UNPROVEN
         if outcome.startswith("error:") and outcome not in NOT_ITS_ERRORS:
@@ -287,9 +290,11 @@ class CandidateTry:
 
     async def _send_inputs(self) -> bool:
         assert self.framed is not None
+        self.uploading = True
         try:
             for blob in self.machine.request.spec.inputs:
                 await send_transfer(self.framed, self.inputs[blob.name], blob.media_type)
+            self.uploading = False
         except NetworkError as exc:
             # A worker that cuts an upload off (it is stopping, or the upload outran its allowance) says why
             # first, and that word is still readable: it names the try's end, where "disconnected" would

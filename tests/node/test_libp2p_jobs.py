@@ -14,12 +14,13 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 from lpnode.models.pool import ModelPool, PoolConfig, open_model_pool
 from lpnode.node.config import NodeConfig
 from lpnode.node.daemon import Node, serve_node
 from lpnode.node.job_requester import JobFailed, JobRequest, run_job
-from lpnode.node.job_worker import JobWorker, WorkerHooks, serve_job_worker
+from lpnode.node.job_worker import JobWorker, WorkerConfig, WorkerHooks, serve_job_worker
 from lpnode.node.network.libp2p import Libp2pConfig, open_libp2p_network
 from lpnode.node.offer import OfferSource
 from lpnode.node.serving import serve_model_offers
@@ -36,7 +37,11 @@ CPU = (GpuInfo(name="cpu: test", kind="cpu", vram_total_bytes=0, vram_free_bytes
 
 @asynccontextmanager
 async def libp2p_peer(
-    index: int, pool: ModelPool | None, bootstrap: tuple[str, ...] = (), hooks: WorkerHooks | None = None
+    index: int,
+    pool: ModelPool | None,
+    bootstrap: tuple[str, ...] = (),
+    hooks: WorkerHooks | None = None,
+    worker_config: WorkerConfig | None = None,
 ) -> AsyncIterator[tuple[Node, JobWorker | None]]:
     key = NodeKey(bytes([0x90 + index]) * 32)
     config = NodeConfig(listen=LOOPBACK.listen_addrs, bootstrap=bootstrap, mdns=False).validate()
@@ -47,7 +52,9 @@ async def libp2p_peer(
         if pool is not None:
             await nursery.start(serve_model_offers, pool, offer, config.price_per_mpx_step, node.publisher.poke)
             worker = await nursery.start(
-                functools.partial(serve_job_worker, network, key, pool, wall_clock=node.wall_clock, hooks=hooks)
+                functools.partial(
+                    serve_job_worker, network, key, pool, worker_config, wall_clock=node.wall_clock, hooks=hooks
+                )
             )
         yield node, worker
         nursery.cancel_scope.cancel()
@@ -112,3 +119,28 @@ async def test_a_worker_stopping_mid_upload_is_heard_though_it_cut_the_upload_of
                 await worker.stop()  # what `lpnode run` does first on Ctrl-C or SIGTERM
     [attempt] = failed[0].attempts
     assert attempt.outcome == "error:cancelled" and "the worker is shutting down" in attempt.detail, attempt
+
+
+async def test_an_upload_past_the_workers_allowance_is_told_and_not_held_against_it() -> None:
+    """The worker bounds an accepted job's upload (``input_grace_s`` plus the size at ``min_input_bytes_per_s``);
+    past it, it says so and cuts the upload off. The requester reads why, and the slow side was its own: the
+    try is no fault of the worker's."""
+    strict = WorkerConfig(input_grace_s=0.001, min_input_bytes_per_s=10**12)  # ~1 ms for any upload
+    job = JobRequest(
+        Pipeline.IMAGE_TO_IMAGE, ImageToImageParams("a lighthouse", 0.5, 2, 0.0, ""), "lpnode/tiny-sdxl", seed=1
+    )
+    image = padded_png(24 * 1024 * 1024)  # no loopback carries 24 MiB through Noise in a millisecond
+    async with (
+        open_model_pool(PoolConfig(serve=("tiny-sdxl",), pinned=("tiny-sdxl",), device="cpu")) as pool,
+        libp2p_peer(1, pool, worker_config=strict) as (worker_node, _),
+        libp2p_peer(0, None, bootstrap=(worker_node.network.listen_addrs()[0],)) as (requester, _),
+    ):
+        with trio.fail_after(DEADLINE_S):
+            while (record := requester.directory.get(worker_node.peer_id)) is None or not record.advert.models:
+                await requester.directory.wait_changed()
+            with pytest.raises(JobFailed) as failed:
+                await run_job(requester, job, {"image": image}, max_price=10**9, deadline_s=DEADLINE_S)
+    [attempt] = failed.value.attempts
+    assert attempt.outcome == "error:deadline_exceeded", attempt
+    assert "did not arrive within 0 s: this worker allows 0.001 s plus their size" in attempt.detail
+    assert attempt.fault == ""
