@@ -17,20 +17,13 @@ from lpnode.node.rpc import create_app, status_for
 from lpnode.node.rpc_jobs import OutputStore
 from lpnode.reputation.check_log import CheckLog, CheckNote, CheckState, check_entry
 
-from .test_spot_check_flow import BOUND_S, MODEL, network, settled
+from tests.node.test_rpc_jobs import AUTH
+from tests.node.test_rpc_jobs import BODY as RPC_BODY
 
-AUTH = {"Authorization": "Bearer t"}
-BODY = {
-    "prompt": "a lighthouse at dusk",
-    "model_id": MODEL,
-    "width": 64,
-    "height": 64,
-    "guidance_scale": 0.0,
-    "num_inference_steps": 2,
-    "max_price": 10_000,
-    "deadline": 60,
-    "priority": "cost",
-}
+from .test_spot_check_flow import BOUND_S, network, settled
+
+# one image, and the cheapest worker: the cheater, until it is banned
+BODY = RPC_BODY | {"num_images_per_prompt": 1, "max_price": 10_000, "deadline": 60, "priority": "cost"}
 
 
 async def test_a_cheaters_job_reads_blamed_and_an_unchecked_one_says_why(tmp_path: Path) -> None:
