@@ -44,18 +44,13 @@ from lpnode.protocol.errors import (
     InvalidTransition,
     NetworkError,
     ProtocolError,
-    ProtocolViolation,
-    StreamTimeout,
 )
-from lpnode.protocol.jobs import ErrorCode, JobError, JobMessage, Quote, QuoteRequest, RefusalReason
+from lpnode.protocol.jobs import ErrorCode, JobError, Quote, QuoteRequest, RefusalReason
 from lpnode.protocol.names import JOB_PROTOCOL
 from lpnode.protocol.negotiation import (
-    AbortRun,
     Action,
     Phase,
-    ReleaseReservation,
     Send,
-    StartRun,
     WorkerNegotiation,
 )
 from lpnode.protocol.receipts import Receipt, Timings, sign_receipt
@@ -67,11 +62,11 @@ from .inference import InferencePool
 from .job_convert import EncodedOutput, encode_output, model_request
 from .job_proof import ReceiptSequence, error_code, runtime_facts
 from .job_quote import Decline, WorkerConfig, decide_quote
-from .job_stream import await_peer_close, receive_job_message, send_job_message
-from .network._fast_lock import FastLock
+from .job_stream import await_peer_close, receive_job_message
 from .network.base import ByteStream, Network
 from .served_jobs import ServedBook, ServedJob
 from .transfer import DEFAULT_MAX_CHUNK_BYTES, TransferLimits, receive_transfer, send_transfer
+from .worker_job import WorkerJob
 
 log = logging.getLogger(__name__)
 
@@ -90,102 +85,6 @@ class WorkerHooks:
     tamper_receipt: Callable[[Receipt], Receipt] | None = None  # applied to the receipt before it is signed
     run_started: Callable[[], None] | None = None  # called when a job is handed to the pool
     upload_started: Callable[[], None] | None = None  # called when an accepted job's inputs start to be read
-
-
-class _Job:
-    """One stream's job: its machine, its stream, and the scope of its run."""
-
-    def __init__(self, worker: JobWorker, framed: FramedStream, machine: WorkerNegotiation) -> None:
-        self.worker = worker
-        self.framed = framed
-        self.machine = machine
-        self.run_scope = trio.CancelScope()
-        # Everything the job's task waits on after its QuoteRequest (the Accept, the inputs, the run, the
-        # output's delivery): a stopping worker cancels it once the requester is told, so the task ends
-        # and notes its row at once instead of waiting out a quote's life or a slow upload (review s11).
-        self.io_scope = trio.CancelScope()
-        self.send_lock = FastLock()  # progress, cancel answers and the result share one writer
-        self.model_name = ""  # the preset that will run it, chosen at quote time
-        self.run_ms: int | None = None  # the run's length, once it ran (whatever its end)
-        self.delivered = False  # the output's bytes all went out
-        self.note = ""  # why it ended, when the machine's reason alone does not say (for the log line)
-        self.receipt: bytes | None = None  # the signed receipt, once made
-        self.done = trio.Event()  # its handler is past its end (logged, its served row queued)
-        # A Quote held back until the run is under way (JobWorker._quote): it goes out before any other message
-        self._held_quote: list[Action | object] = []
-
-    def hold_quote(self, actions: Sequence[Action | object]) -> None:
-        """Keep the Quote's send (``offer``'s actions) for :meth:`send_held_quote`, or any send before it."""
-        self._held_quote.extend(actions)
-
-    @property
-    def holds_quote(self) -> bool:
-        return bool(self._held_quote)
-
-    async def send_held_quote(self) -> None:
-        await self.apply([], flush=True)
-
-    async def apply(
-        self, actions: Sequence[Action | object], *, shield_errors: bool = True, flush: bool = False
-    ) -> None:
-        """Carry out the machine's actions. ``shield_errors=False``: a JobError's send may be cut short
-        by the caller's own bound (a stopping node's, which must not wait on a requester that stopped reading).
-
-        A held Quote goes first whenever anything is sent (``flush``: even when nothing else is), so the
-        requester always reads it before any Progress, Result or JobError.
-        """
-        if self._held_quote and (flush or any(isinstance(action, Send) for action in actions)):
-            actions = [*self._held_quote, *actions]
-            self._held_quote.clear()
-        for action in actions:
-            if isinstance(action, Send):
-                # Our last word goes out even as the job is torn down around it: a violation read while
-                # the model runs aborts the run, whose end cancels the very task sending the JobError
-                # (QA3 Q13). So does a held Quote, sent by a task of the run (a frame cut short resets the
-                # stream, and the requester would read a crash). Bounded all the same, by the framing's
-                # write timeout.
-                with trio.CancelScope(shield=shield_errors and isinstance(action.message, JobError | Quote)):
-                    async with self.send_lock:
-                        try:
-                            await send_job_message(self.framed, action.message, self.worker.key)
-                        except NetworkError as exc:  # the requester is gone; cleanup continues regardless
-                            log.debug("job %s: could not send %s: %s", self.machine.job_id[:12], action.message, exc)
-            elif isinstance(action, ReleaseReservation):
-                self.worker.release(action.quote_id)
-            elif isinstance(action, AbortRun):
-                self.run_scope.cancel()
-            elif isinstance(action, StartRun):
-                pass  # the caller starts the run right after inputs_received
-
-    async def on_message(self, msg: JobMessage) -> None:
-        try:
-            await self.apply(self.machine.on_message(msg, self.worker.now_ms()))
-        except ProtocolViolation as exc:
-            log.info("job %s: requester %s violated the protocol: %s", self.machine.job_id[:12], self.peer, exc)
-            await self.apply(exc.actions)
-
-    @property
-    def peer(self) -> str:
-        return self.machine.requester_peer_id
-
-    async def next_message(self) -> JobMessage | None:
-        """The requester's next message before the machine's next wakeup; None after a tick or a failure."""
-        wakeup = self.machine.next_wakeup_ms()
-        timeout_s = None if wakeup is None else max(0.0, (wakeup - self.worker.now_ms()) / 1000)
-        try:
-            return await receive_job_message(self.framed, timeout_s=timeout_s)
-        except StreamTimeout:
-            if self.framed.broken is None:  # nothing arrived by the wakeup: time to tick
-                await self.apply(self.machine.on_tick(max(self.worker.now_ms(), wakeup or 0)))
-            else:  # a frame started and stalled: the stream is reset
-                await self.apply(self.machine.cancel("requester stalled mid-frame", self.worker.now_ms()))
-        except NetworkError as exc:
-            self.note = self.note or f"requester went away: {exc}"
-            await self.apply(self.machine.cancel(f"requester went away: {exc}", self.worker.now_ms()))
-        except ProtocolError as exc:
-            self.note = self.note or str(exc)[:200]
-            await self.apply(self.machine.fail(ErrorCode.PROTOCOL_VIOLATION, str(exc)[:400], self.worker.now_ms()))
-        return None
 
 
 class JobWorker:
@@ -218,7 +117,7 @@ class JobWorker:
         self._streams_by_peer: collections.Counter[str] = collections.Counter()
         self.turned_away = 0  # streams closed at once because max_streams were open
         self.stopping = False  # the node is shutting down: no new quotes
-        self._jobs: set[_Job] = set()  # the jobs of the open streams
+        self._jobs: set[WorkerJob] = set()  # the jobs of the open streams
         # Quote ids must stay unique across restarts too: prefix them with the start time.
         self._quote_prefix = f"{self.now_ms():x}"
         self._quote_ids = itertools.count(1)
@@ -269,7 +168,7 @@ class JobWorker:
     async def _serve(self, stream: ByteStream) -> bool:
         """One job stream; False when the requester never sent a message (silent, or gone at once)."""
         framed = FramedStream(stream, self.config.framing)
-        job = _Job(self, framed, WorkerNegotiation(self.key.peer_id, stream.remote_peer))
+        job = WorkerJob(self, framed, WorkerNegotiation(self.key.peer_id, stream.remote_peer))
         self._jobs.add(job)
         try:
             return await self._serve_job(job)
@@ -307,11 +206,11 @@ class JobWorker:
         for job in under_way:
             await job.done.wait()  # at once: cancelled, each task only notes its row
 
-    async def _tell_stopping(self, job: _Job, actions: Sequence[Action]) -> None:
+    async def _tell_stopping(self, job: WorkerJob, actions: Sequence[Action]) -> None:
         await job.apply(actions, shield_errors=False)
         job.io_scope.cancel()  # told: whatever its task waits on (an Accept, an upload) ends now
 
-    async def _serve_job(self, job: _Job) -> bool:
+    async def _serve_job(self, job: WorkerJob) -> bool:
         framed = job.framed
         try:
             msg = await receive_job_message(framed, timeout_s=self.config.request_timeout_s)
@@ -343,7 +242,7 @@ class JobWorker:
                 if self.served is not None:
                     self.served.note(served)
 
-    async def _serve_accepted(self, job: _Job, request: QuoteRequest) -> None:
+    async def _serve_accepted(self, job: WorkerJob, request: QuoteRequest) -> None:
         """Quote; then, once accepted, receive the inputs, run and deliver."""
         await self._quote(job, request)
         while job.machine.phase is Phase.QUOTED:
@@ -358,7 +257,7 @@ class JobWorker:
         if not job.machine.ended:
             await self._run(job, request, inputs)
 
-    async def _quote(self, job: _Job, request: QuoteRequest) -> None:
+    async def _quote(self, job: WorkerJob, request: QuoteRequest) -> None:
         now = self.now_ms()
         if self.stopping:
             await job.apply(job.machine.refuse(RefusalReason.SHUTTING_DOWN, "the worker is shutting down", now, 0))
@@ -401,7 +300,7 @@ class JobWorker:
         """Quotes ``peer`` holds that it has neither accepted nor let go."""
         return sum(1 for job in self._jobs if job.peer == peer and job.machine.phase is Phase.QUOTED)
 
-    async def _receive_inputs(self, job: _Job, request: QuoteRequest) -> dict[str, bytes] | None:
+    async def _receive_inputs(self, job: WorkerJob, request: QuoteRequest) -> dict[str, bytes] | None:
         """The accepted job's inputs, each checked against its descriptor; None when the job ended instead.
 
         Bounded by the requester's deadline and by the worker's own upload allowance (``input_grace_s``
@@ -440,7 +339,7 @@ class JobWorker:
         # the machine ended (a bad input, or the bound passed while the last bytes came in): no run
         return None if job.machine.ended else inputs
 
-    async def _receive_each_input(self, job: _Job, request: QuoteRequest) -> dict[str, bytes] | None:
+    async def _receive_each_input(self, job: WorkerJob, request: QuoteRequest) -> dict[str, bytes] | None:
         """The inputs in the spec's order, each checked against its descriptor; None once one fails (told)."""
         inputs: dict[str, bytes] = {}
         for blob in request.spec.inputs:
@@ -465,7 +364,7 @@ class JobWorker:
             inputs[blob.name] = got.data
         return inputs
 
-    async def _run(self, job: _Job, request: QuoteRequest, inputs: dict[str, bytes]) -> None:
+    async def _run(self, job: WorkerJob, request: QuoteRequest, inputs: dict[str, bytes]) -> None:
         machine = job.machine
         assert machine.quote is not None
         started = trio.current_time()
@@ -556,7 +455,7 @@ class JobWorker:
         self.completed += 1
 
     async def _send_result(
-        self, job: _Job, request: QuoteRequest, output: ImageOutput | VideoOutput
+        self, job: WorkerJob, request: QuoteRequest, output: ImageOutput | VideoOutput
     ) -> EncodedOutput | None:
         """Sign the receipt of ``output`` and send the Result; the encoded output to send after it
         (None: the job ended meanwhile)."""
@@ -608,7 +507,7 @@ def _forged(encoded: EncodedOutput, data: bytes) -> EncodedOutput:
     return EncodedOutput(data, blob, hashes)
 
 
-def _log_served(job: _Job, request: QuoteRequest, now: float) -> ServedJob:
+def _log_served(job: WorkerJob, request: QuoteRequest, now: float) -> ServedJob:
     """The one line for a job the requester accepted (see the module docstring): no prompt in it.
 
     Returns the same facts as a row for the served-jobs book.
