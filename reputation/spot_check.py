@@ -189,7 +189,7 @@ class SpotChecker:
         self._flush_scheduled = False
         self._idle = trio.Event()
         self._idle.set()
-        self.log = CheckLog()  # what became of each recent try's check, for check_status
+        self.check_log = CheckLog()  # what became of each recent try's check, for check_status
 
     # ------------------------------------------------------------ the Runner
 
@@ -200,7 +200,9 @@ class SpotChecker:
         outcome = await self._run(job, inputs, options, on_progress)
         first = outcome.worker_peer_id
         if first == self.node.peer_id:
-            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, "this node ran it: checking itself proves nothing")
+            self.check_log.note(
+                outcome.job_id, CheckState.NOT_CHECKED, "this node ran it: checking itself proves nothing"
+            )
             return outcome
         family = model_family(outcome.model_id)
         history = self._history(first, family)  # before this job: the policy's "first jobs" count
@@ -213,20 +215,20 @@ class SpotChecker:
         skipped = check and (plan is None or not plan.peers or self._pending >= self.max_pending)
         self._note_soon(first, family, outcome.work_mpx_steps, skipped=skipped)
         if plan is None:
-            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, "the request asked for verification none")
+            self.check_log.note(outcome.job_id, CheckState.NOT_CHECKED, "the request asked for verification none")
             return outcome
         if isinstance(method, Redundant):  # settled before the answer: the store has it
             return await self._redundant(method.k, job, inputs, options, outcome, plan.peers)
         if not check:
-            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, "not picked: spot checks take a share of jobs")
+            self.check_log.note(outcome.job_id, CheckState.NOT_CHECKED, "not picked: spot checks take a share of jobs")
             return outcome
         if skipped:
             why = (
                 "no other peer in good standing serves the model" if not plan.peers else "too many checks were running"
             )
-            self.log.note(outcome.job_id, CheckState.NOT_CHECKED, why)
+            self.check_log.note(outcome.job_id, CheckState.NOT_CHECKED, why)
             return outcome
-        self.log.note(outcome.job_id, CheckState.PENDING)
+        self.check_log.note(outcome.job_id, CheckState.PENDING)
         self._pending += 1
         self._spawn(self._background, job, inputs, options, outcome, [*plan.peers, *self._suspect(outcome, plan.peers)])
         return outcome
@@ -277,7 +279,7 @@ class SpotChecker:
         """
         with trio.move_on_after(wait_s):
             while True:
-                changed = self.log.changed  # before reading: a check ending meanwhile still wakes us
+                changed = self.check_log.changed  # before reading: a check ending meanwhile still wakes us
                 entries = await self._check_entries(tries)
                 if not any(entry["state"] == CheckState.PENDING for entry in entries):
                     return entries
@@ -286,7 +288,9 @@ class SpotChecker:
 
     async def _check_entries(self, tries: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         settled = await self.reputation.checks_of_tries(tries)
-        return [check_entry(worker, job_id, settled.get(job_id, []), self.log.get(job_id)) for worker, job_id in tries]
+        return [
+            check_entry(worker, job_id, settled.get(job_id, []), self.check_log.get(job_id)) for worker, job_id in tries
+        ]
 
     async def wait_idle(self) -> None:
         """Until no background work is running: checks and bookkeeping (tests, and a clean shutdown)."""
@@ -358,16 +362,16 @@ class SpotChecker:
         try:
             run = await self._settle(job, inputs, options, outcome, checkers, SPOT_PEERS)
             if await self._record(run) is None:
-                self.log.note(outcome.job_id, CheckState.LOST, "no checker returned a run of it")
+                self.check_log.note(outcome.job_id, CheckState.LOST, "no checker returned a run of it")
             else:
-                self.log.note(outcome.job_id, CheckState.SETTLED)
+                self.check_log.note(outcome.job_id, CheckState.SETTLED)
         except LpnodeError as exc:
             # a lost check is a lost sample, never the user's problem: log it and carry on
             log.warning("spot check of job %s on %s lost: %s", outcome.job_id[:12], outcome.worker_peer_id, exc)
-            self.log.note(outcome.job_id, CheckState.LOST, str(exc))
+            self.check_log.note(outcome.job_id, CheckState.LOST, str(exc))
         except Exception:
             log.exception("spot check of job %s crashed", outcome.job_id[:12])
-            self.log.note(outcome.job_id, CheckState.LOST, "internal error; see the node's log")
+            self.check_log.note(outcome.job_id, CheckState.LOST, "internal error; see the node's log")
         finally:
             self._pending -= 1
 

@@ -68,7 +68,7 @@ async def test_a_check_is_pending_until_it_settles_and_honest_workers_are_credit
     async with network(tmp_path) as net:
         outcome = await net.run(1, avoid=[net.cheater])
         # noted before the answer came back, with no checkpoint since: the copy has not run yet
-        assert net.checker.log.get(outcome.job_id).state is CheckState.PENDING
+        assert net.checker.check_log.get(outcome.job_id).state is CheckState.PENDING
         with trio.fail_after(BOUND_S):
             # the long-poll answers once the check is no longer pending
             (check,) = await net.checker.check_status([(outcome.worker_peer_id, outcome.job_id)], wait_s=BOUND_S)
