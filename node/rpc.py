@@ -52,6 +52,7 @@ from lpnode.node.rpc_info import RpcInfo, remove_info, write_info
 from lpnode.node.rpc_job_bodies import InputTooLarge
 from lpnode.node.rpc_jobs import jobs_router
 from lpnode.node.rpc_models import (
+    MAX_WAIT_S,
     ErrorBody,
     ErrorDetail,
     Health,
@@ -82,7 +83,6 @@ from starlette.status import HTTP_401_UNAUTHORIZED, HTTP_404_NOT_FOUND
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_S = 60.0  # longest long-poll on /v1/peers; keeps a forgotten client from holding a task forever
 _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as libp2p prints peer ids
 LISTEN_BACKLOG = 1024  # connections the kernel holds for the API before it accepts them
 DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024  # config.max_input_bytes

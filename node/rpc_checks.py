@@ -24,10 +24,9 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, Query
 from lpnode.node.job_manager import JobManager
 from lpnode.node.rpc_jobs import JobId
+from lpnode.node.rpc_models import MAX_WAIT_S
 
-__all__ = ["MAX_WAIT_S", "CheckStatusSource", "checks_router", "record_tries"]
-
-MAX_WAIT_S = 60.0  # longest long-poll, as on /v1/peers and /v1/reputation
+__all__ = ["CheckStatusSource", "checks_router", "record_tries"]
 
 
 class CheckStatusSource(Protocol):

@@ -20,6 +20,9 @@ from lpnode.protocol.codec import PROTOCOL_VERSION
 from lpnode.protocol.names import SOFTWARE_VERSION
 from pydantic import BaseModel, Field, model_validator
 
+# The longest long-poll of any route (?wait_s=): keeps a forgotten client from holding a task forever
+MAX_WAIT_S = 60.0
+
 
 class ErrorDetail(BaseModel):
     msg: str

@@ -28,7 +28,7 @@ import trio
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from lpnode.node.rpc_models import ErrorBody
+from lpnode.node.rpc_models import MAX_WAIT_S, ErrorBody
 from lpnode.reputation.export import wire_row
 from lpnode.reputation.store import MAX_EVIDENCE_PAGE, MAX_PEER_PAGE, ReputationStore
 
@@ -36,7 +36,6 @@ __all__ = ["DEFAULT_PEER_PAGE", "RECENT_VERDICTS", "reputation_router"]
 
 RECENT_VERDICTS = 20  # verdicts shown per peer
 DEFAULT_PEER_PAGE = 100  # peers per summary page without ?limit= (at most MAX_PEER_PAGE), as /evidence's rows
-MAX_WAIT_S = 60.0  # longest long-poll, as on /v1/peers
 _PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,64}$"  # base58, as in rpc.py
 
 

@@ -15,9 +15,9 @@ import trio
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi import Path as PathParam
 from lpnode.node.job_manager import JobNotFound
+from lpnode.node.rpc_models import MAX_WAIT_S
 from lpnode.node.served_jobs import MAX_PAGE, ServedBook
 
-MAX_WAIT_S = 60.0  # longest long-poll, as on /v1/peers and /v1/reputation
 Outcome = Literal["delivered", "cancelled", "failed", "abandoned"]
 
 
